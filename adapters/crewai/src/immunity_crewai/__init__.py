@@ -1,0 +1,1 @@
+"""immunity_crewai."""

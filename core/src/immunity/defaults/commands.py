@@ -1,0 +1,149 @@
+"""Built-in plugin: core's CLI commands (plugins, doctor, runs, demo)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("immunity")
+
+
+def _store_option(f: Any) -> Any:
+    from immunity.cli import default_store
+
+    return click.option("--store", "store_path", default=default_store, show_default="immunity.db or $IMMUNITY_STORE",
+                        help="The SQLite store to read or write.")(f)
+
+
+@hookimpl
+def immunity_register_commands(cli: click.Group) -> None:
+    @cli.command()
+    @click.option("--all", "show_all", is_flag=True, help="Include core's built-in plugins.")
+    def plugins(show_all: bool) -> None:
+        """List installed plugins as JSON (distribution, version, entry point, hooks, load error)."""
+        from immunity.plugins import get_plugin_manager
+
+        pm = get_plugin_manager()
+        infos = [i.as_dict() for i in pm.plugin_infos() if show_all or not i.builtin]
+        click.echo(json.dumps(infos, indent=2))
+
+    @cli.command()
+    def doctor() -> None:
+        """Check adapters' frameworks against their supported ranges, and plugins that failed."""
+        from immunity.plugins import get_plugin_manager
+
+        pm = get_plugin_manager()
+        problems = 0
+        click.echo("adapters:")
+        try:
+            adapters = pm.registry("adapters")
+        except Exception as exc:
+            adapters = {}
+            problems += 1
+            click.echo(f"  error collecting adapters: {exc}")
+        for name, cls in sorted(adapters.items()):
+            version = cls.framework_version()
+            ok = cls.version_supported()
+            if version is None:
+                status = "framework not installed"
+            elif ok:
+                status = "ok"
+            else:
+                status, problems = "UNSUPPORTED VERSION", problems + 1
+            click.echo(f"  {name:<15} {cls.framework} {version or '-'} (supported {cls.supported}): {status}")
+        failed = pm.failed()
+        click.echo("plugins that failed to load:" if failed else "plugins: all loaded")
+        for info in failed:
+            problems += 1
+            click.echo(f"  {info.name} ({info.distribution}): {info.error}")
+        for kind in ("domains", "verifiers", "selectors", "embedders", "vector_indexes", "stores", "importers",
+                     "pattern_packs"):
+            try:
+                names = sorted(pm.registry(kind))
+            except Exception as exc:
+                problems += 1
+                click.echo(f"{kind}: error: {exc}")
+                continue
+            click.echo(f"{kind}: {', '.join(names) or '-'}")
+        from immunity.cli import default_store
+
+        path = default_store()
+        import os
+
+        if os.path.exists(path):
+            try:
+                from immunity.store import SQLiteStore
+
+                store = SQLiteStore(path, background=False)
+                errs = store.plugin_errors(limit=5)
+                store.close()
+                if errs:
+                    click.echo(f"recent plugin errors in {path}:")
+                    for e in errs:
+                        click.echo(f"  run {e['run_id']}: {e['plugin']} in {e['hook']}: {e['error']}")
+            except Exception as exc:
+                problems += 1
+                click.echo(f"store {path}: cannot be read: {exc}")
+        if problems:
+            click.echo(f"{problems} problem(s) found")
+            sys.exit(1)
+        click.echo("no problems found")
+
+    @cli.group(invoke_without_command=True)
+    @_store_option
+    @click.option("--limit", default=20, show_default=True)
+    @click.option("--outcome", type=click.Choice(["success", "failure", "unknown"]), default=None)
+    @click.pass_context
+    def runs(ctx: click.Context, store_path: str, limit: int, outcome: str | None) -> None:
+        """List stored runs (or `runs show RUN` for one run's timeline)."""
+        ctx.obj = store_path
+        if ctx.invoked_subcommand is not None:
+            return
+        store = _open(store_path)
+        rows = store.runs(limit=limit, outcome=outcome)
+        if not rows:
+            click.echo(f"no runs in {store_path}")
+        for r in rows:
+            click.echo(f"{r.run_id:<36} {r.framework or '-':<14} {r.domain or '-':<9} {r.outcome.value:<8} "
+                       f"{r.status:<10} steps={r.steps:<4} {(r.task or '')[:40]}")
+        store.close()
+
+    @runs.command("show")
+    @click.argument("run_id")
+    @click.pass_obj
+    def runs_show(store_path: str, run_id: str) -> None:
+        """Show a stored run as a readable timeline (a unique prefix of the id is enough)."""
+        from immunity.timeline import render_run
+
+        store = _open(store_path)
+        run = store.get_run(run_id)
+        if run is None:
+            store.close()
+            raise click.ClickException(f"no run {run_id!r} in {store_path}")
+        click.echo(render_run(store, run))
+        store.close()
+
+    @cli.command()
+    @click.option("--framework", default=None, help="Which framework's demo to run (default: the first installed "
+                                                       "of langgraph, openai_agents, llamaindex, crewai).")
+    @_store_option
+    def demo(framework: str | None, store_path: str) -> None:
+        """Run an agent with a scripted model that fails in a known way, and show immunity catch and
+        correct it (offline, no setup)."""
+        from immunity.demo import run_demo
+
+        click.echo(run_demo(framework=framework, store=store_path))
+
+
+def _open(path: str) -> Any:
+    import os
+
+    from immunity.store import SQLiteStore
+
+    if path != ":memory:" and not os.path.exists(path):
+        raise click.ClickException(f"no store at {path} (run an agent with immunity first, or pass --store)")
+    return SQLiteStore(path, background=False)

@@ -1,0 +1,108 @@
+"""Built-in plugin: the L1 rules verifier (free, on every step) and the dispatcher that runs the
+named verifiers the configuration switched on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+from immunity import taxonomy as tx
+from immunity.models import ActionType, Event, EventKind, Run, Severity, Step, Verdict
+from immunity.state import RunState, action_signature
+
+hookimpl = pluggy.HookimplMarker("immunity")
+
+
+class RulesVerifier:
+    """Loop, repeated-error, no-progress and unverified-finish rules on the run's signals.
+
+    Thresholds (``Config.options["rules"]``): ``repeat`` (identical calls in a row before a hint,
+    default 3), ``block_repeat`` (before the call is blocked, 4), ``stop_repeat`` (before the run is
+    stopped, 6), ``ping_pong`` (3), ``no_progress`` (6 steps with no new information).
+    """
+
+    name = "rules"
+
+    def __init__(self, config: Any = None):
+        opts = dict(getattr(config, "options", {}).get("rules", {})) if config is not None else {}
+        self.repeat = int(opts.get("repeat", 3))
+        self.block_repeat = int(opts.get("block_repeat", 4))
+        self.stop_repeat = int(opts.get("stop_repeat", 6))
+        self.ping_pong = int(opts.get("ping_pong", 3))
+        self.no_progress = int(opts.get("no_progress", 6))
+
+    def verify(self, event: Event, step: Step | None, run: Run, state: RunState) -> list[Verdict]:
+        out: list[Verdict] = []
+        if event.kind == EventKind.TOOL_START and step is not None and state.last_step is not None:
+            same = action_signature(step) == state.last_step.data.get("_sig")
+            upcoming = state.identical_streak + 1 if same else 1
+            if same and upcoming >= self.block_repeat:
+                sev = Severity.CRITICAL if upcoming >= self.stop_repeat else Severity.ERROR
+                out.append(Verdict(ok=False, error_class=tx.LOOP, severity=sev, block=True,
+                                   message=f"{step.tool} would run with the same arguments for the {upcoming}th time in a row",
+                                   hint=f"[immunity] Blocked: {step.tool} was already called {upcoming - 1} times in a row "
+                                        "with these exact arguments and the same result. Try something different.",
+                                   evidence={"identical_streak": upcoming, "tool": step.tool}))
+            return out
+        if step is None:
+            return out
+        if event.kind == EventKind.TOOL_END:
+            if state.identical_streak >= self.repeat:
+                out.append(Verdict(ok=False, error_class=tx.LOOP, severity=Severity.WARNING,
+                                   message=f"the same {step.tool} call ran {state.identical_streak} times in a row",
+                                   hint=tx.get(tx.LOOP).hint, evidence={"identical_streak": state.identical_streak}))
+            elif state.ping_pong >= self.ping_pong:
+                out.append(Verdict(ok=False, error_class=tx.LOOP, severity=Severity.WARNING,
+                                   message=f"alternating between two actions ({state.ping_pong} times)",
+                                   hint="[immunity] You are alternating between the same two actions. Break the cycle.",
+                                   evidence={"ping_pong": state.ping_pong}))
+            if step.failed and state.last_error and state.error_counts[state.last_error] >= 2:
+                n = state.error_counts[state.last_error]
+                out.append(Verdict(ok=False, error_class=tx.REPEATED_TOOL_ERROR,
+                                   severity=Severity.ERROR if n >= 3 else Severity.WARNING,
+                                   message=f"the same error happened {n} times: {state.last_error}",
+                                   hint=f"[immunity] This error has happened {n} times: {state.last_error!r}. "
+                                        "Do not retry the same way; change the arguments or the approach.",
+                                   evidence={"error": state.last_error, "count": n}))
+            if state.steps_without_new_info >= self.no_progress and not out:
+                out.append(Verdict(ok=False, error_class=tx.NO_PROGRESS, severity=Severity.WARNING,
+                                   message=f"{state.steps_without_new_info} steps without new information",
+                                   hint=tx.get(tx.NO_PROGRESS).hint,
+                                   evidence={"steps_without_new_info": state.steps_without_new_info}))
+        if step.action_type == ActionType.DONE and state.last_verify_ok is False:
+            out.append(Verdict(ok=False, error_class=tx.PREMATURE_DONE, severity=Severity.ERROR,
+                               message="finishing right after a failed verification",
+                               hint="[immunity] Your last check failed. Fix it and verify again before finishing.",
+                               evidence={"verified_failed": state.verified_failed}))
+        return out
+
+
+@hookimpl
+def immunity_register_verifiers(register: Any) -> None:
+    register("rules", RulesVerifier)
+
+
+@hookimpl
+def immunity_verify(event: Event, step: Step | None, run: Run, state: RunState, session: Any) -> list[Verdict]:
+    """Run the rules verifier and every verifier named in ``Config.verifiers``."""
+    runtime = session.runtime
+    verifiers = runtime.__dict__.get("_verifiers")
+    if verifiers is None:
+        registry = runtime.pm.registry("verifiers")
+        names = ["rules", *[n for n in runtime.config.verifiers if n != "rules"]]
+        missing = [n for n in names if n not in registry]
+        if missing:
+            raise LookupError(f"verifier(s) {missing} are not installed; installed: {sorted(registry)}")
+        verifiers = runtime._verifiers = [(n, registry[n](runtime.config)) for n in names]
+    out: list[Verdict] = []
+    for name, verifier in verifiers:
+        try:
+            res = verifier.verify(event, step, run, state)
+        except Exception as exc:
+            session.record_error(f"verifier:{name}", "immunity_verify", exc)
+            continue
+        for v in res or []:
+            v.plugin = v.plugin or f"verifier:{name}"
+            out.append(v)
+    return out

@@ -1,0 +1,247 @@
+"""Every hook immunity calls, in one place, grouped by phase.
+
+Conventions (the same as pytest's and llm's):
+
+- Hooks are always called with keyword arguments; an implementation may accept any subset of them.
+- The same argument name always means the same type: ``event`` is an :class:`~immunity.models.Event`,
+  ``step`` a :class:`~immunity.models.Step` (or ``None`` when the event does not complete a step),
+  ``run`` a :class:`~immunity.models.Run`, ``state`` the run's :class:`~immunity.state.RunState`,
+  ``config`` the :class:`~immunity.config.Config`, ``register`` a callback.
+- Broadcast hooks (observe, verify, step) call every implementation, even when one raises: each is
+  isolated, its error is logged and recorded, and the run goes on (unless fail-closed was chosen).
+- Decision hooks (intervene, recover, map_action) stop at the first non-``None`` result. Core's own
+  defaults are ``trylast``, so an installed plugin wins.
+- Registration hooks receive ``register(name, obj)``; registering a name another plugin already
+  registered raises :class:`~immunity.errors.PluginCollisionError` naming both plugins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import click
+
+    from immunity.config import Config
+    from immunity.domain import ActionMapping, Domain
+    from immunity.models import Event, Intervention, Recovery, Run, Step, Verdict
+    from immunity.runtime import RunSession
+    from immunity.state import RunState
+
+hookspec = pluggy.HookspecMarker("immunity")
+
+# ---------------------------------------------------------------------------------------------
+# Lifecycle
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def immunity_configure(config: Config) -> None:
+    """Called once when a runtime is created, after every plugin is registered.
+
+    :param config: the runtime's configuration; plugins may read their own options from
+        ``config.options``.
+    :returns: nothing.
+    """
+
+
+@hookspec
+def immunity_unconfigure(config: Config) -> None:
+    """Called once when a runtime is closed, before the store is flushed and closed.
+
+    :param config: the same configuration object ``immunity_configure`` received.
+    :returns: nothing.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Observe
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def immunity_observe(event: Event, run: Run, state: RunState, session: RunSession) -> None:
+    """Called for every event of every run, before verification. Broadcast.
+
+    :param event: the event as the adapter translated it.
+    :param run: the run it belongs to (``run.steps``, tokens and cost so far are up to date).
+    :param state: the run's incremental signals, already updated with this event.
+    :param session: the run's :class:`~immunity.runtime.RunSession` (its ``runtime``, store, checkpoints).
+    :returns: nothing; return values are ignored.
+    """
+
+
+@hookspec
+def immunity_observe_step(step: Step, run: Run, state: RunState, session: RunSession) -> None:
+    """Called when an event completes a step (a tool call with its result, a message, a handoff,
+    a final answer), after the step's action type is mapped. Broadcast.
+
+    :param step: the completed step, with ``action_type`` set by the domain.
+    :param run: the run.
+    :param state: the run's signals, already updated with this step.
+    :param session: the run's :class:`~immunity.runtime.RunSession`.
+    :returns: nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def immunity_map_action(tool: str | None, arguments: dict[str, Any] | None, text: str | None,
+                        run: Run, domain: Domain | None) -> ActionMapping | None:
+    """Map a native action to a universal action type. Stops at the first non-``None`` result.
+
+    Core's default (``trylast``) asks the run's domain (see ``immunity_register_domains``) and
+    falls back to a name-and-argument heuristic.
+
+    :param tool: the tool's name, or ``None`` for a plain model message.
+    :param arguments: the tool's arguments (a dict), or ``None``.
+    :param text: the message text for a model message, or ``None``.
+    :param run: the run (``run.domain`` names its domain).
+    :param domain: the run's :class:`~immunity.domain.Domain` if one is registered under
+        ``run.domain``, else ``None``.
+    :returns: an :class:`~immunity.domain.ActionMapping` or ``None`` to let the next plugin decide.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Verify
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def immunity_verify(event: Event, step: Step | None, run: Run, state: RunState,
+                    session: RunSession) -> Verdict | list[Verdict] | None:
+    """Check an event. Broadcast: every implementation's verdicts are collected.
+
+    Called on ``tool_start`` (arguments, before the tool runs: a verdict with ``block=True``
+    stops it), on ``tool_end`` (the result), on ``model_end`` (the model's output) and on
+    ``final_answer``.
+
+    :param event: the event to check.
+    :param step: for ``tool_start`` the step about to happen (mapped, not yet in ``state``), for
+        events that complete a step that step, otherwise ``None``.
+    :param run: the run.
+    :param state: the run's signals so far.
+    :param session: the run's :class:`~immunity.runtime.RunSession`.
+    :returns: a :class:`~immunity.models.Verdict`, a list of them, or ``None`` (nothing to say).
+        Returning anything else is reported as a plugin error and ignored.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Intervene
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def immunity_intervene(verdicts: list[Verdict], event: Event, run: Run, state: RunState,
+                       session: RunSession) -> Intervention | None:
+    """Decide what to do about failed verdicts. Stops at the first non-``None`` result.
+
+    Called only when at least one verdict is not ok. Core's default policy (``trylast``) turns
+    a blocking verdict into a block, a critical one into a stop, and the rest into a hint for the
+    next model call, through the configured intervention selector and its tolerance limits.
+
+    :param verdicts: the failed verdicts for this event, most severe first.
+    :param event: the event they are about.
+    :param run: the run.
+    :param state: the run's signals.
+    :param session: the run's :class:`~immunity.runtime.RunSession`.
+    :returns: an :class:`~immunity.models.Intervention` or ``None`` (do nothing).
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Recover
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def immunity_recover(event: Event, verdicts: list[Verdict], run: Run, state: RunState,
+                     session: RunSession) -> Recovery | None:
+    """Decide how to recover from an error (a failed tool call, a failed model call, a step that
+    failed verification). Stops at the first non-``None`` result.
+
+    Core's default (``trylast``) retries with a typed hint and aborts when the run's circuit
+    breaker opens (too many failed steps in a row).
+
+    :param event: the failing event (``event.error`` says what went wrong).
+    :param verdicts: failed verdicts about it, if any.
+    :param run: the run.
+    :param state: the run's signals.
+    :param session: the run's :class:`~immunity.runtime.RunSession`.
+    :returns: a :class:`~immunity.models.Recovery` or ``None``.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def immunity_register_adapters(register: Any) -> None:
+    """Register framework adapters: ``register(name, adapter_class)``.
+
+    An adapter class has ``framework`` (the distribution it instruments), ``supported`` (a version
+    specifier), ``matches(obj) -> bool`` and ``instrument(runtime, target)`` /
+    ``uninstrument()``. See :class:`immunity.adapter.Adapter`.
+    """
+
+
+@hookspec
+def immunity_register_domains(register: Any) -> None:
+    """Register domains: ``register(name, domain)`` where ``domain`` is an
+    :class:`immunity.domain.Domain` (an action-mapping table plus checks)."""
+
+
+@hookspec
+def immunity_register_pattern_packs(register: Any) -> None:
+    """Register pattern packs shipped by a plugin: ``register(name, path_or_pack)`` where the value
+    is a path to a pack file or a :class:`~immunity.models.PatternPack`."""
+
+
+@hookspec
+def immunity_register_embedders(register: Any) -> None:
+    """Register embedders: ``register(name, factory)``; ``factory(**options)`` returns an object
+    with ``name``, ``dimension`` and ``embed(texts: list[str]) -> list[list[float]]``."""
+
+
+@hookspec
+def immunity_register_vector_indexes(register: Any) -> None:
+    """Register vector indexes: ``register(name, factory)``; ``factory(dimension)`` returns an
+    object with ``add(ids, vectors)``, ``search(vector, k) -> list[(id, similarity)]`` and
+    ``__len__``."""
+
+
+@hookspec
+def immunity_register_stores(register: Any) -> None:
+    """Register stores: ``register(scheme, factory)``; ``factory(location)`` returns a store
+    (see :class:`immunity.store.Store`). ``sqlite`` is core's default, also used for plain paths."""
+
+
+@hookspec
+def immunity_register_verifiers(register: Any) -> None:
+    """Register named verifiers that the configuration can switch on: ``register(name, factory)``;
+    ``factory(config)`` returns an object with ``verify(event, step, run, state)`` returning
+    verdicts. Core's ``rules`` verifier is on by default; others only when named in
+    ``Config.verifiers``."""
+
+
+@hookspec
+def immunity_register_selectors(register: Any) -> None:
+    """Register intervention selectors: ``register(name, factory)``; ``factory(config, store)``
+    returns an object with ``select(verdicts, event, run, state) -> Intervention | None`` and
+    ``update(run)`` (called when a run ends with an outcome)."""
+
+
+@hookspec
+def immunity_register_importers(register: Any) -> None:
+    """Register trace importers: ``register(format_name, importer)`` where ``importer`` has
+    ``detect(path, head) -> bool`` and ``read(path) -> iterator of ImportedRun | ImportProblem``."""
+
+
+@hookspec
+def immunity_register_commands(cli: click.Group) -> None:
+    """Add commands to the ``immunity`` command line: ``@cli.command()`` on the given group."""

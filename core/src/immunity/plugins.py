@@ -1,0 +1,282 @@
+"""The plugin manager: built-in defaults first, then installed plugins from entry points.
+
+Nothing is loaded at import time: :func:`get_plugin_manager` builds a new manager each call.
+
+Environment switches:
+
+- ``IMMUNITY_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry points (built-ins only).
+- ``IMMUNITY_DISABLE_PLUGINS=a,b``: skip these entry points (deny-list).
+- ``IMMUNITY_LOAD_PLUGINS=a,b``: load only these entry points (allow-list; works with autoload off).
+- ``IMMUNITY_TRACE_PLUGINS=1``: log every hook call and its result to the ``immunity.trace`` logger.
+- ``IMMUNITY_STRICT_PLUGINS=1``: a plugin that fails to load raises instead of being skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from immunity import hookspecs
+from immunity.errors import PluginCollisionError, PluginError
+
+log = logging.getLogger("immunity.plugins")
+trace_log = logging.getLogger("immunity.trace")
+
+ENTRY_POINT_GROUP = "immunity"
+
+#: Core's own defaults, registered first, on the same hooks as everyone else.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "immunity.defaults.store",
+    "immunity.defaults.actions",
+    "immunity.defaults.rules",
+    "immunity.defaults.policy",
+    "immunity.defaults.commands",
+)
+
+#: Optional built-ins that other parts of core add (importers, learning); a missing one is skipped.
+OPTIONAL_BUILTINS: tuple[str, ...] = (
+    "immunity.importers.plugin",
+    "immunity.learning.plugin",
+    "immunity.interventions.plugin",
+)
+
+
+def _env_list(name: str) -> list[str] | None:
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass
+class PluginInfo:
+    """What ``immunity plugins`` reports about one plugin."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    entry_point: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    builtin: bool = False
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "entry_point": self.entry_point,
+            "hooks": self.hooks,
+            "builtin": self.builtin,
+            "error": self.error,
+        }
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager plus load reports and named registries."""
+
+    def __init__(self) -> None:
+        super().__init__(ENTRY_POINT_GROUP)
+        self.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self._registries: dict[str, dict[str, tuple[str, Any]]] = {}
+
+    # -- reporting ---------------------------------------------------------------------------
+    def plugin_infos(self) -> list[PluginInfo]:
+        for name, info in self.infos.items():
+            plugin = self.get_plugin(name)
+            if plugin is not None:
+                info.hooks = sorted(h.name for h in self.get_hookcallers(plugin) or [])
+        return list(self.infos.values())
+
+    def failed(self) -> list[PluginInfo]:
+        return [i for i in self.infos.values() if i.error]
+
+    # -- registries ----------------------------------------------------------------------------
+    def registry(self, kind: str) -> dict[str, Any]:
+        """Collect ``immunity_register_<kind>`` into ``{name: obj}`` (cached).
+
+        Each plugin's implementation is called on its own, so a collision can name both plugins
+        and one broken registration does not hide the others.
+        """
+        if kind not in self._registries:
+            self._registries[kind] = self._collect(kind)
+        return {name: obj for name, (_, obj) in self._registries[kind].items()}
+
+    def registry_owner(self, kind: str, name: str) -> str | None:
+        self.registry(kind)
+        entry = self._registries[kind].get(name)
+        return entry[0] if entry else None
+
+    def _collect(self, kind: str) -> dict[str, tuple[str, Any]]:
+        hook = getattr(self.hook, f"immunity_register_{kind}")
+        found: dict[str, tuple[str, Any]] = {}
+        # pluggy calls the last registered first; walk in registration order so built-ins come first.
+        for impl in hook.get_hookimpls():
+            owner = impl.plugin_name
+
+            def register(name: str, obj: Any, _owner: str = owner) -> None:
+                if name in found and found[name][0] != _owner:
+                    raise PluginCollisionError(kind.rstrip("s"), name, found[name][0], _owner)
+                found[name] = (_owner, obj)
+
+            try:
+                impl.function(register=register)
+            except PluginCollisionError:
+                raise
+            except Exception as exc:  # a broken registration is reported, not fatal
+                msg = f"immunity_register_{kind} failed: {type(exc).__name__}: {exc}"
+                log.warning("plugin %s: %s", owner, msg)
+                info = self.infos.get(owner)
+                if info is not None:
+                    info.error = msg
+                if _env_flag("IMMUNITY_STRICT_PLUGINS"):
+                    raise PluginError(owner, msg) from exc
+        return found
+
+    def invalidate(self) -> None:
+        self._registries.clear()
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:  # type: ignore[override]
+        existing = self.get_plugin(name) if name else None
+        if existing is not None and existing is not plugin:
+            first = self.infos.get(name or "")
+            raise PluginCollisionError("plugin", name or "?", first.entry_point if first else name or "?",
+                                       getattr(plugin, "__name__", repr(plugin)))
+        result = super().register(plugin, name)
+        self.invalidate()
+        return result
+
+    def unregister(self, plugin: Any = None, name: str | None = None) -> Any:  # type: ignore[override]
+        result = super().unregister(plugin, name)
+        self.invalidate()
+        return result
+
+
+def _entry_points() -> Iterator[metadata.EntryPoint]:
+    yield from metadata.entry_points(group=ENTRY_POINT_GROUP)
+
+
+def _load_module(path: str) -> Any:
+    return importlib.import_module(path)
+
+
+def get_plugin_manager(
+    *,
+    load_entrypoints: bool | None = None,
+    strict: bool | None = None,
+    extra: list[Any] | None = None,
+) -> PluginManager:
+    """Build a new plugin manager.
+
+    :param load_entrypoints: load installed plugins (default: yes unless
+        ``IMMUNITY_DISABLE_PLUGIN_AUTOLOAD`` is set; an allow-list still loads).
+    :param strict: raise on a plugin that fails to load (default: ``IMMUNITY_STRICT_PLUGINS``).
+    :param extra: plugin objects (modules, instances) to register after the rest.
+    """
+    pm = PluginManager()
+    strict = _env_flag("IMMUNITY_STRICT_PLUGINS") if strict is None else strict
+
+    for modname in BUILTIN_PLUGINS:
+        mod = _load_module(modname)
+        pm.register(mod, name=modname)
+        pm.infos[modname] = PluginInfo(name=modname, distribution="immunity", version=_version("immunity"),
+                                       builtin=True)
+    for modname in OPTIONAL_BUILTINS:
+        try:
+            mod = _load_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name and modname.startswith(exc.name):
+                continue
+            raise
+        pm.register(mod, name=modname)
+        pm.infos[modname] = PluginInfo(name=modname, distribution="immunity", version=_version("immunity"),
+                                       builtin=True)
+
+    allow = _env_list("IMMUNITY_LOAD_PLUGINS")
+    deny = set(_env_list("IMMUNITY_DISABLE_PLUGINS") or [])
+    if load_entrypoints is None:
+        load_entrypoints = not _env_flag("IMMUNITY_DISABLE_PLUGIN_AUTOLOAD") or allow is not None
+    if load_entrypoints:
+        _load_entrypoints(pm, allow=allow, deny=deny, strict=strict)
+
+    for plugin in extra or []:
+        pm.register(plugin)
+        name = pm.get_name(plugin) or repr(plugin)
+        pm.infos[name] = PluginInfo(name=name)
+
+    if _env_flag("IMMUNITY_TRACE_PLUGINS"):
+        pm.trace.root.setwriter(lambda msg: trace_log.info(msg.rstrip()))
+        pm.enable_tracing()
+    return pm
+
+
+def _version(dist: str | None) -> str | None:
+    if not dist:
+        return None
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _load_entrypoints(pm: PluginManager, *, allow: list[str] | None, deny: set[str], strict: bool) -> None:
+    seen: dict[str, str] = {}
+    for ep in _entry_points():
+        dist = ep.dist.name if ep.dist is not None else None
+        if allow is not None and ep.name not in allow:
+            continue
+        if ep.name in deny:
+            continue
+        info = PluginInfo(name=ep.name, distribution=dist, version=_version(dist), entry_point=f"{ep.name} = {ep.value}")
+        if ep.name in seen and seen[ep.name] != dist:
+            info.error = (f"entry point name {ep.name!r} is used by both {seen[ep.name]!r} and {dist!r}; "
+                          f"the second was skipped")
+            log.warning(info.error)
+            pm.infos[f"{ep.name} ({dist})"] = info
+            if strict:
+                raise PluginCollisionError("plugin", ep.name, seen[ep.name], dist or "?")
+            continue
+        seen[ep.name] = dist or "?"
+        pm.infos[ep.name] = info
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+            pm.check_pending()
+        except Exception as exc:
+            info.error = f"{type(exc).__name__}: {exc}"
+            log.warning("could not load immunity plugin %r from %s: %s", ep.name, dist, info.error)
+            try:
+                if pm.get_plugin(ep.name) is not None:
+                    pm.unregister(name=ep.name)
+            except Exception:  # pragma: no cover - best effort cleanup
+                pass
+            if strict:
+                raise PluginError(ep.name, info.error) from exc
+
+
+def call_each(pm: PluginManager, hook_name: str, on_error: Callable[[str, BaseException], None],
+              **kwargs: Any) -> list[tuple[str, Any]]:
+    """Call every implementation of a broadcast hook, isolating each; returns ``[(plugin, result)]``."""
+    hook = getattr(pm.hook, hook_name)
+    results: list[tuple[str, Any]] = []
+    for impl in reversed(hook.get_hookimpls()):
+        try:
+            res = impl.function(**{a: kwargs[a] for a in impl.argnames})
+        except Exception as exc:
+            on_error(impl.plugin_name, exc)
+            continue
+        if res is not None:
+            results.append((impl.plugin_name, res))
+    return results

@@ -1,0 +1,700 @@
+"""The runtime: the one place that runs observe -> verify -> intervene for each event and recover
+on errors. Adapters call a :class:`RunSession`; users call :func:`protect` or use :class:`Runtime`.
+
+Fail-open: an exception raised by a plugin is logged, recorded in the store (``plugin_errors``)
+and on the run (``run.metadata["plugin_errors"]``), and the agent goes on. With
+``fail_closed=True`` it is re-raised as :class:`~immunity.errors.PluginError` instead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from immunity.config import Config
+from immunity.domain import ActionMapping, count_unmapped, heuristic_mapping
+from immunity.errors import ImmunityError, PluginError
+from immunity.models import (
+    ActionType,
+    Checkpoint,
+    Event,
+    EventKind,
+    Intervention,
+    InterventionKind,
+    Outcome,
+    Recovery,
+    RecoveryKind,
+    Run,
+    Severity,
+    Step,
+    Verdict,
+    now,
+)
+from immunity.plugins import PluginManager, get_plugin_manager
+from immunity.state import RunState
+
+log = logging.getLogger("immunity")
+
+#: How many times a plugin may overrun the step budget in one run before it is skipped for the run.
+MAX_OVERRUNS = 3
+#: Text kept per field when events are stored (raw content is bounded, never unbounded).
+STORE_TEXT_LIMIT = 8000
+
+
+@dataclass
+class Decision:
+    """What the runtime asks the adapter to do after an event.
+
+    - ``inject``: texts to add to *this* model call (on ``model_start``), never saved to history.
+    - ``block`` / ``message``: do not run the pending tool call; tell the model ``message``.
+    - ``rewrite``: run the pending tool call with these arguments instead.
+    - ``ask_human``: a question for a human before going on (where the framework supports it).
+    - ``stop`` / ``final_answer``: end the run cleanly with this answer.
+    - ``cached_result``: a side-effecting tool already ran with these arguments in this run (before a
+      retry, a rollback or a resume): do not run it again, return this result instead.
+    - ``recovery``: a retry / rollback / fallback / skip / abort the adapter should carry out.
+    """
+
+    inject: list[str] = field(default_factory=list)
+    block: bool = False
+    message: str | None = None
+    rewrite: dict[str, Any] | None = None
+    ask_human: str | None = None
+    stop: bool = False
+    final_answer: str | None = None
+    cached_result: str | None = None
+    recovery: Recovery | None = None
+    verdicts: list[Verdict] = field(default_factory=list)
+    intervention: Intervention | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not (self.block or self.stop or self.rewrite or self.ask_human)
+
+
+def _clip(text: Any, limit: int = STORE_TEXT_LIMIT) -> Any:
+    if isinstance(text, str) and len(text) > limit:
+        return text[:limit] + f"... [{len(text) - limit} more characters]"
+    return text
+
+
+def idempotency_key(run_id: str, tool: str | None, arguments: Any) -> str:
+    """The idempotency key of a side-effecting call: the run, the tool and its exact arguments."""
+    import hashlib
+    import json
+
+    blob = json.dumps([run_id, tool, arguments], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class RunSession:
+    """One run as the runtime sees it. Thread-safe: adapters may call it from worker threads."""
+
+    def __init__(self, runtime: Runtime, run: Run):
+        self.runtime = runtime
+        self.run = run
+        self.state = RunState(run_id=run.run_id, task=run.task, domain=run.domain)
+        self._lock = threading.RLock()
+        self._pending: dict[str, Step] = {}
+        self._overruns: dict[str, int] = {}
+        self._skipped: set[str] = set()
+        self.checkpoints: list[Checkpoint] = []
+        self.ended = False
+        self.timings: list[float] = []
+
+    # ------------------------------------------------------------------ convenience for adapters
+    def model_start(self, messages: list[dict[str, Any]] | None = None, model: str | None = None, **kw: Any) -> Decision:
+        return self.emit(Event(kind=EventKind.MODEL_START, messages=messages, model=model, **kw))
+
+    def model_end(self, output: str | None = None, *, tool_calls: list[dict[str, Any]] | None = None,
+                  usage: dict[str, int] | None = None, model: str | None = None, error: str | None = None,
+                  **kw: Any) -> Decision:
+        data = kw.pop("data", {}) or {}
+        if tool_calls:
+            data["tool_calls"] = tool_calls
+        return self.emit(Event(kind=EventKind.MODEL_END, output=output, usage=usage, model=model, error=error,
+                               data=data, **kw))
+
+    def tool_start(self, tool: str, arguments: Any = None, *, tool_call_id: str | None = None, **kw: Any) -> Decision:
+        return self.emit(Event(kind=EventKind.TOOL_START, tool=tool, arguments=arguments, tool_call_id=tool_call_id,
+                               **kw))
+
+    def tool_end(self, tool: str, result: Any = None, *, error: str | None = None, return_code: int | None = None,
+                 tool_call_id: str | None = None, arguments: Any = None, **kw: Any) -> Decision:
+        return self.emit(Event(kind=EventKind.TOOL_END, tool=tool, result=None if result is None else str(result),
+                               error=error, return_code=return_code, tool_call_id=tool_call_id,
+                               arguments=arguments, **kw))
+
+    def message(self, text: str, *, agent: str | None = None, **kw: Any) -> Decision:
+        return self.emit(Event(kind=EventKind.MESSAGE, output=text, agent=agent, **kw))
+
+    def handoff(self, agent: str | None, target: str, **kw: Any) -> Decision:
+        return self.emit(Event(kind=EventKind.HANDOFF, agent=agent, target=target, **kw))
+
+    def final_answer(self, text: str | None, **kw: Any) -> Decision:
+        return self.emit(Event(kind=EventKind.FINAL_ANSWER, output=text, **kw))
+
+    def take_hints(self) -> list[str]:
+        """Pending hints for the next model call (and forget them: they are delivered once)."""
+        with self._lock:
+            hints, self.state.hints_pending = self.state.hints_pending, []
+        return hints
+
+    def add_hint(self, text: str, *, source: str = "user") -> None:
+        """Queue a hint for the next model call by hand."""
+        iv = Intervention(kind=InterventionKind.HINT, text=text, source=source, run_id=self.run.run_id,
+                          step=self.state.n_steps)
+        with self._lock:
+            self.state.hints_pending.append(text)
+        self.runtime._save("interventions", iv)
+
+    def request_stop(self, reason: str) -> None:
+        self.state.stop_requested = reason
+
+    @property
+    def stop_requested(self) -> str | None:
+        return self.state.stop_requested
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, ref: dict[str, Any], *, verified: bool | None = None) -> Checkpoint:
+        """Record a framework checkpoint. ``verified`` defaults to "the last step passed its checks"."""
+        if verified is None:
+            last = self.state.last_step
+            verified = last is None or (not last.failed and not last.data.get("flagged"))
+        cp = Checkpoint(run_id=self.run.run_id, step=self.state.n_steps, verified=verified, ref=ref)
+        with self._lock:
+            self.checkpoints.append(cp)
+        self.runtime._save("checkpoints", cp)
+        return cp
+
+    def last_verified_checkpoint(self, before_step: int | None = None) -> Checkpoint | None:
+        for cp in reversed(self.checkpoints):
+            if cp.verified and (before_step is None or cp.step <= before_step):
+                return cp
+        return None
+
+    # ------------------------------------------------------------------ the pipeline
+    def emit(self, event: Event) -> Decision:
+        """Run one event through observe -> verify -> intervene (-> recover). Never raises unless
+        the runtime is fail-closed; a malformed event is recorded and ignored."""
+        t0 = time.perf_counter()
+        try:
+            return self._emit(event)
+        except ImmunityError:
+            raise
+        except Exception as exc:  # an error in immunity itself: fail open
+            self.record_error("immunity.runtime", "emit", exc)
+            return Decision()
+        finally:
+            self.timings.append(time.perf_counter() - t0)
+
+    def _emit(self, event: Event) -> Decision:
+        rt = self.runtime
+        if not isinstance(event, Event):
+            raise TypeError(f"emit() takes an immunity Event, not {type(event).__name__}")
+        with self._lock:
+            event.run_id = self.run.run_id
+            run, state = self.run, self.state
+            decision = Decision()
+            step: Step | None = None
+            relabelled: Step | None = None
+
+            if event.kind == EventKind.MODEL_END:
+                tokens = int((event.usage or {}).get("total_tokens") or sum(
+                    int(v) for k, v in (event.usage or {}).items() if k in ("input_tokens", "output_tokens")))
+                cost = event.cost or 0.0
+                state.add_usage(tokens, cost)
+                run.tokens, run.cost = state.tokens, state.cost
+                if event.output and not event.data.get("tool_calls"):
+                    step = self._new_step(event, tool=None, text=event.output)
+                    step.data["from_model"] = True
+            elif event.kind == EventKind.TOOL_START:
+                pending = self._new_step(event, tool=event.tool, arguments=event.arguments)
+                self._pending[event.tool_call_id or f"tool:{event.tool}"] = pending
+                if pending.side_effect:
+                    key = idempotency_key(run.run_id, event.tool, event.arguments)
+                    pending.data["idempotency_key"] = key
+                    done = rt.idempotent_result(key)
+                    if done is not None:
+                        decision.cached_result = done
+                        self._pending.pop(event.tool_call_id or f"tool:{event.tool}", None)
+                        pending.result, pending.data["replayed"] = done, True
+                        state.add_step(pending)
+                        run.steps = state.n_steps
+                        rt._save("events", event)
+                        rt._save("steps", pending)
+                        return decision
+            elif event.kind == EventKind.TOOL_END:
+                key = event.tool_call_id or f"tool:{event.tool}"
+                step = self._pending.pop(key, None)
+                if step is None:
+                    step = self._new_step(event, tool=event.tool, arguments=event.arguments)
+                step.result = _clip(event.result, 4000)
+                step.error = _clip(event.error, 2000)
+                step.return_code = event.return_code
+                if step.side_effect and not step.failed:
+                    key = step.data.get("idempotency_key") or idempotency_key(run.run_id, event.tool,
+                                                                             step.arguments or event.arguments)
+                    rt.remember_result(key, run.run_id, event.tool or "", event.result or "")
+            elif event.kind in (EventKind.MESSAGE, EventKind.FINAL_ANSWER):
+                final = event.kind == EventKind.FINAL_ANSWER
+                last = state.last_step
+                if final and last is not None and last.tool is None and last.data.get("from_model") and \
+                        (last.text or "").strip() == _clip(event.output or "", 4000).strip():
+                    # the model's last message *is* the final answer: relabel that step, don't add one
+                    state.relabel_last(ActionType.DONE)
+                    last.data["final"] = True
+                    rt._save("steps", last)
+                    relabelled = last
+                else:
+                    step = self._new_step(event, tool=None, text=event.output, final=final)
+                if final:
+                    run.final_answer = _clip(event.output, 4000)
+            elif event.kind == EventKind.HANDOFF:
+                step = self._new_step(event, tool=None, text=f"handoff to {event.target}")
+                step.action_type = ActionType.DELEGATE
+            if step is not None:
+                state.add_step(step)
+                run.steps = state.n_steps
+
+            rt._save("events", event)
+            self._broadcast("immunity_observe", event=event, run=run, state=state, session=self)
+            if step is not None:
+                rt._save("steps", step)
+                self._broadcast("immunity_observe_step", step=step, run=run, state=state, session=self)
+
+            if event.kind in (EventKind.TOOL_START, EventKind.TOOL_END, EventKind.MODEL_END, EventKind.FINAL_ANSWER,
+                              EventKind.MESSAGE, EventKind.HANDOFF):
+                target = self._pending.get(event.tool_call_id or f"tool:{event.tool}") \
+                    if event.kind == EventKind.TOOL_START else (step or relabelled)
+                decision.verdicts = self._verify(event, target)
+
+            failed = [v for v in decision.verdicts if not v.ok]
+            failed.sort(key=lambda v: (not v.block, -Severity(v.severity).rank))
+            if failed and step is not None:
+                step.data["flagged"] = [v.error_class for v in failed]
+            if failed:
+                iv = self._decide("immunity_intervene", verdicts=failed, event=event, run=run, state=state, session=self)
+                if iv is not None and not isinstance(iv, Intervention):
+                    self.record_error("immunity_intervene", "immunity_intervene",
+                                      TypeError(f"returned {type(iv).__name__}, expected Intervention"))
+                    iv = None
+                if iv is not None:
+                    self._apply(iv, event, decision)
+            if event.kind == EventKind.TOOL_START and any(v.block for v in failed) and not decision.block:
+                # a blocking verdict blocks even if no policy turned it into an intervention
+                v = next(v for v in failed if v.block)
+                decision.block, decision.message = True, v.hint or v.message
+            if decision.block and event.kind == EventKind.TOOL_START:
+                blocked = self._pending.pop(event.tool_call_id or f"tool:{event.tool}", None)
+                if blocked is not None:
+                    blocked.error = f"blocked by immunity: {decision.message}"
+                    blocked.data["blocked"] = True
+                    state.add_step(blocked)
+                    run.steps = state.n_steps
+                    rt._save("steps", blocked)
+
+            if event.error or event.failed or (failed and event.kind == EventKind.TOOL_END):
+                rec = self._decide("immunity_recover", event=event, verdicts=failed, run=run, state=state, session=self)
+                if rec is not None and not isinstance(rec, Recovery):
+                    self.record_error("immunity_recover", "immunity_recover",
+                                      TypeError(f"returned {type(rec).__name__}, expected Recovery"))
+                    rec = None
+                if rec is not None:
+                    rec.run_id, rec.step = run.run_id, state.n_steps
+                    decision.recovery = rec
+                    rt._save("recoveries", rec)
+                    if rec.kind in (RecoveryKind.RETRY, RecoveryKind.ROLLBACK) and rec.hint and \
+                            not (decision.intervention and decision.intervention.kind == InterventionKind.HINT):
+                        state.hints_pending.append(rec.hint)
+                    if rec.kind == RecoveryKind.ABORT:
+                        state.stop_requested = state.stop_requested or rec.reason or "aborted by immunity"
+
+            if event.kind == EventKind.MODEL_START and state.hints_pending:
+                decision.inject = self.take_hints()
+            if state.stop_requested and not decision.stop:
+                decision.stop = True
+                decision.final_answer = decision.final_answer or state.stop_requested
+            if event.kind == EventKind.RUN_END:
+                self._end(event)
+            return decision
+
+    def _new_step(self, event: Event, *, tool: str | None, arguments: dict[str, Any] | None = None,
+                  text: str | None = None, final: bool = False) -> Step:
+        rt = self.runtime
+        if final:
+            mapping = ActionMapping(ActionType.DONE, 1.0, mapped_by="final_answer")
+        else:
+            mapping = self._decide("immunity_map_action", tool=tool, arguments=arguments, text=text, run=self.run,
+                                   domain=rt.domain(self.run.domain))
+            if not isinstance(mapping, ActionMapping):
+                mapping = heuristic_mapping(tool, arguments, text)
+        if mapping.mapped_by == "heuristic" and tool:
+            count_unmapped(self.run.domain, tool)
+        step = Step(run_id=self.run.run_id, index=self.state.n_steps, action_type=mapping.action_type,
+                    confidence=mapping.confidence, tool=tool, arguments=arguments, text=_clip(text, 4000),
+                    agent=event.agent, side_effect=mapping.side_effect, tokens=0, ts=event.ts)
+        step.data["mapped_by"] = mapping.mapped_by
+        if mapping.needs_verification:
+            step.data["needs_verification"] = True
+        if mapping.destructive:
+            step.data["destructive"] = True
+        if event.tool_call_id:
+            step.data["tool_call_id"] = event.tool_call_id
+        return step
+
+    def _verify(self, event: Event, step: Step | None) -> list[Verdict]:
+        verdicts: list[Verdict] = []
+        for plugin, res in self._broadcast("immunity_verify", event=event, step=step, run=self.run,
+                                           state=self.state, session=self):
+            items = res if isinstance(res, list | tuple) else [res]
+            for v in items:
+                if not isinstance(v, Verdict):
+                    self.record_error(plugin, "immunity_verify",
+                                      TypeError(f"returned {type(v).__name__}, expected Verdict or list of Verdict"))
+                    continue
+                v.plugin = v.plugin or plugin
+                v.run_id = self.run.run_id
+                v.step = step.index if step is not None else self.state.n_steps
+                verdicts.append(v)
+                if not v.ok:
+                    self.runtime._save("verdicts", v)
+        return verdicts
+
+    def _apply(self, iv: Intervention, event: Event, decision: Decision) -> None:
+        state = self.state
+        iv.run_id, iv.step = self.run.run_id, state.n_steps
+        decision.intervention = iv
+        if iv.kind == InterventionKind.HINT:
+            state.hints_pending.append(iv.text)
+            state.last_hint = iv.text
+        elif iv.kind == InterventionKind.BLOCK:
+            if event.kind == EventKind.TOOL_START:
+                decision.block, decision.message = True, iv.text
+            else:  # nothing left to block: tell the model instead
+                state.hints_pending.append(iv.text)
+        elif iv.kind == InterventionKind.REWRITE:
+            if event.kind == EventKind.TOOL_START and iv.arguments is not None:
+                decision.rewrite = iv.arguments
+        elif iv.kind == InterventionKind.ASK_HUMAN:
+            decision.ask_human = iv.text
+        elif iv.kind == InterventionKind.STOP:
+            state.stop_requested = iv.text or "stopped by immunity"
+            decision.stop, decision.final_answer = True, state.stop_requested
+        if iv.kind != InterventionKind.WARN:
+            state.interventions += 1
+            state.last_intervention_step = state.n_steps
+        iv.delivered = iv.kind != InterventionKind.WARN
+        self.runtime._save("interventions", iv)
+
+    def _end(self, event: Event) -> None:
+        run = self.run
+        if self.ended:
+            return
+        self.ended = True
+        run.ended_at = event.ts
+        if event.outcome is not None:
+            run.outcome = event.outcome
+        run.status = "stopped" if self.state.stop_requested else ("error" if event.error else "finished")
+        if event.output and not run.final_answer:
+            run.final_answer = _clip(event.output, 4000)
+        run.metadata["signals"] = self.state.summary()
+        self.runtime._save("runs", run)
+        self.runtime._run_ended(self)
+
+    def end(self, outcome: Outcome | str | None = None, *, output: str | None = None, error: str | None = None) -> None:
+        """End the run (adapters call this once; calling it again does nothing)."""
+        if self.ended:
+            return
+        self.emit(Event(kind=EventKind.RUN_END, outcome=None if outcome is None else Outcome.parse(outcome),
+                        output=output, error=error))
+
+    def set_outcome(self, outcome: Outcome | str) -> None:
+        """Record the run's outcome when it becomes known (possibly after the run ended)."""
+        self.run.outcome = Outcome.parse(outcome)
+        self.runtime._save("runs", self.run)
+        if self.ended:
+            self.runtime._run_ended(self)
+
+    # ------------------------------------------------------------------ hook calling
+    def _budget_check(self, plugin: str, elapsed: float) -> None:
+        budget = self.runtime.config.step_budget_ms / 1000.0
+        if budget and elapsed > budget:
+            n = self._overruns.get(plugin, 0) + 1
+            self._overruns[plugin] = n
+            log.warning("plugin %s took %.1f ms, over the %.0f ms step budget (%d/%d)", plugin, elapsed * 1000,
+                        budget * 1000, n, MAX_OVERRUNS)
+            if n >= MAX_OVERRUNS:
+                self._skipped.add(plugin)
+                self.record_error(plugin, "budget", TimeoutError(
+                    f"over the step budget {n} times; skipped for the rest of run {self.run.run_id}"))
+
+    def _broadcast(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        hook = getattr(self.runtime.pm.hook, hook_name)
+        out: list[tuple[str, Any]] = []
+        for impl in reversed(hook.get_hookimpls()):
+            name = impl.plugin_name
+            if name in self._skipped:
+                continue
+            t0 = time.perf_counter()
+            try:
+                res = impl.function(**{a: kwargs[a] for a in impl.argnames if a in kwargs})
+            except Exception as exc:
+                self.record_error(name, hook_name, exc)
+                continue
+            finally:
+                self._budget_check(name, time.perf_counter() - t0)
+            if res is not None:
+                out.append((name, res))
+        return out
+
+    def _decide(self, hook_name: str, **kwargs: Any) -> Any:
+        hook = getattr(self.runtime.pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):
+            name = impl.plugin_name
+            if name in self._skipped:
+                continue
+            t0 = time.perf_counter()
+            try:
+                res = impl.function(**{a: kwargs[a] for a in impl.argnames if a in kwargs})
+            except Exception as exc:
+                self.record_error(name, hook_name, exc)
+                continue
+            finally:
+                self._budget_check(name, time.perf_counter() - t0)
+            if res is not None:
+                return res
+        return None
+
+    def record_error(self, plugin: str, hook: str, exc: BaseException) -> None:
+        """Log and store an error raised inside immunity or a plugin; re-raise if fail-closed."""
+        msg = f"{type(exc).__name__}: {exc}"
+        log.warning("immunity plugin %s failed in %s (run %s): %s", plugin, hook, self.run.run_id, msg)
+        errs = self.run.metadata.setdefault("plugin_errors", [])
+        if len(errs) < 50:
+            errs.append({"plugin": plugin, "hook": hook, "error": msg})
+        self.runtime._save("plugin_errors", {"run_id": self.run.run_id, "plugin": plugin, "hook": hook,
+                                             "error": msg, "ts": now()})
+        if self.runtime.config.fail_closed and not isinstance(exc, TimeoutError):
+            raise PluginError(plugin, f"{hook}: {msg}") from exc
+
+
+class Runtime:
+    """Holds the plugins, the configuration and the store; starts runs.
+
+    ::
+
+        rt = Runtime(domain="coding", store="immunity.db")
+        with rt:                                  # closes (flushes the store) at the end
+            rt.protect(graph)                     # attach the right adapter
+            graph.invoke(...)
+    """
+
+    def __init__(self, *, domain: str | None = None, store: Any = None, fail_closed: bool = False,
+                 step_budget_ms: float = 50.0, verifiers: list[str] | None = None, selector: str = "default",
+                 packs: list[Any] | None = None, plugins: list[Any] | None = None,
+                 pm: PluginManager | None = None, config: Config | None = None, **options: Any):
+        self.config = config or Config(domain=domain, store=store if isinstance(store, str) or store is None else None,
+                                       fail_closed=fail_closed, step_budget_ms=step_budget_ms,
+                                       verifiers=list(verifiers or []), selector=selector, packs=list(packs or []),
+                                       options=dict(options))
+        self.pm = pm or get_plugin_manager(extra=list(plugins or []))
+        if pm is not None and plugins:
+            for p in plugins:
+                self.pm.register(p)
+        self.sessions: dict[str, RunSession] = {}
+        self._idem: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.adapters: list[Any] = []
+        self.closed = False
+        self.store = self._open_store(store)
+        self.pm.hook.immunity_configure(config=self.config)
+        _LIVE.add(self)
+
+    # ------------------------------------------------------------------ store
+    def _open_store(self, store: Any) -> Any:
+        if store is None:
+            return None
+        if not isinstance(store, str):
+            return store  # an object that already is a store
+        from immunity.store import open_store
+
+        try:
+            return open_store(store, self.pm)
+        except Exception as exc:
+            if self.config.fail_closed:
+                raise
+            log.warning("immunity could not open store %r (%s); runs are kept in memory for this process and "
+                        "the file is left untouched", store, exc)
+            from immunity.store import SQLiteStore
+
+            return SQLiteStore(":memory:")
+
+    def _save(self, table: str, record: Any) -> None:
+        if self.store is not None:
+            try:
+                self.store.save(table, record)
+            except Exception as exc:  # pragma: no cover - the store queues; this is a last resort
+                log.warning("immunity store write to %s failed: %s", table, exc)
+
+    # ------------------------------------------------------------------ runs
+    def start_run(self, *, task: str | None = None, framework: str | None = None, domain: str | None = None,
+                  run_id: str | None = None, agent: str | None = None, task_id: str | None = None,
+                  metadata: dict[str, Any] | None = None, source: str | None = None) -> RunSession:
+        """Start a run and emit its ``run_start`` event."""
+        run = Run(task=task, framework=framework, domain=domain or self.config.domain, agent=agent, task_id=task_id,
+                  metadata=dict(metadata or {}), source=source)
+        if run_id:
+            run.run_id = run_id
+        session = RunSession(self, run)
+        with self._lock:
+            self.sessions[run.run_id] = session
+        self._save("runs", run)
+        session.emit(Event(kind=EventKind.RUN_START, agent=agent, output=task))
+        return session
+
+    def session(self, run_id: str) -> RunSession | None:
+        return self.sessions.get(run_id)
+
+    def _run_ended(self, session: RunSession) -> None:
+        selector = self.selector
+        if selector is not None and hasattr(selector, "update"):
+            try:
+                selector.update(session.run, session)
+            except Exception as exc:
+                log.warning("intervention selector update failed: %s", exc)
+        with self._lock:
+            if len(self.sessions) > 1000:  # keep memory bounded in long-lived processes
+                for rid in [r for r, s in self.sessions.items() if s.ended][:500]:
+                    self.sessions.pop(rid, None)
+
+    # ------------------------------------------------------------------ side-effect safety
+    def idempotent_result(self, key: str) -> str | None:
+        """The result of a side-effecting call already made with this idempotency key, if any
+        (kept in memory and in the store's ``idempotency`` table, so it survives a resume in a new
+        process)."""
+        if key in self._idem:
+            return self._idem[key]
+        if self.store is not None and hasattr(self.store, "idempotent_result"):
+            try:
+                return self.store.idempotent_result(key)
+            except Exception as exc:  # pragma: no cover - fail open
+                log.warning("idempotency lookup failed: %s", exc)
+        return None
+
+    def remember_result(self, key: str, run_id: str, tool: str, result: str) -> None:
+        self._idem[key] = result
+        self._save("idempotency", {"key": key, "run_id": run_id, "tool": tool, "result": _clip(result), "ts": now()})
+
+    # ------------------------------------------------------------------ registries
+    @property
+    def selector(self) -> Any:
+        if not hasattr(self, "_selector"):
+            factory = self.pm.registry("selectors").get(self.config.selector)
+            if factory is None:
+                raise ImmunityError(f"no intervention selector named {self.config.selector!r}; installed: "
+                                    f"{sorted(self.pm.registry('selectors'))}")
+            self._selector = factory(self.config, self.store)
+        return self._selector
+
+    def domain(self, name: str | None) -> Any:
+        return self.pm.registry("domains").get(name) if name else None
+
+    def map_action(self, tool: str | None, arguments: dict[str, Any] | None = None, text: str | None = None,
+                   run: Run | None = None, *, domain: str | None = None) -> ActionMapping:
+        """Map a native action to a universal action type outside a live run (importers, replay)."""
+        run = run or Run(domain=domain or self.config.domain)
+        for impl in reversed(self.pm.hook.immunity_map_action.get_hookimpls()):
+            kwargs = {"tool": tool, "arguments": arguments, "text": text, "run": run,
+                      "domain": self.domain(run.domain)}
+            try:
+                res = impl.function(**{a: kwargs[a] for a in impl.argnames})
+            except Exception as exc:
+                log.warning("immunity_map_action in %s failed: %s", impl.plugin_name, exc)
+                continue
+            if isinstance(res, ActionMapping):
+                if res.mapped_by == "heuristic" and tool:
+                    count_unmapped(run.domain, tool)
+                return res
+        return heuristic_mapping(tool, arguments, text)
+
+    # ------------------------------------------------------------------ adapters
+    def protect(self, target: Any = None, *, framework: str | None = None, **kwargs: Any) -> Any:
+        """Attach the adapter for ``target`` (or for ``framework`` by name) and return it."""
+        adapters = self.pm.registry("adapters")
+        if framework is not None:
+            if framework not in adapters:
+                raise ImmunityError(f"no adapter named {framework!r}; installed: {sorted(adapters)}")
+            cls = adapters[framework]
+        else:
+            matching = [cls for cls in adapters.values() if target is not None and cls.matches(target)]
+            if not matching:
+                raise ImmunityError(f"no installed adapter recognises {type(target).__name__}; installed adapters: "
+                                    f"{sorted(adapters) or 'none'} (pip install immunity-<framework>)")
+            cls = matching[0]
+        adapter = cls(self, **kwargs)
+        adapter.instrument(target)
+        self.adapters.append(adapter)
+        return adapter
+
+    # ------------------------------------------------------------------ lifecycle
+    def flush(self) -> None:
+        if self.store is not None:
+            self.store.flush()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for adapter in reversed(self.adapters):
+            try:
+                adapter.uninstrument()
+            except Exception as exc:
+                log.warning("uninstrument failed: %s", exc)
+        for s in list(self.sessions.values()):
+            if not s.ended:
+                s.run.status = "unfinished"
+                self._save("runs", s.run)
+        try:
+            self.pm.hook.immunity_unconfigure(config=self.config)
+        except Exception as exc:
+            log.warning("immunity_unconfigure failed: %s", exc)
+        if self.store is not None:
+            self.store.close()
+        _LIVE.discard(self)
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+_LIVE: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:  # flush every store at normal exit so nothing is lost
+    for rt in list(_LIVE):
+        try:
+            rt.close()
+        except Exception:  # pragma: no cover
+            pass
+
+
+def protect(target: Any = None, *, domain: str | None = None, store: Any = "immunity.db",
+            framework: str | None = None, **options: Any) -> Any:
+    """Attach immunity to an agent, graph or crew you already have; returns the adapter, whose
+    ``runtime`` holds the store and runs and whose ``uninstrument()`` detaches it::
+
+        guard = immunity.protect(graph, domain="coding")
+        graph.invoke(...)      # unchanged
+    """
+    rt = Runtime(domain=domain, store=store, **options)
+    adapter = rt.protect(target, framework=framework)
+    return adapter

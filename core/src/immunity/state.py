@@ -1,0 +1,211 @@
+"""Per-run signals, updated incrementally: O(1) work per step, no model calls.
+
+Every verifier, matcher and policy reads the same :class:`RunState`, so a signal is computed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from immunity.models import ActionType, Step
+
+_NUM = re.compile(r"0x[0-9a-f]+|\d+(\.\d+)?", re.I)
+_HEX = re.compile(r"\b[0-9a-f]{8,}\b", re.I)
+_PATH = re.compile(r"(/[\w.\-]+)+")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_WS = re.compile(r"\s+")
+
+
+def normalise_error(text: str | None, limit: int = 160) -> str:
+    """An error message with the specifics (numbers, paths, quoted names, ids) taken out, so the
+    same error in different places compares equal."""
+    if not text:
+        return ""
+    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
+    # the last line of a traceback is the informative one
+    line = lines[-1] if lines else ""
+    for ln in reversed(lines):
+        if re.search(r"(error|exception|failed|not found|denied|invalid|cannot|unable)", ln, re.I):
+            line = ln
+            break
+    line = _HEX.sub("<id>", line)
+    line = _PATH.sub("<path>", line)
+    line = _QUOTED.sub("<q>", line)
+    line = _NUM.sub("<n>", line)
+    return _WS.sub(" ", line).strip().lower()[:limit]
+
+
+def _digest(obj: Any) -> str:
+    try:
+        blob = json.dumps(obj, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        blob = repr(obj)
+    return hashlib.blake2b(blob.encode("utf-8", "replace"), digest_size=8).hexdigest()
+
+
+def action_signature(step: Step) -> str:
+    """Identical-action signature: tool + exact arguments (or text)."""
+    return _digest([step.tool, step.arguments, None if step.tool else (step.text or "")[:500]])
+
+
+def near_signature(step: Step) -> str:
+    """Near-identical signature: tool + arguments with numbers and whitespace normalised."""
+    body = json.dumps(step.arguments, sort_keys=True, default=str) if step.arguments else (step.text or "")[:500]
+    body = _WS.sub(" ", _NUM.sub("<n>", body.lower())).strip()
+    return _digest([step.tool, body])
+
+
+@dataclass
+class RunState:
+    """Signals of one run so far. Updated by the runtime with :meth:`add_step` and :meth:`add_usage`."""
+
+    run_id: str = ""
+    task: str | None = None
+    domain: str | None = None
+    steps: list[Step] = field(default_factory=list)
+    action_counts: Counter[str] = field(default_factory=Counter)
+    ngrams: Counter[str] = field(default_factory=Counter)
+    tool_counts: Counter[str] = field(default_factory=Counter)
+    errors: int = 0
+    consecutive_failures: int = 0
+    error_counts: Counter[str] = field(default_factory=Counter)
+    last_error: str = ""
+    signature_counts: Counter[str] = field(default_factory=Counter)
+    near_counts: Counter[str] = field(default_factory=Counter)
+    identical_streak: int = 0
+    near_streak: int = 0
+    ping_pong: int = 0
+    steps_since_verify: int = 0
+    edits_since_verify: int = 0
+    verified_ok: int = 0
+    verified_failed: int = 0
+    last_verify_ok: bool | None = None
+    results_seen: set[str] = field(default_factory=set)
+    steps_without_new_info: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    model_calls: int = 0
+    interventions: int = 0
+    last_intervention_step: int | None = None
+    last_hint: str | None = None
+    hints_pending: list[str] = field(default_factory=list)
+    stop_requested: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    _recent: deque[str] = field(default_factory=lambda: deque(maxlen=4))
+    _last_actions: deque[str] = field(default_factory=lambda: deque(maxlen=3))
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.steps)
+
+    @property
+    def last_step(self) -> Step | None:
+        return self.steps[-1] if self.steps else None
+
+    def add_usage(self, tokens: int = 0, cost: float = 0.0) -> None:
+        self.tokens += int(tokens or 0)
+        self.cost += float(cost or 0.0)
+        self.model_calls += 1
+
+    def add_step(self, step: Step) -> None:
+        """Fold one completed step into the signals (O(1))."""
+        step.index = len(self.steps)
+        self.steps.append(step)
+        act = step.action_type.value
+        self.action_counts[act] += 1
+        self._last_actions.append(act)
+        acts = list(self._last_actions)
+        if len(acts) >= 2:
+            self.ngrams[">".join(acts[-2:])] += 1
+        if len(acts) >= 3:
+            self.ngrams[">".join(acts[-3:])] += 1
+        if step.tool:
+            self.tool_counts[step.tool] += 1
+
+        failed = step.failed
+        if failed:
+            self.errors += 1
+            self.consecutive_failures += 1
+            err = normalise_error(step.error or step.result)
+            self.last_error = err
+            if err:
+                self.error_counts[err] += 1
+        else:
+            self.consecutive_failures = 0
+
+        sig = action_signature(step)
+        near = near_signature(step)
+        prev = self._recent[-1] if self._recent else None
+        prev_near = self.steps[-2].data.get("_near") if len(self.steps) >= 2 else None
+        self.identical_streak = self.identical_streak + 1 if sig == prev else 1
+        self.near_streak = self.near_streak + 1 if near == prev_near else 1
+        # A<->B ping-pong: this step equals the one two back and differs from the last one
+        if len(self._recent) >= 2 and sig == self._recent[-2] and sig != prev:
+            self.ping_pong += 1
+        elif sig != prev:
+            self.ping_pong = 0
+        self._recent.append(sig)
+        step.data["_sig"] = sig
+        step.data["_near"] = near
+        self.signature_counts[sig] += 1
+        self.near_counts[near] += 1
+
+        if step.action_type == ActionType.VERIFY:
+            self.steps_since_verify = 0
+            self.edits_since_verify = 0
+            self.last_verify_ok = not failed
+            if failed:
+                self.verified_failed += 1
+            else:
+                self.verified_ok += 1
+        else:
+            self.steps_since_verify += 1
+            if step.action_type == ActionType.EDIT:
+                self.edits_since_verify += 1
+
+        info = _digest((step.result or "")[:2000]) if (step.result or step.error) else None
+        if info is None or info in self.results_seen:
+            self.steps_without_new_info += 1
+        else:
+            self.results_seen.add(info)
+            self.steps_without_new_info = 0
+
+        self.tokens += int(step.tokens or 0)
+        self.cost += float(step.cost or 0.0)
+
+    def relabel_last(self, action: ActionType) -> None:
+        """Change the last step's action type (a model message that turned out to be the final
+        answer), keeping the counts consistent."""
+        step = self.steps[-1]
+        old = step.action_type.value
+        self.action_counts[old] -= 1
+        self.action_counts[action.value] += 1
+        if self._last_actions:
+            self._last_actions[-1] = action.value
+        step.action_type = action
+
+    def summary(self) -> dict[str, Any]:
+        """The scalar signals, for storing, explaining and learning."""
+        return {
+            "steps": self.n_steps,
+            "errors": self.errors,
+            "consecutive_failures": self.consecutive_failures,
+            "identical_streak": self.identical_streak,
+            "near_streak": self.near_streak,
+            "ping_pong": self.ping_pong,
+            "max_repeat": max(self.signature_counts.values(), default=0),
+            "steps_since_verify": self.steps_since_verify,
+            "edits_since_verify": self.edits_since_verify,
+            "verified_ok": self.verified_ok,
+            "verified_failed": self.verified_failed,
+            "steps_without_new_info": self.steps_without_new_info,
+            "tokens": self.tokens,
+            "cost": round(self.cost, 6),
+            "last_error": self.last_error,
+            "repeated_error": max(self.error_counts.values(), default=0),
+        }

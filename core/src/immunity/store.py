@@ -1,0 +1,402 @@
+"""The SQLite store (sqlite-utils, WAL, ``Migrations``).
+
+Writes from the hot path go into a queue that a background thread drains in batches, so a step
+never waits for the disk. :meth:`SQLiteStore.flush` waits for the queue; :meth:`close` flushes, and
+every open runtime is closed at interpreter exit, so nothing queued is lost at normal exit. If the
+database cannot be written (locked for longer than the busy timeout, disk full), the batch is kept
+and retried; what is still unwritten at close is appended to ``<db>.unsaved.jsonl`` rather than
+dropped.
+
+Core tables (plain plural nouns): ``runs``, ``events``, ``steps``, ``verdicts``, ``interventions``,
+``recoveries``, ``checkpoints``, ``patterns``, ``plugin_errors``. A plugin's own tables carry its
+name as a prefix (``bandit_arms``) and are created through :attr:`SQLiteStore.db`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import sqlite_utils
+from pydantic import BaseModel
+from sqlite_utils import Migrations
+
+from immunity.errors import StoreError
+from immunity.models import Checkpoint, Event, FailurePattern, Intervention, Recovery, Run, Step, Verdict
+
+log = logging.getLogger("immunity.store")
+
+migrations = Migrations("immunity")
+
+
+@migrations()
+def m001_core_tables(db: sqlite_utils.Database) -> None:
+    db["runs"].create({
+        "run_id": str, "task": str, "task_id": str, "domain": str, "framework": str, "agent": str,
+        "outcome": str, "failure_step": int, "source": str, "started_at": float, "ended_at": float,
+        "tokens": int, "cost": float, "steps": int, "status": str, "final_answer": str, "metadata": str,
+    }, pk="run_id")
+    db["events"].create({
+        "event_id": str, "run_id": str, "seq": int, "kind": str, "ts": float, "agent": str, "node": str,
+        "model": str, "tool": str, "tool_call_id": str, "body": str,
+    }, pk="event_id")
+    db["steps"].create({
+        "run_id": str, "idx": int, "action_type": str, "confidence": float, "tool": str, "arguments": str,
+        "text": str, "result": str, "error": str, "return_code": int, "agent": str, "side_effect": int,
+        "tokens": int, "cost": float, "ts": float, "data": str,
+    }, pk=("run_id", "idx"))
+    db["verdicts"].create({
+        "id": int, "run_id": str, "step": int, "ok": int, "error_class": str, "severity": str, "message": str,
+        "hint": str, "evidence": str, "plugin": str, "block": int, "ts": float,
+    }, pk="id")
+    db["interventions"].create({
+        "intervention_id": str, "run_id": str, "step": int, "kind": str, "text": str, "arguments": str,
+        "error_class": str, "pattern_id": str, "verdict_plugin": str, "variant": str, "source": str,
+        "ts": float, "delivered": int, "outcome": str,
+    }, pk="intervention_id")
+    db["recoveries"].create({
+        "recovery_id": str, "run_id": str, "step": int, "kind": str, "hint": str, "checkpoint_id": str,
+        "max_attempts": int, "delay_s": float, "fallback": str, "reason": str, "ts": float,
+    }, pk="recovery_id")
+    db["checkpoints"].create({
+        "checkpoint_id": str, "run_id": str, "step": int, "verified": int, "ref": str, "ts": float,
+    }, pk="checkpoint_id")
+    db["patterns"].create({
+        "pattern_id": str, "pack": str, "error_class": str, "domain": str, "body": str,
+    }, pk="pattern_id")
+    db["plugin_errors"].create({
+        "id": int, "run_id": str, "plugin": str, "hook": str, "error": str, "ts": float,
+    }, pk="id")
+    db["idempotency"].create({"key": str, "run_id": str, "tool": str, "result": str, "ts": float}, pk="key")
+    db["events"].create_index(["run_id", "seq"])
+    db["verdicts"].create_index(["run_id"])
+    db["interventions"].create_index(["run_id"])
+    db["checkpoints"].create_index(["run_id"])
+    db["runs"].create_index(["task_id"])
+
+
+def _json(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _loads(value: Any, default: Any = None) -> Any:
+    if value in (None, ""):
+        return default
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def to_row(table: str, record: Any) -> dict[str, Any]:
+    """A model (or dict) as a row of ``table``."""
+    if isinstance(record, dict):
+        return dict(record)
+    if table == "runs":
+        d = record.model_dump(mode="json")
+        d["metadata"] = _json(d["metadata"])
+        return d
+    if table == "events":
+        d = record.model_dump(mode="json", exclude_none=True)
+        head = {k: d.pop(k, None) for k in ("event_id", "run_id", "kind", "ts", "agent", "node", "model", "tool",
+                                             "tool_call_id")}
+        for key in ("result", "output", "error"):
+            if isinstance(d.get(key), str) and len(d[key]) > 8000:
+                d[key] = d[key][:8000] + f"... [{len(d[key]) - 8000} more characters]"
+        if d.get("messages"):
+            d["messages"] = d["messages"][-50:]
+        head["body"] = _json(d)
+        return head
+    if table == "steps":
+        d = record.model_dump(mode="json")
+        d["idx"] = d.pop("index")
+        d["arguments"] = _json(d["arguments"])
+        d["data"] = _json({k: v for k, v in d["data"].items() if not k.startswith("_")})
+        d["side_effect"] = int(d["side_effect"])
+        return d
+    if table == "verdicts":
+        d = record.model_dump(mode="json")
+        d["evidence"] = _json(d["evidence"])
+        d["ok"], d["block"] = int(d["ok"]), int(d["block"])
+        return d
+    if table == "interventions":
+        d = record.model_dump(mode="json")
+        d["arguments"] = _json(d["arguments"])
+        d["delivered"] = int(d["delivered"])
+        return d
+    if table == "checkpoints":
+        d = record.model_dump(mode="json")
+        d["ref"] = _json(d["ref"])
+        d["verified"] = int(d["verified"])
+        return d
+    if table == "patterns":
+        return {"pattern_id": record.pattern_id, "pack": record.metadata.get("pack"), "error_class": record.error_class,
+                "domain": record.domain, "body": record.model_dump_json()}
+    if isinstance(record, BaseModel):
+        return record.model_dump(mode="json")
+    raise StoreError(f"cannot store a {type(record).__name__} in {table!r}")
+
+
+_PKS = {"idempotency": "key", "runs": "run_id", "events": "event_id", "steps": ("run_id", "idx"), "interventions": "intervention_id",
+        "recoveries": "recovery_id", "checkpoints": "checkpoint_id", "patterns": "pattern_id"}
+
+
+class SQLiteStore:
+    """The default store. ``SQLiteStore(":memory:")`` for tests; a path for real use."""
+
+    def __init__(self, path: str = "immunity.db", *, background: bool = True, busy_timeout_ms: int = 5000):
+        self.path = path
+        self._lock = threading.RLock()
+        self._seq: dict[str, int] = {}
+        try:
+            if path != ":memory:":
+                parent = os.path.dirname(os.path.abspath(path))
+                os.makedirs(parent, exist_ok=True)
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=busy_timeout_ms / 1000)
+            self.db = sqlite_utils.Database(conn)
+            if path != ":memory:":
+                self.db.enable_wal()
+            self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            migrations.apply(self.db)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {path!r}: {exc} (is it an immunity database? is it locked?)") from exc
+        self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self._failed: list[tuple[str, dict[str, Any]]] = []
+        self._closed = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._writer, name=f"immunity-store:{path}", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ writes
+    def save(self, table: str, record: Any) -> None:
+        """Queue a record for writing (returns at once)."""
+        row = to_row(table, record)
+        if table == "events":
+            self._seq[row["run_id"]] = seq = self._seq.get(row["run_id"], 0) + 1
+            row["seq"] = seq
+        if self._thread is None or self._closed:
+            self._write([(table, row)])
+        else:
+            self._idle.clear()
+            self._queue.put((table, row))
+
+    def _writer(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [] if item is None else [item]
+            stop = item is None
+            while not stop:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                else:
+                    batch.append(nxt)
+            if batch:
+                self._write(batch)
+            if self._queue.empty():
+                self._idle.set()
+            if stop:
+                return
+
+    def _write(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        batch = self._failed + batch
+        self._failed = []
+        try:
+            with self._lock, self.db.conn:
+                for table, row in batch:
+                    pk = _PKS.get(table)
+                    if pk is None:
+                        self.db[table].insert(row, alter=True)
+                    else:
+                        self.db[table].insert(row, pk=pk, replace=True, alter=True)
+        except sqlite3.Error as exc:
+            log.warning("immunity store %s: write of %d records failed (%s); will retry", self.path, len(batch), exc)
+            self._failed = batch
+
+    def write_run(self, run: Run, steps: Iterable[Step], events: Iterable[Event] = ()) -> None:
+        """Write one whole run in one transaction (used by importers: nothing is half-written)."""
+        rows = [("runs", to_row("runs", run))]
+        rows += [("steps", to_row("steps", s)) for s in steps]
+        for i, ev in enumerate(events, 1):
+            r = to_row("events", ev)
+            r["seq"] = i
+            rows.append(("events", r))
+        self.flush()
+        with self._lock, self.db.conn:
+            self.db["steps"].delete_where("run_id = ?", [run.run_id])
+            self.db["events"].delete_where("run_id = ?", [run.run_id])
+            for table, row in rows:
+                self.db[table].insert(row, pk=_PKS[table], replace=True, alter=True)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until everything queued is written."""
+        if self._thread is not None and self._thread.is_alive():
+            self._idle.wait(timeout)
+        if self._failed:
+            self._write([])
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+        if self._failed:
+            self._write([])
+        if self._failed and self.path != ":memory:":
+            spill = self.path + ".unsaved.jsonl"
+            with open(spill, "a", encoding="utf-8") as fh:
+                for table, row in self._failed:
+                    fh.write(json.dumps({"table": table, "row": row}, default=str) + "\n")
+            log.error("immunity store %s: %d records could not be written; saved to %s", self.path,
+                      len(self._failed), spill)
+        if self.path != ":memory:":
+            self.db.conn.close()
+
+    # ------------------------------------------------------------------ reads
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        self.flush()
+        with self._lock:
+            cur = self.db.execute(sql, list(params))
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def runs(self, *, limit: int | None = 50, outcome: str | None = None, domain: str | None = None,
+             source: str | None = None) -> list[Run]:
+        where, params = [], []
+        for col, val in (("outcome", outcome), ("domain", domain), ("source", source)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                params.append(val)
+        sql = "select * from runs" + (" where " + " and ".join(where) if where else "") + " order by started_at desc"
+        if limit:
+            sql += f" limit {int(limit)}"
+        return [self._run(r) for r in self._rows(sql, params)]
+
+    def iter_runs(self, **filters: Any) -> Iterator[Run]:
+        yield from self.runs(limit=None, **filters)
+
+    def count(self, table: str) -> int:
+        self.flush()
+        with self._lock:
+            return self.db[table].count
+
+    @staticmethod
+    def _run(r: dict[str, Any]) -> Run:
+        r = dict(r)
+        r["metadata"] = _loads(r.get("metadata"), {})
+        return Run(**{k: v for k, v in r.items() if v is not None or k == "failure_step"})
+
+    def get_run(self, run_id: str) -> Run | None:
+        rows = self._rows("select * from runs where run_id = ?", [run_id])
+        if not rows:
+            rows = self._rows("select * from runs where run_id like ? order by started_at desc limit 2", [run_id + "%"])
+            if len(rows) != 1:
+                return None
+        return self._run(rows[0])
+
+    def steps(self, run_id: str) -> list[Step]:
+        out = []
+        for r in self._rows("select * from steps where run_id = ? order by idx", [run_id]):
+            r["index"] = r.pop("idx")
+            r["arguments"] = _loads(r["arguments"])
+            r["data"] = _loads(r["data"], {})
+            r["side_effect"] = bool(r["side_effect"])
+            out.append(Step(**{k: v for k, v in r.items() if v is not None}))
+        return out
+
+    def events(self, run_id: str) -> list[Event]:
+        out = []
+        for r in self._rows("select * from events where run_id = ? order by seq", [run_id]):
+            body = _loads(r.pop("body"), {})
+            r.pop("seq", None)
+            out.append(Event(**{k: v for k, v in {**body, **r}.items() if v is not None}))
+        return out
+
+    def verdicts(self, run_id: str) -> list[Verdict]:
+        out = []
+        for r in self._rows("select * from verdicts where run_id = ? order by id", [run_id]):
+            r.pop("id", None)
+            r["evidence"] = _loads(r["evidence"], {})
+            r["ok"], r["block"] = bool(r["ok"]), bool(r["block"])
+            out.append(Verdict(**{k: v for k, v in r.items() if v is not None}))
+        return out
+
+    def interventions(self, run_id: str | None = None) -> list[Intervention]:
+        sql, params = "select * from interventions", []
+        if run_id:
+            sql, params = sql + " where run_id = ?", [run_id]
+        out = []
+        for r in self._rows(sql + " order by ts", params):
+            r["arguments"] = _loads(r["arguments"])
+            r["delivered"] = bool(r["delivered"])
+            out.append(Intervention(**{k: v for k, v in r.items() if v is not None}))
+        return out
+
+    def recoveries(self, run_id: str) -> list[Recovery]:
+        return [Recovery(**{k: v for k, v in r.items() if v is not None})
+                for r in self._rows("select * from recoveries where run_id = ? order by ts", [run_id])]
+
+    def checkpoints(self, run_id: str) -> list[Checkpoint]:
+        out = []
+        for r in self._rows("select * from checkpoints where run_id = ? order by ts", [run_id]):
+            r["ref"] = _loads(r["ref"], {})
+            r["verified"] = bool(r["verified"])
+            out.append(Checkpoint(**r))
+        return out
+
+    def plugin_errors(self, run_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if run_id:
+            return self._rows("select * from plugin_errors where run_id = ? order by id", [run_id])
+        return self._rows(f"select * from plugin_errors order by id desc limit {int(limit)}")
+
+    def patterns(self, pack: str | None = None) -> list[FailurePattern]:
+        sql, params = "select body from patterns", []
+        if pack:
+            sql, params = sql + " where pack = ?", [pack]
+        return [FailurePattern.model_validate_json(r["body"]) for r in self._rows(sql, params)]
+
+    def idempotent_result(self, key: str) -> str | None:
+        rows = self._rows("select result from idempotency where key = ?", [key])
+        return rows[0]["result"] if rows else None
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        self.flush()
+        with self._lock, self.db.conn:
+            self.db["runs"].update(run_id, fields)
+
+
+def open_store(location: str, pm: Any = None) -> Any:
+    """Open a store from a location: a path or ``:memory:`` (SQLite), or ``scheme:rest`` for a store
+    registered by a plugin under ``scheme``."""
+    if location == ":memory:" or "://" not in location and not _has_scheme(location, pm):
+        return SQLiteStore(location)
+    scheme, _, rest = location.partition("://") if "://" in location else location.partition(":")
+    factories = pm.registry("stores") if pm is not None else {"sqlite": SQLiteStore}
+    if scheme not in factories:
+        raise StoreError(f"no store registered for {scheme!r} (from {location!r}); installed: {sorted(factories)}")
+    return factories[scheme](rest)
+
+
+def _has_scheme(location: str, pm: Any) -> bool:
+    if pm is None or ":" not in location or os.path.exists(location):
+        return False
+    scheme = location.split(":", 1)[0]
+    return len(scheme) > 1 and scheme in pm.registry("stores")
+

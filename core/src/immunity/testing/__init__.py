@@ -1,0 +1,174 @@
+"""Test plugins with no framework at all: a scripted fake run and a fake adapter.
+
+::
+
+    from immunity.testing import FakeRun
+
+    def test_my_check(immunity_runtime):          # fixture from immunity's pytest plugin
+        run = FakeRun(immunity_runtime, task="fix the bug", domain="coding")
+        run.tool("bash", {"command": "pytest"}, error="1 failed", return_code=1)
+        d = run.final("done")
+        assert d.verdicts[0].error_class == "premature_done"
+
+A :class:`FakeAdapter` follows the same script as a real adapter would: it asks the runtime before
+each model call (and injects hints into what the scripted model sees), before each tool call (and
+honours blocks, rewrites and stops), and reports results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from immunity.adapter import Adapter
+from immunity.runtime import Decision, RunSession, Runtime
+
+
+class FakeRun:
+    """A run driven by hand, one event at a time, through the real runtime."""
+
+    def __init__(self, runtime: Runtime, *, task: str | None = "a task", domain: str | None = None,
+                 framework: str = "fake", run_id: str | None = None, **kw: Any):
+        self.runtime = runtime
+        self.session: RunSession = runtime.start_run(task=task, domain=domain, framework=framework, run_id=run_id, **kw)
+        self.decisions: list[Decision] = []
+        self._n = 0
+
+    @property
+    def run(self) -> Any:
+        return self.session.run
+
+    @property
+    def state(self) -> Any:
+        return self.session.state
+
+    def _keep(self, d: Decision) -> Decision:
+        self.decisions.append(d)
+        return d
+
+    def model(self, output: str | None = None, *, tool_calls: list[dict[str, Any]] | None = None,
+              messages: list[dict[str, Any]] | None = None, usage: dict[str, int] | None = None) -> Decision:
+        """A model call: returns the ``model_start`` decision (its ``inject`` holds the hints)."""
+        d = self.session.model_start(messages or [{"role": "user", "content": self.run.task or ""}], model="fake")
+        self.session.model_end(output, tool_calls=tool_calls, usage=usage or {"input_tokens": 10, "output_tokens": 5,
+                                                                               "total_tokens": 15}, model="fake")
+        return self._keep(d)
+
+    def tool(self, name: str, arguments: dict[str, Any] | None = None, *, result: Any = "ok",
+             error: str | None = None, return_code: int | None = None) -> Decision:
+        """A tool call with its result; if the runtime blocks it, the result is never produced and
+        the ``tool_start`` decision is returned."""
+        self._n += 1
+        call_id = f"call_{self._n}"
+        start = self.session.tool_start(name, arguments or {}, tool_call_id=call_id)
+        if start.block or start.stop:
+            return self._keep(start)
+        args = start.rewrite if start.rewrite is not None else arguments
+        end = self.session.tool_end(name, None if error else result, error=error, return_code=return_code,
+                                    tool_call_id=call_id, arguments=args)
+        end.verdicts = start.verdicts + end.verdicts
+        return self._keep(end)
+
+    def say(self, text: str, *, agent: str | None = None) -> Decision:
+        return self._keep(self.session.message(text, agent=agent))
+
+    def handoff(self, target: str, *, agent: str | None = None) -> Decision:
+        return self._keep(self.session.handoff(agent, target))
+
+    def final(self, answer: str) -> Decision:
+        return self._keep(self.session.final_answer(answer))
+
+    def end(self, outcome: str | None = None) -> RunSession:
+        self.session.end(outcome)
+        return self.session
+
+
+@dataclass
+class ScriptStep:
+    """One turn of a scripted model: call ``tool`` with ``arguments`` (its result comes from the
+    fake tool table), or answer ``answer``."""
+
+    tool: str | None = None
+    arguments: dict[str, Any] = field(default_factory=dict)
+    answer: str | None = None
+
+
+class FakeAdapter(Adapter):
+    """An adapter for a fake framework: a scripted model and a table of tools.
+
+    ``tools`` maps a name to a callable taking the arguments as keywords (raise to fail). Each
+    model turn receives the conversation plus any injected hints (recorded in ``seen``), exactly
+    like a real adapter injects them into the next model call only.
+    """
+
+    name = "fake"
+    framework = "immunity"
+    supported = ">=0"
+
+    def __init__(self, runtime: Runtime, *, tools: dict[str, Callable[..., Any]] | None = None, **options: Any):
+        super().__init__(runtime, **options)
+        self.tools = tools or {}
+        self.seen: list[list[dict[str, Any]]] = []
+
+    @classmethod
+    def matches(cls, obj: Any) -> bool:
+        return False
+
+    def instrument(self, target: Any = None) -> None:
+        self.instrumented = True
+
+    def uninstrument(self) -> None:
+        self.instrumented = False
+
+    def run(self, script: Iterable[ScriptStep | Callable[[list[dict[str, Any]]], ScriptStep]], *, task: str = "a task",
+            domain: str | None = None, outcome: str | None = None) -> RunSession:
+        session = self.runtime.start_run(task=task, domain=domain, framework="fake")
+        history: list[dict[str, Any]] = [{"role": "user", "content": task}]
+        final: str | None = None
+        for i, item in enumerate(script):
+            d = session.model_start(history, model="scripted")
+            visible = history + [{"role": "user", "content": h} for h in d.inject]
+            self.seen.append(visible)
+            if d.stop:
+                final = d.final_answer
+                break
+            turn = item(visible) if callable(item) else item
+            if turn.tool is None:
+                session.model_end(turn.answer, model="scripted")
+                history.append({"role": "assistant", "content": turn.answer})
+                fd = session.final_answer(turn.answer)
+                final = turn.answer
+                if fd.stop:
+                    final = fd.final_answer
+                break
+            call_id = f"call_{i}"
+            session.model_end(None, tool_calls=[{"name": turn.tool, "arguments": turn.arguments, "id": call_id}],
+                              model="scripted")
+            history.append({"role": "assistant", "tool_calls": [{"name": turn.tool, "arguments": turn.arguments,
+                                                                 "id": call_id}]})
+            start = session.tool_start(turn.tool, turn.arguments, tool_call_id=call_id)
+            if start.stop:
+                final = start.final_answer
+                break
+            if start.block:
+                history.append({"role": "tool", "tool_call_id": call_id, "content": f"Blocked: {start.message}"})
+                continue
+            args = start.rewrite if start.rewrite is not None else turn.arguments
+            try:
+                result = self.tools[turn.tool](**args)
+                end = session.tool_end(turn.tool, result, tool_call_id=call_id, arguments=args)
+                history.append({"role": "tool", "tool_call_id": call_id, "content": str(result)})
+            except Exception as exc:
+                end = session.tool_end(turn.tool, error=f"{type(exc).__name__}: {exc}", tool_call_id=call_id,
+                                       arguments=args)
+                history.append({"role": "tool", "tool_call_id": call_id, "content": f"Error: {exc}"})
+            if end.stop:
+                final = end.final_answer
+                break
+        session.end(outcome, output=final)
+        self.history = history
+        return session
+
+
+__all__ = ["FakeAdapter", "FakeRun", "ScriptStep"]
