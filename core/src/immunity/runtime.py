@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from immunity.config import Config
@@ -499,10 +499,14 @@ class Runtime:
                  step_budget_ms: float = 50.0, verifiers: list[str] | None = None, selector: str = "default",
                  packs: list[Any] | None = None, plugins: list[Any] | None = None,
                  pm: PluginManager | None = None, config: Config | None = None, **options: Any):
-        self.config = config or Config(domain=domain, store=store if isinstance(store, str) or store is None else None,
-                                       fail_closed=fail_closed, step_budget_ms=step_budget_ms,
-                                       verifiers=list(verifiers or []), selector=selector, packs=list(packs or []),
-                                       options=dict(options))
+        if config is None:
+            known = {f.name for f in fields(Config)}
+            config = Config(domain=domain, store=store if isinstance(store, str) or store is None else None,
+                            fail_closed=fail_closed, step_budget_ms=step_budget_ms, verifiers=list(verifiers or []),
+                            selector=selector, packs=list(packs or []),
+                            **{k: v for k, v in options.items() if k in known},
+                            options={k: v for k, v in options.items() if k not in known})
+        self.config = config
         self.pm = pm or get_plugin_manager(extra=list(plugins or []))
         if pm is not None and plugins:
             for p in plugins:

@@ -1,0 +1,365 @@
+"""Every per-run hook through the runtime, fail-open / fail-closed, the step budget, tolerance."""
+
+import time
+
+import pluggy
+import pytest
+
+from immunity.domain import ActionMapping, Domain, Rule
+from immunity.errors import ImmunityError, PluginError
+from immunity.models import ActionType, EventKind, Intervention, InterventionKind, Recovery, RecoveryKind, Verdict
+from immunity.runtime import Runtime
+from immunity.testing import FakeAdapter, FakeRun, ScriptStep
+
+hookimpl = pluggy.HookimplMarker("immunity")
+
+
+class Recorder:
+    def __init__(self):
+        self.events, self.steps, self.configured, self.unconfigured = [], [], 0, 0
+
+    @hookimpl
+    def immunity_configure(self, config):
+        self.configured += 1
+
+    @hookimpl
+    def immunity_unconfigure(self, config):
+        self.unconfigured += 1
+
+    @hookimpl
+    def immunity_observe(self, event, run, state):
+        self.events.append(event.kind)
+
+    @hookimpl
+    def immunity_observe_step(self, step, run, state):
+        self.steps.append((step.index, step.action_type, step.tool))
+
+
+def test_observe_and_steps_through_runtime():
+    rec = Recorder()
+    rt = Runtime(store=":memory:", plugins=[rec])
+    assert rec.configured == 1
+    run = FakeRun(rt, task="fix it")
+    run.model(tool_calls=[{"name": "search_code", "arguments": {"q": "x"}}])
+    run.tool("search_code", {"q": "x"}, result="found x in a.py")
+    run.model("done: fixed")
+    run.final("done: fixed")
+    run.end("success")
+    assert rec.events == ["run_start", "model_start", "model_end", "tool_start", "tool_end", "model_start",
+                          "model_end", "final_answer", "run_end"]
+    assert rec.steps == [(0, ActionType.SEARCH, "search_code"), (1, ActionType.RESPOND, None)]
+    stored = rt.store.get_run(run.run.run_id)
+    assert stored.outcome.value == "success" and stored.status == "finished" and stored.steps == 2
+    steps = rt.store.steps(run.run.run_id)
+    assert [s.action_type for s in steps] == [ActionType.SEARCH, ActionType.DONE]  # final answer relabels
+    assert [e.kind for e in rt.store.events(run.run.run_id)][0] == EventKind.RUN_START
+    rt.close()
+    assert rec.unconfigured == 1
+
+
+class MapEverythingToPlan:
+    @hookimpl
+    def immunity_map_action(self, tool, arguments, text, run, domain):
+        if tool == "special":
+            return ActionMapping(ActionType.PLAN, 0.9, mapped_by="test")
+        return None
+
+
+def test_map_action_plugin_wins_and_domain_rules_apply():
+    billing = Domain(name="billing", rules=[Rule(tool="refund", action="EDIT", side_effect=True),
+                                           Rule(tool="sql", action="EDIT", when=r"\bdelete\b", destructive=True),
+                                           Rule(tool="sql", action="SEARCH")])
+
+    class DomainPlugin:
+        @hookimpl
+        def immunity_register_domains(self, register):
+            register("billing", billing)
+
+    rt = Runtime(store=None, plugins=[MapEverythingToPlan(), DomainPlugin()], domain="billing")
+    run = FakeRun(rt, domain="billing")
+    run.tool("special", {})
+    run.tool("refund", {"id": 1})
+    run.tool("sql", {"q": "DELETE FROM t"})
+    run.tool("sql", {"q": "select 1"})
+    run.tool("frobnicate", {})
+    acts = [(s.action_type, s.side_effect, s.data.get("mapped_by")) for s in run.state.steps]
+    assert acts == [(ActionType.PLAN, False, "test"), (ActionType.EDIT, True, "billing"),
+                    (ActionType.EDIT, False, "billing"), (ActionType.SEARCH, False, "billing"),
+                    (ActionType.OTHER, False, "heuristic")]
+    assert run.state.steps[2].data["destructive"] is True
+    rt.close()
+
+
+class BlockRm:
+    @hookimpl
+    def immunity_verify(self, event, step, run, state):
+        if event.kind == EventKind.TOOL_START and "rm -rf" in str(event.arguments):
+            return Verdict(ok=False, block=True, error_class="unsafe_action", severity="error",
+                           message="rm -rf", hint="Do not delete the repository.")
+        return None
+
+
+def test_verify_blocks_tool_and_records_verdict():
+    rt = Runtime(store=":memory:", plugins=[BlockRm()])
+    run = FakeRun(rt)
+    d = run.tool("bash", {"command": "rm -rf /"})
+    assert d.block and d.message == "Do not delete the repository."
+    assert d.intervention.kind == InterventionKind.BLOCK
+    step = run.state.steps[-1]
+    assert step.data["blocked"] and "blocked by immunity" in step.error
+    v = rt.store.verdicts(run.run.run_id)
+    assert v[0].error_class == "unsafe_action" and v[0].plugin.endswith("BlockRm") or v[0].plugin
+    assert rt.store.interventions(run.run.run_id)[0].kind == InterventionKind.BLOCK
+    rt.close()
+
+
+class WrongType:
+    @hookimpl
+    def immunity_verify(self, event, step, run, state):
+        return "not a verdict"
+
+
+def test_verify_wrong_return_type_is_recorded_and_ignored():
+    rt = Runtime(store=":memory:", plugins=[WrongType()])
+    run = FakeRun(rt)
+    d = run.tool("search", {"q": 1})
+    assert d.ok
+    errs = rt.store.plugin_errors(run.run.run_id)
+    assert errs and "expected Verdict" in errs[0]["error"]
+    rt.close()
+
+
+class Exploding:
+    @hookimpl
+    def immunity_observe(self, event, run, state):
+        raise RuntimeError("observer exploded")
+
+    @hookimpl
+    def immunity_verify(self, event, step, run, state):
+        raise ValueError("verifier exploded")
+
+
+def test_fail_open_other_plugins_still_run_and_errors_are_stored():
+    rec = Recorder()
+    rt = Runtime(store=":memory:", plugins=[Exploding(), rec])
+    adapter = FakeAdapter(rt, tools={"lookup": lambda **kw: "ok"})
+    session = adapter.run([ScriptStep(tool="lookup", arguments={"id": 1}), ScriptStep(answer="fine")])
+    assert session.run.final_answer == "fine"
+    assert "tool_end" in rec.events  # the exploding observer did not hide events from the others
+    errs = rt.store.plugin_errors(session.run.run_id)
+    assert {e["hook"] for e in errs} == {"immunity_observe", "immunity_verify"}
+    assert any("observer exploded" in e["error"] for e in errs)
+    assert session.run.metadata["plugin_errors"]
+    rt.close()
+
+
+def test_fail_closed_reraises():
+    rt = Runtime(store=None, plugins=[Exploding()], fail_closed=True)
+    with pytest.raises(PluginError, match="observer exploded"):
+        rt.start_run(task="x")
+    rt.close()
+
+
+class Slow:
+    calls = 0
+
+    @hookimpl
+    def immunity_observe(self, event, run, state):
+        Slow.calls += 1
+        time.sleep(0.01)
+
+
+def test_step_budget_skips_a_slow_plugin_for_the_run():
+    rt = Runtime(store=":memory:", plugins=[Slow()], step_budget_ms=2)
+    run = FakeRun(rt)
+    for i in range(5):
+        run.tool("search", {"q": i})
+    assert Slow.calls == 3  # skipped after three overruns
+    errs = rt.store.plugin_errors(run.run.run_id)
+    assert any(e["hook"] == "budget" for e in errs)
+    rt.close()
+
+
+class CustomPolicy:
+    @hookimpl
+    def immunity_intervene(self, verdicts, event, run, state):
+        return Intervention(kind=InterventionKind.HINT, text=f"custom: {verdicts[0].error_class}")
+
+    @hookimpl
+    def immunity_recover(self, event, verdicts, run, state):
+        return Recovery(kind=RecoveryKind.SKIP, reason="custom skip")
+
+
+def test_intervene_and_recover_plugins_win_over_defaults():
+    rt = Runtime(store=":memory:", plugins=[CustomPolicy()])
+    run = FakeRun(rt)
+    run.tool("bash", {"command": "make"}, error="make: *** [all] Error 2")
+    d = run.tool("bash", {"command": "make"}, error="make: *** [all] Error 2")
+    assert d.intervention.text == "custom: repeated_tool_error"
+    assert d.recovery.kind == RecoveryKind.SKIP
+    m = run.model("thinking")
+    assert m.inject == ["custom: repeated_tool_error"]
+    assert run.model("again").inject == []  # delivered once, to the next call only
+    rt.close()
+
+
+def test_default_recovery_retries_with_hint_then_circuit_breaker_stops():
+    rt = Runtime(store=":memory:", max_consecutive_failures=3)
+    run = FakeRun(rt)
+    d1 = run.tool("fetch", {"url": "a"}, error="timeout")
+    assert d1.recovery.kind == RecoveryKind.RETRY and "fetch failed" in d1.recovery.hint
+    assert run.session.state.hints_pending == [d1.recovery.hint]  # queued for the next model call
+    run.tool("fetch", {"url": "b"}, error="connection refused")
+    d3 = run.tool("fetch", {"url": "c"}, error="dns failure")
+    assert d3.recovery.kind == RecoveryKind.ABORT and "circuit breaker" in d3.recovery.reason
+    assert d3.stop and "circuit breaker" in d3.final_answer
+    run.end()
+    assert rt.store.get_run(run.run.run_id).status == "stopped"
+    rt.close()
+
+
+def test_loop_is_hinted_then_blocked_then_stopped():
+    rt = Runtime(store=":memory:")
+    run = FakeRun(rt)
+    decisions = [run.tool("get_status", {"id": 7}, result="pending") for _ in range(6)]
+    kinds = [d.intervention.kind if d.intervention else None for d in decisions]
+    assert kinds[2] == InterventionKind.HINT  # third identical call: hint
+    assert decisions[3].block  # fourth would-be identical call: blocked
+    assert any(d.stop for d in decisions[3:])  # keeps going: stopped
+    rt.close()
+
+
+def test_tolerance_never_repeats_the_same_hint_and_caps_interventions():
+    class SameVerdict:
+        @hookimpl
+        def immunity_verify(self, event, step, run, state):
+            if event.kind == EventKind.TOOL_END:
+                return Verdict(ok=False, error_class="goal_drift", message="drift", hint="stay on task")
+
+    rt = Runtime(store=":memory:", plugins=[SameVerdict()])
+    rt.config.max_interventions = 2
+    run = FakeRun(rt)
+    kinds = [run.tool("search", {"q": i}).intervention.kind for i in range(4)]
+    assert kinds[0] == InterventionKind.HINT
+    assert kinds[1] == InterventionKind.WARN  # same hint twice in a row -> record only
+    rt.close()
+
+
+def test_critical_verdict_stops_the_run():
+    class Critical:
+        @hookimpl
+        def immunity_verify(self, event, step, run, state):
+            if event.kind == EventKind.TOOL_END:
+                return Verdict(ok=False, error_class="runaway_cost", severity="critical", message="over budget")
+
+    rt = Runtime(store=":memory:", plugins=[Critical()])
+    run = FakeRun(rt)
+    d = run.tool("search", {"q": 1})
+    assert d.stop and "over budget" in d.final_answer
+    assert run.model("x").stop
+    rt.close()
+
+
+def test_side_effecting_tool_is_not_repeated():
+    billing = Domain(name="billing", rules=[Rule(tool="refund", action="EDIT", side_effect=True)])
+
+    class DomainPlugin:
+        @hookimpl
+        def immunity_register_domains(self, register):
+            register("billing", billing)
+
+    rt = Runtime(store=":memory:", plugins=[DomainPlugin()], domain="billing")
+    session = rt.start_run(task="refund order 1", run_id="run-fixed")
+    first = session.tool_start("refund", {"order": 1}, tool_call_id="c1")
+    assert first.cached_result is None
+    session.tool_end("refund", "refunded $10", tool_call_id="c1")
+    again = session.tool_start("refund", {"order": 1}, tool_call_id="c2")
+    assert again.cached_result == "refunded $10"
+    other = session.tool_start("refund", {"order": 2}, tool_call_id="c3")
+    assert other.cached_result is None
+    rt.close()
+
+
+def test_emit_rejects_non_events_without_raising():
+    rt = Runtime(store=":memory:")
+    session = rt.start_run()
+    d = session.emit({"kind": "tool_start"})  # type: ignore[arg-type]
+    assert d.ok
+    assert any("immunity Event" in e["error"] for e in rt.store.plugin_errors(session.run.run_id))
+    rt.close()
+
+
+def test_protect_finds_registered_adapter_and_reports_unknown():
+    class ThingAdapter(FakeAdapter):
+        name = "thing"
+
+        @classmethod
+        def matches(cls, obj):
+            return isinstance(obj, Thing)
+
+    class Thing:
+        pass
+
+    class AdapterPlugin:
+        @hookimpl
+        def immunity_register_adapters(self, register):
+            register("thing", ThingAdapter)
+
+    rt = Runtime(store=None, plugins=[AdapterPlugin()])
+    adapter = rt.protect(Thing())
+    assert isinstance(adapter, ThingAdapter) and adapter.instrumented
+    with pytest.raises(ImmunityError, match="no installed adapter recognises"):
+        rt.protect(object())
+    rt.close()
+    assert not adapter.instrumented  # close() detaches
+
+
+def test_named_verifier_switched_on_by_config():
+    class Strict:
+        name = "strict"
+
+        def __init__(self, config):
+            self.config = config
+
+        def verify(self, event, step, run, state):
+            if step is not None and step.tool == "forbidden":
+                return [Verdict(ok=False, error_class="wrong_tool", message="forbidden tool")]
+            return []
+
+    class VerifierPlugin:
+        @hookimpl
+        def immunity_register_verifiers(self, register):
+            register("strict", Strict)
+
+    off = Runtime(store=None, plugins=[VerifierPlugin()])
+    assert FakeRun(off).tool("forbidden", {}).verdicts == []
+    on = Runtime(store=None, plugins=[VerifierPlugin()], verifiers=["strict"])
+    assert FakeRun(on).tool("forbidden", {}).verdicts[0].plugin == "verifier:strict"
+    missing = Runtime(store=":memory:", verifiers=["nope"])
+    run = FakeRun(missing)
+    run.tool("search", {})
+    assert any("nope" in e["error"] for e in missing.store.plugin_errors(run.run.run_id))
+    for r in (off, on, missing):
+        r.close()
+
+
+def test_threads_share_a_session_safely():
+    import threading
+
+    rt = Runtime(store=":memory:")
+    session = rt.start_run()
+
+    def work(i):
+        for j in range(50):
+            session.tool_start("search", {"q": f"{i}-{j}"}, tool_call_id=f"{i}-{j}")
+            session.tool_end("search", "r", tool_call_id=f"{i}-{j}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    session.end()
+    assert session.state.n_steps == 200
+    assert len(rt.store.steps(session.run.run_id)) == 200
+    rt.close()
