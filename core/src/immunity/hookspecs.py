@@ -6,7 +6,8 @@ Conventions (the same as pytest's and llm's):
 - The same argument name always means the same type: ``event`` is an :class:`~immunity.models.Event`,
   ``step`` a :class:`~immunity.models.Step` (or ``None`` when the event does not complete a step),
   ``run`` a :class:`~immunity.models.Run`, ``state`` the run's :class:`~immunity.state.RunState`,
-  ``config`` the :class:`~immunity.config.Config`, ``register`` a callback.
+  ``config`` the :class:`~immunity.config.Config`, ``session`` the run's
+  :class:`~immunity.runtime.RunSession`, ``register`` a callback.
 - Broadcast hooks (observe, verify, step) call every implementation, even when one raises: each is
   isolated, its error is logged and recorded, and the run goes on (unless fail-closed was chosen).
 - Decision hooks (intervene, recover, map_action) stop at the first non-``None`` result. Core's own
