@@ -11,7 +11,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from immunity import hookdocs, hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]

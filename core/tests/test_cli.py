@@ -1,7 +1,6 @@
 import json
 
 from click.testing import CliRunner
-
 from immunity.cli import build_cli
 from immunity.runtime import Runtime
 from immunity.testing import FakeRun
@@ -61,7 +60,6 @@ def test_demo_runs_and_stores(tmp_path):
 
 def test_plugin_commands_are_added_and_a_broken_one_does_not_break_the_cli(monkeypatch):
     import pluggy
-
     from immunity import plugins as plugins_mod
 
     hookimpl = pluggy.HookimplMarker("immunity")

@@ -1,9 +1,8 @@
 import json
 
 import pytest
-from pydantic import ValidationError
-
 from immunity.models import ActionType, Event, EventKind, Outcome, PatternPack, Run, Step, Verdict
+from pydantic import ValidationError
 
 
 def test_action_type_parse_and_unknown():

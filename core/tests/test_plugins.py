@@ -4,7 +4,6 @@ from importlib import metadata
 
 import pluggy
 import pytest
-
 from immunity import plugins as plugins_mod
 from immunity.errors import PluginCollisionError, PluginError
 from immunity.plugins import BUILTIN_PLUGINS, get_plugin_manager

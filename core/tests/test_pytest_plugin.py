@@ -1,7 +1,6 @@
 """The pytest plugin shipped for plugin authors, used the way they would."""
 
 import pytest
-
 from immunity.models import ActionType, EventKind, Verdict
 from immunity.testing import FakeAdapter, ScriptStep
 

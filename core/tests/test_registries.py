@@ -2,7 +2,6 @@
 
 import pluggy
 import pytest
-
 from immunity.errors import ImmunityError
 from immunity.models import Intervention, InterventionKind, Verdict
 from immunity.runtime import Runtime
@@ -84,7 +83,7 @@ def test_selector_chosen_by_config_and_updated_at_run_end():
     assert rt.selector.updates == 1
     rt.close()
     with pytest.raises(ImmunityError, match="no intervention selector named 'missing'"):
-        Runtime(store=None, selector="missing").selector
+        _ = Runtime(store=None, selector="missing").selector
 
 
 @pytest.mark.parametrize("kind,name", [("embedders", "test-embedder"), ("vector_indexes", "test-index"),

@@ -4,10 +4,17 @@ import time
 
 import pluggy
 import pytest
-
 from immunity.domain import ActionMapping, Domain, Rule
 from immunity.errors import ImmunityError, PluginError
-from immunity.models import ActionType, EventKind, Intervention, InterventionKind, Recovery, RecoveryKind, Verdict
+from immunity.models import (
+    ActionType,
+    EventKind,
+    Intervention,
+    InterventionKind,
+    Recovery,
+    RecoveryKind,
+    Verdict,
+)
 from immunity.runtime import Runtime
 from immunity.testing import FakeAdapter, FakeRun, ScriptStep
 

@@ -4,7 +4,6 @@ import sys
 import time
 
 import pytest
-
 from immunity.errors import StoreError
 from immunity.models import ActionType, Checkpoint, Event, Intervention, Run, Step, Verdict
 from immunity.runtime import Runtime
@@ -130,7 +129,7 @@ def test_write_run_is_all_or_nothing():
     good = [Step(run_id=run.run_id, index=0, tool="a")]
     store.write_run(run, good)
     bad = [Step(run_id=run.run_id, index=0, tool="a"), object()]
-    with pytest.raises(Exception):
+    with pytest.raises(StoreError, match="cannot store"):
         store.write_run(run.model_copy(update={"task": "changed"}), bad)  # type: ignore[list-item]
     assert store.get_run(run.run_id).task == "imported"
     assert len(store.steps(run.run_id)) == 1

@@ -100,6 +100,8 @@ def to_row(table: str, record: Any) -> dict[str, Any]:
     """A model (or dict) as a row of ``table``."""
     if isinstance(record, dict):
         return dict(record)
+    if not isinstance(record, BaseModel):
+        raise StoreError(f"cannot store a {type(record).__name__} in {table!r}")
     if table == "runs":
         d = record.model_dump(mode="json")
         d["metadata"] = _json(d["metadata"])
@@ -168,7 +170,7 @@ class SQLiteStore:
             migrations.apply(self.db)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {path!r}: {exc} (is it an immunity database? is it locked?)") from exc
-        self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._failed: list[tuple[str, dict[str, Any]]] = []
         self._closed = False
         self._idle = threading.Event()
@@ -180,16 +182,19 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ writes
     def save(self, table: str, record: Any) -> None:
-        """Queue a record for writing (returns at once)."""
+        """Queue a record for writing (returns at once; the row is built on the writer thread)."""
+        if self._thread is None or self._closed:
+            self._write([(table, self._row(table, record))])
+        else:
+            self._idle.clear()
+            self._queue.put((table, record))
+
+    def _row(self, table: str, record: Any) -> dict[str, Any]:
         row = to_row(table, record)
         if table == "events":
             self._seq[row["run_id"]] = seq = self._seq.get(row["run_id"], 0) + 1
             row["seq"] = seq
-        if self._thread is None or self._closed:
-            self._write([(table, row)])
-        else:
-            self._idle.clear()
-            self._queue.put((table, row))
+        return row
 
     def _writer(self) -> None:
         while True:
@@ -206,7 +211,18 @@ class SQLiteStore:
                 else:
                     batch.append(nxt)
             if batch:
-                self._write(batch)
+                rows = []
+                for table, record in batch:
+                    for _attempt in range(3):
+                        try:
+                            rows.append((table, self._row(table, record)))
+                            break
+                        except RuntimeError:  # mutated by the agent's thread while being read: retry
+                            continue
+                        except Exception as exc:  # a record that cannot be stored is reported, not fatal
+                            log.warning("immunity store: cannot store a %s record: %s", table, exc)
+                            break
+                self._write(rows)
             if self._queue.empty():
                 self._idle.set()
             if stop:
@@ -215,14 +231,17 @@ class SQLiteStore:
     def _write(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
         batch = self._failed + batch
         self._failed = []
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for table, row in batch:
+            groups.setdefault(table, []).append(row)
         try:
             with self._lock, self.db.conn:
-                for table, row in batch:
+                for table, rows in groups.items():
                     pk = _PKS.get(table)
                     if pk is None:
-                        self.db[table].insert(row, alter=True)
+                        self.db[table].insert_all(rows, alter=True)
                     else:
-                        self.db[table].insert(row, pk=pk, replace=True, alter=True)
+                        self.db[table].insert_all(rows, pk=pk, replace=True, alter=True)
         except sqlite3.Error as exc:
             log.warning("immunity store %s: write of %d records failed (%s); will retry", self.path, len(batch), exc)
             self._failed = batch

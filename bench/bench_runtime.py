@@ -1,0 +1,66 @@
+"""Per-event overhead of the runtime with core's default plugins (no LLM, no framework).
+
+    python bench/bench_runtime.py [--runs 200] [--steps 20] [--store :memory:]
+
+Each step is a model call (model_start + model_end) and a tool call (tool_start + tool_end): four
+events through observe -> verify -> intervene (-> recover), the rules verifier, the default policy
+and the background store writer. Prints p50 / p99 / mean microseconds per event and per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from immunity.runtime import Runtime
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--store", default=":memory:", help=":memory:, 'file' for a temporary file, or none")
+    args = ap.parse_args()
+    store = None if args.store == "none" else args.store
+    if args.store == "file":
+        store = str(Path(tempfile.mkdtemp()) / "bench.db")
+    rt = Runtime(store=store)
+    per_event: list[float] = []
+    per_step: list[float] = []
+    for r in range(args.runs):
+        s = rt.start_run(task=f"task {r % 10}", framework="bench")
+        for i in range(args.steps):
+            t0 = time.perf_counter()
+            calls = (
+                (s.model_start, ([{"role": "user", "content": "go"}],), {"model": "m"}),
+                (s.model_end, (None,), {"tool_calls": [{"name": "search", "arguments": {"q": i}}],
+                                       "usage": {"input_tokens": 100, "output_tokens": 10}}),
+                (s.tool_start, ("search", {"q": i % 7}), {"tool_call_id": f"c{i}"}),
+                (s.tool_end, ("search", f"result {i % 5}"), {"tool_call_id": f"c{i}"}),
+            )
+            for fn, a, kw in calls:
+                e0 = time.perf_counter()
+                fn(*a, **kw)
+                per_event.append(time.perf_counter() - e0)
+            per_step.append(time.perf_counter() - t0)
+        s.end("success")
+    t_flush = time.perf_counter()
+    rt.close()
+    flush = time.perf_counter() - t_flush
+
+    def us(xs: list[float], q: float) -> float:
+        return sorted(xs)[int(q * (len(xs) - 1))] * 1e6
+
+    print(f"runtime overhead, core defaults, store={args.store}: {args.runs} runs x {args.steps} steps "
+          f"({len(per_event)} events)")
+    print(f"  per event: p50 {us(per_event, .5):.1f} us   p99 {us(per_event, .99):.1f} us   "
+          f"mean {statistics.fmean(per_event) * 1e6:.1f} us")
+    print(f"  per step (4 events): p50 {us(per_step, .5):.1f} us   p99 {us(per_step, .99):.1f} us")
+    print(f"  final flush and close: {flush * 1000:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
