@@ -152,7 +152,7 @@ class PluginManager(pluggy.PluginManager):
         existing = self.get_plugin(name) if name else None
         if existing is not None and existing is not plugin:
             first = self.infos.get(name or "")
-            raise PluginCollisionError("plugin", name or "?", first.entry_point if first else name or "?",
+            raise PluginCollisionError("plugin", name or "?", (first.entry_point if first else None) or name or "?",
                                        getattr(plugin, "__name__", repr(plugin)))
         result = super().register(plugin, name)
         self.invalidate()
@@ -246,7 +246,7 @@ def _load_entrypoints(pm: PluginManager, *, allow: list[str] | None, deny: set[s
             log.warning(info.error)
             pm.infos[f"{ep.name} ({dist})"] = info
             if strict:
-                raise PluginCollisionError("plugin", ep.name, seen[ep.name], dist or "?")
+                raise PluginCollisionError("plugin", ep.name, seen[ep.name] or "?", dist or "?")
             continue
         seen[ep.name] = dist or "?"
         pm.infos[ep.name] = info

@@ -37,48 +37,48 @@ migrations = Migrations("immunity")
 
 @migrations()
 def m001_core_tables(db: sqlite_utils.Database) -> None:
-    db["runs"].create({
+    db.table("runs").create({
         "run_id": str, "task": str, "task_id": str, "domain": str, "framework": str, "agent": str,
         "outcome": str, "failure_step": int, "source": str, "started_at": float, "ended_at": float,
         "tokens": int, "cost": float, "steps": int, "status": str, "final_answer": str, "metadata": str,
     }, pk="run_id")
-    db["events"].create({
+    db.table("events").create({
         "event_id": str, "run_id": str, "seq": int, "kind": str, "ts": float, "agent": str, "node": str,
         "model": str, "tool": str, "tool_call_id": str, "body": str,
     }, pk="event_id")
-    db["steps"].create({
+    db.table("steps").create({
         "run_id": str, "idx": int, "action_type": str, "confidence": float, "tool": str, "arguments": str,
         "text": str, "result": str, "error": str, "return_code": int, "agent": str, "side_effect": int,
         "tokens": int, "cost": float, "ts": float, "data": str,
     }, pk=("run_id", "idx"))
-    db["verdicts"].create({
+    db.table("verdicts").create({
         "id": int, "run_id": str, "step": int, "ok": int, "error_class": str, "severity": str, "message": str,
         "hint": str, "evidence": str, "plugin": str, "block": int, "ts": float,
     }, pk="id")
-    db["interventions"].create({
+    db.table("interventions").create({
         "intervention_id": str, "run_id": str, "step": int, "kind": str, "text": str, "arguments": str,
         "error_class": str, "pattern_id": str, "verdict_plugin": str, "variant": str, "source": str,
         "ts": float, "delivered": int, "outcome": str,
     }, pk="intervention_id")
-    db["recoveries"].create({
+    db.table("recoveries").create({
         "recovery_id": str, "run_id": str, "step": int, "kind": str, "hint": str, "checkpoint_id": str,
         "max_attempts": int, "delay_s": float, "fallback": str, "reason": str, "ts": float,
     }, pk="recovery_id")
-    db["checkpoints"].create({
+    db.table("checkpoints").create({
         "checkpoint_id": str, "run_id": str, "step": int, "verified": int, "ref": str, "ts": float,
     }, pk="checkpoint_id")
-    db["patterns"].create({
+    db.table("patterns").create({
         "pattern_id": str, "pack": str, "error_class": str, "domain": str, "body": str,
     }, pk="pattern_id")
-    db["plugin_errors"].create({
+    db.table("plugin_errors").create({
         "id": int, "run_id": str, "plugin": str, "hook": str, "error": str, "ts": float,
     }, pk="id")
-    db["idempotency"].create({"key": str, "run_id": str, "tool": str, "result": str, "ts": float}, pk="key")
-    db["events"].create_index(["run_id", "seq"])
-    db["verdicts"].create_index(["run_id"])
-    db["interventions"].create_index(["run_id"])
-    db["checkpoints"].create_index(["run_id"])
-    db["runs"].create_index(["task_id"])
+    db.table("idempotency").create({"key": str, "run_id": str, "tool": str, "result": str, "ts": float}, pk="key")
+    db.table("events").create_index(["run_id", "seq"])
+    db.table("verdicts").create_index(["run_id"])
+    db.table("interventions").create_index(["run_id"])
+    db.table("checkpoints").create_index(["run_id"])
+    db.table("runs").create_index(["task_id"])
 
 
 def _json(value: Any) -> str | None:
@@ -140,6 +140,7 @@ def to_row(table: str, record: Any) -> dict[str, Any]:
         d["verified"] = int(d["verified"])
         return d
     if table == "patterns":
+        assert isinstance(record, FailurePattern)
         return {"pattern_id": record.pattern_id, "pack": record.metadata.get("pack"), "error_class": record.error_class,
                 "domain": record.domain, "body": record.model_dump_json()}
     if isinstance(record, BaseModel):
@@ -147,7 +148,7 @@ def to_row(table: str, record: Any) -> dict[str, Any]:
     raise StoreError(f"cannot store a {type(record).__name__} in {table!r}")
 
 
-_PKS = {"idempotency": "key", "runs": "run_id", "events": "event_id", "steps": ("run_id", "idx"), "interventions": "intervention_id",
+_PKS: dict[str, Any] = {"idempotency": "key", "runs": "run_id", "events": "event_id", "steps": ("run_id", "idx"), "interventions": "intervention_id",
         "recoveries": "recovery_id", "checkpoints": "checkpoint_id", "patterns": "pattern_id"}
 
 
@@ -239,9 +240,9 @@ class SQLiteStore:
                 for table, rows in groups.items():
                     pk = _PKS.get(table)
                     if pk is None:
-                        self.db[table].insert_all(rows, alter=True)
+                        self.db.table(table).insert_all(rows, alter=True)
                     else:
-                        self.db[table].insert_all(rows, pk=pk, replace=True, alter=True)
+                        self.db.table(table).insert_all(rows, pk=pk, replace=True, alter=True)
         except sqlite3.Error as exc:
             log.warning("immunity store %s: write of %d records failed (%s); will retry", self.path, len(batch), exc)
             self._failed = batch
@@ -256,10 +257,10 @@ class SQLiteStore:
             rows.append(("events", r))
         self.flush()
         with self._lock, self.db.conn:
-            self.db["steps"].delete_where("run_id = ?", [run.run_id])
-            self.db["events"].delete_where("run_id = ?", [run.run_id])
+            self.db.table("steps").delete_where("run_id = ?", [run.run_id])
+            self.db.table("events").delete_where("run_id = ?", [run.run_id])
             for table, row in rows:
-                self.db[table].insert(row, pk=_PKS[table], replace=True, alter=True)
+                self.db.table(table).insert(row, pk=_PKS[table], replace=True, alter=True)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything queued is written."""
@@ -314,7 +315,7 @@ class SQLiteStore:
     def count(self, table: str) -> int:
         self.flush()
         with self._lock:
-            return self.db[table].count
+            return self.db.table(table).count
 
     @staticmethod
     def _run(r: dict[str, Any]) -> Run:
@@ -398,7 +399,7 @@ class SQLiteStore:
     def update_run(self, run_id: str, **fields: Any) -> None:
         self.flush()
         with self._lock, self.db.conn:
-            self.db["runs"].update(run_id, fields)
+            self.db.table("runs").update(run_id, fields)
 
 
 def open_store(location: str, pm: Any = None) -> Any:

@@ -32,6 +32,12 @@ def get(name: str | None) -> ErrorClass | None:
     return _CLASSES.get(name or "")
 
 
+def hint(name: str | None, default: str = "Something went wrong in the last step.") -> str:
+    """The class's hint, or ``default`` for an unknown class."""
+    cls = _CLASSES.get(name or "")
+    return cls.hint if cls else default
+
+
 def all_classes() -> dict[str, ErrorClass]:
     return dict(_CLASSES)
 

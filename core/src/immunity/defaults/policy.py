@@ -99,7 +99,7 @@ def immunity_recover(event: Event, verdicts: list[Verdict], run: Run, state: Run
         err = (event.error or event.result or "")[:300]
         return Recovery(kind=RecoveryKind.RETRY, reason=cls or tx.TOOL_ERROR,
                         hint=f"[immunity] {event.tool} failed ({cls}): {err}. "
-                             f"{tx.get(cls).hint if tx.get(cls) else ''}".strip())
+                             f"{tx.hint(cls, '')}".strip())
     if event.kind == EventKind.MODEL_END and event.error:
         return Recovery(kind=RecoveryKind.RETRY, reason="model_error", delay_s=1.0, max_attempts=3)
     return None

@@ -51,7 +51,7 @@ class RulesVerifier:
             if state.identical_streak >= self.repeat:
                 out.append(Verdict(ok=False, error_class=tx.LOOP, severity=Severity.WARNING,
                                    message=f"the same {step.tool} call ran {state.identical_streak} times in a row",
-                                   hint=tx.get(tx.LOOP).hint, evidence={"identical_streak": state.identical_streak}))
+                                   hint=tx.hint(tx.LOOP), evidence={"identical_streak": state.identical_streak}))
             elif state.ping_pong >= self.ping_pong:
                 out.append(Verdict(ok=False, error_class=tx.LOOP, severity=Severity.WARNING,
                                    message=f"alternating between two actions ({state.ping_pong} times)",
@@ -68,7 +68,7 @@ class RulesVerifier:
             if state.steps_without_new_info >= self.no_progress and not out:
                 out.append(Verdict(ok=False, error_class=tx.NO_PROGRESS, severity=Severity.WARNING,
                                    message=f"{state.steps_without_new_info} steps without new information",
-                                   hint=tx.get(tx.NO_PROGRESS).hint,
+                                   hint=tx.hint(tx.NO_PROGRESS),
                                    evidence={"steps_without_new_info": state.steps_without_new_info}))
         if step.action_type == ActionType.DONE and state.last_verify_ok is False:
             out.append(Verdict(ok=False, error_class=tx.PREMATURE_DONE, severity=Severity.ERROR,
