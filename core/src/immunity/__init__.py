@@ -31,7 +31,7 @@ from immunity.models import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from immunity.runtime import Decision, Runtime, RunSession, protect
+    from immunity.runtime import Decision, RunSession, Runtime, protect
 
 __all__ = [
     "ActionType", "Checkpoint", "Decision", "Event", "EventKind", "FailurePattern", "Intervention",
