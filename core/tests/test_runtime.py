@@ -370,3 +370,42 @@ def test_threads_share_a_session_safely():
     assert session.state.n_steps == 200
     assert len(rt.store.steps(session.run.run_id)) == 200
     rt.close()
+
+
+def test_tool_circuit_breaker_blocks_a_tool_that_keeps_failing():
+    rt = Runtime(store=":memory:", max_consecutive_failures=100)
+    run = FakeRun(rt)
+    for i in range(4):
+        run.tool("flaky_api", {"n": i}, error=f"HTTP 500 on attempt {i}")
+    d = run.tool("flaky_api", {"n": 99})
+    assert d.block and "flaky_api" in d.message
+    assert not run.tool("other_api", {"n": 1}).block  # only that tool's circuit is open
+    rt.close()
+
+
+def test_rollback_calls_compensations_newest_first_and_allows_a_retry():
+    billing = Domain(name="billing", rules=[Rule(tool="charge", action="EDIT", side_effect=True),
+                                           Rule(tool="email", action="EDIT", side_effect=True)])
+
+    class DomainPlugin:
+        @hookimpl
+        def immunity_register_domains(self, register):
+            register("billing", billing)
+
+    undone = []
+    rt = Runtime(store=":memory:", plugins=[DomainPlugin()], domain="billing")
+    rt.compensate_with("charge", lambda amount: undone.append(("refund", amount)))
+    rt.compensate_with("email", lambda to: (_ for _ in ()).throw(RuntimeError("mail server down")))
+    run = FakeRun(rt)
+    run.tool("lookup", {"id": 1})
+    cp = run.session.checkpoint({"framework_ref": "after-lookup"}, verified=True)
+    run.tool("charge", {"amount": 10}, result="charged 10")
+    run.tool("email", {"to": "a@b"}, result="sent")
+    assert run.session.tool_start("charge", {"amount": 10}, tool_call_id="x").cached_result == "charged 10"
+    done = run.session.rollback(cp)
+    assert done == ["charge"] and undone == [("refund", 10)]  # email's compensation raised: recorded
+    assert any("mail server down" in e["error"] for e in rt.store.plugin_errors(run.run.run_id))
+    assert run.session.tool_start("charge", {"amount": 10}, tool_call_id="y").cached_result is None
+    assert run.session.tool_start("email", {"to": "a@b"}, tool_call_id="z").cached_result == "sent"
+    assert rt.store.recoveries(run.run.run_id)[-1].kind == RecoveryKind.ROLLBACK
+    rt.close()

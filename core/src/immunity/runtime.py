@@ -172,6 +172,38 @@ class RunSession:
         self.runtime._save("checkpoints", cp)
         return cp
 
+    def rollback(self, checkpoint: Checkpoint | None = None) -> list[str]:
+        """Undo what happened after ``checkpoint`` (default: the last verified one) as far as
+        immunity can: call the compensating action registered for every side-effecting step after
+        it, newest first, and forget those steps' idempotency keys so a retry may run them again.
+        Steps with no compensation keep their keys, so a resume never repeats them. A compensation
+        that raises is recorded and the others still run. Returns the tools compensated. The
+        adapter restores the framework's own state."""
+        cp = checkpoint or self.last_verified_checkpoint()
+        since = cp.step if cp is not None else 0
+        done: list[str] = []
+        for step in reversed(self.state.steps[since:]):
+            if not step.side_effect or step.failed or step.data.get("compensated") or step.data.get("replayed"):
+                continue
+            fn = self.runtime.compensations.get(step.tool or "")
+            if fn is None:
+                continue
+            try:
+                fn(**(step.arguments or {}))
+            except Exception as exc:
+                self.record_error(f"compensation:{step.tool}", "rollback", exc)
+                continue
+            step.data["compensated"] = True
+            key = step.data.get("idempotency_key")
+            if key:
+                self.runtime.forget_result(key)
+            self.runtime._save("steps", step)
+            done.append(step.tool or "")
+        rec = Recovery(kind=RecoveryKind.ROLLBACK, checkpoint_id=cp.checkpoint_id if cp else None, run_id=self.run.run_id,
+                       step=self.state.n_steps, reason=f"rolled back to step {since}; compensated {done or 'nothing'}")
+        self.runtime._save("recoveries", rec)
+        return done
+
     def last_verified_checkpoint(self, before_step: int | None = None) -> Checkpoint | None:
         for cp in reversed(self.checkpoints):
             if cp.verified and (before_step is None or cp.step <= before_step):
@@ -268,8 +300,8 @@ class RunSession:
                 rt._save("steps", step)
                 self._broadcast("immunity_observe_step", step=step, run=run, state=state, session=self)
 
-            if event.kind in (EventKind.TOOL_START, EventKind.TOOL_END, EventKind.MODEL_END, EventKind.FINAL_ANSWER,
-                              EventKind.MESSAGE, EventKind.HANDOFF):
+            if event.kind in (EventKind.MODEL_START, EventKind.TOOL_START, EventKind.TOOL_END, EventKind.MODEL_END,
+                              EventKind.FINAL_ANSWER, EventKind.MESSAGE, EventKind.HANDOFF):
                 target = self._pending.get(event.tool_call_id or f"tool:{event.tool}") \
                     if event.kind == EventKind.TOOL_START else (step or relabelled)
                 decision.verdicts = self._verify(event, target)
@@ -513,6 +545,7 @@ class Runtime:
                 self.pm.register(p)
         self.sessions: dict[str, RunSession] = {}
         self._idem: dict[str, str] = {}
+        self.compensations: dict[str, Any] = dict(self.config.options.get("compensations", {}))
         self._lock = threading.Lock()
         self.adapters: list[Any] = []
         self.closed = False
@@ -590,6 +623,15 @@ class Runtime:
             except Exception as exc:  # pragma: no cover - fail open
                 log.warning("idempotency lookup failed: %s", exc)
         return None
+
+    def forget_result(self, key: str) -> None:
+        self._idem.pop(key, None)
+        self._save("idempotency", {"key": key, "run_id": None, "tool": None, "result": None, "ts": now()})
+
+    def compensate_with(self, tool: str, fn: Any) -> None:
+        """Declare ``fn(**arguments)`` as the compensating action of side-effecting ``tool``; a
+        rollback calls it for each call of ``tool`` it undoes."""
+        self.compensations[tool] = fn
 
     def remember_result(self, key: str, run_id: str, tool: str, result: str) -> None:
         self._idem[key] = result

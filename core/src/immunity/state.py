@@ -71,6 +71,7 @@ class RunState:
     action_counts: Counter[str] = field(default_factory=Counter)
     ngrams: Counter[str] = field(default_factory=Counter)
     tool_counts: Counter[str] = field(default_factory=Counter)
+    tool_failures: Counter[str] = field(default_factory=Counter)
     errors: int = 0
     consecutive_failures: int = 0
     error_counts: Counter[str] = field(default_factory=Counter)
@@ -128,6 +129,8 @@ class RunState:
             self.tool_counts[step.tool] += 1
 
         failed = step.failed
+        if step.tool and not step.data.get("blocked"):
+            self.tool_failures[step.tool] = self.tool_failures[step.tool] + 1 if failed else 0
         if failed:
             self.errors += 1
             self.consecutive_failures += 1
@@ -208,4 +211,5 @@ class RunState:
             "cost": round(self.cost, 6),
             "last_error": self.last_error,
             "repeated_error": max(self.error_counts.values(), default=0),
+            "max_tool_failures": max(self.tool_failures.values(), default=0),
         }

@@ -393,7 +393,7 @@ class SQLiteStore:
         return [FailurePattern.model_validate_json(r["body"]) for r in self._rows(sql, params)]
 
     def idempotent_result(self, key: str) -> str | None:
-        rows = self._rows("select result from idempotency where key = ?", [key])
+        rows = self._rows("select result from idempotency where key = ? and run_id is not null", [key])
         return rows[0]["result"] if rows else None
 
     def update_run(self, run_id: str, **fields: Any) -> None:

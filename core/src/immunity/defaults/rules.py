@@ -19,7 +19,9 @@ class RulesVerifier:
 
     Thresholds (``Config.options["rules"]``): ``repeat`` (identical calls in a row before a hint,
     default 3), ``block_repeat`` (before the call is blocked, 4), ``stop_repeat`` (before the run is
-    stopped, 6), ``ping_pong`` (3), ``no_progress`` (6 steps with no new information).
+    stopped, 6), ``ping_pong`` (3), ``no_progress`` (6 steps with no new information),
+    ``tool_breaker`` (a tool's consecutive failures before its circuit opens and calls to it are
+    blocked for the rest of the run, 4).
     """
 
     name = "rules"
@@ -31,9 +33,18 @@ class RulesVerifier:
         self.stop_repeat = int(opts.get("stop_repeat", 6))
         self.ping_pong = int(opts.get("ping_pong", 3))
         self.no_progress = int(opts.get("no_progress", 6))
+        self.tool_breaker = int(opts.get("tool_breaker", 4))
 
     def verify(self, event: Event, step: Step | None, run: Run, state: RunState) -> list[Verdict]:
         out: list[Verdict] = []
+        if event.kind == EventKind.TOOL_START and step is not None and step.tool and \
+                state.tool_failures[step.tool] >= self.tool_breaker:
+            n = state.tool_failures[step.tool]
+            return [Verdict(ok=False, error_class=tx.DEPENDENCY_CASCADE, severity=Severity.ERROR, block=True,
+                            message=f"circuit open for {step.tool}: its last {n} calls failed",
+                            hint=f"[immunity] {step.tool} failed {n} times in a row and is paused for this run. "
+                                 "Use another tool or approach, or finish with what you have.",
+                            evidence={"tool": step.tool, "consecutive_failures": n})]
         if event.kind == EventKind.TOOL_START and step is not None and state.last_step is not None:
             same = action_signature(step) == state.last_step.data.get("_sig")
             upcoming = state.identical_streak + 1 if same else 1
