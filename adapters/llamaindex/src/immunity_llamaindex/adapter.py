@@ -1,0 +1,125 @@
+"""The LlamaIndex adapter class. Importing this module does not import LlamaIndex: the framework is
+imported by :meth:`LlamaIndexAdapter.instrument` (through :mod:`immunity_llamaindex.translate`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from immunity.adapter import Adapter
+
+
+class LlamaIndexAdapter(Adapter):
+    """Attaches immunity to a LlamaIndex agent (``FunctionAgent``, ``ReActAgent``,
+    ``CodeActAgent``) or a multi-agent ``AgentWorkflow``::
+
+        guard = immunity.protect(agent, domain="support")    # or Runtime(...).protect(agent)
+        result = await agent.run(user_msg="...")              # unchanged
+
+    Options (``Runtime.protect(agent, **options)``):
+
+    - ``checkpoints`` (default ``True``): record the workflow context (``ctx.to_dict()``) before
+      each model turn as an immunity checkpoint, so a rollback or a resume has somewhere to go.
+    - ``max_rollbacks`` (default 3): rollbacks allowed in one run.
+    - ``ask_human_timeout`` (seconds, default 600): how long a call waits for a human's answer.
+    - ``domain``: the domain of the runs (defaults to the runtime's).
+
+    The immunity run id of a LlamaIndex run is ``"llamaindex-" + <the workflow run id>``; pass
+    ``run_id=`` to ``agent.run`` to choose it, and the same ``run_id`` again (or
+    :meth:`restore`) continues the same immunity run.
+    """
+
+    name = "llamaindex"
+    framework = "llama-index-core"
+    supported = ">=0.14,<0.15"
+
+    def __init__(self, runtime: Any, **options: Any):
+        super().__init__(runtime, **options)
+        self._bridge: Any = None
+
+    @classmethod
+    def matches(cls, obj: Any) -> bool:
+        """A LlamaIndex workflow or agent, or a user subclass of one (by module name only)."""
+        return any((c.__module__ or "").split(".")[0] == "llama_index" for c in type(obj).__mro__)
+
+    # ------------------------------------------------------------------ attach / detach
+    @property
+    def bridge(self) -> Any:
+        if self._bridge is None:
+            from immunity_llamaindex.translate import Bridge
+
+            self._bridge = Bridge(self)
+        return self._bridge
+
+    def instrument(self, target: Any = None) -> None:
+        """Protect ``target`` (idempotent: protecting the same object twice changes nothing).
+        Adds one span handler and one event handler to LlamaIndex's root instrumentation
+        dispatcher, and wraps ``run`` / ``get_tools`` / ``take_step`` on the target object only."""
+        if target is None:
+            raise TypeError("LlamaIndexAdapter.instrument() needs the agent or AgentWorkflow to protect")
+        bridge = self.bridge
+        bridge.protect(target)
+        bridge.attach_dispatcher()
+        self.instrumented = True
+
+    def uninstrument(self) -> None:
+        """Detach: removes exactly the two handlers it added and restores every wrapped attribute."""
+        if self._bridge is None:
+            return
+        self._bridge.detach_dispatcher()
+        self._bridge.unpatch()
+        self.instrumented = False
+
+    # ------------------------------------------------------------------ runs
+    def run_id_for(self, handler_or_run_id: Any) -> str:
+        """The immunity run id of a LlamaIndex run (a ``WorkflowHandler`` or its ``run_id``)."""
+        rid = getattr(handler_or_run_id, "run_id", handler_or_run_id)
+        return self.bridge.run_id_for(str(rid))
+
+    def restore(self, target: Any, run_id: str, *, checkpoint_id: str | None = None, hint: str | None = None) -> Any:
+        """A LlamaIndex ``Context`` rebuilt (``Context.from_dict``) from the run's last verified
+        checkpoint (or ``checkpoint_id``), from this process's memory or from the store, so in a new
+        process too. Run it with ``target.run(ctx=ctx)``: the run resumes from that point, as the
+        same immunity run, and ``hint`` (if given) is added to its next model call::
+
+            ctx = guard.restore(agent, run_id, hint="Do not call delete_file.")
+            result = await agent.run(ctx=ctx)
+        """
+        return self.bridge.restore(target, run_id, checkpoint_id=checkpoint_id, hint=hint)
+
+    # ------------------------------------------------------------------ demo
+    @classmethod
+    def demo(cls, runtime: Any) -> str:
+        """A FunctionAgent on the scripted model calls a tool with a bad argument; the tool fails;
+        immunity adds a typed hint to the next model call only; the model follows it and the run
+        finishes. Returns the immunity run id."""
+        import asyncio
+
+        from llama_index.core.agent.workflow import FunctionAgent
+
+        from immunity_llamaindex.testing import ScriptedLLM, tool_call
+
+        def get_forecast(city: str, days: int) -> str:
+            """The weather forecast for a city, 1 to 7 days ahead."""
+            if not 1 <= int(days) <= 7:
+                raise ValueError(f"days must be between 1 and 7, got {days}")
+            return f"{city}: sunny for the next {days} days, 18-22C"
+
+        def second(messages: list[Any]) -> Any:
+            hinted = any("[immunity]" in (m.content or "") for m in messages if m.role.value == "user")
+            return tool_call("get_forecast", {"city": "Paris", "days": 7 if hinted else 30})
+
+        llm = ScriptedLLM([tool_call("get_forecast", {"city": "Paris", "days": 30}), second,
+                           "Paris will be sunny all week (18-22C)."])
+        agent = FunctionAgent(name="forecaster", tools=[get_forecast], llm=llm,
+                              system_prompt="You answer weather questions with the get_forecast tool.")
+        adapter = runtime.protect(agent, framework=cls.name)
+        try:
+            async def go() -> Any:
+                handler = agent.run(user_msg="What's the weather in Paris for the next month?")
+                await handler
+                return handler
+
+            handler = asyncio.run(go())
+        finally:
+            adapter.uninstrument()
+        return adapter.run_id_for(handler)
