@@ -1,1 +1,32 @@
-"""immunity_openai_agents."""
+"""immunity for the OpenAI Agents SDK (``openai-agents``).
+
+Importing this package does not import the SDK; the adapter imports it when an agent is protected::
+
+    import immunity
+    guard = immunity.protect(agent, store="immunity.db")   # finds this adapter by the agent's type
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+from immunity_openai_agents.adapter import OpenAIAgentsAdapter
+
+__all__ = ["OpenAIAgentsAdapter", "RunStopped", "immunity_register_adapters"]
+
+hookimpl = pluggy.HookimplMarker("immunity")
+
+
+@hookimpl
+def immunity_register_adapters(register: Any) -> None:
+    register("openai_agents", OpenAIAgentsAdapter)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RunStopped":  # defined next to the SDK code; importing it imports the SDK
+        from immunity_openai_agents.bridge import RunStopped
+
+        return RunStopped
+    raise AttributeError(f"module 'immunity_openai_agents' has no attribute {name!r}")
