@@ -1,0 +1,323 @@
+"""Read real agent trajectories into the store as runs with steps and outcomes.
+
+Each format has an importer (registered through ``immunity_register_importers``; core's own are in
+:mod:`immunity.importers.plugin`). An importer reads records into :class:`ImportedRun` objects;
+:func:`iter_runs` then maps every step to a universal action type with ``Runtime.map_action``, so
+the installed domain plugins decide, exactly as they do for a live run.
+
+::
+
+    from immunity.importers import iter_runs, import_paths
+
+    for item in iter_runs(["trajs.jsonl.gz"], "mini-swe-agent"):
+        if isinstance(item, ImportProblem):
+            print(item)
+        else:
+            print(item.run.outcome, len(item.steps))
+
+    report = import_paths(["trajs.jsonl.gz"], "auto", "immunity.db")
+    print(report.summary())
+
+Formats: ``chat`` (the interchange format; see ``docs/formats/``), ``tau-bench``,
+``mini-swe-agent``, ``swe-agent``, ``who-and-when`` and ``immunity`` (``immunity export``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from immunity.importers.base import (
+    ImportedRun,
+    Importer,
+    ImportProblem,
+    bytes_read,
+    file_done,
+    is_unmapped,
+    map_steps,
+    read_head,
+    reset_progress,
+)
+from immunity.importers.store_io import write_full_run
+from immunity.models import Outcome
+
+if TYPE_CHECKING:  # pragma: no cover
+    from immunity.runtime import Runtime
+
+__all__ = [
+    "FORMATS",
+    "ImportProblem",
+    "ImportReport",
+    "ImportedRun",
+    "Importer",
+    "detect_format",
+    "expand_paths",
+    "import_paths",
+    "importers",
+    "iter_runs",
+    "total_bytes",
+]
+
+#: Built-in formats, in the order ``--format auto`` tries them.
+FORMATS: tuple[str, ...] = ("immunity", "who-and-when", "tau-bench", "swe-agent", "mini-swe-agent", "chat")
+
+#: File names a directory walk picks up.
+_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".traj", ".traj.json", ".gz", ".ndjson")
+
+
+def _runtime(runtime: Runtime | None) -> Runtime:
+    if runtime is not None:
+        return runtime
+    from immunity.runtime import Runtime
+
+    return Runtime(store=None)
+
+
+def importers(runtime: Runtime | None = None) -> dict[str, Any]:
+    """Installed importers by format name (built-ins first, then plugins)."""
+    rt = _runtime(runtime)
+    return rt.pm.registry("importers")
+
+
+def expand_paths(paths: Iterable[str]) -> list[str]:
+    """Files named directly, plus trace files found (recursively, sorted) under directories."""
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = []
+            for root, _dirs, files in os.walk(p):
+                for name in files:
+                    if name.endswith(_SUFFIXES):
+                        found.append(os.path.join(root, name))
+            out.extend(sorted(found))
+        else:
+            out.append(p)
+    return out
+
+
+def total_bytes(paths: Iterable[str]) -> int:
+    """The size on disk of the files :func:`iter_runs` will read (for a progress bar)."""
+    total = 0
+    for p in expand_paths(paths):
+        try:
+            total += os.path.getsize(p)
+        except OSError:
+            pass
+    return total
+
+
+def detect_format(path: str, registry: dict[str, Any] | None = None) -> str | None:
+    """The format of a trace file, from its name and first bytes; ``None`` if no importer claims it.
+
+    Built-in formats are tried in :data:`FORMATS` order (most specific first), then plugins'."""
+    registry = registry if registry is not None else importers()
+    head = read_head(path)
+    order = [f for f in FORMATS if f in registry] + sorted(f for f in registry if f not in FORMATS)
+    for name in order:
+        try:
+            if registry[name].detect(path, head):
+                return name
+        except Exception:  # a plugin's broken detect() must not stop the others
+            continue
+    return None
+
+
+def iter_runs(paths: list[str], format: str = "auto", *, runtime: Runtime | None = None,  # noqa: A002
+              domain: str | None = None) -> Iterator[ImportedRun | ImportProblem]:
+    """Read trace files one record at a time.
+
+    Every step is mapped with ``runtime.map_action(tool, arguments, text, run)`` (a
+    ``Runtime(store=None)`` is made if none is given). ``run.domain`` is the record's own domain if
+    it names one, else ``domain``, else the format's default (tau-bench: ``support``,
+    mini-swe-agent / swe-agent: ``coding``, who-and-when: ``research``).
+
+    Yields an :class:`ImportProblem` for each record (or file) that could not be read, and goes on.
+    """
+    rt = _runtime(runtime)
+    registry = rt.pm.registry("importers")
+    if format != "auto" and format not in registry:
+        raise ValueError(f"unknown import format {format!r}; installed: {', '.join(sorted(registry))}")
+    files = expand_paths(paths)
+    for path in files:
+        if not os.path.exists(path):
+            yield ImportProblem(path, "file", "no such file")
+            continue
+        if os.path.isdir(path):
+            continue
+        fmt = format if format != "auto" else detect_format(path, registry)
+        if fmt is None:
+            yield ImportProblem(path, "file", "format not recognised; pass --format "
+                                f"({', '.join(sorted(registry))})")
+            file_done(path)
+            continue
+        importer = registry[fmt]
+        default_domain = getattr(importer, "default_domain", None)
+        try:
+            for item in importer.read(path):
+                if isinstance(item, ImportProblem):
+                    yield item
+                    continue
+                run = item.run
+                if item.mapped:  # immunity's own format: kept exactly as exported
+                    yield item
+                    continue
+                if not run.domain:
+                    run.domain = domain or default_domain
+                if run.source is None:
+                    run.source = fmt
+                try:
+                    map_steps(item, rt)
+                    finish = getattr(importer, "finish", None)
+                    if finish is not None:  # labels that need the mapped steps (tau-bench's failure step)
+                        finish(item)
+                except Exception as exc:  # a broken record, not a broken import
+                    yield ImportProblem(path, item.record or "record", f"cannot map its steps: "
+                                        f"{type(exc).__name__}: {exc}")
+                    continue
+                for w in item.warnings:
+                    yield ImportProblem(path, item.record or "record", w, skipped=False)
+                yield item
+        except Exception as exc:
+            yield ImportProblem(path, "file", f"reading stopped: {type(exc).__name__}: {exc}")
+            file_done(path)
+
+
+@dataclass
+class ImportReport:
+    """What an import did: counts, outcomes, unmapped steps, and every problem with its record."""
+
+    runs: int = 0
+    steps: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    unmapped: int = 0
+    problems: list[ImportProblem] = field(default_factory=list)
+    formats: Counter[str] = field(default_factory=Counter)
+    unmapped_tools: Counter[str] = field(default_factory=Counter)
+    with_failure_step: int = 0
+    seconds: float = 0.0
+
+    @property
+    def success(self) -> int:
+        return self.outcomes[Outcome.SUCCESS.value]
+
+    @property
+    def failure(self) -> int:
+        return self.outcomes[Outcome.FAILURE.value]
+
+    @property
+    def unknown(self) -> int:
+        return self.outcomes[Outcome.UNKNOWN.value]
+
+    @property
+    def unmapped_rate(self) -> float:
+        return self.unmapped / self.steps if self.steps else 0.0
+
+    @property
+    def skipped(self) -> int:
+        return sum(1 for p in self.problems if p.skipped)
+
+    def add(self, item: ImportedRun) -> None:
+        self.runs += 1
+        self.steps += len(item.steps)
+        self.outcomes[item.run.outcome.value] += 1
+        self.formats[item.run.source or "-"] += 1
+        if item.run.failure_step is not None:
+            self.with_failure_step += 1
+        for s in item.steps:
+            if is_unmapped(s):
+                self.unmapped += 1
+                self.unmapped_tools[s.tool or "<message>"] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "runs": self.runs, "steps": self.steps, "success": self.success, "failure": self.failure,
+            "unknown": self.unknown, "unmapped_steps": self.unmapped, "unmapped_rate": round(self.unmapped_rate, 4),
+            "with_failure_step": self.with_failure_step, "formats": dict(self.formats),
+            "unmapped_tools": dict(self.unmapped_tools.most_common(10)),
+            "problems": [{"source": p.source, "record": p.record, "message": p.message, "skipped": p.skipped}
+                         for p in self.problems],
+            "seconds": round(self.seconds, 3),
+        }
+
+    def summary(self, max_problems: int = 20) -> str:
+        lines = [
+            f"imported {self.runs} runs, {self.steps} steps in {self.seconds:.1f}s "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(self.formats.items())) or 'nothing'})",
+            f"outcomes: success {self.success}, failure {self.failure}, unknown {self.unknown}; "
+            f"runs with a failure step: {self.with_failure_step}",
+            f"unmapped steps: {self.unmapped} of {self.steps} ({self.unmapped_rate:.1%})",
+        ]
+        if self.unmapped_tools:
+            top = ", ".join(f"{t} ({n})" for t, n in self.unmapped_tools.most_common(8))
+            lines.append(f"  most often unmapped: {top}")
+        if self.problems:
+            lines.append(f"problems: {len(self.problems)} ({self.skipped} records skipped)")
+            for p in self.problems[:max_problems]:
+                lines.append(f"  {p}")
+            if len(self.problems) > max_problems:
+                lines.append(f"  ... and {len(self.problems) - max_problems} more")
+        return "\n".join(lines)
+
+
+def _fast_commits(store: Any) -> None:
+    """One transaction per run means hundreds of commits; in WAL mode ``synchronous=NORMAL`` keeps
+    each commit atomic (a crash loses at most the last runs, never half a run) without waiting for
+    the disk on every one. Only this connection is affected."""
+    db = getattr(store, "db", None)
+    if db is None or getattr(store, "path", ":memory:") == ":memory:":
+        return
+    try:
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() == "wal":
+            db.execute("PRAGMA synchronous = NORMAL")
+    except Exception:  # a store that cannot say: leave it as it is
+        pass
+
+
+def import_paths(paths: list[str], format: str, store: Any, *, domain: str | None = None,  # noqa: A002
+                 progress: Callable[[int], None] | None = None, runtime: Runtime | None = None) -> ImportReport:
+    """Import trace files into a store, one transaction per run (``store.write_run``): a run is
+    written whole or not at all. ``store`` is a store object or a path. ``progress``, if given, is
+    called with the number of bytes read so far (see :func:`total_bytes`)."""
+    from immunity.store import SQLiteStore
+
+    own = isinstance(store, str)
+    db = SQLiteStore(store, background=False) if own else store
+    _fast_commits(db)
+    report = ImportReport()
+    seen: dict[str, str] = {}
+    t0 = time.perf_counter()
+    reset_progress()
+    try:
+        for item in iter_runs(paths, format, runtime=runtime, domain=domain):
+            if isinstance(item, ImportProblem):
+                report.problems.append(item)
+            else:
+                rid = item.run.run_id
+                where = f"{item.source} {item.record}".strip()
+                if rid in seen:
+                    report.problems.append(ImportProblem(item.source, item.record or "record",
+                                                         f"run id {rid!r} repeats {seen[rid]}; this record "
+                                                         "replaced it", skipped=False))
+                try:
+                    if item.related:
+                        write_full_run(db, item)
+                    else:
+                        db.write_run(item.run, item.steps)
+                except Exception as exc:
+                    report.problems.append(ImportProblem(item.source, item.record or "record",
+                                                         f"could not be written: {type(exc).__name__}: {exc}"))
+                else:
+                    seen[rid] = where
+                    report.add(item)
+            if progress is not None:
+                progress(bytes_read())
+    finally:
+        report.seconds = time.perf_counter() - t0
+        if own:
+            db.close()
+    return report

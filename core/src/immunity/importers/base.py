@@ -1,0 +1,431 @@
+"""What every importer shares: the result types, reading files (plain or gzip, JSON or JSON Lines,
+with line numbers and bad bytes reported), and building steps the way the runtime builds them.
+
+An importer turns one source record into an :class:`ImportedRun` whose steps have everything but
+their action mapping; :func:`map_steps` then asks the installed domain plugins (through
+``Runtime.map_action``), exactly as a live run's ``tool_start`` / ``message`` would.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+from immunity.domain import ActionMapping
+from immunity.models import ActionType, Run, Step, now
+
+#: Characters kept of a step's result, error and text: the same bounds the runtime applies live.
+RESULT_LIMIT = 4000
+ERROR_LIMIT = 2000
+TEXT_LIMIT = 4000
+#: Characters kept of a model's reasoning that came with a tool call (``step.data["thought"]``).
+THOUGHT_LIMIT = 2000
+#: Characters kept of a run's task.
+TASK_LIMIT = 8000
+#: How much of a file :func:`read_head` returns for format detection.
+HEAD_BYTES = 64 * 1024
+
+
+@dataclass
+class ImportedRun:
+    """One run read from a trace file: the run, its steps, and where it came from.
+
+    ``source`` is the file; ``record`` says which record in it (``"line 17"``, ``"record 3
+    (task_id=12)"``). ``warnings`` lists what was dropped or changed while reading this record
+    (a message with an unknown role, a tool result with no matching call, bytes that are not
+    UTF-8); the run is still imported, and the warnings are also kept in
+    ``run.metadata["import_warnings"]``.
+    """
+
+    run: Run
+    steps: list[Step]
+    source: str
+    record: str = ""
+    warnings: list[str] = field(default_factory=list)
+    #: True when the steps already carry their action mapping (immunity's own format): kept as read.
+    mapped: bool = False
+    #: Other records of the run to write with it (immunity's own format): ``events``, ``verdicts``,
+    #: ``interventions``, ``recoveries``, ``checkpoints``, ``plugin_errors``.
+    related: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass
+class ImportProblem:
+    """Something in a trace file that could not be read. ``skipped`` is True when the record was not
+    imported at all, False when the record was imported without the part named in ``message``."""
+
+    source: str
+    record: str
+    message: str
+    skipped: bool = True
+
+    def __str__(self) -> str:
+        what = "skipped" if self.skipped else "imported with a warning"
+        return f"{self.source}: {self.record}: {self.message} ({what})"
+
+
+class Importer(Protocol):
+    """What ``immunity_register_importers`` registers: a format name's reader."""
+
+    name: str
+    default_domain: str | None
+
+    def detect(self, path: str, head: str) -> bool: ...
+
+    def read(self, path: str) -> Iterator[ImportedRun | ImportProblem]: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# text helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def clip(text: Any, limit: int) -> Any:
+    """The runtime's bound on stored text: ``text[:limit]`` plus how much was cut."""
+    if isinstance(text, str) and len(text) > limit:
+        return text[:limit] + f"... [{len(text) - limit} more characters]"
+    return text
+
+
+def as_text(value: Any) -> str | None:
+    """Message content as plain text (OpenAI content may be a list of parts)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = []
+        for part in value:
+            if isinstance(part, dict):
+                if isinstance(part.get("text"), str):
+                    parts.append(part["text"])
+                elif part.get("type") not in (None, "text"):
+                    parts.append(f"[{part.get('type')}]")
+            elif isinstance(part, str):
+                parts.append(part)
+        return "\n".join(parts)
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def bounded(value: Any, limit: int = 2000, depth: int = 0) -> Any:
+    """A JSON value with every string clipped and long lists cut, to keep raw content bounded."""
+    if isinstance(value, str):
+        return clip(value, limit)
+    if depth > 8:
+        return clip(json.dumps(value, default=str), limit)
+    if isinstance(value, dict):
+        return {str(k): bounded(v, limit, depth + 1) for k, v in list(value.items())[:200]}
+    if isinstance(value, list):
+        out = [bounded(v, limit, depth + 1) for v in value[:200]]
+        if len(value) > 200:
+            out.append(f"... [{len(value) - 200} more items]")
+        return out
+    return value
+
+
+def stable_id(fmt: str, source: str, key: str) -> str:
+    """A run id that is the same every time the same record of the same file is imported, so a
+    second import replaces the first instead of duplicating it."""
+    digest = hashlib.blake2b(f"{fmt}|{os.path.basename(source)}|{key}".encode(), digest_size=8).hexdigest()
+    return f"{fmt}-{digest}"
+
+
+def parse_arguments(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """Tool-call arguments as a dict, the way the runtime coerces them (``Event.arguments``).
+
+    Returns ``(arguments, problem)``; a string that is not a JSON object becomes ``{"input": ...}``.
+    """
+    if raw is None:
+        return None, None
+    if isinstance(raw, dict):
+        return raw, None
+    if isinstance(raw, str):
+        if not raw.strip():
+            return {}, None
+        try:
+            parsed = json.loads(raw)
+        except ValueError as exc:
+            return {"input": raw}, f"arguments are not valid JSON ({exc}); kept as text"
+        return (parsed if isinstance(parsed, dict) else {"input": parsed}), None
+    return {"input": raw}, None
+
+
+# ---------------------------------------------------------------------------------------------
+# building steps and runs
+# ---------------------------------------------------------------------------------------------
+
+
+def tool_step(tool: str, arguments: dict[str, Any] | None, *, result: Any = None, error: str | None = None,
+              return_code: int | None = None, agent: str | None = None, tool_call_id: str | None = None,
+              thought: str | None = None, **data: Any) -> Step:
+    """A step for one tool call and its result, bounded as the runtime bounds a live ``tool_end``.
+
+    The unclipped result and error ride along in ``data["_raw_result"]`` / ``data["_raw_error"]``
+    (keys starting with ``_`` are never stored) so :func:`immunity.importers.replay.replay` can
+    feed the runtime exactly what the original tool returned.
+    """
+    result_text = None if result is None else str(result)
+    step = Step(tool=tool, arguments=arguments, result=clip(result_text, RESULT_LIMIT),
+                error=clip(error, ERROR_LIMIT), return_code=return_code, agent=agent)
+    if tool_call_id:
+        step.data["tool_call_id"] = tool_call_id
+    if thought and thought.strip():
+        step.data["thought"] = clip(thought.strip(), THOUGHT_LIMIT)
+    if result_text is not None and len(result_text) > RESULT_LIMIT:
+        step.data["_raw_result"] = result_text
+        step.data["result_chars"] = len(result_text)
+    if error is not None and len(error) > ERROR_LIMIT:
+        step.data["_raw_error"] = error
+    step.data.update({k: v for k, v in data.items() if v is not None})
+    return step
+
+
+def message_step(text: str, *, agent: str | None = None, **data: Any) -> Step:
+    """A step for one message (no tool), bounded as the runtime bounds a live ``message``."""
+    step = Step(tool=None, text=clip(text, TEXT_LIMIT), agent=agent)
+    if len(text) > TEXT_LIMIT:
+        step.data["_raw_text"] = text
+        step.data["text_chars"] = len(text)
+    step.data.update({k: v for k, v in data.items() if v is not None})
+    return step
+
+
+def new_run(fmt: str, source: str, record: str, *, run_id: str, framework: str | None = None,
+            **fields: Any) -> Run:
+    """A run for an imported record; ``run.source`` is the format, ``metadata["source"]`` the file
+    and record."""
+    task = fields.pop("task", None)
+    meta = fields.pop("metadata", None) or {}
+    run = Run(run_id=run_id, framework=framework or fmt, source=fmt, task=clip(task, TASK_LIMIT),
+              status="finished", **fields)
+    run.metadata.update(meta)
+    run.metadata["source"] = {"format": fmt, "path": os.path.abspath(source), "record": record}
+    return run
+
+
+def apply_mapping(step: Step, mapping: ActionMapping) -> None:
+    """Set a step's action fields from a mapping, as ``RunSession._new_step`` does."""
+    step.action_type = mapping.action_type
+    step.confidence = mapping.confidence
+    step.side_effect = mapping.side_effect
+    step.data["mapped_by"] = mapping.mapped_by
+    if mapping.needs_verification:
+        step.data["needs_verification"] = True
+    if mapping.destructive:
+        step.data["destructive"] = True
+
+
+def map_steps(imported: ImportedRun, runtime: Any) -> None:
+    """Give every step that has no mapping yet its action type through the installed domains (the
+    same ``immunity_map_action`` hooks a live run asks); number the steps and time-stamp them in
+    order. Steps that already carry ``data["mapped_by"]`` (immunity's own format) are kept."""
+    run = imported.run
+    if imported.mapped:
+        return
+    base = run.started_at
+    for i, step in enumerate(imported.steps):
+        step.run_id = run.run_id
+        step.index = i
+        if "mapped_by" not in step.data:
+            if step.data.get("final"):
+                apply_mapping(step, ActionMapping(ActionType.DONE, 1.0, mapped_by="final_answer"))
+            else:
+                mapping = runtime.map_action(step.tool, step.arguments, None if step.tool else step.text, run)
+                apply_mapping(step, mapping)
+            step.ts = base + i * 0.001
+    run.steps = len(imported.steps)
+    if run.ended_at is None:
+        run.ended_at = base + len(imported.steps) * 0.001
+    if imported.warnings:
+        run.metadata["import_warnings"] = imported.warnings[:50]
+
+
+def is_unmapped(step: Step) -> bool:
+    """A step no domain rule mapped: the heuristic guessed, or nothing fit (``OTHER``)."""
+    return step.data.get("mapped_by") == "heuristic" or step.action_type == ActionType.OTHER
+
+
+# ---------------------------------------------------------------------------------------------
+# reading files
+# ---------------------------------------------------------------------------------------------
+
+_progress = threading.local()
+
+
+def bytes_read() -> int:
+    """How many bytes of the files being imported (compressed size for gzip) this thread has read
+    so far; the CLI's progress bar follows it."""
+    fh = getattr(_progress, "fh", None)
+    done = getattr(_progress, "done", 0)
+    if fh is None:
+        return done
+    try:
+        return done + fh.tell()
+    except (ValueError, OSError):
+        return done
+
+
+def open_binary(path: str) -> IO[bytes]:
+    """Open a trace file for reading, uncompressing ``.gz`` files (by magic number)."""
+    raw = open(path, "rb")  # noqa: SIM115 - handed to the caller
+    _progress.fh = raw
+    magic = raw.read(2)
+    raw.seek(0)
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def file_done(path: str) -> None:
+    """Count a finished file's size in :func:`bytes_read`."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = 0
+    _progress.done = getattr(_progress, "done", 0) + size
+    _progress.fh = None
+
+
+def reset_progress() -> None:
+    _progress.done = 0
+    _progress.fh = None
+
+
+def decode(data: bytes) -> tuple[str, str | None]:
+    """Bytes as text; bytes that are not UTF-8 are replaced (U+FFFD) and reported."""
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start:exc.start + 4]
+        return data.decode("utf-8", errors="replace"), (
+            f"bytes that are not UTF-8 (first at byte {exc.start}: {bad!r}) were replaced with U+FFFD")
+
+
+def read_head(path: str, limit: int = HEAD_BYTES) -> str:
+    """The start of a file as text (uncompressed), for format detection."""
+    try:
+        with open_binary(path) as fh:
+            data = fh.read(limit)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return ""
+    finally:
+        _progress.fh = None
+    return data.decode("utf-8", errors="replace")
+
+
+def json_error(exc: json.JSONDecodeError, text: str) -> str:
+    if exc.pos >= len(text.rstrip()) - 1 or "Unterminated" in exc.msg or "Expecting value" in exc.msg and \
+            exc.pos >= len(text.rstrip()):
+        return f"truncated JSON ({exc.msg} at column {exc.colno})"
+    return f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+
+
+@dataclass
+class Record:
+    """One JSON value read from a file with where it was."""
+
+    value: Any
+    where: str
+    warning: str | None = None
+
+
+def iter_jsonl(path: str) -> Iterator[Record | ImportProblem]:
+    """Each line of a JSON Lines file (plain or gzip) as a :class:`Record`; a line that cannot be
+    read becomes an :class:`ImportProblem` naming the line, and reading goes on."""
+    with open_binary(path) as fh:
+        for n, raw in enumerate(io.BufferedReader(fh) if not isinstance(fh, io.BufferedReader) else fh, 1):
+            if not raw.strip():
+                continue
+            text, warning = decode(raw)
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield ImportProblem(path, f"line {n}", json_error(exc, text.rstrip("\n")))
+                continue
+            yield Record(value, f"line {n}", warning)
+    file_done(path)
+
+
+def iter_json_values(path: str) -> Iterator[Record | ImportProblem]:
+    """The records of a JSON file: each element of a top-level list (``record N``), or the one
+    top-level object (``file``). A list cut short still yields every complete element before the
+    cut, then a problem naming the record where it broke."""
+    try:
+        with open_binary(path) as fh:
+            data = fh.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        yield ImportProblem(path, "file", f"cannot read: {exc}")
+        file_done(path)
+        return
+    text, warning = decode(data)
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        dec = json.JSONDecoder()
+        pos = len(text) - len(stripped) + 1
+        n = 0
+        while True:
+            while pos < len(text) and text[pos] in " \t\r\n,":
+                pos += 1
+            if pos >= len(text):
+                yield ImportProblem(path, f"record {n + 1}", "truncated JSON: the list ends without its closing ']'")
+                break
+            if text[pos] == "]":
+                break
+            n += 1
+            try:
+                value, pos = dec.raw_decode(text, pos)
+            except json.JSONDecodeError as exc:
+                yield ImportProblem(path, f"record {n}", json_error(exc, text) + "; the rest of the file cannot "
+                                    "be read")
+                break
+            yield Record(value, f"record {n}", warning)
+    else:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield ImportProblem(path, "file", json_error(exc, text))
+        else:
+            yield Record(value, "file", warning)
+    file_done(path)
+
+
+def iter_records(path: str) -> Iterator[Record | ImportProblem]:
+    """JSON Lines or JSON, whichever the file holds."""
+    head = read_head(path, 4096).lstrip()
+    if head.startswith("[") or (head.startswith("{") and _is_single_json(path)):
+        yield from iter_json_values(path)
+    else:
+        yield from iter_jsonl(path)
+
+
+def _is_single_json(path: str) -> bool:
+    """A file that starts with ``{`` is JSON Lines unless its first line does not parse alone."""
+    try:
+        with open_binary(path) as fh:
+            first = fh.readline()
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return False
+    finally:
+        _progress.fh = None
+    try:
+        json.loads(first.decode("utf-8", errors="replace"))
+    except ValueError:
+        return True
+    return False
+
+
+def describe(record: Record, **keys: Any) -> str:
+    """``"line 3 (instance_id=django-1)"``: a record's place plus what identifies it."""
+    shown = ", ".join(f"{k}={v}" for k, v in keys.items() if v not in (None, ""))
+    return f"{record.where} ({shown})" if shown else record.where
+
+
+def now_ts() -> float:
+    return now()

@@ -1,0 +1,50 @@
+"""Writing a whole run (with its events, verdicts, interventions, recoveries, checkpoints and plugin
+errors) into a store in one transaction, for immunity's own export format.
+
+``SQLiteStore.write_run`` covers a run, its steps and events; a lossless re-import also needs the
+other per-run tables, written in the same transaction so nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from immunity.importers.base import ImportedRun
+from immunity.store import _PKS, to_row
+
+#: Per-run tables besides ``runs`` and ``steps``, in the order they are written.
+RELATED_TABLES: tuple[str, ...] = ("events", "verdicts", "interventions", "recoveries", "checkpoints",
+                                   "plugin_errors")
+
+
+def write_full_run(store: Any, imported: ImportedRun) -> None:
+    """Replace everything stored about ``imported.run`` with what ``imported`` holds, atomically."""
+    if not hasattr(store, "db"):  # a store from a plugin: its own write_run is all there is
+        store.write_run(imported.run, imported.steps, imported.related.get("events", ()))
+        return
+    run_id = imported.run.run_id
+    rows: list[tuple[str, dict[str, Any]]] = [("runs", to_row("runs", imported.run))]
+    rows += [("steps", to_row("steps", s)) for s in imported.steps]
+    for i, ev in enumerate(imported.related.get("events", ()), 1):
+        r = to_row("events", ev)
+        r["seq"] = i
+        rows.append(("events", r))
+    for table in RELATED_TABLES[1:]:
+        for rec in imported.related.get(table, ()):
+            r = to_row(table, rec)
+            r.pop("id", None)
+            r["run_id"] = run_id
+            rows.append((table, r))
+    store.flush()
+    lock = getattr(store, "_lock", None) or contextlib.nullcontext()
+    with lock, store.db.conn:
+        for table in ("steps", *RELATED_TABLES):
+            if store.db[table].exists():
+                store.db[table].delete_where("run_id = ?", [run_id])
+        for table, row in rows:
+            pk = _PKS.get(table)
+            if pk is None:
+                store.db[table].insert(row, alter=True)
+            else:
+                store.db[table].insert(row, pk=pk, replace=True, alter=True)
