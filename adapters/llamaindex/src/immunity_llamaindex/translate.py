@@ -130,6 +130,7 @@ class LiveRun:
     rollbacks: int = 0
     asked: dict[str, dict[str, Any]] = field(default_factory=dict)
     turns: int = 0
+    fatal: BaseException | None = None
 
 
 class _SpanHandler(BaseSpanHandler[SimpleSpan]):
@@ -287,21 +288,30 @@ class Bridge:
 
     # ------------------------------------------------------------------ span signals
     def _error(self, live: LiveRun | None, where: str, exc: BaseException) -> None:
+        """Fail open: record and go on. Fail closed: the error is re-raised, and kept so that it
+        also ends the run at the next turn (LlamaIndex swallows what its handlers raise and turns a
+        tool's exception into a tool result)."""
         if live is None:
             log.warning("immunity-llamaindex failed in %s: %s", where, exc)
             return
-        live.session.record_error(PLUGIN, where, exc)
+        if isinstance(exc, PluginError):
+            live.fatal = live.fatal or exc
+            raise exc
+        try:
+            live.session.record_error(PLUGIN, where, exc)
+        except PluginError as fatal:
+            live.fatal = live.fatal or fatal
+            raise
 
     def on_span_enter(self, id_: str, bound_args: Any, instance: Any, parent_id: str | None) -> None:
-        if instance is None:
-            return
         rid = active_instrument_tags.get().get(RUN_TAG)
         if rid is None:
             return
         live = self.runs.get(rid)
         try:
             if live is None:
-                if self.targets.get(id(instance)) is instance and "init_state" in bound_args.arguments:
+                if instance is not None and self.targets.get(id(instance)) is instance \
+                        and "init_state" in bound_args.arguments:
                     self._start(rid, instance, bound_args)
                 return
             method = id_.split("-", 1)[0].rpartition(".")[2]
@@ -310,13 +320,10 @@ class Bridge:
                     return  # a chat method called by another one of the same call (achat -> chat)
                 live.llm_spans[id_] = instance
                 self._model_start(live, instance, bound_args.arguments.get("messages"))
-            elif "ev" in bound_args.arguments and "ctx" in bound_args.arguments and (
-                    id(instance) in self.targets or id(instance) in self.agents):
+            elif "ev" in bound_args.arguments and "ctx" in bound_args.arguments:  # a step of this run's workflow
                 if method == "call_tool":
                     live.tool_events[id_] = bound_args.arguments["ev"]
                 live.session.emit(Event(kind=EventKind.NODE_START, node=method, agent=live.agent_name))
-        except PluginError:
-            raise
         except Exception as exc:
             self._error(live, "span_enter", exc)
 
@@ -327,8 +334,6 @@ class Bridge:
         self._span_end(id_, bound_args, instance, None, err)
 
     def _span_end(self, id_: str, bound_args: Any, instance: Any, result: Any, err: BaseException | None) -> None:
-        if instance is None:
-            return
         rid = active_instrument_tags.get().get(RUN_TAG)
         live = self.runs.get(rid) if rid is not None else None
         if live is None:
@@ -341,14 +346,11 @@ class Bridge:
                                            agent=live.agent_name)
             elif instance is live.workflow and "init_state" in bound_args.arguments:
                 self._finish(live, result, err)
-            elif "ev" in bound_args.arguments and "ctx" in bound_args.arguments and (
-                    id(instance) in self.targets or id(instance) in self.agents):
+            elif "ev" in bound_args.arguments and "ctx" in bound_args.arguments:
                 method = id_.split("-", 1)[0].rpartition(".")[2]
                 live.tool_events.pop(id_, None)
                 live.session.emit(Event(kind=EventKind.NODE_END, node=method, agent=live.agent_name,
                                         error=None if err is None else f"{type(err).__name__}: {err}"))
-        except PluginError:
-            raise
         except Exception as exc:
             self._error(live, "span_end", exc)
 
@@ -428,8 +430,6 @@ class Bridge:
                                               agent=live.agent_name)
             if decision.stop:
                 live.stop_answer = live.stop_answer or decision.final_answer or "stopped"
-        except PluginError:
-            raise
         except Exception as exc:
             self._error(live, "model_end", exc)
 
@@ -458,10 +458,10 @@ class Bridge:
         async def take_step(ctx: Any, llm_input: Any, tools: Any, memory: Any, *args: Any, **kwargs: Any) -> Any:
             live = bridge.current()
             if live is not None:
+                if live.fatal is not None:
+                    raise live.fatal
                 try:
                     stop = await bridge._before_turn(live, agent, ctx)
-                except PluginError:
-                    raise
                 except Exception as exc:
                     bridge._error(live, "take_step", exc)
                     stop = None
@@ -504,9 +504,10 @@ class Bridge:
         state = await restored.store.get_state()
         await ctx.store.set_state(state)
         live.rollbacks += 1
+        compensated = session.rollback(cp) if hasattr(session, "rollback") else []
         session.emit(Event(kind=EventKind.CUSTOM, agent=live.agent_name,
                            data={"rollback": cp.checkpoint_id, "to_step": cp.step, "turn": cp.ref.get("turn"),
-                                 "reason": recovery.reason if recovery else ""}))
+                                 "compensated": compensated, "reason": recovery.reason if recovery else ""}))
 
     # ------------------------------------------------------------------ tools
     def _wrap_get_tools(self, original: Any) -> Any:
@@ -602,8 +603,6 @@ class Bridge:
                     arguments = self._arguments(tool, args, kwargs)
                 if d.ask_human:
                     asked = live.asked[call_id] = {"question": d.ask_human, "kwargs": kwargs, "arguments": arguments}
-        except PluginError:
-            raise
         except Exception as exc:
             self._error(live, "tool_start", exc)
             return await tool.acall(*args, **kwargs)
@@ -646,8 +645,6 @@ class Bridge:
                         return short
                     continue
                 self._after_tool(live, d)
-            except PluginError:
-                raise
             except Exception as e:
                 self._error(live, "tool_end", e)
             if exc is not None:
@@ -674,8 +671,6 @@ class Bridge:
             if d.rewrite is not None:
                 kwargs = dict(d.rewrite)
                 arguments = self._arguments(tool, args, kwargs)
-        except PluginError:
-            raise
         except Exception as exc:
             self._error(live, "tool_start", exc)
             return tool.call(*args, **kwargs)
@@ -693,8 +688,6 @@ class Bridge:
         try:
             self._after_tool(live, live.session.tool_end(name, result, error=error, tool_call_id=call_id,
                                                          arguments=arguments, agent=live.agent_name))
-        except PluginError:
-            raise
         except Exception as exc:
             self._error(live, "tool_end", exc)
 
