@@ -269,7 +269,7 @@ class Bridge:
         assert session is not None
         role = ctx.agent_role or self._role(ctx.agent)
         if run.last_agent is not None and role != run.last_agent:
-            session.handoff(run.last_agent, role or "agent", agent=run.last_agent)
+            session.handoff(run.last_agent, role or "agent")
         run.last_agent = role
         task = ctx.task
         session.emit(Event(kind=EventKind.NODE_START, node=ctx.step_name, agent=role,

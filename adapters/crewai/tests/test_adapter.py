@@ -1,0 +1,501 @@
+"""The CrewAI adapter driven through CrewAI's real runtime (Crew.kickoff / kickoff_async / akickoff)
+with a scripted model that emits native tool calls. Offline; in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from immunity import Event, EventKind, Intervention, InterventionKind, Recovery, RecoveryKind, Severity, Verdict, hookimpl
+from immunity.domain import Domain, Rule
+
+from immunity_crewai.adapter import CrewAIAdapter
+from immunity_crewai.testing import ScriptedLLM, ToolCall, text_of
+
+
+def hint_messages(call: list[dict[str, Any]]) -> list[str]:
+    return [str(m["content"]) for m in call if m.get("role") == "user" and "[immunity]" in str(m.get("content"))]
+
+
+def kinds(rt: Any, run_id: str) -> list[str]:
+    rt.flush()
+    return [e.kind.value for e in rt.store.events(run_id)]
+
+
+def only_run(rt: Any) -> Any:
+    sessions = [s for s in rt.sessions.values() if s.run.framework == "crewai"]
+    assert len(sessions) == 1, sessions
+    return sessions[0]
+
+
+# ---------------------------------------------------------------------------------------------- plugin
+def test_import_does_not_import_crewai() -> None:
+    code = ("import sys, immunity_crewai, immunity_crewai.adapter, immunity_crewai.events; "
+            "assert 'crewai' not in sys.modules, sorted(m for m in sys.modules if m.startswith('crewai'))")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_registered_as_plugin_and_matches_crews(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime()
+    assert rt.pm.registry("adapters")["crewai"] is CrewAIAdapter
+    crew = kit.crew(ScriptedLLM(script=["ok"]))
+    assert CrewAIAdapter.matches(crew) and not CrewAIAdapter.matches(object())
+    adapter = rt.protect(crew)  # found through matches()
+    assert isinstance(adapter, CrewAIAdapter) and adapter.instrumented
+    assert CrewAIAdapter.framework_version() is not None and CrewAIAdapter.version_supported()
+
+
+# ---------------------------------------------------------------------------------------------- observe
+def test_observes_and_stores_a_run(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime()
+    llm = ScriptedLLM(script=[ToolCall("lookup", {"key": "a"}), "The value of a is value-of-a."])
+    crew = kit.crew(llm, [kit.Lookup()])
+    rt.protect(crew)
+    out = crew.kickoff()
+
+    session = only_run(rt)
+    run_id = session.run.run_id
+    assert run_id == f"crewai-{crew._kickoff_event_id}"  # CrewAI's kickoff id, kept across checkpoint restores
+    assert kinds(rt, run_id) == ["run_start", "node_start", "model_start", "model_end", "tool_start", "tool_end",
+                                 "model_start", "model_end", "final_answer", "node_end", "run_end"]
+    run = rt.store.get_run(run_id)
+    assert run.status == "finished" and run.final_answer == out.raw == "The value of a is value-of-a."
+    assert run.task == "Find the value of a" and run.agent == "analyst" and run.framework == "crewai"
+    assert run.tokens == out.token_usage.total_tokens > 0  # per-call usage from CrewAI's own accounting
+    events = rt.store.events(run_id)
+    model_ends = [e for e in events if e.kind == EventKind.MODEL_END]
+    assert model_ends[0].data["tool_calls"][0]["name"] == "lookup" and model_ends[0].model == "scripted"
+    assert all(e.usage and e.usage["total_tokens"] > 0 for e in model_ends)
+    starts = [e for e in events if e.kind == EventKind.MODEL_START]
+    assert starts[0].messages[-1]["role"] == "user" and "Find the value of a" in starts[0].messages[-1]["content"]
+    tool_end = next(e for e in events if e.kind == EventKind.TOOL_END)
+    assert tool_end.tool == "lookup" and tool_end.result == "value-of-a" and tool_end.arguments == {"key": "a"}
+    steps = rt.store.steps(run_id)
+    assert [(s.tool, s.action_type.value) for s in steps][-1] == (None, "DONE")
+    assert steps[0].tool == "lookup" and steps[0].result == "value-of-a"
+
+
+def test_handoff_between_agents_of_a_crew(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime()
+    crew = kit.crew(None, tasks=2, llms=[ScriptedLLM(script=["first done"]), ScriptedLLM(script=["second done"])])
+    rt.protect(crew)
+    out = crew.kickoff()
+    run_id = only_run(rt).run.run_id
+    events = rt.store.events(run_id) if rt.flush() is None else []
+    handoffs = [e for e in events if e.kind == EventKind.HANDOFF]
+    assert [(h.agent, h.target) for h in handoffs] == [("worker0", "worker1")]
+    assert [e.node for e in events if e.kind == EventKind.NODE_START] == ["task0", "task1"]
+    assert rt.store.get_run(run_id).final_answer == out.raw == "second done"
+
+
+# ---------------------------------------------------------------------------------------------- verify / block
+class BlockDeletes:
+    @hookimpl
+    def immunity_verify(self, event: Event, step: Any) -> Verdict | None:
+        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
+            return Verdict(ok=False, block=True, error_class="unsafe_action", severity=Severity.ERROR,
+                           message="deleting a whole table is not allowed",
+                           hint="[immunity] delete_records is not allowed here: archive the rows instead.")
+        return None
+
+
+def test_blocked_tool_is_not_run_and_the_model_is_told_why(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime(plugins=[BlockDeletes()])
+    llm = ScriptedLLM(script=[ToolCall("delete_records", {"table": "orders"}), "I did not delete anything."])
+    crew = kit.crew(llm, [kit.DeleteRecords()])
+    rt.protect(crew)
+    out = crew.kickoff()
+
+    assert "delete_records" not in kit.calls  # the tool never ran
+    tool_msgs = [m for m in llm.calls[1] if m.get("role") == "tool"]
+    assert tool_msgs[-1]["content"] == ("Blocked by immunity: [immunity] delete_records is not allowed here: "
+                                        "archive the rows instead.")
+    assert out.raw == "I did not delete anything."
+    run_id = only_run(rt).run.run_id
+    rt.flush()
+    step = rt.store.steps(run_id)[0]
+    assert step.tool == "delete_records" and step.data.get("blocked") and "blocked by immunity" in step.error
+    assert [i.kind for i in rt.store.interventions(run_id)] == [InterventionKind.BLOCK]
+    assert "tool_end" not in kinds(rt, run_id)
+
+
+# ---------------------------------------------------------------------------------------------- intervene: hint
+class HintAfterLookup:
+    """A non-blocking finding on a tool result: its hint goes into the next model call."""
+
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_END and event.tool == "lookup" and event.result == "value-of-a":
+            return Verdict(ok=False, error_class="wrong_parameters", severity=Severity.WARNING,
+                           message="a is a stale key", hint="[immunity] Key a is stale; look up a2 as well.")
+        return None
+
+
+def hinted_script() -> list[Any]:
+    def second(messages: list[dict[str, Any]]) -> Any:
+        return ToolCall("lookup", {"key": "a2"}) if hint_messages(messages) else "done without hint"
+
+    return [ToolCall("lookup", {"key": "a"}), second, "a is value-of-a, a2 is value-of-a2."]
+
+
+def check_hint_delivered_once(rt: Any, llm: ScriptedLLM, crew: Any, out: Any, kit: Any) -> None:
+    assert hint_messages(llm.calls[0]) == []
+    assert hint_messages(llm.calls[1]) == ["[immunity] Key a is stale; look up a2 as well."]
+    assert llm.calls[1][-1]["content"] == "[immunity] Key a is stale; look up a2 as well."  # last: this call
+    assert hint_messages(llm.calls[2]) == []  # next call only: it is not kept in the history
+    assert [c["key"] for c in kit.calls["lookup"]] == ["a", "a2"]  # the model followed it
+    task_output = crew.tasks[0].output
+    assert task_output.messages and not any("[immunity]" in str(m.get("content")) for m in task_output.messages)
+    assert out.raw == "a is value-of-a, a2 is value-of-a2."
+    run_id = only_run(rt).run.run_id
+    rt.flush()
+    ivs = rt.store.interventions(run_id)
+    assert [(i.kind, i.text) for i in ivs] == [(InterventionKind.HINT, "[immunity] Key a is stale; look up a2 as well.")]
+
+
+def test_hint_reaches_the_next_model_call_only(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime(plugins=[HintAfterLookup()])
+    llm = ScriptedLLM(script=hinted_script())
+    crew = kit.crew(llm, [kit.Lookup()])
+    rt.protect(crew)
+    out = crew.kickoff()
+    check_hint_delivered_once(rt, llm, crew, out, kit)
+
+
+def test_kickoff_async(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime(plugins=[HintAfterLookup()])
+    llm = ScriptedLLM(script=hinted_script())
+    crew = kit.crew(llm, [kit.Lookup()])
+    rt.protect(crew)
+    out = asyncio.run(crew.kickoff_async())
+    check_hint_delivered_once(rt, llm, crew, out, kit)
+
+
+def test_akickoff_native_async(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime(plugins=[HintAfterLookup()])
+    llm = ScriptedLLM(script=hinted_script())
+    crew = kit.crew(llm, [kit.Lookup()])
+    rt.protect(crew)
+    out = asyncio.run(crew.akickoff())
+    check_hint_delivered_once(rt, llm, crew, out, kit)
+    assert rt.store.get_run(only_run(rt).run.run_id).status == "finished"
+
+
+def test_text_protocol_models_are_covered_too(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime(plugins=[HintAfterLookup()])
+    script = hinted_script()
+    script[-1] = "Thought: I have both.\nFinal Answer: a is value-of-a, a2 is value-of-a2."
+    llm = ScriptedLLM(script=script, native_tools=False)
+    crew = kit.crew(llm, [kit.Lookup()])
+    rt.protect(crew)
+    out = crew.kickoff()
+    assert [c["key"] for c in kit.calls["lookup"]] == ["a", "a2"]
+    assert any(h.startswith("[immunity] Key a is stale") for h in hint_messages(llm.calls[1]))
+    assert hint_messages(llm.calls[2]) == []
+    assert out.raw == "a is value-of-a, a2 is value-of-a2."
+    rt.flush()
+    assert rt.store.get_run(only_run(rt).run.run_id).final_answer == out.raw
+
+
+# ---------------------------------------------------------------------------------------------- recover: retry
+def test_retry_with_a_typed_hint_after_a_tool_error(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime()
+
+    def retry(messages: list[dict[str, Any]]) -> Any:
+        hints = hint_messages(messages)
+        return ToolCall("lookup", {"key": "a"}) if hints and "lookup failed (tool_error)" in hints[0] else "gave up"
+
+    llm = ScriptedLLM(script=[ToolCall("lookup", {"key": "bad-a"}), retry, "a is value-of-a."])
+    crew = kit.crew(llm, [kit.Lookup()])
+    rt.protect(crew)
+    out = crew.kickoff()
+
+    assert out.raw == "a is value-of-a." and [c["key"] for c in kit.calls["lookup"]] == ["bad-a", "a"]
+    tool_msg = [m for m in llm.calls[1] if m.get("role") == "tool"][-1]
+    assert tool_msg["content"].startswith("Error executing tool:")  # CrewAI's own error result...
+    assert hint_messages(llm.calls[1])[0].startswith("[immunity] lookup failed (tool_error)")  # ...plus the hint
+    run_id = only_run(rt).run.run_id
+    rt.flush()
+    recs = rt.store.recoveries(run_id)
+    assert [(r.kind, r.reason) for r in recs] == [(RecoveryKind.RETRY, "tool_error")]
+    steps = rt.store.steps(run_id)
+    assert steps[0].error and "no such key" in steps[0].error and steps[1].result == "value-of-a"
+
+
+class FailBareAnswers:
+    """The task's answer must name its source; otherwise the task is re-run (task guardrail)."""
+
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.FINAL_ANSWER and "source:" not in (event.output or ""):
+            return Verdict(ok=False, error_class="unsupported_claim", severity=Severity.ERROR,
+                           message="the answer names no source",
+                           hint="[immunity] Name the source of the value (source: <tool>).")
+        return None
+
+
+def test_task_is_retried_through_crewai_guardrail(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime(plugins=[FailBareAnswers()])
+
+    def second_attempt(messages: list[dict[str, Any]]) -> Any:
+        return "a is value-of-a (source: lookup)" if "Name the source" in text_of(messages) else "still bare"
+
+    llm = ScriptedLLM(script=["a is value-of-a", second_attempt])
+    crew = kit.crew(llm, [kit.Lookup()])
+    guardrails_before = list(crew.tasks[0]._guardrails)
+    rt.protect(crew)
+    out = crew.kickoff()
+
+    assert out.raw == "a is value-of-a (source: lookup)"
+    assert len(llm.calls) == 2 and "Name the source" in text_of(llm.calls[1])  # CrewAI re-ran the task
+    assert crew.tasks[0]._guardrails == guardrails_before  # the guardrail was only there while it ran
+    run_id = only_run(rt).run.run_id
+    rt.flush()
+    recs = rt.store.recoveries(run_id)
+    assert any(r.kind == RecoveryKind.RETRY and r.reason == "task answer failed its checks" for r in recs)
+    assert rt.store.get_run(run_id).final_answer == out.raw
+
+
+# ---------------------------------------------------------------------------------------------- stop
+class StopOnWire:
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
+            return Verdict(ok=False, error_class="policy_violation", severity=Severity.CRITICAL,
+                           message="deleting records ends this run")
+        return None
+
+
+def test_clean_stop_returns_the_stop_answer(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime(plugins=[StopOnWire()])
+    llm = ScriptedLLM(script=[ToolCall("delete_records", {"table": "users"}), "should never be asked"])
+    crew = kit.crew(llm, [kit.DeleteRecords()])
+    rt.protect(crew)
+    out = crew.kickoff()  # no exception reaches the caller
+
+    assert out.raw == "Stopped by immunity: deleting records ends this run."
+    assert "delete_records" not in kit.calls and len(llm.calls) == 1  # no tool run, no further model call
+    run_id = only_run(rt).run.run_id
+    rt.flush()
+    run = rt.store.get_run(run_id)
+    assert run.status == "stopped" and run.final_answer == out.raw
+    assert [i.kind for i in rt.store.interventions(run_id)] == [InterventionKind.STOP]
+
+
+def test_circuit_breaker_stops_a_failing_run(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime()
+    rt.config.max_consecutive_failures = 3
+    llm = ScriptedLLM(script=[ToolCall("flaky", {"attempt": i}) for i in range(1, 10)])
+    crew = kit.crew(llm, [kit.Flaky()])
+    rt.protect(crew)
+    out = crew.kickoff()
+
+    assert [c["attempt"] for c in kit.calls["flaky"]] == [1, 2, 3] and len(llm.calls) == 3
+    assert out.raw.startswith("circuit breaker: 3 failed steps in a row")
+    run_id = only_run(rt).run.run_id
+    rt.flush()
+    assert rt.store.get_run(run_id).status == "stopped"
+    assert rt.store.recoveries(run_id)[-1].kind == RecoveryKind.ABORT
+
+
+# ---------------------------------------------------------------------------------------------- rewrite / ask / cache
+class Interventions:
+    """Turns a finding on a tool call into the intervention named in ``kind``."""
+
+    def __init__(self, kind: InterventionKind, tool: str, arguments: dict[str, Any] | None = None):
+        self.kind, self.tool, self.arguments = kind, tool, arguments
+
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_START and event.tool == self.tool:
+            return Verdict(ok=False, error_class="wrong_parameters", severity=Severity.WARNING, message="check this")
+        return None
+
+    @hookimpl(tryfirst=True)
+    def immunity_intervene(self, event: Event) -> Intervention | None:
+        if event.kind == EventKind.TOOL_START and event.tool == self.tool:
+            return Intervention(kind=self.kind, text="Send this email to a customer?", arguments=self.arguments)
+        return None
+
+
+def test_rewrite_runs_the_tool_with_new_arguments(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime(plugins=[Interventions(InterventionKind.REWRITE, "lookup", {"key": "a-fixed"})])
+    llm = ScriptedLLM(script=[ToolCall("lookup", {"key": "a"}), "ok"])
+    crew = kit.crew(llm, [kit.Lookup()])
+    rt.protect(crew)
+    crew.kickoff()
+    assert kit.calls["lookup"] == [{"key": "a-fixed"}]
+    assert [m for m in llm.calls[1] if m.get("role") == "tool"][-1]["content"] == "value-of-a-fixed"
+    rt.flush()
+    assert rt.store.steps(only_run(rt).run.run_id)[0].result == "value-of-a-fixed"
+
+
+@pytest.mark.parametrize(("answer", "runs"), [("yes", True), ("no", False)])
+def test_ask_human_approves_or_blocks(make_runtime: Any, kit: Any, answer: str, runs: bool) -> None:
+    rt = make_runtime(plugins=[Interventions(InterventionKind.ASK_HUMAN, "send_email")])
+    asked: list[tuple[str, str, dict[str, Any]]] = []
+
+    def human(question: str, tool: str, args: dict[str, Any]) -> str:
+        asked.append((question, tool, args))
+        return answer
+
+    llm = ScriptedLLM(script=[ToolCall("send_email", {"to": "c@x.org", "body": "hi"}), "done"])
+    crew = kit.crew(llm, [kit.SendEmail()])
+    rt.protect(crew, ask_human=human)
+    crew.kickoff()
+    assert asked == [("Send this email to a customer?", "send_email", {"to": "c@x.org", "body": "hi"})]
+    assert ("send_email" in kit.calls) is runs
+    tool_msg = [m for m in llm.calls[1] if m.get("role") == "tool"][-1]["content"]
+    assert tool_msg.startswith("sent to c@x.org") if runs else tool_msg.startswith("Blocked: a human did not approve")
+
+
+def test_ask_human_uses_crewai_console_prompt_by_default(make_runtime: Any, kit: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = make_runtime(plugins=[Interventions(InterventionKind.ASK_HUMAN, "send_email")])
+    monkeypatch.setattr("builtins.input", lambda *a: "no")
+    llm = ScriptedLLM(script=[ToolCall("send_email", {"to": "c@x.org", "body": "hi"}), "done"])
+    crew = kit.crew(llm, [kit.SendEmail()])
+    rt.protect(crew)
+    crew.kickoff()
+    assert "send_email" not in kit.calls
+
+
+class ShopDomain:
+    @hookimpl
+    def immunity_register_domains(self, register: Any) -> None:
+        register("shop", Domain(name="shop", rules=[Rule(tool="send_email", action="EDIT", side_effect=True),
+                                                    Rule(tool="lookup", action="SEARCH")]))
+
+
+def test_side_effect_already_done_is_not_repeated(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime(domain="shop", plugins=[ShopDomain()])
+    email = ToolCall("send_email", {"to": "c@x.org", "body": "your refund"})
+    llm = ScriptedLLM(script=[email, email, "sent once"])
+    crew = kit.crew(llm, [kit.SendEmail()], cache=False)  # CrewAI's own tool cache off: immunity's guard only
+    rt.protect(crew)
+    crew.kickoff()
+    assert len(kit.calls["send_email"]) == 1
+    results = [m["content"] for m in llm.calls[2] if m.get("role") == "tool"]
+    assert results == ["sent to c@x.org (message #1)", "sent to c@x.org (message #1)"]  # the replayed result
+    rt.flush()
+    steps = rt.store.steps(only_run(rt).run.run_id)
+    assert [s.data.get("replayed", False) for s in steps if s.tool] == [False, True]
+
+
+# ---------------------------------------------------------------------------------------------- fail open
+class RaisingVerifier:
+    @hookimpl
+    def immunity_verify(self, event: Event) -> None:
+        raise RuntimeError("verifier bug")
+
+
+def test_a_plugin_that_raises_does_not_break_the_crew(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime(plugins=[RaisingVerifier()])
+    llm = ScriptedLLM(script=[ToolCall("lookup", {"key": "a"}), "a is value-of-a."])
+    crew = kit.crew(llm, [kit.Lookup()])
+    rt.protect(crew)
+    out = crew.kickoff()
+    assert out.raw == "a is value-of-a."
+    rt.flush()
+    errors = rt.store.plugin_errors(only_run(rt).run.run_id)
+    assert errors and all("verifier bug" in e["error"] for e in errors)
+
+
+def test_an_error_inside_the_adapter_is_recorded_and_the_crew_goes_on(make_runtime: Any, kit: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import immunity_crewai.events as ev
+
+    def broken(messages: Any) -> Any:
+        raise ValueError("translation bug")
+
+    monkeypatch.setattr(ev, "_plain_messages", broken)
+    rt = make_runtime()
+    llm = ScriptedLLM(script=[ToolCall("lookup", {"key": "a"}), "a is value-of-a."])
+    crew = kit.crew(llm, [kit.Lookup()])
+    rt.protect(crew)
+    out = crew.kickoff()
+    assert out.raw == "a is value-of-a." and kit.calls["lookup"] == [{"key": "a"}]
+    rt.flush()
+    errors = rt.store.plugin_errors(only_run(rt).run.run_id)
+    assert {(e["plugin"], e["hook"]) for e in errors} == {("immunity_crewai", "pre_model_call")}
+    assert "translation bug" in errors[0]["error"]
+
+
+def test_fail_closed_aborts_the_crew(make_runtime: Any, kit: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crewai.hooks import HookAborted
+
+    import immunity_crewai.events as ev
+
+    monkeypatch.setattr(ev, "_plain_messages", lambda m: (_ for _ in ()).throw(ValueError("translation bug")))
+    rt = make_runtime(fail_closed=True)
+    crew = kit.crew(ScriptedLLM(script=["never"]), [kit.Lookup()])
+    rt.protect(crew)
+    with pytest.raises(HookAborted, match="translation bug"):
+        crew.kickoff()
+
+
+# ---------------------------------------------------------------------------------------------- attach / detach
+def test_instrument_is_idempotent_and_uninstrument_restores_exactly(make_runtime: Any, kit: Any) -> None:
+    from crewai.events import crewai_event_bus
+    from crewai.hooks import InterceptionPoint, get_hooks
+
+    before_hooks = {p: get_hooks(p) for p in InterceptionPoint}
+    before_bus = dict(crewai_event_bus._sync_handlers)
+    rt = make_runtime()
+    crew = kit.crew(ScriptedLLM(script=["fine"]))
+    adapter = CrewAIAdapter(rt)
+    adapter.instrument(crew)
+    adapter.instrument(crew)  # again: nothing registered twice
+    for point in InterceptionPoint:
+        added = [h for h in get_hooks(point) if not any(h is b for b in before_hooks[point])]
+        assert len(added) == (0 if point in (InterceptionPoint.INPUT,) else 1), point
+    crew.kickoff()
+    adapter.uninstrument()
+    adapter.uninstrument()  # again: a no-op
+    for point in InterceptionPoint:
+        after = get_hooks(point)
+        assert len(after) == len(before_hooks[point]) and all(a is b for a, b in zip(after, before_hooks[point],
+                                                                                   strict=True))
+    assert dict(crewai_event_bus._sync_handlers) == before_bus
+    assert crew.tasks[0]._guardrails == []
+    # detached: a second kickoff is not observed
+    n = len(rt.sessions)
+    crew.agents[0].llm = ScriptedLLM(script=["fine"])
+    crew.kickoff()
+    assert len(rt.sessions) == n
+
+
+def test_other_crews_are_not_watched(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime()
+    watched = kit.crew(ScriptedLLM(script=["watched"]))
+    other = kit.crew(ScriptedLLM(script=["other"]))
+    rt.protect(watched)
+    other.kickoff()
+    assert rt.sessions == {}
+    watched.kickoff()
+    assert len(rt.sessions) == 1
+
+
+def test_attaching_to_something_else_is_refused(make_runtime: Any, kit: Any) -> None:
+    from immunity.errors import ImmunityError
+
+    crew = kit.crew(ScriptedLLM(script=["x"]))
+    with pytest.raises(ImmunityError, match="crewai.Crew"):
+        CrewAIAdapter(make_runtime()).instrument(crew.agents[0])
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def test_demo_catches_and_corrects_a_repeated_error(make_runtime: Any) -> None:
+    rt = make_runtime()
+    run_id = CrewAIAdapter.demo(rt)
+    rt.flush()
+    run = rt.store.get_run(run_id)
+    assert run.status == "finished" and run.final_answer == "It is sunny and 21C in Paris."
+    assert any(v.error_class == "repeated_tool_error" for v in rt.store.verdicts(run_id))
+    steps = rt.store.steps(run_id)
+    assert [s.arguments for s in steps if s.tool] == [{"city": "Paris, FR"}, {"city": "Paris, FR"}, {"city": "Paris"}]
+    assert not CrewAIAdapter(rt).instrumented
+    _ = Recovery  # imported for the type checks above
