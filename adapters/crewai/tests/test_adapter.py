@@ -9,9 +9,18 @@ import sys
 from typing import Any
 
 import pytest
-from immunity import Event, EventKind, Intervention, InterventionKind, Recovery, RecoveryKind, Severity, Verdict, hookimpl
+from immunity import (
+    Event,
+    EventKind,
+    Intervention,
+    InterventionKind,
+    Recovery,
+    RecoveryKind,
+    Severity,
+    Verdict,
+    hookimpl,
+)
 from immunity.domain import Domain, Rule
-
 from immunity_crewai.adapter import CrewAIAdapter
 from immunity_crewai.testing import ScriptedLLM, ToolCall, text_of
 
@@ -425,9 +434,8 @@ def test_an_error_inside_the_adapter_is_recorded_and_the_crew_goes_on(make_runti
 
 
 def test_fail_closed_aborts_the_crew(make_runtime: Any, kit: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from crewai.hooks import HookAborted
-
     import immunity_crewai.events as ev
+    from crewai.hooks import HookAborted
 
     monkeypatch.setattr(ev, "_plain_messages", lambda m: (_ for _ in ()).throw(ValueError("translation bug")))
     rt = make_runtime(fail_closed=True)
