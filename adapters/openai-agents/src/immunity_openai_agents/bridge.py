@@ -113,6 +113,7 @@ class ActiveRun:
         self.sdk_session: Any = None
         self.streamed = False
         self.via_runner = False
+        self.agent: str | None = None  # the agent running now (set when each agent starts)
 
     @property
     def run_id(self) -> str:
@@ -260,6 +261,7 @@ class GuardHooks(AgentHooks):
         try:
             run = _lookup(self.adapter, context, agent, start=True)
             if run is not None:
+                run.agent = agent.name
                 run.session.emit(Event(kind=EventKind.NODE_START, agent=agent.name, node=agent.name))
         except Exception as exc:
             _fail(self.adapter, run, "on_start", exc)
@@ -338,7 +340,7 @@ class GuardHooks(AgentHooks):
         try:
             run = _lookup(self.adapter, context, agent, start=True)
             if run is not None:
-                d = run.session.handoff(getattr(source, "name", None), agent.name, agent=getattr(source, "name", None))
+                d = run.session.handoff(getattr(source, "name", None), agent.name)
                 if d.stop:
                     run.stop = d.final_answer or "stopped by immunity"
         except Exception as exc:
@@ -370,7 +372,7 @@ def _tool_start(adapter: OpenAIAgentsAdapter, run: ActiveRun, name: str, argumen
                 agent: Any) -> Decision:
     if call_id and call_id in run.tool_decisions:
         return run.tool_decisions[call_id]
-    d = run.session.tool_start(name, arguments, tool_call_id=call_id, agent=getattr(agent, "name", None))
+    d = run.session.tool_start(name, arguments, tool_call_id=call_id, agent=getattr(agent, "name", None) or run.agent)
     if call_id:
         run.tool_decisions[call_id] = d
     return d

@@ -174,7 +174,7 @@ class ScriptedModel(Model):
                 "object": "response", "output": [o.model_dump() for o in response.output],
                 "tool_choice": "auto", "tools": [], "parallel_tool_calls": False,
                 "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-                          "total_tokens": usage.total_tokens, "input_tokens_details": {"cached_tokens": 0},
+                          "total_tokens": usage.total_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                           "output_tokens_details": {"reasoning_tokens": 0}},
             }))
 
