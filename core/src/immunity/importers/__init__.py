@@ -280,8 +280,8 @@ def _fast_commits(store: Any) -> None:
 
 def import_paths(paths: list[str], format: str, store: Any, *, domain: str | None = None,  # noqa: A002
                  progress: Callable[[int], None] | None = None, runtime: Runtime | None = None) -> ImportReport:
-    """Import trace files into a store, one transaction per run (``store.write_run``): a run is
-    written whole or not at all. ``store`` is a store object or a path. ``progress``, if given, is
+    """Import trace files into a store, one transaction per run: a run is written whole or not at
+    all (see :func:`immunity.importers.store_io.write_full_run`). ``store`` is a store object or a path. ``progress``, if given, is
     called with the number of bytes read so far (see :func:`total_bytes`)."""
     from immunity.store import SQLiteStore
 
@@ -304,10 +304,7 @@ def import_paths(paths: list[str], format: str, store: Any, *, domain: str | Non
                                                          f"run id {rid!r} repeats {seen[rid]}; this record "
                                                          "replaced it", skipped=False))
                 try:
-                    if item.related:
-                        write_full_run(db, item)
-                    else:
-                        db.write_run(item.run, item.steps)
+                    write_full_run(db, item)
                 except Exception as exc:
                     report.problems.append(ImportProblem(item.source, item.record or "record",
                                                          f"could not be written: {type(exc).__name__}: {exc}"))

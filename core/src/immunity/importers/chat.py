@@ -106,7 +106,6 @@ def chat_schema() -> dict[str, Any]:
     """The JSON schema of a chat record (``docs/formats/chat.schema.json``)."""
     schema = ChatRecord.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://github.com/immunity-agents/immunity/docs/formats/chat.schema.json"
     schema["description"] = ("One agent run in immunity's chat interchange format: one JSON object a line "
                              "(JSON Lines). See docs/formats/README.md for how messages become steps.")
     return schema
@@ -293,10 +292,7 @@ class ChatImporter:
             if isinstance(rec, ImportProblem):
                 yield rec
                 continue
-            values = rec.value if isinstance(rec.value, list) else [rec.value]
-            for k, value in enumerate(values):
-                sub = rec if len(values) == 1 else Record(value, f"{rec.where} item {k + 1}", rec.warning)
-                yield record_to_run(value, path, sub)
+            yield record_to_run(rec.value, path, rec)
 
 
 def schema_path() -> str:

@@ -1,8 +1,9 @@
-"""Writing a whole run (with its events, verdicts, interventions, recoveries, checkpoints and plugin
-errors) into a store in one transaction, for immunity's own export format.
+"""Writing a whole run (its steps, and for immunity's own format its events, verdicts,
+interventions, recoveries, checkpoints and plugin errors) into a store in one transaction.
 
-``SQLiteStore.write_run`` covers a run, its steps and events; a lossless re-import also needs the
-other per-run tables, written in the same transaction so nothing is half-written.
+Why not ``SQLiteStore.write_run``: it covers only runs, steps and events, and its ``with
+self.db.conn:`` does not open a transaction, so sqlite-utils commits every insert on its own and a
+failure half-way leaves the run half-written. Here everything is inside ``db.atomic()``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ RELATED_TABLES: tuple[str, ...] = ("events", "verdicts", "interventions", "recov
 
 def write_full_run(store: Any, imported: ImportedRun) -> None:
     """Replace everything stored about ``imported.run`` with what ``imported`` holds, atomically."""
-    if not hasattr(store, "db"):  # a store from a plugin: its own write_run is all there is
+    if not hasattr(getattr(store, "db", None), "atomic"):  # a store from a plugin: use its own write_run
         store.write_run(imported.run, imported.steps, imported.related.get("events", ()))
         return
     run_id = imported.run.run_id
@@ -38,7 +39,9 @@ def write_full_run(store: Any, imported: ImportedRun) -> None:
             rows.append((table, r))
     store.flush()
     lock = getattr(store, "_lock", None) or contextlib.nullcontext()
-    with lock, store.db.conn:
+    # one explicit transaction: sqlite-utils commits each insert on its own unless one is open
+    # (``atomic()`` turns the inner ones into savepoints), so ``with conn:`` alone is not enough.
+    with lock, store.db.atomic():
         for table in ("steps", *RELATED_TABLES):
             if store.db[table].exists():
                 store.db[table].delete_where("run_id = ?", [run_id])

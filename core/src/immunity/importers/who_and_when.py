@@ -18,7 +18,6 @@ from typing import Any
 from immunity.importers.base import (
     ImportedRun,
     ImportProblem,
-    Record,
     as_text,
     bounded,
     describe,
@@ -52,15 +51,13 @@ class WhoAndWhenImporter:
             if isinstance(rec, ImportProblem):
                 yield rec
                 continue
-            values = rec.value if isinstance(rec.value, list) else [rec.value]
-            for k, value in enumerate(values):
-                where = rec.where if len(values) == 1 else f"{rec.where} item {k + 1}"
-                if not isinstance(value, dict):
-                    yield ImportProblem(path, where, f"expected an object, got {type(value).__name__}")
-                    continue
-                qid = value.get("question_ID") or value.get("question_id")
-                where = describe(Record(value, where), question_ID=qid)
-                yield self._run(value, path, where, rec.warning, key=str(qid or where))
+            value = rec.value
+            if not isinstance(value, dict):
+                yield ImportProblem(path, rec.where, f"expected an object, got {type(value).__name__}")
+                continue
+            qid = value.get("question_ID") or value.get("question_id")
+            where = describe(rec, question_ID=qid)
+            yield self._run(value, path, where, rec.warning, key=str(qid or rec.where))
 
     def _run(self, value: dict[str, Any], path: str, where: str, warning: str | None,
              key: str) -> ImportedRun | ImportProblem:
