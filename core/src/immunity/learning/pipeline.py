@@ -1,0 +1,143 @@
+"""The end-to-end operations behind the CLI: learn a pack, score runs with a pack, cross-validate."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from immunity import taxonomy as tx
+from immunity.learning.data import collect, group_of, outcome_label, score_items
+from immunity.learning.evaluate import RunLabel, RunScores, evaluate
+from immunity.learning.learn import LearnConfig, RunData, assign_folds, learn_model
+from immunity.learning.model import member_to_dict
+from immunity.learning.packs import save_pack
+from immunity.models import PatternPack
+
+
+def _version() -> str:
+    try:
+        return metadata.version("immunity")
+    except metadata.PackageNotFoundError:  # pragma: no cover
+        return "0"
+
+
+def build_pack(runs: list[RunData], embedder_info: tuple[Any, dict[str, Any], str], cfg: LearnConfig, *,
+               name: str, version: str = "0.1.0", domain: str | None = None, sources: list[str] | None = None,
+               split: str = "task") -> tuple[PatternPack, list[str]]:
+    """Learn a pack from collected runs; returns the pack and the warnings to show."""
+    learned = learn_model(runs, cfg, name=name, domain=domain)
+    embedder, spec, mode = embedder_info
+    member = learned.member
+    labelled = [r for r in runs if r.outcome is not None]
+    interventions: dict[str, list[str]] = {}
+    for p in learned.patterns:
+        if p.intervention:
+            have = interventions.setdefault(p.error_class, [])
+            if p.intervention not in have:
+                have.append(p.intervention)
+    pack = PatternPack(
+        name=name, version=version, domain=domain, created_with=f"immunity {_version()}",
+        embedder=str(embedder.name), dimension=int(embedder.dimension), threshold=member.threshold,
+        training={"runs": len(runs), "labelled_runs": len(labelled),
+                  "failed_runs": sum(r.outcome == 1 for r in labelled),
+                  "successful_runs": sum(r.outcome == 0 for r in labelled),
+                  "unknown_outcome_runs": sum(r.outcome is None for r in runs),
+                  "groups": len({r.group for r in labelled}), "split": split,
+                  "steps": int(sum(r.n for r in runs)), "target_false_alarm_rate": cfg.target_far,
+                  "folds": learned.diagnostics.get("folds"), "sets": sorted({r.source or "-" for r in runs}),
+                  "warnings": learned.warnings},
+        metrics={"inner_cv": learned.diagnostics},
+        provenance={"sources": sorted(set(sources or [])), "method": "alignment divergence + cross-fitted logistic",
+                    "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}},
+        patterns=learned.patterns,
+        interventions=interventions,
+        model={"kind": "logistic-v1", "embedder": spec, "signature": mode, "members": [member_to_dict(member)]},
+    )
+    return pack, learned.warnings
+
+
+@dataclass
+class CVResult:
+    scores: dict[str, RunScores]
+    labels: dict[str, RunLabel]
+    folds: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def evaluate(self, **kw: Any) -> dict[str, Any]:
+        res = evaluate(self.scores, self.labels, **kw)
+        res["folds"] = self.folds
+        return res
+
+
+def scores_from_rows(rows: list[dict[str, Any]]) -> dict[str, RunScores]:
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_run.setdefault(str(r["run_id"]), []).append(r)
+    out = {}
+    for rid, rs in by_run.items():
+        rs.sort(key=lambda r: int(r["step"]))
+        out[rid] = RunScores(rid, np.asarray([float(r["risk"]) for r in rs]), np.asarray([bool(r["alarm"]) for r in rs]),
+                             [r.get("error_class") for r in rs])
+    return out
+
+
+def labels_for(items: list[Any], split: str, baseline_steps: int | None = None) -> dict[str, RunLabel]:
+    return {it.run.run_id: RunLabel(it.run.run_id, outcome_label(it.run), group_of(it.run, split),
+                                    it.run.failure_step, baseline_steps) for it in items}
+
+
+def score_rows(items: list[Any], packs: list[Any], *, domain: str | None = None,
+               options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for scored in score_items(items, packs, domain=domain, options=options):
+        rows.extend(s.row(scored.run_id) for s in scored.scores)
+    return rows
+
+
+def cross_validate(items: list[Any], cfg: LearnConfig, *, split: str = "task", folds: int = 5,
+                   embedder_spec: dict[str, Any] | None = None, domain: str | None = None, name: str = "cv",
+                   log: Callable[[str], None] | None = None, options: dict[str, Any] | None = None) -> CVResult:
+    """Outer cross-validation split by ``split`` (task or repo): for each fold, learn a pack on the
+    other folds, write it, and score the fold's runs with it through the runtime."""
+    say = log or (lambda _m: None)
+    ids = [it.run.run_id for it in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError("run ids are not unique across the input; cross-validation needs unique ids")
+    say(f"collecting features of {len(items)} runs")
+    runs, emb = collect(items, split=split, embedder_spec=embedder_spec, domain=domain)
+    groups = [r.group for r in runs]
+    k = max(2, min(folds, len(set(groups))))
+    fold_of = assign_folds(groups, k, cfg.seed)
+    all_rows: list[dict[str, Any]] = []
+    labels: dict[str, RunLabel] = {}
+    fold_info = []
+    with tempfile.TemporaryDirectory(prefix="immunity-cv-") as tmp:
+        for j in range(k):
+            train = [r for r, f in zip(runs, fold_of, strict=True) if f != j]
+            test_items = [it for it, f in zip(items, fold_of, strict=True) if f == j]
+            pack, warnings = build_pack(train, emb, cfg, name=f"{name}-fold{j}", domain=domain, split=split)
+            path = os.path.join(tmp, f"fold{j}.json")
+            save_pack(pack, path)
+            member = pack.model["members"][0]
+            say(f"fold {j + 1}/{k}: trained on {len(train)} runs ({len(pack.patterns)} patterns, threshold "
+                f"{pack.threshold:.3f}), scoring {len(test_items)} held-out runs")
+            rows = score_rows(test_items, [path], domain=domain, options=options)
+            all_rows.extend(rows)
+            labels.update(labels_for(test_items, split, member.get("baseline_steps_threshold")))
+            fold_info.append({"fold": j, "train_runs": len(train), "test_runs": len(test_items),
+                              "patterns": len(pack.patterns), "threshold": round(float(pack.threshold or 0), 6),
+                              "baseline_steps_threshold": member.get("baseline_steps_threshold"),
+                              "warnings": warnings,
+                              "classes": sorted({p.error_class for p in pack.patterns})})
+    return CVResult(scores_from_rows(all_rows), labels, fold_info, all_rows)
+
+
+def class_hint(cls: str) -> str | None:
+    c = tx.get(cls)
+    return c.hint if c else None

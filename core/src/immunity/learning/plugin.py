@@ -1,0 +1,367 @@
+"""Built-in plugin: the ``patterns`` verifier, installed packs, and the learning commands
+(``learn``, ``pack build|inspect|verify|install|merge|list``, ``score``, ``eval``, ``explain``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import pluggy
+
+from immunity.errors import ImmunityError, PackError
+from immunity.models import Event, EventKind, Run
+from immunity.state import RunState
+
+hookimpl = pluggy.HookimplMarker("immunity")
+
+
+@hookimpl
+def immunity_register_verifiers(register: Any) -> None:
+    from immunity.learning.matcher import PatternsVerifier
+
+    register("patterns", PatternsVerifier)
+
+
+@hookimpl
+def immunity_register_pattern_packs(register: Any) -> None:
+    from immunity.learning.packs import installed_packs
+
+    for name, path in installed_packs().items():
+        register(name, str(path))
+
+
+@hookimpl
+def immunity_observe(event: Event, run: Run, state: RunState, session: Any) -> None:
+    if event.kind == EventKind.RUN_START:
+        from immunity.learning.matcher import bind_runtime
+
+        bind_runtime(session.runtime)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _read(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None) -> list[Any]:
+    from immunity.learning.data import read_runs
+
+    if not paths and not store:
+        raise click.UsageError("give trace files (with --format) or --store")
+    try:
+        items = read_runs(list(paths), fmt, store=store, domain=domain, on_problem=lambda m: _err(f"warning: {m}"))
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if not items:
+        raise click.ClickException("no runs could be read from the input")
+    return items
+
+
+def _cfg(target_far: float, folds: int, min_similarity: float, seed: int) -> Any:
+    from immunity.learning.learn import LearnConfig
+
+    if not 0 < target_far < 1:
+        raise click.BadParameter("must be between 0 and 1", param_hint="--target-far")
+    if folds < 2:
+        raise click.BadParameter("must be at least 2", param_hint="--folds")
+    return LearnConfig(target_far=target_far, folds=folds, min_similarity=min_similarity, seed=seed)
+
+
+def _input_options(f: Any) -> Any:
+    f = click.option("--domain", default=None, help="Domain of runs that do not name one.")(f)
+    f = click.option("--store", "store", default=None, help="Read runs from this immunity store (SQLite).")(f)
+    f = click.option("--format", "fmt", default="auto", show_default=True,
+                     help="Trace format (tau-bench, mini-swe-agent, who-and-when, chat, immunity, ...).")(f)
+    return click.argument("paths", nargs=-1, type=click.Path(exists=True))(f)
+
+
+def _learn_options(f: Any) -> Any:
+    f = click.option("--seed", default=0, show_default=True, help="Seed of the fold assignment.")(f)
+    f = click.option("--min-similarity", default=0.8, show_default=True,
+                     help="Cosine similarity a step needs to match a pattern.")(f)
+    f = click.option("--folds", default=5, show_default=True, help="Cross-validation folds (split by task).")(f)
+    f = click.option("--target-far", default=0.05, show_default=True,
+                     help="Target false-alarm rate on successful runs for the threshold.")(f)
+    f = click.option("--split", type=click.Choice(["task", "repo"]), default="task", show_default=True,
+                     help="Group runs by task, or by repository (SWE-bench style ids), for every split.")(f)
+    return click.option("--embedder", default="hashing", show_default=True, help="Embedder plugin.")(f)
+
+
+def _write_json(obj: Any, path: str | None) -> None:
+    text = json.dumps(obj, indent=2, default=str)
+    if path:
+        Path(path).write_text(text + "\n", encoding="utf-8")
+    else:
+        click.echo(text)
+
+
+# ------------------------------------------------------------------------------------------ commands
+@hookimpl
+def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one registration function
+    @cli.command()
+    @_input_options
+    @_learn_options
+    @click.option("--out", "-o", required=True, help="Where to write the pack (.json or .json.gz).")
+    @click.option("--name", default=None, help="Pack name (default: the output file's stem).")
+    @click.option("--version", "pack_version", default="0.1.0", show_default=True)
+    def learn(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, embedder: str, split: str,
+              target_far: float, folds: int, min_similarity: float, seed: int, out: str, name: str | None,
+              pack_version: str) -> None:
+        """Learn failure patterns and a calibrated risk model from runs with outcomes; write a pack."""
+        from immunity.learning.data import collect
+        from immunity.learning.packs import save_pack
+        from immunity.learning.pipeline import build_pack
+
+        cfg = _cfg(target_far, folds, min_similarity, seed)
+        items = _read(paths, fmt, store, domain)
+        _err(f"replaying {len(items)} runs to collect their features")
+        try:
+            runs, emb = collect(items, split=split, embedder_spec={"plugin": embedder}, domain=domain)
+            pack_name = name or Path(out).name.split(".")[0]
+            pack, warnings = build_pack(runs, emb, cfg, name=pack_name, version=pack_version, domain=domain,
+                                        sources=list(paths) + ([store] if store else []), split=split)
+        except (ValueError, ImmunityError) as exc:
+            raise click.ClickException(str(exc)) from None
+        for w in warnings:
+            _err(f"WARNING: {w}")
+        digest = save_pack(pack, out)
+        t = pack.training
+        inner = pack.metrics.get("inner_cv", {})
+        click.echo(f"wrote {out}: {len(pack.patterns)} patterns from {t['failed_runs']} failed and "
+                   f"{t['successful_runs']} successful runs ({t['unknown_outcome_runs']} with no outcome, used for "
+                   f"features only); threshold {pack.threshold:.4f} for a {target_far:.0%} false-alarm target "
+                   f"(cross-validated, {inner.get('folds')} folds by {split}): recall before the end "
+                   f"{inner.get('inner_cv_recall_before_end')}, false-alarm rate "
+                   f"{inner.get('inner_cv_false_alarm_rate')}; {digest}")
+
+    @cli.group()
+    def pack() -> None:
+        """Build, inspect, verify, install and merge pattern packs."""
+
+    @pack.command("build")
+    @click.argument("spec", type=click.Path(exists=True))
+    @click.option("--out", "-o", required=True)
+    def pack_build(spec: str, out: str) -> None:
+        """Build a pack from a hand-written JSON or YAML spec of patterns (see docs/learning.md)."""
+        from immunity.learning.handwritten import build_from_spec
+        from immunity.learning.packs import save_pack
+        from immunity.plugins import get_plugin_manager
+
+        try:
+            p = build_from_spec(spec, get_plugin_manager())
+        except (ValueError, ImmunityError) as exc:
+            raise click.ClickException(str(exc)) from None
+        digest = save_pack(p, out)
+        click.echo(f"wrote {out}: {len(p.patterns)} patterns, embedder {p.embedder}; {digest}")
+
+    @pack.command("inspect")
+    @click.argument("path")
+    @click.option("--json", "as_json", is_flag=True, help="Print the manifest and patterns as JSON.")
+    def pack_inspect(path: str, as_json: bool) -> None:
+        """Show a pack's manifest and patterns."""
+        from immunity.learning.packs import resolve_pack
+        from immunity.plugins import get_plugin_manager
+
+        try:
+            p = resolve_pack(path, get_plugin_manager().registry("pattern_packs"))
+        except PackError as exc:
+            raise click.ClickException(str(exc)) from None
+        if as_json:
+            d = p.model_dump(mode="json", exclude={"model"})
+            for pat in d["patterns"]:
+                pat.pop("vector", None)
+            _write_json(d, None)
+            return
+        click.echo(f"{p.name} {p.version} (format {p.format_version}); domain {p.domain or '-'}; created with "
+                   f"{p.created_with}")
+        click.echo(f"embedder {p.embedder} (dimension {p.dimension}); threshold "
+                   f"{'per member' if p.threshold is None else f'{p.threshold:.4f}'}; {p.content_hash}")
+        click.echo(f"training: {json.dumps({k: v for k, v in p.training.items() if k != 'warnings'}, default=str)}")
+        for w in p.training.get("warnings", []) or []:
+            click.echo(f"WARNING: {w}")
+        if p.metrics:
+            click.echo(f"metrics: {json.dumps(p.metrics, default=str)}")
+        click.echo(f"{len(p.patterns)} patterns:")
+        for pat in sorted(p.patterns, key=lambda x: -x.weight):
+            click.echo(f"  {pat.pattern_id}  {pat.error_class:<20} weight {pat.weight:6.3f} support {pat.support:<3} "
+                       f"{pat.description}")
+
+    @pack.command("verify")
+    @click.argument("path")
+    def pack_verify(path: str) -> None:
+        """Check a pack's hash, format version, dimensions and counts (exit 1 if it is refused)."""
+        from immunity.learning.packs import load_pack
+
+        try:
+            p = load_pack(path)
+        except PackError as exc:
+            raise click.ClickException(f"refused: {exc}") from None
+        click.echo(f"ok: {p.name} {p.version}, {len(p.patterns)} patterns, embedder {p.embedder} "
+                   f"(dimension {p.dimension}), {p.content_hash}")
+
+    @pack.command("install")
+    @click.argument("path", type=click.Path(exists=True))
+    @click.option("--dir", "directory", default=None, help="Packs directory (default: $IMMUNITY_PACKS_DIR or "
+                                                           "~/.local/share/immunity/packs).")
+    def pack_install(path: str, directory: str | None) -> None:
+        """Verify a pack and install it, so runtimes can name it in ``packs=[...]``."""
+        from immunity.learning.packs import install_pack, load_pack
+
+        try:
+            p = load_pack(path)
+            dest = install_pack(path, directory)
+        except PackError as exc:
+            raise click.ClickException(f"refused: {exc}") from None
+        click.echo(f"installed {p.name} {p.version} at {dest}")
+
+    @pack.command("merge")
+    @click.argument("paths", nargs=-1, required=True)
+    @click.option("--out", "-o", required=True)
+    @click.option("--name", default=None)
+    def pack_merge(paths: tuple[str, ...], out: str, name: str | None) -> None:
+        """Merge packs built with the same embedder (each keeps its own risk model and threshold)."""
+        from immunity.learning.packs import merge_packs, resolve_pack, save_pack
+        from immunity.plugins import get_plugin_manager
+
+        if len(paths) < 2:
+            raise click.UsageError("give at least two packs to merge")
+        try:
+            reg = get_plugin_manager().registry("pattern_packs")
+            packs = [resolve_pack(p, reg) for p in paths]
+            merged = merge_packs(*packs, name=name)
+        except PackError as exc:
+            raise click.ClickException(str(exc)) from None
+        digest = save_pack(merged, out)
+        click.echo(f"wrote {out}: {len(merged.patterns)} patterns from {len(packs)} packs; {digest}")
+
+    @pack.command("list")
+    def pack_list() -> None:
+        """List installed and plugin-registered packs."""
+        from immunity.plugins import get_plugin_manager
+
+        reg = get_plugin_manager().registry("pattern_packs")
+        if not reg:
+            click.echo("no packs installed")
+        for n, v in sorted(reg.items()):
+            click.echo(f"{n}: {v if isinstance(v, str) else type(v).__name__}")
+
+    @cli.command()
+    @_input_options
+    @click.option("--pack", "packs", multiple=True, required=True, help="Pack file or installed pack name.")
+    @click.option("--out", "-o", default=None, help="Write JSONL here (default: stdout).")
+    @click.option("--index", default=None, help="Vector index plugin (default brute).")
+    def score(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, packs: tuple[str, ...],
+              out: str | None, index: str | None) -> None:
+        """Replay runs step by step through the runtime with the patterns verifier and write one JSON line
+        per step: run_id, step, risk, alarm, patterns, action_type. The outcome is never read."""
+        from immunity.learning.data import ScoringError, score_items
+
+        items = _read(paths, fmt, store, domain)
+        options = {"patterns": {"index": index}} if index else None
+        fh = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
+        n = 0
+        try:
+            for scored in score_items(items, list(packs), domain=domain, options=options):
+                for s in scored.scores:
+                    fh.write(json.dumps(s.row(scored.run_id)) + "\n")
+                    n += 1
+        except (ImmunityError, ScoringError) as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            if out:
+                fh.close()
+        if out:
+            _err(f"scored {len(items)} runs, {n} steps -> {out}")
+
+    @cli.command("eval")
+    @_input_options
+    @_learn_options
+    @click.option("--cv", is_flag=True, help="Cross-validate: learn on the other folds, score each held-out fold.")
+    @click.option("--pack", "packs", multiple=True, help="Evaluate this pack on the given runs (held out).")
+    @click.option("--scores", "scores_path", default=None, help="Evaluate existing `immunity score` output.")
+    @click.option("--out", "-o", default=None, help="Write the figures as JSON here.")
+    @click.option("--scores-out", default=None, help="With --cv: write the held-out step scores (JSONL).")
+    @click.option("--html", "html_path", default=None, help="Also write an HTML report with a plot.")
+    @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for AUROC CIs.")
+    def eval_cmd(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, embedder: str, split: str,
+                 target_far: float, folds: int, min_similarity: float, seed: int, cv: bool, packs: tuple[str, ...],
+                 scores_path: str | None, out: str | None, scores_out: str | None, html_path: str | None,
+                 bootstrap: int) -> None:
+        """AUROC of runs alive at steps 5/10/20, recall before failure, false-alarm rate, lead, per-class and
+        explain figures with 95% CIs, next to the steps-so-far baseline."""
+        from immunity.learning.evaluate import html_report, mean_curves, table
+        from immunity.learning.packs import resolve_pack
+        from immunity.learning.pipeline import cross_validate, labels_for, score_rows, scores_from_rows
+        from immunity.plugins import get_plugin_manager
+
+        if sum(bool(x) for x in (cv, packs, scores_path)) != 1:
+            raise click.UsageError("choose one of --cv, --pack or --scores")
+        items = _read(paths, fmt, store, domain)
+        try:
+            if cv:
+                cfg = _cfg(target_far, folds, min_similarity, seed)
+                res = cross_validate(items, cfg, split=split, folds=folds, embedder_spec={"plugin": embedder},
+                                     domain=domain, log=_err)
+                scores, labels = res.scores, res.labels
+                if scores_out:
+                    with open(scores_out, "w", encoding="utf-8") as fh:
+                        for r in res.rows:
+                            fh.write(json.dumps(r) + "\n")
+                extra: dict[str, Any] = {"folds": res.folds, "split": split, "mode": "cross-validation"}
+            else:
+                baseline = None
+                if packs:
+                    reg = get_plugin_manager().registry("pattern_packs")
+                    members = [m for p in packs for m in (resolve_pack(p, reg).model or {}).get("members", [])]
+                    ts = [m.get("baseline_steps_threshold") for m in members if m.get("baseline_steps_threshold")]
+                    baseline = min(ts) if ts else None
+                if scores_path:
+                    rows = [json.loads(line) for line in Path(scores_path).read_text(encoding="utf-8").splitlines()
+                            if line.strip()]
+                else:
+                    rows = score_rows(items, list(packs), domain=domain)
+                scores, labels = scores_from_rows(rows), labels_for(items, split, baseline)
+                extra = {"mode": "held-out pack" if packs else "scores file", "split": split}
+        except (ValueError, ImmunityError) as exc:
+            raise click.ClickException(str(exc)) from None
+        from immunity.learning.evaluate import evaluate
+
+        result = evaluate(scores, labels, reps=bootstrap, seed=seed)
+        result.update(extra)
+        click.echo(table(result, title=f"immunity eval ({extra['mode']}, split by {split})"))
+        if out:
+            _write_json(result, out)
+        if html_path:
+            Path(html_path).write_text(html_report({"evaluation": result}, {"evaluation": mean_curves(scores, labels)}),
+                                       encoding="utf-8")
+
+    @cli.command()
+    @click.argument("run_id")
+    @_input_options
+    @click.option("--pack", "packs", multiple=True, help="Pack to score the run with (when no successful run "
+                                                         "of the same task is available).")
+    @click.option("--json", "as_json", is_flag=True)
+    def explain(run_id: str, paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None,
+                packs: tuple[str, ...], as_json: bool) -> None:
+        """The step most likely to be the decisive error of a failed run, with the evidence."""
+        from immunity.learning.explain import explain_run
+
+        items = _read(paths, fmt, store, domain)
+        try:
+            report = explain_run(run_id, items, list(packs), domain=domain)
+        except (ValueError, LookupError, ImmunityError) as exc:
+            raise click.ClickException(str(exc)) from None
+        if as_json:
+            _write_json(report, None)
+            return
+        click.echo(f"run {report['run_id']} ({report['outcome']}, {report['steps']} steps), method: {report['method']}")
+        click.echo(f"decisive step: {report['step']} [{report['action_type']}] {report.get('tool') or ''}")
+        if report.get("error_class"):
+            click.echo(f"class: {report['error_class']}")
+        for line in report.get("evidence", []):
+            click.echo(f"  - {line}")
+        if report.get("snippet"):
+            click.echo(f"  step content: {report['snippet']}")
