@@ -120,21 +120,31 @@ class Result:
     embed_p50_ms: float
     recall_at_k: float | None
     params: dict[str, Any]
+    cpu_p50_ms: float = 0.0
+    cpu_p99_ms: float = 0.0
 
 
 def time_steps(index: Any, emb: HashingEmbedder, queries: list[dict[str, float]], k: int,
-               warmup: int) -> tuple[np.ndarray, list[list[str]]]:
+               warmup: int) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    """Wall-clock and CPU time (all threads of this process) per step, in ms, and the ids found.
+
+    Wall-clock is what an agent waits; CPU time is the work itself, unaffected by other processes
+    taking the cores (on a busy machine the two part ways in the tail).
+    """
     for sig in queries[:warmup]:
         index.search(emb.embed_features(sig), k)
-    times = np.empty(len(queries), dtype=np.float64)
+    wall = np.empty(len(queries), dtype=np.float64)
+    cpu = np.empty(len(queries), dtype=np.float64)
     found: list[list[str]] = []
-    clock = time.perf_counter_ns
+    clock, cpu_clock = time.perf_counter_ns, time.process_time_ns
     for i, sig in enumerate(queries):
+        c0 = cpu_clock()
         t0 = clock()
         hits = index.search(emb.embed_features(sig), k)
-        times[i] = clock() - t0
+        wall[i] = clock() - t0
+        cpu[i] = cpu_clock() - c0
         found.append([h[0] for h in hits])
-    return times / 1e6, found
+    return wall / 1e6, cpu / 1e6, found
 
 
 def exact_top_k(data: np.ndarray, ids: list[str], qvecs: np.ndarray, k: int) -> list[set[str]]:
@@ -179,10 +189,11 @@ def run(sizes: list[int], steps: int, brute_steps_cap: int, k: int, dim: int, M:
         build = time.perf_counter() - t0
         bq = queries[: min(steps, brute_steps_cap)]
         gc.collect()
-        times, found = time_steps(brute, emb, bq, k, warmup=min(50, len(bq)))
+        times, cpu, found = time_steps(brute, emb, bq, k, warmup=min(50, len(bq)))
         recall = float(np.mean([len(set(f) & t) / k for f, t in zip(found, truth, strict=False)]))
         results.append(Result("brute", n, build, len(bq), float(np.percentile(times, 50)),
-                              float(np.percentile(times, 99)), float(times.max()), embed_p50, recall, {}))
+                              float(np.percentile(times, 99)), float(times.max()), embed_p50, recall, {},
+                              float(np.percentile(cpu, 50)), float(np.percentile(cpu, 99))))
         _print_row(results[-1])
 
         # hnswlib
@@ -199,11 +210,12 @@ def run(sizes: list[int], steps: int, brute_steps_cap: int, k: int, dim: int, M:
         for ef in ef_searches:  # one graph, searched with each candidate-list size
             hnsw.ef_search = ef
             gc.collect()
-            times, found = time_steps(hnsw, emb, queries, k, warmup=min(200, len(queries)))
+            times, cpu, found = time_steps(hnsw, emb, queries, k, warmup=min(200, len(queries)))
             recall = float(np.mean([len(set(f) & t) / k for f, t in zip(found, truth, strict=False)]))
             params = {"M": M, "ef_construction": ef_construction, "ef_search": ef, "space": hnsw.space}
             results.append(Result("hnswlib", n, build, len(queries), float(np.percentile(times, 50)),
-                                  float(np.percentile(times, 99)), float(times.max()), embed_p50, recall, params))
+                                  float(np.percentile(times, 99)), float(times.max()), embed_p50, recall, params,
+                                  float(np.percentile(cpu, 50)), float(np.percentile(cpu, 99))))
             _print_row(results[-1])
     return results
 
@@ -212,8 +224,16 @@ def _print_row(r: Result) -> None:
     recall = f"{r.recall_at_k:.3f}" if r.recall_at_k is not None else "-"
     label = f"{r.index} ef={r.params['ef_search']}" if "ef_search" in r.params else r.index
     print(f"  {label:<14} build {r.build_s:7.2f}s   per step p50 {r.p50_ms:7.3f} ms   p99 {r.p99_ms:7.3f} ms   "
-          f"max {r.max_ms:7.3f} ms   recall@k {recall}   (embedding alone p50 {r.embed_p50_ms:.3f} ms)",
+          f"max {r.max_ms:7.3f} ms   cpu p50 {r.cpu_p50_ms:.3f} p99 {r.cpu_p99_ms:.3f} ms   recall@k {recall}   "
+          f"(embedding alone p50 {r.embed_p50_ms:.3f} ms)",
           flush=True)
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not on every platform
+        return "n/a"
 
 
 def _hnsw_defaults() -> dict[str, int]:
@@ -256,21 +276,26 @@ def main(argv: list[str] | None = None) -> int:
                    else [defaults.get("ef_search", 64)])
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpus, "
           f"numpy {np.__version__}; dim {args.dim}, k {args.k}, hnswlib M {M}, "
-          f"ef_construction {ef_construction}, ef_search {','.join(map(str, ef_searches))}")
+          f"ef_construction {ef_construction}, ef_search {','.join(map(str, ef_searches))}; "
+          f"load average {_load()}")
     started = time.perf_counter()
     results = run(sizes, steps, args.brute_steps, args.k, args.dim, M, ef_construction, ef_searches,
                   args.threads, args.seed)
     total = time.perf_counter() - started
-    print(f"\n{'index':<8} {'ef':>4} {'N':>8} {'build s':>8} {'p50 ms':>8} {'p99 ms':>8} {'recall@k':>9}")
+    print(f"\nload average at the end: {_load()}")
+    print(f"\n{'index':<8} {'ef':>4} {'N':>8} {'build s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu p50':>8} "
+          f"{'cpu p99':>8} {'recall@k':>9}")
     for r in results:
         recall = f"{r.recall_at_k:.3f}" if r.recall_at_k is not None else "-"
         ef = str(r.params.get("ef_search", "-"))
-        print(f"{r.index:<8} {ef:>4} {r.n:>8,} {r.build_s:>8.2f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f} {recall:>9}")
+        print(f"{r.index:<8} {ef:>4} {r.n:>8,} {r.build_s:>8.2f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f} "
+              f"{r.cpu_p50_ms:>8.3f} {r.cpu_p99_ms:>8.3f} {recall:>9}")
     big = [r for r in results if r.index == "hnswlib" and r.n >= 100_000]
     if big:
         ok = all(r.p99_ms <= 1.0 for r in big)
-        print(f"\ntarget p99 <= 1 ms per step at 100K with hnswlib: {'met' if ok else 'NOT met'} "
-              f"({', '.join(f'{r.p99_ms:.3f} ms' for r in big)})")
+        print(f"\ntarget p99 <= 1 ms per step at 100K with hnswlib (wall-clock): {'met' if ok else 'NOT met'} "
+              f"({', '.join(f'{r.p99_ms:.3f} ms' for r in big)}; cpu p99 "
+              f"{', '.join(f'{r.cpu_p99_ms:.3f} ms' for r in big)})")
     print(f"total {total:.1f}s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
