@@ -51,3 +51,9 @@ def make_runtime() -> Iterator[Callable[..., Runtime]]:
 @pytest.fixture
 def rt(make_runtime: Callable[..., Runtime]) -> Runtime:
     return make_runtime()
+
+
+@pytest.fixture
+def plugin() -> type[Plugin]:
+    """The :class:`Plugin` class (tests build instances: ``plugin(verify=...)``)."""
+    return Plugin
