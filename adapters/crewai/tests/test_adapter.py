@@ -506,4 +506,62 @@ def test_demo_catches_and_corrects_a_repeated_error(make_runtime: Any) -> None:
     steps = rt.store.steps(run_id)
     assert [s.arguments for s in steps if s.tool] == [{"city": "Paris, FR"}, {"city": "Paris, FR"}, {"city": "Paris"}]
     assert not CrewAIAdapter(rt).instrumented
-    _ = Recovery  # imported for the type checks above
+
+
+# ---------------------------------------------------------------------------------------------- recover: rollback
+class RollbackOnPublishError:
+    @hookimpl(tryfirst=True)
+    def immunity_recover(self, event: Event) -> Recovery | None:
+        if event.kind == EventKind.TOOL_END and event.tool == "publish" and event.failed:
+            return Recovery(kind=RecoveryKind.ROLLBACK, reason="publish failed",
+                            hint="[immunity] publish needs a title: give the article one.")
+        return None
+
+
+def rollback_crew(kit: Any, tmp_path: Any) -> tuple[Any, ScriptedLLM, ScriptedLLM]:
+    from crewai.state import CheckpointConfig
+
+    def write(messages: list[dict[str, Any]]) -> Any:
+        if any("needs a title" in h for h in hint_messages(messages)):
+            return ToolCall("publish", {"title": "Value of a", "text": "a is value-of-a"})
+        return ToolCall("publish", {"text": "a is value-of-a"})
+
+    research = ScriptedLLM(script=["a is value-of-a"])
+    writer = ScriptedLLM(script=[write, write, "published 'Value of a'"])
+    crew = kit.crew(None, tasks=2, llms=[research, writer], tools_per_task=[[], [kit.Publish()]],
+                    checkpoint=CheckpointConfig(location=str(tmp_path / "checkpoints"), on_events=["task_completed"]))
+    return crew, research, writer
+
+
+def test_rollback_to_a_verified_checkpoint_and_resume(make_runtime: Any, kit: Any, tmp_path: Any) -> None:
+    from crewai.events import crewai_event_bus
+
+    rt = make_runtime(plugins=[RollbackOnPublishError()])
+    crew, research, writer = rollback_crew(kit, tmp_path)
+    adapter = rt.protect(crew)
+    out = crew.kickoff()  # the bad publish call: stopped cleanly, waiting for the rollback
+
+    assert out.raw == "Rolled back by immunity: publish failed"
+    run_id = only_run(rt).run.run_id
+    assert adapter.rolled_back() == [run_id]
+    rt.flush()
+    assert rt.store.get_run(run_id).status == "rolling_back"
+
+    out = adapter.resume()  # from the checkpoint after task 1 (verified), with the hint
+
+    assert out.raw == "published 'Value of a'"
+    assert len(research.calls) == 1  # task 1 was not run again: CrewAI restored its output
+    assert [c["title"] for c in kit.calls["publish"]] == ["", "Value of a"]  # the bad step is not repeated
+    assert hint_messages(writer.calls[-2]) == ["[immunity] publish needs a title: give the article one."]
+    assert list(rt.sessions) == [run_id]  # the same immunity run continued
+    rt.flush()
+    run = rt.store.get_run(run_id)
+    assert run.status == "finished" and run.final_answer == out.raw and run.metadata["resumed"] == 1
+    crewai_event_bus.flush()
+    rt.flush()
+    # task 1's first checkpoint is missing: CrewAI cannot serialise a task whose tool raised (it logs
+    # "Auto-checkpoint failed"); the resumed task 1 is checkpointed and verified
+    assert [(c.ref["task_name"], c.verified) for c in rt.store.checkpoints(run_id)] == [("task0", True), ("task1", True)]
+    assert rt.store.checkpoints(run_id)[0].ref["location"].endswith(".json")
+    assert [r.kind for r in rt.store.recoveries(run_id)].count(RecoveryKind.ROLLBACK) == 2  # asked, then done
+    assert kinds(rt, run_id).count("run_end") == 1

@@ -216,6 +216,9 @@ class CrewAIAdapter(Adapter):
         if cp is None or not cp.ref.get("location"):
             raise ImmunityError(f"run {run_id} has no verified CrewAI checkpoint to roll back to (give the crew "
                                 "checkpoint=CheckpointConfig(...))")
+        session = self.runtime.session(run_id)
+        if session is not None:
+            session.rollback(cp)  # compensations for side effects after the checkpoint (core)
         provider = SqliteProvider() if cp.ref.get("provider") == "SqliteProvider" else JsonProvider()
         restored = Crew.from_checkpoint(CheckpointConfig(restore_from=cp.ref["location"], provider=provider))
         # CrewAI rebuilds a custom model from its model name only: give the agents their models back

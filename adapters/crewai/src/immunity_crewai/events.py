@@ -31,6 +31,7 @@ any other exception raised by a hook).
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import logging
@@ -133,6 +134,8 @@ class Bridge:
         self._ids = itertools.count(1)
         #: crews that were stopped for a rollback, by immunity run id
         self.rollbacks: dict[str, CrewRun] = {}
+        #: runs that ended lately (a checkpoint written for them may still be on its way)
+        self.finished: collections.deque[CrewRun] = collections.deque(maxlen=16)
 
     # ------------------------------------------------------------------ plumbing
     def guarded(self, where: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -225,6 +228,7 @@ class Bridge:
             run = self.runs.pop(id(crew), None) if crew is not None else None
         if run is None:
             return
+        self.finished.append(run)
         self._release_guardrails(run)
         for key in list(run.hints):
             self._drop_hints(run, key)
@@ -312,6 +316,11 @@ class Bridge:
         assert session is not None
         key = self._key(ctx)
         self._drop_hints(run, id(ctx.agent))
+        if run.stop_answer is not None:
+            # the run was stopped: this agent finishes with the stop answer (CrewAI makes this one
+            # call anyway; its answer is replaced); pending hints stay for a resume
+            self._finish_executor(ctx.agent, run.stop_answer)
+            return None
         if key in run.models:  # the previous call on this executor raised: no answer came back
             self._model_end(run, key, error="the model call raised an error")
         llm = ctx.llm
@@ -561,16 +570,19 @@ class Bridge:
             log.warning("immunity-crewai could not record a checkpoint: %s", exc)
 
     def _run_for_checkpoint(self, event: Any) -> CrewRun | None:
+        """The run a checkpoint belongs to, by its task. CrewAI writes checkpoints on its event
+        bus's worker threads, so one may arrive after its kickoff returned: recently finished runs
+        are kept for that."""
         task_id = getattr(event, "task_id", None)
+        if not task_id:
+            return None
         with self._lock:
-            runs = list(self.runs.values())
+            runs = list(self.runs.values()) + list(reversed(self.finished))
         for run in runs:
             crew = run.crew_ref()
-            if crew is None:
-                continue
-            if task_id and any(str(t.id) == str(task_id) for t in crew.tasks):
+            if crew is not None and any(str(t.id) == str(task_id) for t in crew.tasks):
                 return run
-        return runs[0] if len(runs) == 1 else None
+        return None
 
 
 class TaskGuard:
