@@ -205,3 +205,25 @@ def test_demo_catches_and_corrects(rt: Any) -> None:
     assert steps[0].error and not steps[1].error
     assert [r.kind.value for r in rt.store.recoveries(run_id)] == ["retry"]
     assert rt.store.get_run(run_id).final_answer.startswith("Paris will be sunny")
+
+
+async def test_agent_workflow_handoff_is_observed(rt: Any) -> None:
+    from llama_index.core.agent.workflow import AgentWorkflow
+
+    triage = FunctionAgent(name="triage", description="Routes questions.", can_handoff_to=["weather"],
+                           llm=ScriptedLLM([tool_call("handoff", {"to_agent": "weather", "reason": "weather"})]))
+    weather = FunctionAgent(name="weather", description="Answers weather questions.", tools=[get_weather],
+                            llm=ScriptedLLM([tool_call("get_weather", {"city": "Oslo"}), "Oslo is sunny."]))
+    workflow = AgentWorkflow(agents=[triage, weather], root_agent="triage")
+    guard = rt.protect(workflow)
+    handler = workflow.run(user_msg="Weather in Oslo?")
+    assert str(await handler) == "Oslo is sunny."
+    run_id = guard.run_id_for(handler)
+    rt.flush()
+    handoffs = [e for e in rt.store.events(run_id) if e.kind == EventKind.HANDOFF]
+    assert [(e.agent, e.target) for e in handoffs] == [("triage", "weather")]
+    steps = rt.store.steps(run_id)
+    assert [(s.tool, s.agent) for s in steps if s.tool] == [("handoff", "triage"), ("get_weather", "weather")]
+    assert steps[-1].action_type == ActionType.DONE and steps[-1].agent == "weather"
+    guard.uninstrument()
+    assert not {"take_step"} & set(triage.__dict__) and "run" not in workflow.__dict__

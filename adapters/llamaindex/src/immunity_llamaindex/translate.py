@@ -478,7 +478,7 @@ class Bridge:
         session = live.session
         previous, live.agent_name = live.agent_name, agent.name
         if live.turns and previous and previous != agent.name:
-            session.handoff(previous, agent.name, agent=previous)
+            session.handoff(previous, agent.name)
         live.turns += 1
         if live.stop_answer is None and session.stop_requested:
             live.stop_answer = session.stop_requested
