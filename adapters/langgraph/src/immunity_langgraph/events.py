@@ -148,6 +148,7 @@ class RunContext:
         self.stop_answer: str | None = None
         self.final_values: Any = None
         self.breakpoints = False
+        self._retry_hints: dict[str | None, str] = {}
         self.outer_control: RunControl | None = None
         self._lock = threading.Lock()
 
@@ -371,6 +372,12 @@ class RunContext:
 
     def tool_after(self, tool: Any, tool_input: Any, call_id: str | None, out: Any) -> Any:
         try:
+            hint = self._retry_hints.pop(call_id, None)
+            if hint is not None:  # the re-executed call worked: the retry hint would only mislead the model
+                with self.session._lock:
+                    pending = self.session.state.hints_pending
+                    if hint in pending:
+                        pending.remove(hint)
             result, is_error = _tool_result(out)
             d = self.session.tool_end(tool.name, None if is_error else result, error=result if is_error else None,
                                       tool_call_id=call_id, arguments=self.tool_arguments(tool, tool_input))
@@ -400,6 +407,8 @@ class RunContext:
         side_effect = bool(last is not None and last.side_effect)
         if rec is not None and rec.kind == RecoveryKind.RETRY and attempt + 1 < rec.max_attempts and not d.stop \
                 and not side_effect and not self.session.stop_requested:
+            if rec.hint:
+                self._retry_hints[call_id] = rec.hint
             return "retry", min(max(rec.delay_s, 0.0), 30.0)
         if not self.adapter.handle_tool_errors or (rec is None and not d.stop):
             return "raise", None

@@ -1,0 +1,503 @@
+"""Verify, intervene and recover through the real LangGraph runtime: block, next-call hints,
+retry, rollback, stop, ask a human, rewrite, replayed side effects, model retry, fail-open."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from immunity import hookimpl
+from immunity.config import Config
+from immunity.errors import PluginError
+from immunity.models import (
+    Event,
+    EventKind,
+    Intervention,
+    InterventionKind,
+    Recovery,
+    RecoveryKind,
+    Severity,
+    Verdict,
+)
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import Command
+
+from immunity_langgraph.testing import ScriptedChatModel, tool_call
+
+HINT = "[immunity] Check the city name before you answer."
+ROLLBACK_HINT = "[immunity] Your last write broke the config. Use validate_config first."
+
+
+class BlockDeletes:
+    """A verifier that blocks destructive calls before they run."""
+
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
+            return Verdict(ok=False, block=True, error_class="unsafe_action", severity=Severity.ERROR,
+                           message="deleting every record is irreversible",
+                           hint="[immunity] delete_records is blocked: it is irreversible. Archive the table instead.")
+        return None
+
+
+class HintAfterWeather:
+    """A verifier that flags the weather result with a hint (not blocking)."""
+
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_END and event.tool == "get_weather":
+            return Verdict(ok=False, error_class="misread_output", severity=Severity.WARNING,
+                           message="check the city", hint=HINT)
+        return None
+
+
+def _ask(graph: Any, text: str, thread: str | None = None) -> dict[str, Any]:
+    cfg = {"configurable": {"thread_id": thread}} if thread else None
+    return graph.invoke({"messages": [("user", text)]}, cfg)
+
+
+# ---------------------------------------------------------------------------------------------- verify
+@pytest.mark.parametrize("kind", ["toolnode", "react"])
+def test_blocking_verdict_stops_the_call_and_tells_the_model(make_runtime: Any, tool_graph: Any, react_agent: Any,
+                                                             weather_tools: Any, calls: Any, kind: str) -> None:
+    rt = make_runtime(plugins=[BlockDeletes()])
+    model = ScriptedChatModel(script=[tool_call("delete_records", table="orders"), "I did not delete anything."])
+    graph = (tool_graph if kind == "toolnode" else react_agent)(model, weather_tools)
+    rt.protect(graph)
+    out = _ask(graph, "Clean the orders table")
+    assert calls.count("delete_records") == 0  # never executed
+    told = model.calls[1][-1]
+    assert isinstance(told, ToolMessage) and told.status == "error"
+    assert "delete_records is blocked: it is irreversible" in told.content
+    assert out["messages"][-1].content == "I did not delete anything."
+    rt.flush()
+    (run,) = rt.store.runs()
+    (step,) = [s for s in rt.store.steps(run.run_id) if s.tool]
+    assert step.data.get("blocked") is True and step.error.startswith("blocked by immunity")
+    assert [iv.kind for iv in rt.store.interventions(run.run_id)] == [InterventionKind.BLOCK]
+
+
+# ---------------------------------------------------------------------------------------------- intervene
+def test_hint_reaches_the_next_model_call_only_and_never_the_history(make_runtime: Any, tool_graph: Any,
+                                                                     weather_tools: Any) -> None:
+    rt = make_runtime(plugins=[HintAfterWeather()])
+    model = ScriptedChatModel(script=[tool_call("get_weather", city="Paris"), tool_call("get_weather", city="Lyon"),
+                                      "Sunny in both."])
+    graph = tool_graph(model, weather_tools, InMemorySaver())
+    rt.protect(graph)
+    cfg = {"configurable": {"thread_id": "h-1"}}
+    graph.invoke({"messages": [("user", "Weather in Paris and Lyon?")]}, cfg)
+    # call 2 got the hint as its last message, after the tool result
+    second = model.calls[1]
+    assert isinstance(second[-1], HumanMessage) and second[-1].content == HINT
+    assert isinstance(second[-2], ToolMessage)
+    # call 3: the first hint is gone (delivered once); the second weather result brought its own, after cooldown
+    third = model.seen(2)
+    assert HINT not in [m["content"] for m in third]  # the same hint twice in a row is held back (tolerance)
+    assert third[-1]["role"] == "tool"
+    # nothing immunity said is in the graph's state or its checkpoints
+    state = graph.get_state(cfg)
+    assert all(HINT not in str(m.content) for m in state.values["messages"])
+    for snap in graph.get_state_history(cfg):
+        assert all(HINT not in str(m.content) for m in snap.values.get("messages", []))
+    rt.flush()
+    ivs = rt.store.interventions("langgraph:h-1")
+    assert ivs and ivs[0].kind == InterventionKind.HINT and ivs[0].delivered
+
+
+# ---------------------------------------------------------------------------------------------- recover
+def test_retry_with_hint_after_a_tool_error(make_runtime: Any, tool_graph: Any) -> None:
+    attempts: list[str] = []
+
+    @tool
+    def get_price(sku: str) -> str:
+        """Price of a product."""
+        attempts.append(sku)
+        if sku != "SKU-1":
+            raise ValueError(f"unknown sku {sku!r}; skus look like SKU-<n>")
+        return "12.50 EUR"
+
+    def fix_after_hint(messages: list[Any]) -> Any:
+        hint = messages[-1]
+        assert isinstance(hint, HumanMessage) and hint.content.startswith("[immunity] get_price failed (tool_error)")
+        assert isinstance(messages[-2], ToolMessage) and messages[-2].status == "error"
+        return tool_call("get_price", sku="SKU-1")
+
+    rt = make_runtime()
+    model = ScriptedChatModel(script=[tool_call("get_price", sku="1"), fix_after_hint, "It costs 12.50 EUR."])
+    graph = tool_graph(model, [get_price])  # ToolNode's default would re-raise the ValueError
+    rt.protect(graph)
+    out = _ask(graph, "Price of product 1?")
+    assert out["messages"][-1].content == "It costs 12.50 EUR."
+    assert attempts == ["1", "SKU-1"]
+    rt.flush()
+    (run,) = rt.store.runs()
+    assert [r.kind for r in rt.store.recoveries(run.run_id)] == [RecoveryKind.RETRY]
+    assert [s.failed for s in rt.store.steps(run.run_id) if s.tool] == [True, False]
+
+
+class RetryTwice:
+    @hookimpl
+    def immunity_recover(self, event: Event) -> Recovery | None:
+        if event.kind == EventKind.TOOL_END and event.failed:
+            return Recovery(kind=RecoveryKind.RETRY, max_attempts=2, reason="transient", hint="[immunity] retried")
+        if event.kind == EventKind.MODEL_END and event.error:
+            return Recovery(kind=RecoveryKind.RETRY, max_attempts=2, reason="model_error")
+        return None
+
+
+def test_retry_re_executes_a_transient_tool_failure(make_runtime: Any, tool_graph: Any) -> None:
+    attempts: list[int] = []
+
+    @tool
+    def fetch_rates(currency: str) -> str:
+        """Exchange rates."""
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("connection reset by peer")
+        return "1 EUR = 1.08 USD"
+
+    rt = make_runtime(plugins=[RetryTwice()])
+    model = ScriptedChatModel(script=[tool_call("fetch_rates", currency="EUR"), "1.08"])
+    graph = tool_graph(model, [fetch_rates])
+    rt.protect(graph)
+    _ask(graph, "EUR rate?")
+    assert len(attempts) == 2
+    # the model sees the successful result and no stale retry hint
+    assert isinstance(model.calls[1][-1], ToolMessage) and model.calls[1][-1].content == "1 EUR = 1.08 USD"
+    rt.flush()
+    (run,) = rt.store.runs()
+    assert [(s.tool, s.failed) for s in rt.store.steps(run.run_id)][:2] == [("fetch_rates", True), ("fetch_rates", False)]
+
+
+def test_retry_of_a_failed_model_call(make_runtime: Any, tool_graph: Any) -> None:
+    state = {"n": 0}
+
+    def flaky(messages: list[Any]) -> Any:
+        state["n"] += 1
+        if state["n"] == 1:
+            raise TimeoutError("provider timed out")
+        return "answer after retry"
+
+    rt = make_runtime(plugins=[RetryTwice()])
+    model = ScriptedChatModel(script=[flaky, flaky])
+    graph = tool_graph(model, [])
+    rt.protect(graph)
+    out = _ask(graph, "hello")
+    assert out["messages"][-1].content == "answer after retry"
+    rt.flush()
+    (run,) = rt.store.runs()
+    ends = [e for e in rt.store.events(run.run_id) if e.kind == EventKind.MODEL_END]
+    assert [e.error for e in ends] == ["TimeoutError: provider timed out", None]
+
+
+class RollbackBadWrites:
+    """Flags a write whose result shows it broke the config, and asks for a rollback."""
+
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_END and event.tool == "write_config" and "BROKEN" in (event.result or ""):
+            return Verdict(ok=False, error_class="hallucinated_state", severity=Severity.ERROR,
+                           message="the write left an invalid config", hint=ROLLBACK_HINT)
+        return None
+
+    @hookimpl
+    def immunity_recover(self, event: Event, verdicts: list[Verdict]) -> Recovery | None:
+        if any(v.error_class == "hallucinated_state" for v in verdicts):
+            return Recovery(kind=RecoveryKind.ROLLBACK, reason="invalid config written", hint=ROLLBACK_HINT)
+        return None
+
+
+def _config_tools(executed: list[str]) -> list[Any]:
+    @tool
+    def write_config(text: str) -> str:
+        """Write the service config."""
+        executed.append(f"write:{text}")
+        return "BROKEN: missing port" if "port" not in text else "config written"
+
+    @tool
+    def validate_config(text: str) -> str:
+        """Check a config before writing it."""
+        executed.append(f"validate:{text}")
+        return "invalid: missing port" if "port" not in text else "valid"
+
+    return [write_config, validate_config]
+
+
+def _config_model() -> ScriptedChatModel:
+    def second(messages: list[Any]) -> Any:
+        # after the rollback the model is back before its bad write, with the hint
+        assert not any(isinstance(m, ToolMessage) for m in messages), "the bad step was not rolled back"
+        assert messages[-1].content.startswith("[immunity] Your last write broke the config")
+        return tool_call("validate_config", text="host=a port=80")
+
+    return ScriptedChatModel(script=[tool_call("write_config", text="host=a"), second,
+                                     tool_call("write_config", text="host=a port=80"), "Config updated."])
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_rollback_to_the_last_verified_checkpoint_and_resume(make_runtime: Any, tool_graph: Any, mode: str) -> None:
+    executed: list[str] = []
+    rt = make_runtime(plugins=[RollbackBadWrites()])
+    model = _config_model()
+    graph = tool_graph(model, _config_tools(executed), InMemorySaver())
+    rt.protect(graph)
+    cfg = {"configurable": {"thread_id": f"rb-{mode}"}}
+    inp = {"messages": [("user", "Set the port to 80")]}
+    out = graph.invoke(inp, cfg) if mode == "sync" else asyncio.run(graph.ainvoke(inp, cfg))
+    # one call of the user's: the bad write happened, was rolled back, and the run went on from before it
+    assert executed == ["write:host=a", "validate:host=a port=80", "write:host=a port=80"]
+    assert out["messages"][-1].content == "Config updated."
+    history = [m for m in out["messages"] if isinstance(m, ToolMessage)]
+    assert [m.content for m in history] == ["valid", "config written"]  # the bad step is not in the state
+    assert all("BROKEN" not in str(m.content) for m in graph.get_state(cfg).values["messages"])
+    sources = [s.metadata["source"] for s in graph.get_state_history(cfg)]
+    assert "update" in sources  # the fork made with update_state(as_node=...)
+    rt.flush()
+    run = rt.store.get_run(f"langgraph:rb-{mode}")
+    assert run.status == "finished" and run.final_answer == "Config updated."
+    assert [r.kind for r in rt.store.recoveries(run.run_id)] == [RecoveryKind.ROLLBACK]
+    assert run.metadata["rollbacks"][0]["step"] == 0
+
+
+def test_rollback_without_a_checkpointer_falls_back_to_a_hint(make_runtime: Any, tool_graph: Any) -> None:
+    executed: list[str] = []
+    rt = make_runtime(plugins=[RollbackBadWrites()])
+
+    def second(messages: list[Any]) -> Any:
+        assert messages[-1].content.startswith("[immunity] Your last write broke the config")
+        return tool_call("write_config", text="host=a port=80")
+
+    model = ScriptedChatModel(script=[tool_call("write_config", text="host=a"), second, "done"])
+    graph = tool_graph(model, _config_tools(executed))
+    rt.protect(graph)
+    out = _ask(graph, "Set the port")
+    assert out["messages"][-1].content == "done"
+    assert executed == ["write:host=a", "write:host=a port=80"]
+
+
+class StopOnCritical:
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
+            return Verdict(ok=False, error_class="unsafe_action", severity=Severity.CRITICAL,
+                           message="mass deletion requested")
+        return None
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_clean_stop(make_runtime: Any, react_agent: Any, weather_tools: Any, calls: Any, mode: str) -> None:
+    rt = make_runtime(plugins=[StopOnCritical()])
+    model = ScriptedChatModel(script=[tool_call("delete_records", table="users"), "never reached"])
+    graph = react_agent(model, weather_tools, InMemorySaver())
+    rt.protect(graph)
+    cfg = {"configurable": {"thread_id": f"stop-{mode}"}}
+    inp = {"messages": [("user", "wipe users")]}
+    out = graph.invoke(inp, cfg) if mode == "sync" else asyncio.run(graph.ainvoke(inp, cfg))  # no exception
+    assert calls.count("delete_records") == 0
+    assert model.turns_used == 1  # the model was not called again: the stop answered for it
+    last = out["messages"][-1]
+    assert isinstance(last, AIMessage) and not last.tool_calls
+    assert last.content == "Stopped by immunity: mass deletion requested."
+    assert graph.get_state(cfg).next == ()  # the graph ended through its own router
+    rt.flush()
+    run = rt.store.get_run(f"langgraph:stop-{mode}")
+    assert run.status == "stopped" and run.final_answer == "Stopped by immunity: mass deletion requested."
+
+
+def test_circuit_breaker_stops_a_run_whose_steps_keep_failing(make_runtime: Any, tool_graph: Any) -> None:
+    @tool
+    def query_db(sql: str) -> str:
+        """Run a query."""
+        raise RuntimeError(f"database is locked ({sql})")
+
+    rt = make_runtime(config=Config(store=":memory:", max_consecutive_failures=3, max_interventions=0))
+    model = ScriptedChatModel(script=[tool_call("query_db", sql=f"select {i}") for i in range(10)])
+    graph = tool_graph(model, [query_db])
+    rt.protect(graph)
+    out = _ask(graph, "count users")
+    assert model.turns_used == 3
+    assert out["messages"][-1].content.startswith("circuit breaker: 3 failed steps in a row")
+    rt.flush()
+    (run,) = rt.store.runs()
+    assert run.status == "stopped"
+    assert [r.kind for r in rt.store.recoveries(run.run_id)][-1] == RecoveryKind.ABORT
+
+
+class AskBeforeEmail:
+    @hookimpl
+    def immunity_intervene(self, event: Event, verdicts: list[Verdict]) -> Intervention | None:
+        if event.kind == EventKind.TOOL_START and event.tool == "send_email":
+            return Intervention(kind=InterventionKind.ASK_HUMAN, text="Send this email to all customers?")
+        return None
+
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_START and event.tool == "send_email":
+            return Verdict(ok=False, error_class="policy_violation", severity=Severity.WARNING, message="mass email")
+        return None
+
+
+def _email_tools(sent: list[str]) -> list[Any]:
+    @tool
+    def send_email(to: str, body: str) -> str:
+        """Send an email."""
+        sent.append(to)
+        return f"sent to {to}"
+
+    return [send_email]
+
+
+@pytest.mark.parametrize("answer,expect_sent", [("approve", True), ("no, too risky", False)])
+def test_ask_human_pauses_with_interrupt_and_resumes(make_runtime: Any, tool_graph: Any, answer: str,
+                                                     expect_sent: bool) -> None:
+    sent: list[str] = []
+    rt = make_runtime(plugins=[AskBeforeEmail()])
+    model = ScriptedChatModel(script=[tool_call("send_email", to="all", body="sale"), "done"])
+    graph = tool_graph(model, _email_tools(sent), InMemorySaver())
+    rt.protect(graph)
+    cfg = {"configurable": {"thread_id": "ask-1"}}
+    out = graph.invoke({"messages": [("user", "announce the sale")]}, cfg)
+    (question,) = out["__interrupt__"]
+    assert question.value["question"] == "Send this email to all customers?"
+    assert question.value["tool"] == "send_email" and question.value["run_id"] == "langgraph:ask-1"
+    assert sent == []
+    assert rt.session("langgraph:ask-1").ended is False  # paused, not over
+    out = graph.invoke(Command(resume=answer), cfg)
+    assert out["messages"][-1].content == "done"
+    assert sent == (["all"] if expect_sent else [])
+    tool_msg = next(m for m in out["messages"] if isinstance(m, ToolMessage))
+    assert (tool_msg.content == "sent to all") if expect_sent else ("A human declined this call" in tool_msg.content)
+    rt.flush()
+    (run,) = rt.store.runs()
+    assert run.run_id == "langgraph:ask-1" and run.status == "finished"  # one run across the pause
+
+
+def test_resume_in_another_process_continues_the_same_run(tmp_path: Any, make_runtime: Any, tool_graph: Any) -> None:
+    sent: list[str] = []
+    db = str(tmp_path / "runs.db")
+    saver = InMemorySaver()  # stands for a durable checkpointer shared by both processes
+    first = make_runtime(store=db, plugins=[AskBeforeEmail()])
+    graph = tool_graph(ScriptedChatModel(script=[tool_call("send_email", to="all", body="x")]), _email_tools(sent),
+                       saver)
+    first.protect(graph)
+    cfg = {"configurable": {"thread_id": "ask-2"}}
+    assert "__interrupt__" in graph.invoke({"messages": [("user", "announce")]}, cfg)
+    first.close()
+    second = make_runtime(store=db, plugins=[AskBeforeEmail()])
+    graph2 = tool_graph(ScriptedChatModel(script=["done"]), _email_tools(sent), saver)
+    second.protect(graph2)
+    graph2.invoke(Command(resume="yes"), cfg)
+    assert sent == ["all"]
+    second.flush()
+    (run,) = second.store.runs()
+    assert run.run_id == "langgraph:ask-2" and run.status == "finished" and run.task == "announce"
+
+
+def test_ask_human_without_a_checkpointer_does_not_run_the_call(make_runtime: Any, tool_graph: Any) -> None:
+    sent: list[str] = []
+    rt = make_runtime(plugins=[AskBeforeEmail()])
+    model = ScriptedChatModel(script=[tool_call("send_email", to="all", body="x"), "ok"])
+    graph = tool_graph(model, _email_tools(sent))
+    rt.protect(graph)
+    _ask(graph, "announce")
+    assert sent == []
+    assert "needs a human's approval" in model.calls[1][-1].content
+
+
+class RewriteCity:
+    @hookimpl
+    def immunity_intervene(self, event: Event) -> Intervention | None:
+        if event.kind == EventKind.TOOL_START and event.arguments == {"city": "paris"}:
+            return Intervention(kind=InterventionKind.REWRITE, arguments={"city": "Paris"}, text="capitalise")
+        return None
+
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_START and event.arguments == {"city": "paris"}:
+            return Verdict(ok=False, error_class="wrong_parameters", message="lower-case city")
+        return None
+
+
+def test_rewrite_runs_the_tool_with_new_arguments(make_runtime: Any, tool_graph: Any, weather_tools: Any,
+                                                  calls: Any) -> None:
+    rt = make_runtime(plugins=[RewriteCity()])
+    model = ScriptedChatModel(script=[tool_call("get_weather", city="paris"), "ok"])
+    graph = tool_graph(model, weather_tools)
+    rt.protect(graph)
+    _ask(graph, "weather")
+    assert calls.log == [("get_weather", {"city": "Paris"})]
+
+
+def test_side_effect_already_done_is_not_repeated(make_runtime: Any, tool_graph: Any) -> None:
+    charged: list[float] = []
+
+    @tool
+    def send_payment(amount: float) -> str:
+        """Pay a supplier."""
+        charged.append(amount)
+        return f"paid {amount}"
+
+    rt = make_runtime()
+    model = ScriptedChatModel(script=[tool_call("send_payment", amount=10.0), tool_call("send_payment", amount=10.0),
+                                      "paid"])
+    graph = tool_graph(model, [send_payment])
+    rt.protect(graph)
+    _ask(graph, "pay the invoice")
+    assert charged == [10.0]  # the second identical side-effecting call got the first call's result
+    assert model.calls[2][-1].content == "paid 10.0"
+    rt.flush()
+    (run,) = rt.store.runs()
+    assert [s.data.get("replayed", False) for s in rt.store.steps(run.run_id) if s.tool] == [False, True]
+
+
+# ---------------------------------------------------------------------------------------------- fail open
+class Broken:
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        raise RuntimeError("verifier crashed")
+
+    @hookimpl
+    def immunity_observe(self, event: Event) -> None:
+        raise KeyError("observer crashed")
+
+
+def test_fail_open_when_a_plugin_raises(make_runtime: Any, react_agent: Any, weather_tools: Any, calls: Any) -> None:
+    rt = make_runtime(plugins=[Broken()])
+    graph = react_agent(ScriptedChatModel(script=[tool_call("get_weather", city="Oslo"), "cold"]), weather_tools)
+    rt.protect(graph)
+    out = _ask(graph, "weather in Oslo")
+    assert out["messages"][-1].content == "cold" and calls.count("get_weather") == 1
+    rt.flush()
+    errors = rt.store.plugin_errors()
+    assert {e["hook"] for e in errors} >= {"immunity_verify", "immunity_observe"}
+
+
+def test_fail_open_when_the_adapter_itself_raises(make_runtime: Any, tool_graph: Any, weather_tools: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from immunity_langgraph import events
+
+    def boom(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("adapter bug")
+
+    monkeypatch.setattr(events.RunContext, "model_input", boom)
+    monkeypatch.setattr(events.RunContext, "chain_start", boom)
+    rt = make_runtime()
+    graph = tool_graph(ScriptedChatModel(script=[tool_call("get_weather", city="Rome"), "warm"]), weather_tools)
+    rt.protect(graph)
+    out = _ask(graph, "weather in Rome")
+    assert out["messages"][-1].content == "warm"
+    rt.flush()
+    wheres = {(e["plugin"], e["hook"]) for e in rt.store.plugin_errors()}
+    assert ("immunity_langgraph", "model_start") in wheres and ("immunity_langgraph", "on_chain_start") in wheres
+
+
+def test_fail_closed_raises(make_runtime: Any, tool_graph: Any, weather_tools: Any) -> None:
+    rt = make_runtime(plugins=[Broken()], fail_closed=True)
+    graph = tool_graph(ScriptedChatModel(script=[tool_call("get_weather", city="Rome"), "warm"]), weather_tools)
+    rt.protect(graph)
+    with pytest.raises(PluginError):
+        _ask(graph, "weather in Rome")

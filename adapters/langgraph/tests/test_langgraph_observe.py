@@ -1,0 +1,131 @@
+"""Observe: run, node, model and tool events through the real LangGraph runtime, sync and async,
+with the run's identity kept across LangGraph's worker threads and asyncio tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from immunity.models import ActionType, EventKind
+from langgraph.checkpoint.memory import InMemorySaver
+
+from immunity_langgraph.testing import ScriptedChatModel, tool_call
+
+
+def _script() -> list[Any]:
+    return [tool_call("get_weather", city="Paris"), "It is sunny and 21C in Paris."]
+
+
+def _check_run(rt: Any, run_id: str, calls: Any) -> None:
+    rt.flush()
+    store = rt.store
+    run = store.get_run(run_id)
+    assert run is not None and run.framework == "langgraph" and run.status == "finished"
+    assert run.task == "Weather in Paris?"
+    assert run.final_answer == "It is sunny and 21C in Paris."
+    events = store.events(run_id)
+    kinds = [e.kind for e in events]
+    assert kinds[0] == EventKind.RUN_START and kinds[-1] == EventKind.RUN_END
+    assert kinds.count(EventKind.MODEL_START) == 2 and kinds.count(EventKind.MODEL_END) == 2
+    assert kinds.count(EventKind.TOOL_START) == 1 and kinds.count(EventKind.TOOL_END) == 1
+    assert EventKind.FINAL_ANSWER in kinds
+    nodes = [e.node for e in events if e.kind == EventKind.NODE_START]
+    assert nodes == ["agent", "tools", "agent"]
+    first_model = next(e for e in events if e.kind == EventKind.MODEL_START)
+    assert first_model.messages == [{"role": "user", "content": "Weather in Paris?"}]
+    assert first_model.model == "scripted-weather"
+    ends = [e for e in events if e.kind == EventKind.MODEL_END]
+    assert ends[0].data["tool_calls"][0]["name"] == "get_weather"
+    assert ends[0].data["tool_calls"][0]["arguments"] == {"city": "Paris"}
+    assert ends[0].usage is not None and ends[0].usage["total_tokens"] == ends[0].usage["input_tokens"] + 5
+    assert ends[0].model == "scripted-weather"
+    tool_start = next(e for e in events if e.kind == EventKind.TOOL_START)
+    tool_end = next(e for e in events if e.kind == EventKind.TOOL_END)
+    assert tool_start.tool == "get_weather" and tool_start.arguments == {"city": "Paris"}
+    assert tool_start.tool_call_id == ends[0].data["tool_calls"][0]["id"] == tool_end.tool_call_id
+    assert tool_end.result == "Sunny, 21C in Paris" and tool_end.error is None
+    steps = store.steps(run_id)
+    assert [(s.tool, s.action_type) for s in steps] == [("get_weather", ActionType.SEARCH), (None, ActionType.DONE)]
+    assert run.tokens == sum(e.usage["total_tokens"] for e in ends)
+    assert calls.log == [("get_weather", {"city": "Paris"})]
+
+
+def test_stategraph_toolnode_invoke(make_runtime: Any, tool_graph: Any, weather_tools: Any, calls: Any) -> None:
+    rt = make_runtime()
+    model = ScriptedChatModel(script=_script(), model_name="scripted-weather")
+    graph = tool_graph(model, weather_tools, InMemorySaver())
+    rt.protect(graph)
+    out = graph.invoke({"messages": [("user", "Weather in Paris?")]}, {"configurable": {"thread_id": "t-1"}})
+    assert out["messages"][-1].content == "It is sunny and 21C in Paris."
+    _check_run(rt, "langgraph:t-1", calls)  # the thread id gives a deterministic run id
+    checkpoints = rt.store.checkpoints("langgraph:t-1")
+    assert [c.ref["next"] for c in checkpoints] == ["agent", "tools", "agent"]
+    assert [c.ref["step"] for c in checkpoints] == [0, 1, 2]
+    assert [c.verified for c in checkpoints] == [True, False, True]  # unverified: a tool call not yet checked
+
+
+def test_create_react_agent_ainvoke(make_runtime: Any, react_agent: Any, weather_tools: Any, calls: Any) -> None:
+    rt = make_runtime()
+    model = ScriptedChatModel(script=_script(), model_name="scripted-weather")
+    graph = react_agent(model, weather_tools)
+    rt.protect(graph)
+
+    import asyncio
+
+    out = asyncio.run(graph.ainvoke({"messages": [("user", "Weather in Paris?")]}))
+    assert out["messages"][-1].content == "It is sunny and 21C in Paris."
+    rt.flush()
+    (run,) = rt.store.runs()
+    _check_run(rt, run.run_id, calls)
+
+
+@pytest.mark.asyncio
+async def test_astream(make_runtime: Any, react_agent: Any, weather_tools: Any, calls: Any) -> None:
+    rt = make_runtime()
+    graph = react_agent(ScriptedChatModel(script=_script(), model_name="scripted-weather"), weather_tools,
+                        InMemorySaver())
+    rt.protect(graph)
+    chunks = [c async for c in graph.astream({"messages": [("user", "Weather in Paris?")]},
+                                             {"configurable": {"thread_id": "a-1"}}, stream_mode="updates")]
+    assert [next(iter(c)) for c in chunks] == ["agent", "tools", "agent"]
+    _check_run(rt, "langgraph:a-1", calls)
+
+
+def test_stream_sync(make_runtime: Any, tool_graph: Any, weather_tools: Any, calls: Any) -> None:
+    rt = make_runtime()
+    graph = tool_graph(ScriptedChatModel(script=_script(), model_name="scripted-weather"), weather_tools)
+    rt.protect(graph)
+    chunks = list(graph.stream({"messages": [("user", "Weather in Paris?")]}, stream_mode="values"))
+    assert chunks[-1]["messages"][-1].content == "It is sunny and 21C in Paris."
+    rt.flush()
+    (run,) = rt.store.runs()
+    _check_run(rt, run.run_id, calls)
+
+
+def test_new_input_on_a_finished_thread_is_a_new_run(make_runtime: Any, tool_graph: Any, weather_tools: Any) -> None:
+    rt = make_runtime()
+    model = ScriptedChatModel(script=["first answer", "second answer"])
+    graph = tool_graph(model, weather_tools, InMemorySaver())
+    rt.protect(graph)
+    cfg = {"configurable": {"thread_id": "conv"}}
+    graph.invoke({"messages": [("user", "one")]}, cfg)
+    graph.invoke({"messages": [("user", "two")]}, cfg)
+    rt.flush()
+    runs = {r.run_id: r for r in rt.store.runs()}
+    assert set(runs) == {"langgraph:conv", "langgraph:conv:2"}
+    assert runs["langgraph:conv"].final_answer == "first answer"
+    assert runs["langgraph:conv:2"].final_answer == "second answer"
+    # the second turn's model saw the whole thread (LangGraph's history), immunity kept them apart
+    assert [m["content"] for m in model.seen(1)] == ["one", "first answer", "two"]
+
+
+def test_unprotected_graph_is_not_observed(make_runtime: Any, tool_graph: Any, weather_tools: Any) -> None:
+    rt = make_runtime()
+    protected = tool_graph(ScriptedChatModel(script=["a"]), weather_tools)
+    plain = tool_graph(ScriptedChatModel(script=["b"]), weather_tools)
+    rt.protect(protected)
+    plain.invoke({"messages": [("user", "x")]})
+    protected.invoke({"messages": [("user", "y")]})
+    rt.flush()
+    runs = rt.store.runs()
+    assert len(runs) == 1 and runs[0].final_answer == "a"
