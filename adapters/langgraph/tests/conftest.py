@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 from immunity.runtime import Runtime
-from langchain_core.tools import tool
-
 from immunity_langgraph import patches
 from immunity_langgraph.demo import build_graph
+from langchain_core.tools import tool
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from typing import Any
 import immunity
 import pytest
 from immunity.errors import ImmunityError
-
 from immunity_langgraph import patches
 from immunity_langgraph.adapter import LangGraphAdapter
 from immunity_langgraph.testing import ScriptedChatModel

@@ -20,12 +20,11 @@ from immunity.models import (
     Severity,
     Verdict,
 )
+from immunity_langgraph.testing import ScriptedChatModel, tool_call
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
-
-from immunity_langgraph.testing import ScriptedChatModel, tool_call
 
 HINT = "[immunity] Check the city name before you answer."
 ROLLBACK_HINT = "[immunity] Your last write broke the config. Use validate_config first."

@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 from immunity.models import ActionType, EventKind
-from langgraph.checkpoint.memory import InMemorySaver
-
 from immunity_langgraph.testing import ScriptedChatModel, tool_call
+from langgraph.checkpoint.memory import InMemorySaver
 
 
 def _script() -> list[Any]:
