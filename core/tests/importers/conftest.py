@@ -186,6 +186,11 @@ def tau_records() -> list[dict[str, Any]]:
 
 
 @pytest.fixture
+def tau_data() -> list[dict[str, Any]]:
+    return tau_records()
+
+
+@pytest.fixture
 def tau_file(tmp_path: Path) -> Path:
     path = tmp_path / "gpt-4o-airline.json.gz"
     with gzip.open(path, "wt", encoding="utf-8") as fh:

@@ -406,7 +406,11 @@ def iter_records(path: str) -> Iterator[Record | ImportProblem]:
 
 
 def _is_single_json(path: str) -> bool:
-    """A file that starts with ``{`` is JSON Lines unless its first line does not parse alone."""
+    """A file that starts with ``{`` is JSON Lines if its name says so (``.jsonl``, ``.ndjson``) or
+    its first line parses alone; otherwise it is one (pretty-printed) JSON object."""
+    name = path[:-3] if path.endswith(".gz") else path
+    if name.endswith((".jsonl", ".ndjson")):
+        return False
     try:
         with open_binary(path) as fh:
             first = fh.readline()
