@@ -138,3 +138,30 @@ def test_schema_accepts_good_records_and_rejects_bad_ones(chat_file):
         jsonschema.validate(json.loads(lines[9]), schema)  # outcome "maybe"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(json.loads(lines[3]), schema)  # role "critic"
+
+
+def test_results_without_ids_match_by_name_and_legacy_function_calls():
+    from immunity.importers.chat import chat_steps
+
+    parsed = chat_steps([
+        {"role": "user", "content": "weather in Paris and Rome?"},
+        {"role": "assistant", "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+            {"type": "function", "function": {"name": "get_time", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "name": "get_time", "content": "14:00"},
+        {"role": "tool", "name": "get_weather", "content": "Sunny"},
+        {"role": "assistant", "content": None, "function_call": {"name": "lookup", "arguments": "{not json"}},
+        {"role": "function", "content": "found it"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Paris: sunny at 14:00."}]},
+    ])
+    assert [(s.tool, s.arguments, s.result) for s in parsed.steps] == [
+        ("get_weather", {"city": "Paris"}, "Sunny"),
+        ("get_time", {"city": "Paris"}, "14:00"),
+        ("lookup", {"input": "{not json"}, "found it"),
+        (None, None, None),
+    ]
+    assert parsed.steps[3].text == "Paris: sunny at 14:00."
+    assert parsed.task == "weather in Paris and Rome?"
+    assert parsed.warnings == ["message 4: tool call 0 (lookup): arguments are not valid JSON "
+                               "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); "
+                               "kept as text"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import threading
@@ -112,6 +111,11 @@ def as_text(value: Any) -> str | None:
                 parts.append(part)
         return "\n".join(parts)
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
 
 
 def bounded(value: Any, limit: int = 2000, depth: int = 0) -> Any:
@@ -340,7 +344,7 @@ def iter_jsonl(path: str) -> Iterator[Record | ImportProblem]:
     """Each line of a JSON Lines file (plain or gzip) as a :class:`Record`; a line that cannot be
     read becomes an :class:`ImportProblem` naming the line, and reading goes on."""
     with open_binary(path) as fh:
-        for n, raw in enumerate(io.BufferedReader(fh) if not isinstance(fh, io.BufferedReader) else fh, 1):
+        for n, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
             text, warning = decode(raw)

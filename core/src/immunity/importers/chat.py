@@ -196,8 +196,8 @@ def chat_steps(messages: Any, *, error_prefixes: tuple[str, ...] = ()) -> ChatSt
             continue
         # a tool / function result
         call_id = msg.get("tool_call_id")
-        step = pending.pop(call_id, None) if call_id else None
-        if step is None and not call_id:
+        found: Step | None = pending.pop(call_id, None) if call_id else None
+        if found is None and not call_id:
             # no id: the oldest open call of that name, or the only open call if no name is given
             if msg.get("name"):
                 waiting = by_name.get(str(msg["name"]), [])
@@ -205,16 +205,16 @@ def chat_steps(messages: Any, *, error_prefixes: tuple[str, ...] = ()) -> ChatSt
                 waiting = [s for lst in by_name.values() for s in lst]
                 waiting = waiting if len(waiting) == 1 else []
             if waiting:
-                step = waiting[0]
-                if step.data.get("tool_call_id"):
-                    pending.pop(step.data["tool_call_id"], None)
-        if step is None:
+                found = waiting[0]
+                if found.data.get("tool_call_id"):
+                    pending.pop(found.data["tool_call_id"], None)
+        if found is None:
             what = f"tool_call_id {call_id!r}" if call_id else f"tool {msg.get('name')!r}"
             out.warnings.append(f"message {i}: a {role} result for {what} that answers no earlier call; left out")
             continue
+        step = found
         lst = by_name.get(step.tool or "", [])
-        if step in lst:
-            lst.remove(step)
+        by_name[step.tool or ""] = [s for s in lst if s is not step]
         rc = msg.get("return_code")
         rc = int(rc) if isinstance(rc, int | float) and not isinstance(rc, bool) else None
         error = _tool_error(content, msg, error_prefixes)
@@ -266,7 +266,7 @@ def record_to_run(value: Any, path: str, rec: Record, fmt: str = "chat") -> Impo
         meta["extra"] = extra
     if parsed.system:
         meta["system_prompt"] = parsed.system
-    run = new_run(fmt, path, where, run_id=head["id"], framework=value.get("framework") or fmt,
+    run = new_run(fmt, path, where, run_id=str(head["id"]), framework=value.get("framework") or fmt,
                   task=value.get("task") or parsed.task, task_id=head.get("task_id"), domain=value.get("domain"),
                   agent=value.get("agent"), outcome=Outcome.parse(head.get("outcome", "unknown")),
                   failure_step=value.get("failure_step"), metadata=bounded(meta))

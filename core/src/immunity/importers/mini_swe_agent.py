@@ -37,6 +37,7 @@ from immunity.importers.base import (
     ImportedRun,
     ImportProblem,
     Record,
+    as_dict,
     as_text,
     bounded,
     describe,
@@ -172,7 +173,7 @@ class MiniSweAgentImporter:
         value = rec.value
         if not isinstance(value, dict):
             return ImportProblem(path, rec.where, f"expected an object, got {type(value).__name__}")
-        info = value.get("info") if isinstance(value.get("info"), dict) else {}
+        info = as_dict(value.get("info"))
         instance = value.get("instance_id") or info.get("instance_id")
         if instance is None and rec.where == "file":
             base = os.path.basename(path)

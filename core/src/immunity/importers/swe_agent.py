@@ -24,6 +24,7 @@ from typing import Any
 from immunity.importers.base import (
     ImportedRun,
     ImportProblem,
+    as_dict,
     as_text,
     bounded,
     describe,
@@ -77,7 +78,7 @@ class SweAgentImporter:
             if not isinstance(value, dict):
                 yield ImportProblem(path, rec.where, f"expected an object, got {type(value).__name__}")
                 continue
-            info = value.get("info") if isinstance(value.get("info"), dict) else {}
+            info = as_dict(value.get("info"))
             instance = value.get("instance_id") or info.get("instance_id")
             if instance is None:
                 base = os.path.basename(path)

@@ -23,6 +23,7 @@ from typing import Any
 from immunity.importers.base import (
     ImportedRun,
     ImportProblem,
+    as_dict,
     bounded,
     describe,
     iter_records,
@@ -80,8 +81,8 @@ class TauBenchImporter:
             except ValueError as exc:
                 yield ImportProblem(path, where, str(exc))
                 continue
-            info = value.get("info") if isinstance(value.get("info"), dict) else {}
-            task = info.get("task") if isinstance(info.get("task"), dict) else {}
+            info = as_dict(value.get("info"))
+            task = as_dict(info.get("task"))
             reward = value.get("reward")
             if isinstance(reward, int | float) and not isinstance(reward, bool):
                 outcome = Outcome.SUCCESS if reward >= 1.0 - 1e-9 else Outcome.FAILURE
