@@ -142,7 +142,7 @@ _TOKEN = re.compile(r"\w+", re.UNICODE)
 _HASH_PERSON = b"immunity-hash-v1"  # 16 bytes: blake2b's personalisation keeps our hashes our own
 
 
-@lru_cache(maxsize=262_144)
+@lru_cache(maxsize=65_536)
 def _hash64(key: str) -> int:
     """A 64-bit hash of ``key`` that is the same in every process and on every platform."""
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8, person=_HASH_PERSON).digest(),
@@ -193,7 +193,7 @@ class HashingEmbedder:
         # per-word features (unigram + char n-grams) and per-key feature slots are cached: the same
         # tool names, action types and error classes recur on every step.
         self._word_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._cache_limit = 100_000
+        self._cache_limit = 20_000
 
     def _make_name(self) -> str:
         name = f"hashing-{self.VERSION}-d{self.dimension}"
