@@ -38,16 +38,20 @@ def write_full_run(store: Any, imported: ImportedRun) -> None:
             r["run_id"] = run_id
             rows.append((table, r))
     store.flush()
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for table, row in rows:
+        by_table.setdefault(table, []).append(row)
     lock = getattr(store, "_lock", None) or contextlib.nullcontext()
     # one explicit transaction: sqlite-utils commits each insert on its own unless one is open
     # (``atomic()`` turns the inner ones into savepoints), so ``with conn:`` alone is not enough.
     with lock, store.db.atomic():
+        existing = set(store.db.table_names())
         for table in ("steps", *RELATED_TABLES):
-            if store.db[table].exists():
-                store.db[table].delete_where("run_id = ?", [run_id])
-        for table, row in rows:
+            if table in existing:
+                store.db.execute(f"DELETE FROM [{table}] WHERE run_id = ?", [run_id])
+        for table, batch in by_table.items():
             pk = _PKS.get(table)
             if pk is None:
-                store.db[table].insert(row, alter=True)
+                store.db[table].insert_all(batch, alter=True)
             else:
-                store.db[table].insert(row, pk=pk, replace=True, alter=True)
+                store.db[table].insert_all(batch, pk=pk, replace=True, alter=True)
