@@ -204,7 +204,8 @@ class RollbackOnWrong:
         return None
 
 
-async def test_rollback_to_the_last_verified_checkpoint_skips_the_bad_step(make_runtime: Any) -> None:
+@pytest.mark.parametrize("checkpoints", ["state", "full"])
+async def test_rollback_to_the_last_verified_checkpoint_skips_the_bad_step(make_runtime: Any, checkpoints: str) -> None:
     rt = make_runtime(plugins=[RollbackOnWrong()])
 
     def lookup(id: int) -> str:
@@ -217,7 +218,7 @@ async def test_rollback_to_the_last_verified_checkpoint_skips_the_bad_step(make_
 
     llm = ScriptedLLM([tool_call("lookup", {"id": 1}), tool_call("lookup", {"id": 9}), third, "The answer is 2."])
     agent = FunctionAgent(tools=[lookup], llm=llm)
-    guard = rt.protect(agent)
+    guard = rt.protect(agent, checkpoints=checkpoints)
     handler = agent.run(user_msg="Find the answer")
     assert str(await handler) == "The answer is 2."
 
@@ -230,7 +231,9 @@ async def test_rollback_to_the_last_verified_checkpoint_skips_the_bad_step(make_
     rollbacks = [e for e in rt.store.events(run_id) if e.kind == EventKind.CUSTOM and "rollback" in e.data]
     assert len(rollbacks) == 1 and rollbacks[0].data["turn"] == 2
     cps = rt.store.checkpoints(run_id)
-    assert cps and all("snapshot" in c.ref for c in cps)
+    assert len(cps) == 3 and all(("state" if checkpoints == "state" else "snapshot") in c.ref for c in cps)  # one per turn before the rollback
+    # turns 1, 2 and 4: turn 3 restored turn 2's checkpoint instead of recording one
+    assert [c.ref["turn"] for c in cps] == [1, 2, 4] and all(c.verified for c in cps)
     assert [r.kind for r in rt.store.recoveries(run_id)][:1] == [RecoveryKind.ROLLBACK]
     guard.uninstrument()
 
@@ -252,7 +255,7 @@ async def test_resume_from_a_checkpoint_with_context_from_dict(make_runtime: Any
     fs = Files()
     script = [tool_call("read_file", {"path": "a.txt"}), tool_call("delete_file", {"path": "a.txt"})]
     agent = FunctionAgent(tools=fs.tools(), llm=ScriptedLLM(script))
-    guard = rt.protect(agent)
+    guard = rt.protect(agent, checkpoints="full")
     handler = agent.run(user_msg="Tidy up", run_id="tidy-1")
     result = await handler
     assert "Stopped by immunity" in str(result)  # a clean stop: the answer, not an exception
@@ -270,7 +273,7 @@ async def test_resume_from_a_checkpoint_with_context_from_dict(make_runtime: Any
     llm2 = ScriptedLLM([lambda msgs: "a.txt says alpha; nothing deleted." if any(
         "RESUME" in (m.content or "") for m in msgs) else "no hint"])
     agent2 = FunctionAgent(tools=fs2.tools(), llm=llm2)
-    guard2 = rt2.protect(agent2)
+    guard2 = rt2.protect(agent2, checkpoints="full")
     ctx = guard2.restore(agent2, run_id, hint="[immunity] RESUME: answer from what you read; do not delete.")
     handler2 = agent2.run(ctx=ctx)
     assert str(await handler2) == "a.txt says alpha; nothing deleted."

@@ -55,6 +55,18 @@ def test_registered_and_matches(rt: Any) -> None:
         rt.protect(llm)  # a model is not something to protect
 
 
+async def test_every_workflow_step_as_node_events(rt: Any) -> None:
+    agent = FunctionAgent(tools=[get_weather], llm=ScriptedLLM([tool_call("get_weather", {"city": "Oslo"}), "ok"]))
+    guard = rt.protect(agent, node_events="all")
+    handler = agent.run(user_msg="Oslo?")
+    await handler
+    rt.flush()
+    nodes = [e.node for e in rt.store.events(guard.run_id_for(handler)) if e.kind == EventKind.NODE_START]
+    assert nodes == ["init_run", "setup_agent", "run_agent_step", "parse_agent_output", "call_tool",
+                     "aggregate_tool_results", "setup_agent", "run_agent_step", "parse_agent_output"]
+    guard.uninstrument()
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_function_agent_run_is_observed_and_stored(rt: Any, streaming: bool) -> None:
     llm = ScriptedLLM([tool_call("get_weather", {"city": "Paris"}), "It is sunny in Paris."], model="scripted-4")
@@ -88,7 +100,8 @@ async def test_function_agent_run_is_observed_and_stored(rt: Any, streaming: boo
     assert tool_end.tool == "get_weather" and tool_end.arguments == {"city": "Paris"}
     assert tool_end.result == "Sunny, 21C in Paris" and tool_end.tool_call_id
     nodes = [e.node for e in events if e.kind == EventKind.NODE_START]
-    assert nodes[:3] == ["init_run", "setup_agent", "run_agent_step"] and "call_tool" in nodes
+    assert nodes == ["run_agent_step", "call_tool", "run_agent_step"]  # the default: turns and tool steps
+    assert [e.node for e in events if e.kind == EventKind.NODE_END] == nodes
 
     steps = rt.store.steps(run_id)
     assert [(s.tool, s.action_type) for s in steps] == [("get_weather", steps[0].action_type), (None, ActionType.DONE)]

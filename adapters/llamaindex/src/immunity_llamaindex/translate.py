@@ -52,6 +52,8 @@ from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from llama_index.core.tools import ToolOutput
 from llama_index.core.workflow import Context, HumanResponseEvent, InputRequiredEvent
 from pydantic import PrivateAttr
+from workflows.context.serializers import JsonSerializer
+from workflows.context.state_store import InMemoryStateStore
 
 log = logging.getLogger("immunity.llamaindex")
 
@@ -186,7 +188,17 @@ class Bridge:
     def __init__(self, adapter: Any):
         self.adapter = adapter
         self.runtime = adapter.runtime
-        self.checkpoints: bool = bool(adapter.options.get("checkpoints", True))
+        mode = adapter.options.get("checkpoints", "state")
+        if mode is True:
+            mode = "state"
+        if mode not in ("state", "full", False, None, "none"):
+            raise ValueError(f"checkpoints must be 'state', 'full' or False, not {mode!r}")
+        self.checkpoints: str | None = mode if mode in ("state", "full") else None
+        nodes = adapter.options.get("node_events", "turns")
+        if nodes not in ("turns", "all", "none", False):
+            raise ValueError(f"node_events must be 'turns', 'all' or 'none', not {nodes!r}")
+        self.node_events: str = nodes or "none"
+        self._serializer = JsonSerializer()
         self.max_rollbacks: int = int(adapter.options.get("max_rollbacks", 3))
         self.ask_human_timeout: float | None = adapter.options.get("ask_human_timeout", 600.0)
         self.domain: str | None = adapter.options.get("domain")
@@ -323,7 +335,8 @@ class Bridge:
             elif "ev" in bound_args.arguments and "ctx" in bound_args.arguments:  # a step of this run's workflow
                 if method == "call_tool":
                     live.tool_events[id_] = bound_args.arguments["ev"]
-                live.session.emit(Event(kind=EventKind.NODE_START, node=method, agent=live.agent_name))
+                if self._node_event(method):
+                    live.session.emit(Event(kind=EventKind.NODE_START, node=method, agent=live.agent_name))
         except Exception as exc:
             self._error(live, "span_enter", exc)
 
@@ -349,10 +362,18 @@ class Bridge:
             elif "ev" in bound_args.arguments and "ctx" in bound_args.arguments:
                 method = id_.split("-", 1)[0].rpartition(".")[2]
                 live.tool_events.pop(id_, None)
-                live.session.emit(Event(kind=EventKind.NODE_END, node=method, agent=live.agent_name,
-                                        error=None if err is None else f"{type(err).__name__}: {err}"))
+                if self._node_event(method) or err is not None:
+                    live.session.emit(Event(kind=EventKind.NODE_END, node=method, agent=live.agent_name,
+                                            error=None if err is None else f"{type(err).__name__}: {err}"))
         except Exception as exc:
             self._error(live, "span_end", exc)
+
+    def _node_event(self, method: str) -> bool:
+        """Which workflow steps become node events: ``turns`` (default) only the agent's turn
+        (``run_agent_step``) and tool step (``call_tool``); ``all`` every step; ``none`` none."""
+        if self.node_events == "all":
+            return True
+        return self.node_events == "turns" and method in ("run_agent_step", "call_tool")
 
     def _start(self, rid: str, workflow: Any, bound_args: Any) -> None:
         handler, resumed = self.handlers.pop(rid, (None, None))
@@ -486,22 +507,28 @@ class Bridge:
             return live.stop_answer
         if live.rollback is not None:
             await self._rollback(live, ctx)
-        elif self.checkpoints and live.handler is not None:
-            snapshot = live.handler.ctx.to_dict()
-            session.checkpoint({"snapshot": snapshot, "llamaindex_run_id": live.llamaindex_run_id,
+        elif self.checkpoints == "full" and live.handler is not None:
+            # the whole workflow context (queues, in-flight step, state): resumable with agent.run(ctx=...)
+            session.checkpoint({"snapshot": live.handler.ctx.to_dict(), "llamaindex_run_id": live.llamaindex_run_id,
                                 "agent": agent.name, "turn": live.turns})
+        elif self.checkpoints == "state":
+            # the context's state store only (memory, scratchpad, counters): enough to roll back in-run
+            session.checkpoint({"state": ctx.store.to_dict(self._serializer),
+                                "llamaindex_run_id": live.llamaindex_run_id, "agent": agent.name, "turn": live.turns})
         return None
 
     async def _rollback(self, live: LiveRun, ctx: Any) -> None:
         recovery, live.rollback = live.rollback, None
         session = live.session
         cp = session.last_verified_checkpoint()
-        if cp is None or "snapshot" not in cp.ref or live.rollbacks >= self.max_rollbacks:
+        if cp is None or not ({"snapshot", "state"} & set(cp.ref)) or live.rollbacks >= self.max_rollbacks:
             why = "no verified checkpoint" if cp is None else "too many rollbacks in this run"
             session.emit(Event(kind=EventKind.CUSTOM, data={"rollback": "skipped", "why": why}))
             return
-        restored = Context.from_dict(live.workflow, cp.ref["snapshot"])
-        state = await restored.store.get_state()
+        if "snapshot" in cp.ref:
+            state = await Context.from_dict(live.workflow, cp.ref["snapshot"]).store.get_state()
+        else:
+            state = await InMemoryStateStore.from_dict(cp.ref["state"], self._serializer).get_state()
         await ctx.store.set_state(state)
         live.rollbacks += 1
         compensated = session.rollback(cp) if hasattr(session, "rollback") else []
@@ -715,7 +742,8 @@ class Bridge:
                   (cp.checkpoint_id == checkpoint_id if checkpoint_id else cp.verified)]
         if not usable:
             raise LookupError(f"no {'checkpoint ' + checkpoint_id if checkpoint_id else 'verified checkpoint'} "
-                              f"with a LlamaIndex context for run {run_id}")
+                              f"with a LlamaIndex context for run {run_id} (resuming needs whole-context "
+                              f"checkpoints: protect the agent with checkpoints='full')")
         cp = max(usable, key=lambda c: (c.step, c.ts))
         ctx = Context.from_dict(target, cp.ref["snapshot"])
         self.resume_ids[id(ctx)] = (ctx, run_id)
