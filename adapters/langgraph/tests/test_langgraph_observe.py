@@ -28,8 +28,9 @@ def _check_run(rt: Any, run_id: str, calls: Any) -> None:
     assert kinds.count(EventKind.MODEL_START) == 2 and kinds.count(EventKind.MODEL_END) == 2
     assert kinds.count(EventKind.TOOL_START) == 1 and kinds.count(EventKind.TOOL_END) == 1
     assert EventKind.FINAL_ANSWER in kinds
-    nodes = [e.node for e in events if e.kind == EventKind.NODE_START]
-    assert nodes == ["agent", "tools", "agent"]
+    nodes = [(e.node, e.data["step"]) for e in events if e.kind == EventKind.NODE_END]
+    assert nodes == [("agent", 1), ("tools", 2), ("agent", 3)]
+    assert all(e.data["duration_ms"] >= 0 for e in events if e.kind == EventKind.NODE_END)
     first_model = next(e for e in events if e.kind == EventKind.MODEL_START)
     assert first_model.messages == [{"role": "user", "content": "Weather in Paris?"}]
     assert first_model.model == "scripted-weather"
@@ -128,3 +129,15 @@ def test_unprotected_graph_is_not_observed(make_runtime: Any, tool_graph: Any, w
     rt.flush()
     runs = rt.store.runs()
     assert len(runs) == 1 and runs[0].final_answer == "a"
+
+
+def test_node_start_events_on_request(make_runtime: Any, tool_graph: Any, weather_tools: Any) -> None:
+    rt = make_runtime()
+    graph = tool_graph(ScriptedChatModel(script=_script()), weather_tools)
+    rt.protect(graph, node_events="both")
+    graph.invoke({"messages": [("user", "Weather in Paris?")]})
+    rt.flush()
+    (run,) = rt.store.runs()
+    kinds = [(e.kind, e.node) for e in rt.store.events(run.run_id) if e.node]
+    assert kinds == [(EventKind.NODE_START, "agent"), (EventKind.NODE_END, "agent"), (EventKind.NODE_START, "tools"),
+                     (EventKind.NODE_END, "tools"), (EventKind.NODE_START, "agent"), (EventKind.NODE_END, "agent")]

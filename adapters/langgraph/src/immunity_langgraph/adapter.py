@@ -87,7 +87,8 @@ class LangGraphAdapter(Adapter):
     - ``handle_tool_errors`` (True): when a tool raises and immunity has a recovery for it, the
       model receives the error as the tool's result (a ``ToolMessage`` with ``status="error"``)
       instead of the exception crashing the graph; False keeps the graph's own behaviour;
-    - ``node_events`` (True): record node start/end events;
+    - ``node_events`` (True): record one ``node_end`` event per node run (with its start time,
+      duration and error); ``"both"`` also records ``node_start``; False records none;
     - ``max_rollbacks`` (2): rollbacks allowed per invocation.
     """
 
@@ -95,11 +96,21 @@ class LangGraphAdapter(Adapter):
     framework = "langgraph"
     supported = ">=1.2,<2"
 
+    _version: str | None = None
+
+    @classmethod
+    def framework_version(cls) -> str | None:
+        # looked up once per process: importlib.metadata is slow enough to show on every invocation
+        if cls._version is None:
+            cls._version = super().framework_version()
+        return cls._version
+
     def __init__(self, runtime: Any, **options: Any):
         super().__init__(runtime, **options)
         self.targets: list[tuple[Any, dict[str, Any]]] = []
         self.handle_tool_errors = bool(options.get("handle_tool_errors", True))
-        self.node_events = bool(options.get("node_events", True))
+        node_events = options.get("node_events", True)
+        self.node_events: str | bool = "both" if node_events == "both" else ("end" if node_events else False)
         self._patched = False
         self._latest: dict[str, str] = {}
 

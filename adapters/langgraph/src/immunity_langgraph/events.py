@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -149,6 +150,8 @@ class RunContext:
         self.final_values: Any = None
         self.breakpoints = False
         self._retry_hints: dict[str | None, str] = {}
+        self._injected: dict[tuple[int, frozenset[str]], frozenset[str]] = {}
+        self._node_started: dict[UUID, tuple[float, Any]] = {}
         self.outer_control: RunControl | None = None
         self._lock = threading.Lock()
 
@@ -207,8 +210,11 @@ class RunContext:
         if self.session.stop_requested and self.stop_delivered:
             # the stop answer reached the model and the graph still goes on: drain at the step's end
             self.control.request_drain(DRAIN_STOP)
-        if self.adapter.node_events:
+        mode = self.adapter.node_events
+        if mode == "both":
             self.session.emit(Event(kind=EventKind.NODE_START, node=node, agent=node, data={"step": step}))
+        if mode:
+            self._node_started[run_id] = (time.time(), step)
 
     def chain_end(self, outputs: Any, run_id: UUID) -> None:
         if run_id == self.root_id:
@@ -224,8 +230,15 @@ class RunContext:
                 target_name = target if isinstance(target, str) else getattr(target, "node", None)
                 if target_name and target_name != node:
                     self._note(self.session.handoff(node, str(target_name)))
-        if self.adapter.node_events:
-            self.session.emit(Event(kind=EventKind.NODE_END, node=node, agent=node))
+        self._node_end(run_id, node, None)
+
+    def _node_end(self, run_id: UUID, node: str, error: str | None) -> None:
+        started = self._node_started.pop(run_id, None)
+        if started is None:
+            return
+        t0, step = started
+        self.session.emit(Event(kind=EventKind.NODE_END, node=node, agent=node, error=error,
+                                data={"step": step, "started_at": t0, "duration_ms": round((time.time() - t0) * 1000, 3)}))
 
     def chain_error(self, error: BaseException, run_id: UUID) -> None:
         if run_id == self.root_id:
@@ -235,10 +248,9 @@ class RunContext:
         if isinstance(error, GraphInterrupt):
             self.interrupted = True
         if node is None or isinstance(error, GraphBubbleUp):
+            self._node_started.pop(run_id, None)
             return
-        if self.adapter.node_events:
-            self.session.emit(Event(kind=EventKind.NODE_END, node=node, agent=node,
-                                    error=f"{type(error).__name__}: {error}"))
+        self._node_end(run_id, node, f"{type(error).__name__}: {error}")
 
     # ------------------------------------------------------------------ model calls
     def model_input(self, model: Any, prompt: PromptValue) -> PromptValue:
@@ -288,13 +300,19 @@ class RunContext:
 
     # ------------------------------------------------------------------ tool calls
     def tool_arguments(self, tool: Any, tool_input: Any) -> dict[str, Any]:
-        if isinstance(tool_input, dict):
+        """The arguments the model gave (without the state / runtime LangGraph injects)."""
+        if not isinstance(tool_input, dict):
+            return {"input": tool_input}
+        key = (id(tool), frozenset(tool_input))
+        hidden = self._injected.get(key)
+        if hidden is None:
             filt = getattr(tool, "_filter_injected_args", None)
             try:
-                return dict(filt(tool_input)) if filt is not None else dict(tool_input)
+                visible = filt(tool_input) if filt is not None else tool_input
             except Exception:
-                return dict(tool_input)
-        return {"input": tool_input}
+                visible = tool_input
+            hidden = self._injected[key] = frozenset(k for k in tool_input if k not in visible)
+        return {k: v for k, v in tool_input.items() if k not in hidden} if hidden else dict(tool_input)
 
     def reply(self, tool: Any, call_id: str | None, text: str, *, error: bool) -> Any:
         """What the model receives instead of running the tool: a ToolMessage, LangGraph's own way."""
