@@ -13,6 +13,7 @@ change since. See ``README.md`` for the mapping table and each check's trigger a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -24,11 +25,15 @@ from immunity_coding import checks
 from immunity_coding.checks import CHECKS, ERROR_CLASSES, REPEATED_FAILING_COMMAND
 from immunity_coding.mapping import RULES
 
-__all__ = ["DOMAIN", "REPEATED_FAILING_COMMAND", "RULES"]
+__all__ = ["DOMAIN", "PACK", "REPEATED_FAILING_COMMAND", "RULES"]
 
 hookimpl = pluggy.HookimplMarker("immunity")
 
 NAME = "coding"
+
+#: A small hand-written pattern pack (data only; built from ``packs/coding-basics.spec.json`` with
+#: ``immunity pack build``). Use it with ``Runtime(packs=["coding-basics"], verifiers=["patterns"])``.
+PACK = Path(__file__).parent / "packs" / "coding-basics.json"
 
 DOMAIN = Domain(
     name=NAME,
@@ -42,6 +47,11 @@ DOMAIN = Domain(
 @hookimpl
 def immunity_register_domains(register: Any) -> None:
     register(NAME, DOMAIN)
+
+
+@hookimpl
+def immunity_register_pattern_packs(register: Any) -> None:
+    register("coding-basics", str(PACK))
 
 
 @hookimpl

@@ -12,6 +12,7 @@ nothing validated, and row-count or schema drift between steps. See ``README.md`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -23,11 +24,15 @@ from immunity_data import checks
 from immunity_data.checks import CHECKS, ERROR_CLASSES, ROW_COUNT_DRIFT, SCHEMA_DRIFT, UNVALIDATED_WRITE
 from immunity_data.mapping import RULES
 
-__all__ = ["DOMAIN", "ROW_COUNT_DRIFT", "RULES", "SCHEMA_DRIFT", "UNVALIDATED_WRITE"]
+__all__ = ["DOMAIN", "PACK", "ROW_COUNT_DRIFT", "RULES", "SCHEMA_DRIFT", "UNVALIDATED_WRITE"]
 
 hookimpl = pluggy.HookimplMarker("immunity")
 
 NAME = "data"
+
+#: A small hand-written pattern pack (data only; built from ``packs/data-basics.spec.json`` with
+#: ``immunity pack build``). Use it with ``Runtime(packs=["data-basics"], verifiers=["patterns"])``.
+PACK = Path(__file__).parent / "packs" / "data-basics.json"
 
 DOMAIN = Domain(
     name=NAME,
@@ -41,6 +46,11 @@ DOMAIN = Domain(
 @hookimpl
 def immunity_register_domains(register: Any) -> None:
     register(NAME, DOMAIN)
+
+
+@hookimpl
+def immunity_register_pattern_packs(register: Any) -> None:
+    register("data-basics", str(PACK))
 
 
 @hookimpl

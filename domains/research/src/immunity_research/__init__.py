@@ -13,6 +13,7 @@ URLs never retrieved, and search loops that bring nothing new. See ``README.md``
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -30,11 +31,15 @@ from immunity_research.checks import (
 )
 from immunity_research.mapping import RULES
 
-__all__ = ["DOMAIN", "FABRICATED_CITATION", "RULES", "SEARCH_LOOP", "UNSUPPORTED_CLAIM"]
+__all__ = ["DOMAIN", "PACK", "FABRICATED_CITATION", "RULES", "SEARCH_LOOP", "UNSUPPORTED_CLAIM"]
 
 hookimpl = pluggy.HookimplMarker("immunity")
 
 NAME = "research"
+
+#: A small hand-written pattern pack (data only; built from ``packs/research-basics.spec.json`` with
+#: ``immunity pack build``). Use it with ``Runtime(packs=["research-basics"], verifiers=["patterns"])``.
+PACK = Path(__file__).parent / "packs" / "research-basics.json"
 
 DOMAIN = Domain(
     name=NAME,
@@ -48,6 +53,11 @@ DOMAIN = Domain(
 @hookimpl
 def immunity_register_domains(register: Any) -> None:
     register(NAME, DOMAIN)
+
+
+@hookimpl
+def immunity_register_pattern_packs(register: Any) -> None:
+    register("research-basics", str(PACK))
 
 
 @hookimpl

@@ -14,6 +14,7 @@ See ``README.md``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -25,11 +26,15 @@ from immunity_support import checks
 from immunity_support.checks import CHECKS, ERROR_CLASSES, REQUIRED_LOOKUPS, UNCONFIRMED_CHANGE
 from immunity_support.mapping import RULES
 
-__all__ = ["DOMAIN", "REQUIRED_LOOKUPS", "RULES", "UNCONFIRMED_CHANGE"]
+__all__ = ["DOMAIN", "PACK", "REQUIRED_LOOKUPS", "RULES", "UNCONFIRMED_CHANGE"]
 
 hookimpl = pluggy.HookimplMarker("immunity")
 
 NAME = "support"
+
+#: A small hand-written pattern pack (data only; built from ``packs/support-basics.spec.json`` with
+#: ``immunity pack build``). Use it with ``Runtime(packs=["support-basics"], verifiers=["patterns"])``.
+PACK = Path(__file__).parent / "packs" / "support-basics.json"
 
 DOMAIN = Domain(
     name=NAME,
@@ -43,6 +48,11 @@ DOMAIN = Domain(
 @hookimpl
 def immunity_register_domains(register: Any) -> None:
     register(NAME, DOMAIN)
+
+
+@hookimpl
+def immunity_register_pattern_packs(register: Any) -> None:
+    register("support-basics", str(PACK))
 
 
 @hookimpl
