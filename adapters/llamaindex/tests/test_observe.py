@@ -72,7 +72,7 @@ async def test_function_agent_run_is_observed_and_stored(rt: Any, streaming: boo
     llm = ScriptedLLM([tool_call("get_weather", {"city": "Paris"}), "It is sunny in Paris."], model="scripted-4")
     agent = FunctionAgent(name="weather", tools=[get_weather], llm=llm, streaming=streaming,
                           system_prompt="Answer weather questions.")
-    guard = rt.protect(agent)
+    guard = rt.protect(agent, node_events="turns")
     handler = agent.run(user_msg="Weather in Paris?")
     result = await handler
     assert str(result) == "It is sunny in Paris."
@@ -100,7 +100,7 @@ async def test_function_agent_run_is_observed_and_stored(rt: Any, streaming: boo
     assert tool_end.tool == "get_weather" and tool_end.arguments == {"city": "Paris"}
     assert tool_end.result == "Sunny, 21C in Paris" and tool_end.tool_call_id
     nodes = [e.node for e in events if e.kind == EventKind.NODE_START]
-    assert nodes == ["run_agent_step", "call_tool", "run_agent_step"]  # the default: turns and tool steps
+    assert nodes == ["run_agent_step", "call_tool", "run_agent_step"]  # turns and tool steps
     assert [e.node for e in events if e.kind == EventKind.NODE_END] == nodes
 
     steps = rt.store.steps(run_id)
@@ -123,6 +123,7 @@ async def test_react_agent_tool_calls_are_read_from_text(rt: Any) -> None:
     model_end = next(e for e in rt.store.events(run_id) if e.kind == EventKind.MODEL_END)
     assert model_end.data["tool_calls"] == [{"name": "get_weather", "arguments": {"city": "Rome"}, "id": None}]
     assert rt.store.get_run(run_id).final_answer == "Rome is sunny."
+    assert not [e for e in rt.store.events(run_id) if e.kind == EventKind.NODE_START]  # default: no node events
     guard.uninstrument()
 
 

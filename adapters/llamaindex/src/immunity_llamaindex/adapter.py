@@ -23,8 +23,9 @@ class LlamaIndexAdapter(Adapter):
       (``handler.ctx.to_dict()``: queues, in-flight step and state; 1-2 ms a turn, growing with the
       run), which :meth:`restore` turns back into a ``Context`` to resume with ``agent.run(ctx=...)``,
       in this process or another. ``False``: none.
-    - ``node_events``: which workflow steps are stored as node start/end events: ``"turns"``
-      (default: ``run_agent_step`` and ``call_tool``), ``"all"`` or ``"none"``.
+    - ``node_events``: which workflow steps are stored as node start/end events: ``"none"``
+      (default; model and tool events already mark each turn), ``"turns"`` (``run_agent_step``
+      and ``call_tool``) or ``"all"``.
     - ``max_rollbacks`` (default 3): rollbacks allowed in one run.
     - ``ask_human_timeout`` (seconds, default 600): how long a call waits for a human's answer.
     - ``domain``: the domain of the runs (defaults to the runtime's).

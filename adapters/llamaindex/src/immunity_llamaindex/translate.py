@@ -194,11 +194,12 @@ class Bridge:
         if mode not in ("state", "full", False, None, "none"):
             raise ValueError(f"checkpoints must be 'state', 'full' or False, not {mode!r}")
         self.checkpoints: str | None = mode if mode in ("state", "full") else None
-        nodes = adapter.options.get("node_events", "turns")
+        nodes = adapter.options.get("node_events", "none")
         if nodes not in ("turns", "all", "none", False):
             raise ValueError(f"node_events must be 'turns', 'all' or 'none', not {nodes!r}")
         self.node_events: str = nodes or "none"
         self._serializer = JsonSerializer()
+        self._version = adapter.framework_version()  # once: reading package metadata is slow
         self.max_rollbacks: int = int(adapter.options.get("max_rollbacks", 3))
         self.ask_human_timeout: float | None = adapter.options.get("ask_human_timeout", 600.0)
         self.domain: str | None = adapter.options.get("domain")
@@ -369,8 +370,9 @@ class Bridge:
             self._error(live, "span_end", exc)
 
     def _node_event(self, method: str) -> bool:
-        """Which workflow steps become node events: ``turns`` (default) only the agent's turn
-        (``run_agent_step``) and tool step (``call_tool``); ``all`` every step; ``none`` none."""
+        """Which workflow steps become node events: ``none`` (default: model and tool events already
+        mark every turn), ``turns`` the agent's turn (``run_agent_step``) and tool step
+        (``call_tool``), ``all`` every step. A step that raises is always recorded."""
         if self.node_events == "all":
             return True
         return self.node_events == "turns" and method in ("run_agent_step", "call_tool")
@@ -390,7 +392,7 @@ class Bridge:
             session = self.runtime.start_run(
                 task=task, framework="llama-index-core", domain=self.domain, run_id=run_id, agent=name,
                 metadata={"llamaindex_run_id": rid, "workflow": type(workflow).__name__,
-                          "framework_version": self.adapter.framework_version()})
+                          "framework_version": self._version})
         self.run_ids[rid] = run_id
         for hint in self.pending_hints.pop(run_id, []):
             session.add_hint(hint, source="resume")
