@@ -565,3 +565,23 @@ def test_rollback_to_a_verified_checkpoint_and_resume(make_runtime: Any, kit: An
     assert rt.store.checkpoints(run_id)[0].ref["location"].endswith(".json")
     assert [r.kind for r in rt.store.recoveries(run_id)].count(RecoveryKind.ROLLBACK) == 2  # asked, then done
     assert kinds(rt, run_id).count("run_end") == 1
+
+
+# ---------------------------------------------------------------------------------------------- example
+def test_example_runs_offline(tmp_path: Any) -> None:
+    import os
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[3] / "examples" / "crewai_crew.py"
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env.update(HOME=str(tmp_path), IMMUNITY_EXAMPLE_STORE=str(tmp_path / "example.db"))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "crew on a scripted model (offline)" in out
+    assert "answer: Your refund request for the laptop (1499.00 EUR) was passed on" in out
+    assert "status=finished steps=4" in out
+    assert "recovery retry: [immunity] get_order failed (tool_error)" in out
+    assert "intervention block: [immunity] Refunds above 100 EUR need a human" in out
+    assert (tmp_path / "example.db").exists()

@@ -136,6 +136,7 @@ class Bridge:
         self.rollbacks: dict[str, CrewRun] = {}
         #: runs that ended lately (a checkpoint written for them may still be on its way)
         self.finished: collections.deque[CrewRun] = collections.deque(maxlen=16)
+        self.version = adapter.framework_version()  # read once: a metadata lookup costs milliseconds
 
     # ------------------------------------------------------------------ plumbing
     def guarded(self, where: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -213,13 +214,14 @@ class Bridge:
         task_text = getattr(tasks[0], "description", None) if tasks else None
         agent = self._role(agents[0]) if agents else None
         session = None
-        if run_id is not None:
+        resuming = getattr(crew, "checkpoint_kickoff_event_id", None) is not None
+        if run_id is not None and (resuming or self.runtime.session(run_id) is not None):
             session = self.adapter.continue_run(run_id, crew)
         if session is None:
             session = self.runtime.start_run(
                 task=task_text, framework="crewai", agent=agent, run_id=run_id,
                 metadata={"crew_id": str(crew.id), "crew_name": getattr(crew, "name", None),
-                          "framework_version": self.adapter.framework_version()})
+                          "framework_version": self.version})
         run.session = session
 
     def execution_end(self, ctx: Any) -> None:
@@ -279,8 +281,6 @@ class Bridge:
         session.emit(Event(kind=EventKind.NODE_START, node=ctx.step_name, agent=role,
                            data={"task_id": str(getattr(task, "id", ""))}))
         run.task_flagged[str(getattr(task, "id", ""))] = False
-        if self.adapter.task_retries > 0 and task is not None:
-            self._attach_guardrail(run, task)
 
     def post_step(self, ctx: Any) -> None:
         if getattr(ctx, "kind", None) != "task":
@@ -383,6 +383,10 @@ class Bridge:
             iv = d.intervention
             text = iv.text if iv is not None and iv.kind != InterventionKind.WARN else (bad[0].hint or bad[0].message)
             run.task_feedback[id(task)] = text
+            # CrewAI reads a task's guardrails after its agent finished, so attaching one now (only
+            # when it is needed: guardrails cost CrewAI several ms per task) makes it retry the task
+            if self.adapter.task_retries > 0 and not any(t is task for t, _ in run.guarded_tasks):
+                self._attach_guardrail(run, task)
         return d
 
     def _model_end(self, run: CrewRun, key: tuple[int, int], *, output: str | None = None,
