@@ -46,7 +46,8 @@ def scoring_config(packs: list[Any] | None = None, *, domain: str | None = None,
     """A runtime configuration that observes a replayed run without changing it."""
     return Config(domain=domain, store=None, step_budget_ms=0.0, verifiers=["patterns"], packs=list(packs or []),
                   max_consecutive_failures=_NEVER,
-                  options={"rules": {"block_repeat": _NEVER, "stop_repeat": _NEVER}, **(options or {})})
+                  options={"rules": {"block_repeat": _NEVER, "stop_repeat": _NEVER, "tool_breaker": _NEVER},
+                           **(options or {})})
 
 
 def make_runtime(packs: list[Any] | None = None, *, domain: str | None = None,
@@ -131,7 +132,11 @@ def _replay(item: Any, rt: Any, run_id: str) -> Any:
     run = item.run
     session = rt.start_run(task=run.task, framework=run.framework, domain=run.domain, run_id=run_id,
                            agent=run.agent, task_id=run.task_id)
-    replay(item, session)
+    fed = replay(item, session)
+    blocked = sum(1 for f in fed if f.blocked)
+    if blocked:
+        raise ScoringError(f"run {run.run_id}: {blocked} step(s) were blocked while replaying; a scoring runtime "
+                           "must only observe (check the plugins' blocking options)")
     session.end()
     rt.sessions.pop(run_id, None)
     return session

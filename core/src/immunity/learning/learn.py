@@ -44,6 +44,7 @@ from immunity import taxonomy as tx
 from immunity.learning.features import ACTION_TYPES, SIGNAL_NAMES
 from immunity.learning.model import (
     Member,
+    SIM_TOLERANCE,
     PatternTable,
     TaskPrior,
     fit_logistic,
@@ -92,6 +93,8 @@ class LearnConfig:
     cluster_similarity: float = 0.9
     top_k: int = 16
     l2: float = 1.0
+    #: L2 strengths tried; the one with the lowest cross-validated log loss is used.
+    l2_grid: tuple[float, ...] = (0.3, 3.0, 30.0, 300.0)
     min_hits: int = 2
     max_references: int = 10
     task_similarity: float = 0.5
@@ -276,7 +279,7 @@ def _predicates(cl: _Cluster) -> dict[str, Any]:
     mins: dict[str, float] = {}
     for name in PREDICATE_SIGNALS:
         v = min(m.signals[name] for m in cl.members)
-        if v >= 1:
+        if v >= (2 if name in ("identical_streak", "near_streak") else 1):  # a streak of 1 is no streak
             mins[name] = v
     steps = [m.step for m in cl.members]
     return {"action_type": cl.action, "min": mins, "steps": [int(min(steps) // 2), int(max(steps) * 2 + 5)]}
@@ -318,7 +321,7 @@ def match_matrix(run: RunData, comp: _Compiled, min_similarity: float, top_k: in
     if p == 0 or n == 0:
         return np.zeros((n, p), bool), np.zeros((n, p))
     sims = run.sig_vecs @ comp.vectors.T
-    ok = sims >= min_similarity
+    ok = sims >= min_similarity - SIM_TOLERANCE
     if top_k < p:
         kth = -np.partition(-sims, top_k - 1, axis=1)[:, top_k - 1]
         ok &= sims >= kth[:, None]
@@ -518,31 +521,49 @@ def learn_model(runs: list[RunData], cfg: LearnConfig, *, name: str = "model",
         for r in test:
             oof[r.run_id] = run_evidence(r, table, comp)
 
-    # calibration: each fold scored by a model fitted without it
-    fold_risks: dict[str, np.ndarray] = {}
-    for j in range(k):
-        train = [r for r, f in zip(labelled, folds, strict=True) if f != j]
-        test = [r for r, f in zip(labelled, folds, strict=True) if f == j]
-        if not any(r.outcome == 1 for r in train) or not any(r.outcome == 0 for r in train):
-            continue
-        x, y, w = _rows(train, oof, priors)
-        lg = fit_logistic(x, y, w, l2=cfg.l2)
-        for r in test:
-            fold_risks[r.run_id] = lg.predict(design(r, oof[r.run_id], priors[r.run_id]))
+    # regularisation chosen, and the threshold calibrated, on folds scored by models fitted without them
+    best: tuple[float, float, dict[str, np.ndarray]] | None = None
+    for l2 in cfg.l2_grid or (cfg.l2,):
+        risks: dict[str, np.ndarray] = {}
+        for j in range(k):
+            train = [r for r, f in zip(labelled, folds, strict=True) if f != j]
+            test = [r for r, f in zip(labelled, folds, strict=True) if f == j]
+            if not any(r.outcome == 1 for r in train) or not any(r.outcome == 0 for r in train):
+                continue
+            x, y, w = _rows(train, oof, priors)
+            lg = fit_logistic(x, y, w, l2=l2)
+            for r in test:
+                risks[r.run_id] = lg.predict(design(r, oof[r.run_id], priors[r.run_id]))
+        loss = _log_loss(labelled, risks)
+        if best is None or loss < best[0] - 1e-9:
+            best = (loss, l2, risks)
+    assert best is not None
+    cv_loss, chosen_l2, fold_risks = best
     max_success = [float(fold_risks[r.run_id].max()) for r in labelled if r.outcome == 0 and r.run_id in fold_risks]
-    threshold = threshold_for_far(max_success, cfg.target_far)
+    threshold = math.ceil(threshold_for_far(max_success, cfg.target_far) * 1e8) / 1e8  # stored with 8 decimals
     base_t = baseline_threshold([r.n for r in labelled if r.outcome == 0], cfg.target_far)
 
     # the final model: patterns from every run, logistic on the cross-fitted evidence
     patterns, table = learn_patterns(labelled, cfg, domain)
     x, y, w = _rows(labelled, oof, priors)
-    final = fit_logistic(x, y, w, l2=cfg.l2)
+    final = fit_logistic(x, y, w, l2=chosen_l2)
     member = Member(name=name, threshold=threshold, table=table, logistic=final, prior=prior_all,
                     baseline_steps=base_t)
     diag = inner_cv_figures(labelled, fold_risks, threshold, base_t)
-    diag.update({"folds": k, "failed_runs": n_f, "successful_runs": n_s, "patterns": len(patterns),
+    diag.update({"folds": k, "l2": chosen_l2, "cv_log_loss": round(cv_loss, 5), "failed_runs": n_f,
+                 "successful_runs": n_s, "patterns": len(patterns),
                  "candidates_by_class": dict(Counter(p.error_class for p in patterns))})
     return LearnedModel(member=member, patterns=patterns, diagnostics=diag, warnings=warnings)
+
+
+def _log_loss(runs: list[RunData], risks: dict[str, np.ndarray]) -> float:
+    """Mean per-run log loss of the step risks (each run weighs 1)."""
+    losses = []
+    for r in runs:
+        if r.run_id in risks:
+            p = np.clip(risks[r.run_id], 1e-6, 1 - 1e-6)
+            losses.append(float(-np.mean(np.log(p) if r.outcome == 1 else np.log(1 - p))))
+    return float(np.mean(losses)) if losses else float("inf")
 
 
 def inner_cv_figures(runs: list[RunData], risks: dict[str, np.ndarray], threshold: float,

@@ -165,6 +165,16 @@ class StepScore:
 class RunScorer:
     """Per-run matching state (kept in ``state.extras["patterns"]``)."""
 
+    def _carry(self, i: int, action: str, current: StepView) -> None:
+        if self.matcher is None:
+            prev = self.views[-1] if self.views else current
+            self.views.append(StepView(step=i, action_type=action, numeric=prev.numeric, signals=dict(prev.signals),
+                                       signature=prev.signature))
+            return
+        prev_s = self.scores[-1] if self.scores else None
+        self.scores.append(StepScore(step=i, risk=prev_s.risk if prev_s else 0.0, alarm=False, action_type=action,
+                                     member_risks=list(prev_s.member_risks) if prev_s else []))
+
     def __init__(self, matcher: PackMatcher | None, task: str | None):
         self.matcher = matcher
         self.task = task
@@ -181,8 +191,12 @@ class RunScorer:
         k = state.n_steps - 1
         if k <= self.last or k < 0:
             return None
-        self.last = k
         view = self.tracker.update(state)
+        for i in range(self.last + 1, k):
+            # a step no hook saw (a side-effecting call answered from the idempotency cache): it
+            # carries the previous step's figures, so step indices stay aligned with the run's steps
+            self._carry(i, state.steps[i].action_type.value, view)
+        self.last = k
         m = self.matcher
         if m is None:
             self.views.append(view)

@@ -27,6 +27,9 @@ EVIDENCE_NAMES: tuple[str, ...] = ("pattern_weight_now", "pattern_weight_so_far"
 MODEL_INPUTS: tuple[str, ...] = (*FEATURE_NAMES, *EVIDENCE_NAMES)
 
 _EPS = 1e-6
+#: Tolerance of the similarity floor: the index and the batch path compute the same cosine with
+#: different float32 rounding, and feature-hashed signatures often sit exactly on round values.
+SIM_TOLERANCE = 1e-4
 
 
 def logit(p: float) -> float:
@@ -80,7 +83,7 @@ class PatternTable:
 
     def matched(self, hits: list[tuple[int, float]], signals: dict[str, float], action_type: str) -> list[tuple[int, float]]:
         """The hits (pattern position, similarity) that pass the similarity floor and predicates."""
-        return [(i, s) for i, s in hits if s >= self.min_similarity and
+        return [(i, s) for i, s in hits if s >= self.min_similarity - SIM_TOLERANCE and
                 predicates_hold(self.predicates[i], signals, action_type)]
 
     def top_hits(self, sims: np.ndarray) -> list[tuple[int, float]]:
