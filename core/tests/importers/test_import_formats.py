@@ -175,3 +175,19 @@ def test_unreadable_files_are_problems_not_crashes(tmp_path, runtime):
     assert any(p.source == str(tmp_path / "missing.jsonl") and p.message == "no such file" for p in problems)
     assert any(p.source == str(gz) for p in problems)
     assert all(isinstance(i, ImportProblem | ImportedRun) for i in items)
+
+
+def test_mini_swe_agent_tool_call_runs(write, runtime):
+    record = {"instance_id": "demo__demo-5", "resolved": False, "messages": [
+        {"role": "system", "content": "You can run bash."},
+        {"role": "user", "content": "<pr_description>\nFix the import\n</pr_description>"},
+        {"role": "assistant", "content": "Run the tests.", "tool_calls": [
+            {"id": "t1", "type": "function", "function": {"name": "bash", "arguments": "{\"command\": \"pytest -x\"}"}}]},
+        {"role": "tool", "tool_call_id": "t1", "content": "<returncode>1</returncode>\n<output>\nImportError\n</output>"},
+    ]}
+    path = write("v2.jsonl", json.dumps(record) + "\n")
+    (run,) = runs_of(iter_runs([str(path)], "mini-swe-agent", runtime=runtime, domain="test-coding"))
+    (step,) = run.steps
+    assert run.run.task == "Fix the import"
+    assert (step.tool, step.action_type, step.return_code) == ("bash", ActionType.VERIFY, 1)
+    assert step.failed and "ImportError" in step.error and step.data["thought"] == "Run the tests."
