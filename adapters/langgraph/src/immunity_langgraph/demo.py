@@ -75,8 +75,9 @@ def make_agent() -> tuple[Any, list[Any], Any]:
     return model, tools, build_graph(model, tools, InMemorySaver())
 
 
-def run_demo(runtime: Any) -> str:
-    model, _tools, graph = make_agent()
+def run_demo(runtime: Any, agent: tuple[Any, list[Any], Any] | None = None) -> str:
+    """Run the demo agent (or ``agent``, a :func:`make_agent` result) under ``runtime``; returns the run id."""
+    _model, _tools, graph = agent or make_agent()
     thread = f"demo-{uuid.uuid4().hex[:8]}"
     adapter = runtime.protect(graph, framework="langgraph")
     try:
