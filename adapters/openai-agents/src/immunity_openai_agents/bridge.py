@@ -249,8 +249,15 @@ class GuardHooks(AgentHooks):
     """``agent.hooks`` while the agent is instrumented: immunity's observer, then the user's hooks."""
 
     def __init__(self, adapter: OpenAIAgentsAdapter, inner: Any):
-        self.adapter = adapter
+        # The SDK fingerprints an agent's hooks by walking their public attributes on every run
+        # (RunState agent identity); the adapter stays private so that walk does not reach the
+        # runtime, its plugins and store. The user's hooks stay visible, as they would be unwrapped.
+        self._adapter = adapter
         self.inner = inner
+
+    @property
+    def adapter(self) -> OpenAIAgentsAdapter:
+        return self._adapter
 
     async def _inner(self, name: str, *args: Any) -> None:
         if self.inner is not None:
@@ -259,18 +266,18 @@ class GuardHooks(AgentHooks):
     async def on_start(self, context: Any, agent: Any) -> None:
         run = None
         try:
-            run = _lookup(self.adapter, context, agent, start=True)
+            run = _lookup(self._adapter, context, agent, start=True)
             if run is not None:
                 run.agent = agent.name
                 run.session.emit(Event(kind=EventKind.NODE_START, agent=agent.name, node=agent.name))
         except Exception as exc:
-            _fail(self.adapter, run, "on_start", exc)
+            _fail(self._adapter, run, "on_start", exc)
         await self._inner("on_start", context, agent)
 
     async def on_llm_start(self, context: Any, agent: Any, system_prompt: str | None, input_items: list[Any]) -> None:
         run = None
         try:
-            run = _lookup(self.adapter, context, agent, start=True)
+            run = _lookup(self._adapter, context, agent, start=True)
             if run is not None:
                 if run.filtered:
                     run.filtered = False  # model_start was emitted (and hints added) by the input filter
@@ -283,13 +290,13 @@ class GuardHooks(AgentHooks):
                     if d.stop:
                         run.stop = d.final_answer or d.message or "stopped by immunity"
         except Exception as exc:
-            _fail(self.adapter, run, "on_llm_start", exc)
+            _fail(self._adapter, run, "on_llm_start", exc)
         await self._inner("on_llm_start", context, agent, system_prompt, input_items)
 
     async def on_llm_end(self, context: Any, agent: Any, response: Any) -> None:
         run = None
         try:
-            run = _lookup(self.adapter, context, agent, start=True)
+            run = _lookup(self._adapter, context, agent, start=True)
             if run is not None:
                 texts: list[str] = []
                 calls: list[dict[str, Any]] = []
@@ -307,59 +314,59 @@ class GuardHooks(AgentHooks):
                 if d.stop:
                     run.stop = d.final_answer or "stopped by immunity"
         except Exception as exc:
-            _fail(self.adapter, run, "on_llm_end", exc)
+            _fail(self._adapter, run, "on_llm_end", exc)
         await self._inner("on_llm_end", context, agent, response)
 
     async def on_tool_start(self, context: Any, agent: Any, tool: Any) -> None:
         run = None
         try:
-            if id(tool) not in self.adapter._guarded_tools:  # hosted / shell / computer tools: observe only
-                run = _lookup(self.adapter, context, agent, start=True)
+            if id(tool) not in self._adapter._guarded_tools:  # hosted / shell / computer tools: observe only
+                run = _lookup(self._adapter, context, agent, start=True)
                 if run is not None:
                     run.session.tool_start(getattr(tool, "name", type(tool).__name__),
                                            _parse_args(getattr(context, "tool_arguments", None)),
                                            tool_call_id=getattr(context, "tool_call_id", None), agent=agent.name)
         except Exception as exc:
-            _fail(self.adapter, run, "on_tool_start", exc)
+            _fail(self._adapter, run, "on_tool_start", exc)
         await self._inner("on_tool_start", context, agent, tool)
 
     async def on_tool_end(self, context: Any, agent: Any, tool: Any, result: Any) -> None:
         run = None
         try:
-            if id(tool) not in self.adapter._guarded_tools:
-                run = _lookup(self.adapter, context, agent, start=True)
+            if id(tool) not in self._adapter._guarded_tools:
+                run = _lookup(self._adapter, context, agent, start=True)
                 if run is not None:
                     run.session.tool_end(getattr(tool, "name", type(tool).__name__), result,
                                          tool_call_id=getattr(context, "tool_call_id", None), agent=agent.name)
         except Exception as exc:
-            _fail(self.adapter, run, "on_tool_end", exc)
+            _fail(self._adapter, run, "on_tool_end", exc)
         await self._inner("on_tool_end", context, agent, tool, result)
 
     async def on_handoff(self, context: Any, agent: Any, source: Any) -> None:
         run = None
         try:
-            run = _lookup(self.adapter, context, agent, start=True)
+            run = _lookup(self._adapter, context, agent, start=True)
             if run is not None:
                 d = run.session.handoff(getattr(source, "name", None), agent.name)
                 if d.stop:
                     run.stop = d.final_answer or "stopped by immunity"
         except Exception as exc:
-            _fail(self.adapter, run, "on_handoff", exc)
+            _fail(self._adapter, run, "on_handoff", exc)
         await self._inner("on_handoff", context, agent, source)
 
     async def on_end(self, context: Any, agent: Any, output: Any) -> None:
         run = None
         try:
-            run = _lookup(self.adapter, context, agent)
+            run = _lookup(self._adapter, context, agent)
             if run is not None and run.rollback is None:
                 text = output if isinstance(output, str) else json.dumps(_plain(output), default=str) \
                     if hasattr(output, "model_dump") else str(output)
                 run.session.final_answer(text, agent=agent.name)
                 if not run.via_runner:  # nobody else will end it
                     run.session.end(output=text)
-                    self.adapter._fallback.pop(id(getattr(context, "usage", None)), None)
+                    self._adapter._fallback.pop(id(getattr(context, "usage", None)), None)
         except Exception as exc:
-            _fail(self.adapter, run, "on_end", exc)
+            _fail(self._adapter, run, "on_end", exc)
         await self._inner("on_end", context, agent, output)
 
 
