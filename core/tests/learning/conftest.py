@@ -12,7 +12,6 @@ import random
 from typing import Any
 
 import pytest
-
 from immunity.importers import ImportedRun
 from immunity.models import Run, Step
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from immunity import taxonomy as tx
 from immunity.learning.data import collect, score_items
 from immunity.learning.evaluate import auroc, evaluate, explain_step, wilson

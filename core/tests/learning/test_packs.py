@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from immunity.errors import PackError
 from immunity.learning.matcher import PackMatcher
 from immunity.learning.packs import (

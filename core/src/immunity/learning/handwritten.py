@@ -7,7 +7,7 @@
     domain: coding
     embedder: hashing            # the embedder plugin (default hashing)
     threshold: 0.5               # alarm when the risk reaches this
-    min_similarity: 0.8
+    min_similarity: 0.3          # a few hand-picked tokens: the predicates do the precise work
     patterns:
       - error_class: loop
         description: the same failing command three times in a row
@@ -35,6 +35,9 @@ from immunity.learning.model import MODEL_INPUTS, Logistic, Member, PatternTable
 from immunity.models import FailurePattern, PatternPack
 
 HANDWRITTEN_OFFSET = 3.0
+#: A hand-written signature names a few tokens of the ~20 a step has, so its cosine with a matching
+#: step is about sqrt(few/20); the predicates do the precise work.
+HANDWRITTEN_MIN_SIMILARITY = 0.3
 
 
 def read_spec(path: str) -> dict[str, Any]:
@@ -83,7 +86,7 @@ def build_from_spec(path: str, pm: Any) -> PatternPack:
         name=str(spec["name"]), threshold=threshold,
         table=PatternTable(ids=[p.pattern_id for p in pats], vectors=vecs, weights=np.asarray([p.weight for p in pats]),
                            classes=[p.error_class for p in pats], predicates=[p.predicates for p in pats],
-                           min_similarity=float(spec.get("min_similarity", 0.8))),
+                           min_similarity=float(spec.get("min_similarity", HANDWRITTEN_MIN_SIMILARITY))),
         logistic=Logistic(np.zeros(n_in), np.ones(n_in), coef, -HANDWRITTEN_OFFSET),
         prior=TaskPrior(np.zeros((0, dim), np.float32), np.zeros(0), np.zeros(0), [], 0.5))
     return PatternPack(

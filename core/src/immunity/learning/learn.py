@@ -43,8 +43,8 @@ import numpy as np
 from immunity import taxonomy as tx
 from immunity.learning.features import ACTION_TYPES, SIGNAL_NAMES
 from immunity.learning.model import (
-    Member,
     SIM_TOLERANCE,
+    Member,
     PatternTable,
     TaskPrior,
     fit_logistic,

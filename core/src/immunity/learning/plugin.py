@@ -53,7 +53,7 @@ def _read(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | Non
         raise click.UsageError("give trace files (with --format) or --store")
     try:
         items = read_runs(list(paths), fmt, store=store, domain=domain, on_problem=lambda m: _err(f"warning: {m}"))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImmunityError) as exc:
         raise click.ClickException(str(exc)) from None
     if not items:
         raise click.ClickException("no runs could be read from the input")

@@ -1,0 +1,160 @@
+"""The learning commands through the real CLI (click's CliRunner), on a store the tests write."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from immunity.cli import build_cli
+
+from .conftest import population, write_store
+
+
+def invoke(*args: str, ok: bool = True) -> Any:
+    res = CliRunner().invoke(build_cli(), list(args), catch_exceptions=False)
+    if ok:
+        assert res.exit_code == 0, res.output
+    return res
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = str(tmp_path_factory.mktemp("store") / "runs.db")
+    write_store(path, population())
+    return path
+
+
+@pytest.fixture(scope="module")
+def pack(store: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = str(tmp_path_factory.mktemp("pack") / "coding-dev.json")
+    res = invoke("learn", "--store", store, "--folds", "4", "--out", out)
+    assert "threshold" in res.output and "cross-validated" in res.output
+    return out
+
+
+def test_learn_writes_a_valid_pack(pack: str) -> None:
+    res = invoke("pack", "verify", pack)
+    assert res.output.startswith("ok: coding-dev")
+    res = invoke("pack", "inspect", pack)
+    assert "embedder hashing-v1-d256" in res.output and "patterns:" in res.output
+    res = invoke("pack", "inspect", pack, "--json")
+    data = json.loads(res.output)
+    assert data["name"] == "coding-dev" and data["patterns"] and "vector" not in data["patterns"][0]
+
+
+def test_verify_refuses_a_tampered_pack(pack: str, store: str, tmp_path: Path) -> None:
+    doc = json.loads(Path(pack).read_text())
+    doc["patterns"][0]["weight"] = 100.0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    res = invoke("pack", "verify", str(bad), ok=False)
+    assert res.exit_code == 1 and "refused" in res.output and "content hash mismatch" in res.output
+    res = invoke("score", "--pack", str(bad), "--store", store, ok=False)
+    assert res.exit_code == 1 and "content hash mismatch" in res.output
+    res = invoke("score", "--pack", pack, "--store", pack, ok=False)
+    assert res.exit_code == 1 and "cannot open store" in res.output
+
+
+def test_tiny_training_set_says_unreliable(tmp_path: Path) -> None:
+    db = str(tmp_path / "tiny.db")
+    write_store(db, population(n_tasks=3, trials=4))
+    res = invoke("learn", "--store", db, "--folds", "2", "--out", str(tmp_path / "tiny.json"))
+    assert "WARNING" in res.output and "unreliable" in res.output
+
+
+def test_learn_without_input_is_a_usage_error(tmp_path: Path) -> None:
+    res = invoke("learn", "--out", str(tmp_path / "x.json"), ok=False)
+    assert res.exit_code == 2 and "--store" in res.output
+
+
+def test_score_writes_one_line_per_step(pack: str, store: str, tmp_path: Path) -> None:
+    out = tmp_path / "scores.jsonl"
+    invoke("score", "--pack", pack, "--store", store, "--out", str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == sum(len(r.steps) for r in population())
+    assert set(rows[0]) >= {"run_id", "step", "risk", "alarm", "patterns", "action_type"}
+    assert all(0 <= r["risk"] <= 1 for r in rows)
+    # the same scores evaluated from the file
+    res = invoke("eval", "--scores", str(out), "--store", store, "--pack", pack, ok=False)
+    assert res.exit_code == 2  # one of --cv, --pack or --scores
+    res = invoke("eval", "--scores", str(out), "--store", store, "--bootstrap", "50")
+    assert "AUROC alive at step 5" in res.output and "false-alarm rate" in res.output
+
+
+def test_eval_cross_validation_reports_model_and_baseline(store: str, tmp_path: Path) -> None:
+    out, html = tmp_path / "eval.json", tmp_path / "eval.html"
+    res = invoke("eval", "--cv", "--store", store, "--folds", "3", "--bootstrap", "100", "--out", str(out),
+                 "--html", str(html), "--scores-out", str(tmp_path / "cv.jsonl"))
+    assert "baseline (steps so far)" in res.output
+    data = json.loads(out.read_text())
+    assert data["mode"] == "cross-validation" and len(data["folds"]) == 3
+    assert data["auroc_alive_at_step"]["5"]["ci95"] is not None
+    assert data["model"]["false_alarm_rate"]["n"] == data["successful"]
+    assert "<svg" in html.read_text()
+    assert (tmp_path / "cv.jsonl").read_text().count("\n") == sum(len(r.steps) for r in population())
+
+
+def test_explain_by_alignment_and_by_risk(pack: str, store: str) -> None:
+    res = invoke("explain", "run-1-0", "--store", store, "--json")
+    rep = json.loads(res.output)
+    assert rep["method"] == "alignment" and rep["outcome"] == "failure" and 0 <= rep["step"] < rep["steps"]
+    assert rep["error_class"] and rep["evidence"]
+    # with no successful run of the same task at hand, the pack's risk explains
+    db_dir = Path(store).parent
+    only = str(db_dir / "only.db")
+    write_store(only, [r for r in population() if r.run.run_id == "run-1-0"])
+    res = invoke("explain", "run-1-0", "--store", only, "--pack", pack)
+    assert "method: risk" in res.output and "decisive step" in res.output
+    res = invoke("explain", "run-1-0", "--store", only, ok=False)
+    assert res.exit_code == 1 and "needs a pack" in res.output
+    res = invoke("explain", "nope", "--store", store, ok=False)
+    assert "no run 'nope'" in res.output
+
+
+def test_install_list_and_merge(pack: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMMUNITY_PACKS_DIR", str(tmp_path / "packs"))
+    invoke("pack", "install", pack)
+    res = invoke("pack", "list")
+    assert "coding-dev" in res.output
+    res = invoke("pack", "verify", pack)
+    merged = tmp_path / "merged.json"
+    res = invoke("pack", "merge", pack, "coding-dev", "--out", str(merged), "--name", "both")
+    assert "wrote" in res.output
+    invoke("pack", "verify", str(merged))
+
+
+def test_pack_build_from_a_handwritten_spec(tmp_path: Path) -> None:
+    from immunity.learning.features import signature_text  # noqa: F401  (tokens documented there)
+    from immunity.runtime import Runtime
+    from immunity.testing import FakeRun
+
+    spec = {
+        "name": "hand", "version": "1.0.0", "threshold": 0.5,
+        "patterns": [{"error_class": "repeated_tool_error", "description": "the same failing test three times",
+                      "signature": "actverify prevverify failed failedxverify repeatederror3to4",
+                      "predicates": {"action_type": "VERIFY", "min": {"repeated_error": 3}},
+                      "weight": 5.0, "intervention": "[immunity] Stop re-running the failing test; read its error."}],
+    }
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    out = tmp_path / "hand.json"
+    invoke("pack", "build", str(path), "--out", str(out))
+    invoke("pack", "verify", str(out))
+    rt = Runtime(store=None, verifiers=["patterns"], packs=[str(out)])
+    try:
+        run = FakeRun(rt)
+        hints = []
+        for _ in range(3):
+            d = run.tool("run_tests", {"t": 1}, result=None, error="AssertionError: 1 != 2", return_code=1)
+            hints += [v.hint for v in d.verdicts if v.plugin == "verifier:patterns"]
+        assert hints == ["[immunity] Stop re-running the failing test; read its error."]
+    finally:
+        rt.close()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "x", "patterns": [{"error_class": "loop"}]}))
+    res = invoke("pack", "build", str(bad), "--out", str(tmp_path / "b.json"), ok=False)
+    assert res.exit_code == 1 and "signature" in res.output
