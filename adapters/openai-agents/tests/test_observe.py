@@ -239,3 +239,58 @@ def test_supported_range_matches_the_extra() -> None:
 @pytest.mark.parametrize("entry", ["openai_agents"])
 def test_registered_through_the_entry_point(rt: Runtime, entry: str) -> None:
     assert rt.pm.registry("adapters")[entry] is OpenAIAgentsAdapter
+
+
+async def test_concurrent_runs_keep_their_identity(rt: Runtime) -> None:
+    """Two runs of the same agent interleaved on one event loop, and two run_sync calls in two
+    threads: every event lands in its own run."""
+    import asyncio
+    import threading
+
+    from agents import RunConfig
+
+    @function_tool
+    async def lookup_order(order_id: str) -> str:
+        """Look up an order."""
+        await asyncio.sleep(0.01)  # let the other run go on meanwhile
+        return f"order {order_id}"
+
+    agent = Agent(name="support", tools=[lookup_order])
+    guard = rt.protect(agent)
+
+    def config(order: str) -> RunConfig:
+        script = [call("lookup_order", order_id=order), call("lookup_order", order_id=order + "2"), f"done {order}"]
+        return RunConfig(model_provider=ScriptedModelProvider(ScriptedModel(script)))
+
+    results = await asyncio.gather(Runner.run(agent, "order A", run_config=config("A")),
+                                   Runner.run(agent, "order B", run_config=config("B")))
+    assert [r.final_output for r in results] == ["done A", "done B"]
+
+    outputs: dict[str, str] = {}
+
+    def in_thread(order: str) -> None:
+        outputs[order] = Runner.run_sync(agent, f"order {order}", run_config=config(order)).final_output
+
+    threads = [threading.Thread(target=in_thread, args=(o,)) for o in ("C", "D")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert outputs == {"C": "done C", "D": "done D"}
+
+    rt.flush()
+    assert len(guard.run_ids) == 4
+    for run_id in guard.run_ids:
+        run = rt.store.get_run(run_id)
+        order = run.task.split()[-1]
+        args = [s.arguments["order_id"] for s in rt.store.steps(run_id) if s.tool]
+        assert args == [order, order + "2"], (run.task, args)
+        assert run.final_answer == f"done {order}" and run.status == "finished"
+
+
+def test_immunity_demo_runs_on_this_adapter(tmp_path: Any) -> None:
+    from immunity.demo import run_demo
+
+    text = run_demo(framework="openai_agents", store=str(tmp_path / "demo.db"))
+    assert text.startswith("immunity demo on openai-agents 0.20")
+    assert "recovery retry: tool_error" in text and "final answer: It is sunny and 21C in Paris." in text

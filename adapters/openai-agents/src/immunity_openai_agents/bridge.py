@@ -432,7 +432,7 @@ def wrap_invoke(adapter: OpenAIAgentsAdapter, tool: FunctionTool, original: Call
         try:
             run = _lookup(adapter, ctx)
             if run is not None:
-                rewrite = run.rewrites.pop(call_id, None)
+                rewrite = run.rewrites.pop(call_id, None) if call_id else None
                 if rewrite is not None:
                     input = json.dumps(rewrite)
                 arguments = rewrite if rewrite is not None else _parse_args(input)
@@ -564,8 +564,8 @@ def make_input_filter(user_filter: Any) -> Callable[..., Any]:
                                         agent=data.agent.name)
             run.filtered = True
             if d.inject:
-                return ModelInputData(input=[*items, *({"role": "user", "content": h} for h in d.inject)],
-                                      instructions=md.instructions)
+                hints: list[Any] = [{"role": "user", "content": h} for h in d.inject]
+                return ModelInputData(input=[*items, *hints], instructions=md.instructions)
         except RunStopped:
             raise
         except Exception as exc:

@@ -152,7 +152,8 @@ class ScriptedModel(Model):
             instructions=system_instructions, input=seen,
             tools=[getattr(t, "name", type(t).__name__) for t in tools],
             handoffs=[getattr(h, "tool_name", str(h)) for h in handoffs], output=dumped, usage=usage))
-        return ModelResponse(output=output, usage=Usage(requests=1, **usage), response_id=None)
+        return ModelResponse(output=output, usage=Usage(requests=1, input_tokens=in_tokens, output_tokens=out_tokens,
+                                                        total_tokens=in_tokens + out_tokens), response_id=None)
 
     # ------------------------------------------------------------------ agents.Model
     async def get_response(self, system_instructions: str | None, input: str | list[Any], model_settings: Any,
