@@ -280,11 +280,16 @@ def test_side_effecting_tool_is_not_repeated():
     first = session.tool_start("refund", {"order": 1}, tool_call_id="c1")
     assert first.cached_result is None
     session.tool_end("refund", "refunded $10", tool_call_id="c1")
-    again = session.tool_start("refund", {"order": 1}, tool_call_id="c2")
-    assert again.cached_result == "refunded $10"
-    other = session.tool_start("refund", {"order": 2}, tool_call_id="c3")
-    assert other.cached_result is None
+    retried = session.tool_start("refund", {"order": 1}, tool_call_id="c1")  # the same call again (retry/resume)
+    assert retried.cached_result == "refunded $10"
+    fresh = session.tool_start("refund", {"order": 1}, tool_call_id="c2")  # a new, deliberate call runs
+    assert fresh.cached_result is None
+    session.tool_end("refund", "refunded $10 again", tool_call_id="c2")
+    session.rollback()  # after a rollback, the same arguments are not executed again
+    assert session.tool_start("refund", {"order": 1}, tool_call_id="c9").cached_result is not None
+    assert session.tool_start("refund", {"order": 2}, tool_call_id="c10").cached_result is None
     rt.close()
+
 
 
 def test_emit_rejects_non_events_without_raising():
@@ -401,11 +406,36 @@ def test_rollback_calls_compensations_newest_first_and_allows_a_retry():
     cp = run.session.checkpoint({"framework_ref": "after-lookup"}, verified=True)
     run.tool("charge", {"amount": 10}, result="charged 10")
     run.tool("email", {"to": "a@b"}, result="sent")
-    assert run.session.tool_start("charge", {"amount": 10}, tool_call_id="x").cached_result == "charged 10"
     done = run.session.rollback(cp)
     assert done == ["charge"] and undone == [("refund", 10)]  # email's compensation raised: recorded
     assert any("mail server down" in e["error"] for e in rt.store.plugin_errors(run.run.run_id))
-    assert run.session.tool_start("charge", {"amount": 10}, tool_call_id="y").cached_result is None
-    assert run.session.tool_start("email", {"to": "a@b"}, tool_call_id="z").cached_result == "sent"
+    assert run.session.tool_start("charge", {"amount": 10}, tool_call_id="y").cached_result is None  # undone
+    assert run.session.tool_start("email", {"to": "a@b"}, tool_call_id="z").cached_result == "sent"  # kept
     assert rt.store.recoveries(run.run.run_id)[-1].kind == RecoveryKind.ROLLBACK
     rt.close()
+
+
+def test_side_effect_not_repeated_on_resume_in_a_new_process(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "resume.db"
+    code = f"""
+import pluggy
+from immunity.domain import Domain, Rule
+from immunity.runtime import Runtime
+hookimpl = pluggy.HookimplMarker("immunity")
+class P:
+    @hookimpl
+    def immunity_register_domains(self, register):
+        register("billing", Domain(name="billing", rules=[Rule(tool="refund", action="EDIT", side_effect=True)]))
+rt = Runtime(store={str(db)!r}, plugins=[P()], domain="billing")
+s = rt.start_run(run_id="thread-7")
+d = s.tool_start("refund", {{"order": 1}}, tool_call_id="call-1")
+print("cached" if d.cached_result else "executed")
+if not d.cached_result:
+    s.tool_end("refund", "refunded", tool_call_id="call-1")
+"""
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert (first.strip(), second.strip()) == ("executed", "cached")

@@ -55,8 +55,9 @@ class Decision:
     - ``rewrite``: run the pending tool call with these arguments instead.
     - ``ask_human``: a question for a human before going on (where the framework supports it).
     - ``stop`` / ``final_answer``: end the run cleanly with this answer.
-    - ``cached_result``: a side-effecting tool already ran with these arguments in this run (before a
-      retry, a rollback or a resume): do not run it again, return this result instead.
+    - ``cached_result``: this side-effecting tool call already ran in this run (the same call id again
+      after a retry or a resume, or the same arguments again after a rollback): do not run it again,
+      return this result instead.
     - ``recovery``: a retry / rollback / fallback / skip / abort the adapter should carry out.
     """
 
@@ -181,6 +182,7 @@ class RunSession:
         adapter restores the framework's own state."""
         cp = checkpoint or self.last_verified_checkpoint()
         since = cp.step if cp is not None else 0
+        self.state.extras["rolled_back"] = True
         done: list[str] = []
         for step in reversed(self.state.steps[since:]):
             if not step.side_effect or step.failed or step.data.get("compensated") or step.data.get("replayed"):
@@ -194,9 +196,9 @@ class RunSession:
                 self.record_error(f"compensation:{step.tool}", "rollback", exc)
                 continue
             step.data["compensated"] = True
-            key = step.data.get("idempotency_key")
-            if key:
-                self.runtime.forget_result(key)
+            for key in (step.data.get("idempotency_key"), step.data.get("call_key")):
+                if key:
+                    self.runtime.forget_result(key)
             self.runtime._save("steps", step)
             done.append(step.tool or "")
         rec = Recovery(kind=RecoveryKind.ROLLBACK, checkpoint_id=cp.checkpoint_id if cp else None, run_id=self.run.run_id,
@@ -249,9 +251,17 @@ class RunSession:
                 pending = self._new_step(event, tool=event.tool, arguments=event.arguments)
                 self._pending[event.tool_call_id or f"tool:{event.tool}"] = pending
                 if pending.side_effect:
+                    # the same tool call again (a node retried, a run resumed) never runs twice; after
+                    # a rollback the same tool with the same arguments does not either. A deliberate
+                    # new call with the same arguments in the normal course of a run does run.
                     key = idempotency_key(run.run_id, event.tool, event.arguments)
                     pending.data["idempotency_key"] = key
-                    done = rt.idempotent_result(key)
+                    call_key = idempotency_key(run.run_id, event.tool, {"call_id": event.tool_call_id}) \
+                        if event.tool_call_id else None
+                    pending.data["call_key"] = call_key
+                    done = rt.idempotent_result(call_key) if call_key else None
+                    if done is None and state.extras.get("rolled_back"):
+                        done = rt.idempotent_result(key)
                     if done is not None:
                         decision.cached_result = done
                         self._pending.pop(event.tool_call_id or f"tool:{event.tool}", None)
@@ -273,6 +283,8 @@ class RunSession:
                     key = step.data.get("idempotency_key") or idempotency_key(run.run_id, event.tool,
                                                                              step.arguments or event.arguments)
                     rt.remember_result(key, run.run_id, event.tool or "", event.result or "")
+                    if step.data.get("call_key"):
+                        rt.remember_result(step.data["call_key"], run.run_id, event.tool or "", event.result or "")
             elif event.kind in (EventKind.MESSAGE, EventKind.FINAL_ANSWER):
                 final = event.kind == EventKind.FINAL_ANSWER
                 last = state.last_step

@@ -236,7 +236,7 @@ class SQLiteStore:
         for table, row in batch:
             groups.setdefault(table, []).append(row)
         try:
-            with self._lock, self.db.conn:
+            with self._lock, self.db.atomic():
                 for table, rows in groups.items():
                     pk = _PKS.get(table)
                     if pk is None:
@@ -247,20 +247,44 @@ class SQLiteStore:
             log.warning("immunity store %s: write of %d records failed (%s); will retry", self.path, len(batch), exc)
             self._failed = batch
 
-    def write_run(self, run: Run, steps: Iterable[Step], events: Iterable[Event] = ()) -> None:
-        """Write one whole run in one transaction (used by importers: nothing is half-written)."""
-        rows = [("runs", to_row("runs", run))]
+    #: Per-run tables a whole-run write replaces, besides ``runs`` and ``steps``.
+    RELATED_TABLES: tuple[str, ...] = ("events", "verdicts", "interventions", "recoveries", "checkpoints",
+                                       "plugin_errors")
+
+    def write_run(self, run: Run, steps: Iterable[Step], events: Iterable[Event] = (),
+                  related: dict[str, Iterable[Any]] | None = None) -> None:
+        """Replace everything stored about ``run`` (its steps, events and, in ``related``, its
+        verdicts, interventions, recoveries, checkpoints and plugin errors) in one transaction:
+        nothing is half-written (used by importers)."""
+        related = dict(related or {})
+        related.setdefault("events", events)
+        rows: list[tuple[str, dict[str, Any]]] = [("runs", to_row("runs", run))]
         rows += [("steps", to_row("steps", s)) for s in steps]
-        for i, ev in enumerate(events, 1):
+        for i, ev in enumerate(related.get("events", ()), 1):
             r = to_row("events", ev)
             r["seq"] = i
             rows.append(("events", r))
+        for table in self.RELATED_TABLES[1:]:
+            for rec in related.get(table, ()):
+                r = to_row(table, rec)
+                r.pop("id", None)
+                r["run_id"] = run.run_id
+                rows.append((table, r))
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for table, row in rows:
+            groups.setdefault(table, []).append(row)
         self.flush()
-        with self._lock, self.db.conn:
-            self.db.table("steps").delete_where("run_id = ?", [run.run_id])
-            self.db.table("events").delete_where("run_id = ?", [run.run_id])
-            for table, row in rows:
-                self.db.table(table).insert(row, pk=_PKS[table], replace=True, alter=True)
+        with self._lock, self.db.atomic():
+            existing = set(self.db.table_names())
+            for table in ("steps", *self.RELATED_TABLES):
+                if table in existing:
+                    self.db.execute(f"DELETE FROM [{table}] WHERE run_id = ?", [run.run_id])
+            for table, batch in groups.items():
+                pk = _PKS.get(table)
+                if pk is None:
+                    self.db.table(table).insert_all(batch, alter=True)
+                else:
+                    self.db.table(table).insert_all(batch, pk=pk, replace=True, alter=True)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything queued is written."""
