@@ -240,7 +240,9 @@ def _config_model() -> ScriptedChatModel:
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_rollback_to_the_last_verified_checkpoint_and_resume(make_runtime: Any, tool_graph: Any, mode: str) -> None:
     executed: list[str] = []
+    undone: list[str] = []
     rt = make_runtime(plugins=[RollbackBadWrites()])
+    rt.compensate_with("write_config", lambda text: undone.append(text))
     model = _config_model()
     graph = tool_graph(model, _config_tools(executed), InMemorySaver())
     rt.protect(graph)
@@ -258,7 +260,10 @@ def test_rollback_to_the_last_verified_checkpoint_and_resume(make_runtime: Any, 
     rt.flush()
     run = rt.store.get_run(f"langgraph:rb-{mode}")
     assert run.status == "finished" and run.final_answer == "Config updated."
-    assert [r.kind for r in rt.store.recoveries(run.run_id)] == [RecoveryKind.ROLLBACK]
+    assert undone == ["host=a"]  # the bad write's compensating action ran
+    recoveries = rt.store.recoveries(run.run_id)
+    assert [r.kind for r in recoveries] == [RecoveryKind.ROLLBACK, RecoveryKind.ROLLBACK]
+    assert recoveries[1].reason == "rolled back to step 0; compensated ['write_config']"
     assert run.metadata["rollbacks"][0]["step"] == 0
 
 
@@ -431,7 +436,37 @@ def test_rewrite_runs_the_tool_with_new_arguments(make_runtime: Any, tool_graph:
     assert calls.log == [("get_weather", {"city": "Paris"})]
 
 
-def test_side_effect_already_done_is_not_repeated(make_runtime: Any, tool_graph: Any) -> None:
+def test_side_effect_is_not_repeated_when_langgraph_re_runs_the_node(make_runtime: Any, tool_graph: Any) -> None:
+    """Two tool calls in one ToolNode step: the payment runs, the email waits for a human. On resume
+    LangGraph runs the whole node again; immunity answers the payment from its first result."""
+    charged: list[float] = []
+    sent: list[str] = []
+
+    @tool
+    def send_payment(amount: float) -> str:
+        """Pay a supplier."""
+        charged.append(amount)
+        return f"paid {amount}"
+
+    rt = make_runtime(plugins=[AskBeforeEmail()])
+    model = ScriptedChatModel(script=[[{"name": "send_payment", "args": {"amount": 10.0}},
+                                       {"name": "send_email", "args": {"to": "supplier", "body": "paid"}}], "done"])
+    graph = tool_graph(model, [send_payment, *_email_tools(sent)], InMemorySaver())
+    rt.protect(graph)
+    cfg = {"configurable": {"thread_id": "pay-1"}}
+    out = graph.invoke({"messages": [("user", "pay the invoice and tell the supplier")]}, cfg)
+    assert "__interrupt__" in out and charged == [10.0]
+    out = graph.invoke(Command(resume="yes"), cfg)
+    assert charged == [10.0]  # not charged twice
+    assert sent == ["supplier"]
+    results = {m.name: m.content for m in out["messages"] if isinstance(m, ToolMessage)}
+    assert results == {"send_payment": "paid 10.0", "send_email": "sent to supplier"}
+    rt.flush()
+    steps = [s for s in rt.store.steps("langgraph:pay-1") if s.tool == "send_payment"]
+    assert [s.data.get("replayed", False) for s in steps] == [False, True]
+
+
+def test_a_new_identical_side_effect_does_run(make_runtime: Any, tool_graph: Any) -> None:
     charged: list[float] = []
 
     @tool
@@ -441,17 +476,12 @@ def test_side_effect_already_done_is_not_repeated(make_runtime: Any, tool_graph:
         return f"paid {amount}"
 
     rt = make_runtime()
-    model = ScriptedChatModel(script=[tool_call("send_payment", amount=10.0), tool_call("send_payment", amount=10.0),
-                                      "paid"])
+    model = ScriptedChatModel(script=[tool_call("send_payment", amount=5.0), tool_call("send_payment", amount=5.0),
+                                      "paid twice"])
     graph = tool_graph(model, [send_payment])
     rt.protect(graph)
-    _ask(graph, "pay the invoice")
-    assert charged == [10.0]  # the second identical side-effecting call got the first call's result
-    assert model.calls[2][-1].content == "paid 10.0"
-    rt.flush()
-    (run,) = rt.store.runs()
-    assert [s.data.get("replayed", False) for s in rt.store.steps(run.run_id) if s.tool] == [False, True]
-
+    _ask(graph, "pay two invoices of 5")
+    assert charged == [5.0, 5.0]  # a deliberate second call (a new call id) is the model's choice
 
 # ---------------------------------------------------------------------------------------------- fail open
 class Broken:
@@ -500,3 +530,50 @@ def test_fail_closed_raises(make_runtime: Any, tool_graph: Any, weather_tools: A
     rt.protect(graph)
     with pytest.raises(PluginError):
         _ask(graph, "weather in Rome")
+
+
+def test_stop_in_a_graph_without_a_model_drains_cleanly(make_runtime: Any) -> None:
+    """Tools called by hand inside nodes (no ToolNode, no model): the stop drains the graph at a
+    step boundary and the caller's invoke returns normally."""
+    from langgraph.graph import END, START, StateGraph
+    from typing_extensions import TypedDict
+
+    done: list[int] = []
+
+    @tool
+    def process_batch(n: int) -> str:
+        """Process one batch."""
+        done.append(n)
+        return f"batch {n} ok"
+
+    class S(TypedDict):
+        n: int
+        log: list[str]
+
+    def work(state: S) -> dict[str, Any]:
+        out = process_batch.invoke({"n": state["n"]})
+        return {"n": state["n"] + 1, "log": [*state["log"], out]}
+
+    builder = StateGraph(S)
+    builder.add_node("work", work)
+    builder.add_edge(START, "work")
+    builder.add_conditional_edges("work", lambda s: END if s["n"] >= 10 else "work")
+    graph = builder.compile()
+
+    class StopAtThree:
+        @hookimpl
+        def immunity_verify(self, event: Event) -> Verdict | None:
+            if event.kind == EventKind.TOOL_START and (event.arguments or {}).get("n") == 3:
+                return Verdict(ok=False, error_class="runaway_cost", severity=Severity.CRITICAL, message="budget")
+            return None
+
+    rt = make_runtime(plugins=[StopAtThree()])
+    rt.protect(graph)
+    out = graph.invoke({"n": 0, "log": []})  # returns: no exception
+    assert done == [0, 1, 2]
+    assert out["log"][:3] == ["batch 0 ok", "batch 1 ok", "batch 2 ok"]
+    assert out["log"][3].startswith("[immunity] Not run: Stopped by immunity: budget")
+    assert out["n"] < 10
+    rt.flush()
+    (run,) = rt.store.runs()
+    assert run.status == "stopped" and run.final_answer == "Stopped by immunity: budget."

@@ -141,3 +141,16 @@ def test_node_start_events_on_request(make_runtime: Any, tool_graph: Any, weathe
     kinds = [(e.kind, e.node) for e in rt.store.events(run.run_id) if e.node]
     assert kinds == [(EventKind.NODE_START, "agent"), (EventKind.NODE_END, "agent"), (EventKind.NODE_START, "tools"),
                      (EventKind.NODE_END, "tools"), (EventKind.NODE_START, "agent"), (EventKind.NODE_END, "agent")]
+
+
+@pytest.mark.asyncio
+async def test_astream_events(make_runtime: Any, react_agent: Any, weather_tools: Any, calls: Any) -> None:
+    rt = make_runtime()
+    graph = react_agent(ScriptedChatModel(script=_script(), model_name="scripted-weather"), weather_tools)
+    rt.protect(graph)
+    names = [ev["event"] async for ev in graph.astream_events({"messages": [("user", "Weather in Paris?")]},
+                                                               version="v2")]
+    assert "on_tool_end" in names and "on_chat_model_end" in names
+    rt.flush()
+    (run,) = rt.store.runs()
+    _check_run(rt, run.run_id, calls)

@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from immunity.adapter import Adapter
 from immunity.errors import ImmunityError, PluginError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from langchain_core.runnables import RunnableConfig
 
 log = logging.getLogger("immunity.langgraph")
 
@@ -209,7 +212,8 @@ class LangGraphAdapter(Adapter):
             n = 1
             while True:
                 rid = base if n == 1 else f"{base}:{n}"
-                run = rt.store.get_run(rid) if hasattr(rt.store, "get_run") else None
+                live = rt.session(rid)
+                run = live.run if live is not None else rt.store.get_run(rid)
                 if run is None:
                     break
                 latest, stored, n = rid, run, n + 1
@@ -266,7 +270,8 @@ class LangGraphAdapter(Adapter):
             # could not roll back: go on from where the run stopped, the hint still goes to the model
             fork = {**(config or {}), "configurable": {**((config or {}).get("configurable") or {})}}
         ctx.control = ImmunityControl(ctx.outer_control)
-        return merge_configs(fork, {"callbacks": [ctx.observer]}), {**kwargs, "control": ctx.control}
+        return merge_configs(cast("RunnableConfig", fork), {"callbacks": [ctx.observer]}), \
+            {**kwargs, "control": ctx.control}
 
     def _rollback(self, ctx: Any, config: Any) -> dict[str, Any] | None:
         """Go back to the last verified checkpoint with LangGraph's own state history: find it in
@@ -290,6 +295,8 @@ class LangGraphAdapter(Adapter):
         if snap is None or int((snap.metadata or {}).get("step", -1)) != target_step:
             log.info("checkpoint at step %s not found in thread %s; no rollback", target_step, ctx.thread_id)
             return None
+        # immunity's side of the rollback: compensations for undone side effects, replay protection
+        ctx.session.rollback(cp)
         as_node = cp.ref.get("as_node")
         fork_config = snap.config
         if as_node:

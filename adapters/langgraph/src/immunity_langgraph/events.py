@@ -146,6 +146,7 @@ class RunContext:
         self.rollbacks = 0
         self.interrupted = False
         self.stop_delivered = False
+        self.nodes_after_stop = 0
         self.stop_answer: str | None = None
         self.final_values: Any = None
         self.breakpoints = False
@@ -207,9 +208,12 @@ class RunContext:
                 self.session.checkpoint({"thread_id": self.thread_id, "checkpoint_ns": "", "step": step - 1,
                                          "next": node, "as_node": producers[0] if len(producers) == 1 else None},
                                         verified=verified)
-        if self.session.stop_requested and self.stop_delivered:
-            # the stop answer reached the model and the graph still goes on: drain at the step's end
-            self.control.request_drain(DRAIN_STOP)
+        if self.session.stop_requested:
+            # the stop answer reached the model and the graph still goes on, or nodes keep running
+            # without a model call to answer: drain at the end of this step
+            self.nodes_after_stop += 1
+            if self.stop_delivered or self.nodes_after_stop >= 2:
+                self.control.request_drain(DRAIN_STOP)
         mode = self.adapter.node_events
         if mode == "both":
             self.session.emit(Event(kind=EventKind.NODE_START, node=node, agent=node, data={"step": step}))
