@@ -138,10 +138,10 @@ def unsupported_claim(event: Event, step: Step | None, run: Run, state: RunState
     """``unsupported_claim``: an agent's message states figures before the run retrieved anything at
     all, or a final answer's figures appear in no source (retrieved text, a terminal's output, the task)."""
     text = _message_text(event, step)
-    if not text or _TERMINAL.match(text) or _CODE.search(text):
+    if step is None or not text or _TERMINAL.match(text) or _CODE.search(text):
         return None
     m = memo(state)
-    final = step is not None and step.action_type == ActionType.DONE
+    final = step.action_type == ActionType.DONE
     stated = figures(text)
     if not stated:
         return None
