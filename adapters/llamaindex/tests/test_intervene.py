@@ -386,20 +386,23 @@ class SideEffects:
                                                       Rule(tool="read_file", action="SEARCH")]))
 
 
-async def test_side_effect_is_not_repeated_cached_result(make_runtime: Any) -> None:
-    rt = make_runtime(plugins=[SideEffects()], domain="files")
+async def test_side_effect_is_not_repeated_after_a_rollback(make_runtime: Any) -> None:
+    rt = make_runtime(plugins=[SideEffects(), RollbackOnWrong()], domain="files")
     fs = Files()
-    llm = ScriptedLLM([tool_call("delete_file", {"path": "b.txt"}), tool_call("delete_file", {"path": "b.txt"}),
-                       "Deleted."])
+    fs.files["c.txt"] = "WRONG data"
+    llm = ScriptedLLM([tool_call("delete_file", {"path": "b.txt"}), tool_call("read_file", {"path": "c.txt"}),
+                       tool_call("delete_file", {"path": "b.txt"}), "Deleted."])
     agent = FunctionAgent(tools=fs.tools(), llm=llm)
     guard = rt.protect(agent)
     handler = agent.run(user_msg="Delete b.txt")
     assert str(await handler) == "Deleted."
-    assert fs.calls == [("delete_file", {"path": "b.txt"})]  # the second, identical call did not run
-    assert llm.calls[2][-1].content == "deleted b.txt"  # ... the model got the first call's result
+    # after the rollback the model asks for the same delete again: it is not done twice ...
+    assert fs.calls == [("delete_file", {"path": "b.txt"}), ("read_file", {"path": "c.txt"})]
+    assert llm.calls[3][-1].content == "deleted b.txt"  # ... the model gets the first call's result
     rt.flush()
     steps = rt.store.steps(guard.run_id_for(handler))
-    assert [s.data.get("replayed", False) for s in steps if s.tool] == [False, True]
+    assert [(s.tool, s.data.get("replayed", False)) for s in steps if s.tool] == [
+        ("delete_file", False), ("read_file", False), ("delete_file", True)]
     guard.uninstrument()
 
 
