@@ -609,7 +609,8 @@ class Bridge:
             live.stop_answer = live.stop_answer or d.final_answer or (rec.reason if rec else None) or "stopped"
 
     def _call_id(self, live: LiveRun) -> str:
-        ev = live.tool_events.get(active_span_id.get())
+        span = active_span_id.get()
+        ev = live.tool_events.get(span) if span is not None else None
         return getattr(ev, "tool_id", None) or new_id("call_")
 
     async def acall(self, tool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -649,7 +650,7 @@ class Bridge:
                 return self._output(tool, text, arguments, error=True)
         attempt = 1
         while True:
-            exc: BaseException | None = None
+            raised: BaseException | None = None
             out: Any = None
             try:
                 out = await tool.acall(*args, **kwargs)
@@ -657,7 +658,7 @@ class Bridge:
             except Exception as e:
                 if _WAITING is not None and isinstance(e, _WAITING):
                     raise
-                exc, error = e, f"{type(e).__name__}: {e}"
+                raised, error = e, f"{type(e).__name__}: {e}"
             try:
                 d = session.tool_end(name, None if error else getattr(out, "content", out), error=error,
                                      tool_call_id=call_id, arguments=arguments, agent=live.agent_name)
@@ -676,8 +677,8 @@ class Bridge:
                 self._after_tool(live, d)
             except Exception as e:
                 self._error(live, "tool_end", e)
-            if exc is not None:
-                raise exc  # the framework turns it into its own error result, which the model reads
+            if raised is not None:
+                raise raised  # the framework turns it into its own error result, which the model reads
             return out
 
     def call(self, tool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -725,8 +726,9 @@ class Bridge:
         to the run's event stream; the caller answers with ``handler.ctx.send_event(
         HumanResponseEvent(response="yes", immunity_call_id=...))``."""
         ctx = Context.get_step_context()
-        waiter = InputRequiredEvent(prefix=asked["question"], immunity_call_id=call_id, tool_name=tool,
-                                    tool_kwargs=asked["arguments"], immunity_run_id=live.session.run.run_id)
+        fields: dict[str, Any] = {"prefix": asked["question"], "immunity_call_id": call_id, "tool_name": tool,
+                                  "tool_kwargs": asked["arguments"], "immunity_run_id": live.session.run.run_id}
+        waiter = InputRequiredEvent(**fields)
         response = await ctx.wait_for_event(HumanResponseEvent, waiter_event=waiter, waiter_id=f"immunity-{call_id}",
                                             requirements={"immunity_call_id": call_id},
                                             timeout=self.ask_human_timeout)
