@@ -96,7 +96,8 @@ Check = Callable[..., Any]
 @dataclass
 class Domain:
     """A named mapping table plus checks. ``checks`` are called like ``immunity_verify`` (with
-    keyword arguments ``event, step, run, state``) for runs of this domain only."""
+    keyword arguments ``event, step, run, state``, and ``config`` if the check accepts it) for runs
+    of this domain only."""
 
     name: str
     rules: Sequence[Rule] = ()

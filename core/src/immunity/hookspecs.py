@@ -12,6 +12,10 @@ Conventions (the same as pytest's and llm's):
   isolated, its error is logged and recorded, and the run goes on (unless fail-closed was chosen).
 - Decision hooks (intervene, recover, map_action) stop at the first non-``None`` result. Core's own
   defaults are ``trylast``, so an installed plugin wins.
+- Order per event (guaranteed): ``immunity_observe`` -> ``immunity_observe_step`` (when the event
+  completes a step) -> ``immunity_verify`` -> ``immunity_intervene`` (when a verdict failed) ->
+  ``immunity_recover`` (when the event is an error or a failed tool result). So a verifier may rely
+  on what its own observe hooks recorded for the same event.
 - Registration hooks receive ``register(name, obj)``; registering a name another plugin already
   registered raises :class:`~immunity.errors.PluginCollisionError` naming both plugins.
 """

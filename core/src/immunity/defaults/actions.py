@@ -3,6 +3,8 @@ back to a name-and-argument heuristic; run the domain's checks as verifiers."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import pluggy
@@ -24,6 +26,15 @@ def immunity_map_action(tool: str | None, arguments: dict[str, Any] | None, text
     return heuristic_mapping(tool, arguments, text)
 
 
+@functools.cache
+def _wants_config(check: Any) -> bool:
+    try:
+        params = inspect.signature(check).parameters
+    except (TypeError, ValueError):
+        return False
+    return "config" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def _domain(session: Any, run: Run) -> Any:
     if session is None or not run.domain:
         return None
@@ -37,9 +48,13 @@ def immunity_verify(event: Event, step: Step | None, run: Run, state: RunState, 
     if domain is None or not domain.checks:
         return []
     out: list[Verdict] = []
+    config = session.runtime.config
     for check in domain.checks:
         try:
-            res = check(event=event, step=step, run=run, state=state)
+            kwargs = {"event": event, "step": step, "run": run, "state": state}
+            if _wants_config(check):
+                kwargs["config"] = config
+            res = check(**kwargs)
         except Exception as exc:
             session.record_error(f"{domain.name}:{getattr(check, '__name__', 'check')}", "immunity_verify", exc)
             continue

@@ -49,10 +49,15 @@ class FakeRun:
 
     def model(self, output: str | None = None, *, tool_calls: list[dict[str, Any]] | None = None,
               messages: list[dict[str, Any]] | None = None, usage: dict[str, int] | None = None) -> Decision:
-        """A model call: returns the ``model_start`` decision (its ``inject`` holds the hints)."""
+        """A model call: the ``model_start`` decision (its ``inject`` holds the hints this call
+        received) with the verdicts and intervention about the model's output merged in."""
         d = self.session.model_start(messages or [{"role": "user", "content": self.run.task or ""}], model="fake")
-        self.session.model_end(output, tool_calls=tool_calls, usage=usage or {"input_tokens": 10, "output_tokens": 5,
-                                                                               "total_tokens": 15}, model="fake")
+        end = self.session.model_end(output, tool_calls=tool_calls, usage=usage or {
+            "input_tokens": 10, "output_tokens": 5, "total_tokens": 15}, model="fake")
+        d.verdicts = d.verdicts + end.verdicts
+        d.intervention = end.intervention or d.intervention
+        d.stop = d.stop or end.stop
+        d.final_answer = d.final_answer or end.final_answer
         return self._keep(d)
 
     def tool(self, name: str, arguments: dict[str, Any] | None = None, *, result: Any = "ok",
