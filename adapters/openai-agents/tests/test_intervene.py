@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 from agents import Agent, Runner, RunState, SQLiteSession, function_tool
-from immunity import EventKind, Intervention, InterventionKind, Runtime, Severity, Verdict
+from immunity import (
+    EventKind,
+    Intervention,
+    InterventionKind,
+    Recovery,
+    RecoveryKind,
+    Runtime,
+    Severity,
+    Verdict,
+)
 from immunity.errors import PluginError
 from immunity.runtime import RunSession
 from immunity_openai_agents import RunStopped
@@ -131,19 +140,44 @@ def test_rewrite_runs_the_tool_with_new_arguments(make_runtime: Any, plugin: Any
     assert tool_end.arguments == {"order_id": "A1"}
 
 
-def test_side_effect_already_done_returns_the_cached_result(rt: Runtime) -> None:
-    model = ScriptedModel([call("send_email", to="a@x.org", body="refund done"),
-                           call("send_email", to="a@x.org", body="refund done"), "Sent."])
+def test_side_effect_is_not_repeated_after_a_rollback(make_runtime: Any, plugin: Any) -> None:
+    """One turn sends an email and fails to refund; the rollback re-runs that turn and the model
+    sends the same email again: the email is not sent twice, the first result is returned."""
+
+    def rollback_on_refund_error(event: Any, verdicts: list[Verdict]) -> Recovery | None:
+        if event.kind == EventKind.TOOL_END and event.tool == "issue_refund" and event.error:
+            return Recovery(kind=RecoveryKind.ROLLBACK, hint="[immunity] Refund amounts must be positive.")
+        return None
+
+    rt = make_runtime(plugin(recover=rollback_on_refund_error))
+    email = call("send_email", to="a@x.org", body="your refund is on its way")
+    model = ScriptedModel([
+        call("lookup_order", order_id="A1"),
+        [email, call("issue_refund", order_id="A1", amount=-40.0)],
+        [email, call("issue_refund", order_id="A1", amount=40.0)],
+        "Refunded and told the customer.",
+    ])
     agent, log = support_agent(model)
+
+    @function_tool
+    def issue_refund(order_id: str, amount: float) -> str:
+        """Refund an order."""
+        if amount <= 0:
+            raise ValueError("amount must be positive")
+        log["issue_refund"].append((order_id, amount))
+        return f"refunded {amount} on {order_id}"
+
+    agent.tools = [t if t.name != "issue_refund" else issue_refund for t in agent.tools]
     guard = rt.protect(agent)
-    Runner.run_sync(agent, "Tell the customer")
-    assert log["send_email"] == ["a@x.org"]  # ran once
-    assert list(outputs_seen(model, 2).values()) == ["email #1 sent to a@x.org", "email #1 sent to a@x.org"]
+    result = Runner.run_sync(agent, "Refund A1 and tell the customer")
+    assert result.final_output == "Refunded and told the customer."
+    assert log["send_email"] == ["a@x.org"]  # sent once, not twice
+    assert log["issue_refund"] == [("A1", 40.0)]
+    seen = list(outputs_seen(model, 3).values())
+    assert seen == ["order A1: paid 40 EUR", "email #1 sent to a@x.org", "refunded 40.0 on A1"]
     rt.flush()
-    steps = rt.store.steps(guard.run_ids[-1])
-    assert steps[1].tool == "send_email" and steps[1].data.get("replayed") is True
-    ends = [e for e in rt.store.events(guard.run_ids[-1]) if e.kind == EventKind.TOOL_END]
-    assert len(ends) == 1  # no tool_end for the replayed call
+    emails = [s for s in rt.store.steps(guard.run_ids[-1]) if s.tool == "send_email"]
+    assert [s.data.get("replayed", False) for s in emails] == [False, True]
 
 
 async def test_ask_human_pauses_on_the_sdk_approval_and_resumes(make_runtime: Any, plugin: Any) -> None:
@@ -302,3 +336,48 @@ def test_fail_closed_raises(make_runtime: Any, plugin: Any) -> None:
         cur = cur.__cause__ or cur.__context__
     assert any(isinstance(e, PluginError) for e in chain)
     assert log["lookup_order"] == []
+
+
+async def test_streamed_runs_stop_and_pause_for_approval(make_runtime: Any, plugin: Any) -> None:
+    import asyncio
+
+    def verify(event: Any, step: Any) -> list[Verdict] | None:
+        if event.kind == EventKind.HANDOFF:
+            return [Verdict(ok=False, error_class="policy_violation", severity=Severity.CRITICAL,
+                            message="handoffs are disabled")]
+        if event.kind == EventKind.TOOL_START and event.tool == "issue_refund":
+            return [Verdict(ok=False, error_class="needs_review", severity=Severity.WARNING, message="refund")]
+        return None
+
+    def ask(verdicts: list[Verdict], event: Any) -> Intervention | None:
+        if verdicts[0].error_class == "needs_review":
+            return Intervention(kind=InterventionKind.ASK_HUMAN, text="approve?")
+        return None
+
+    rt = make_runtime(plugin(verify=verify, intervene=ask))
+    model = ScriptedModel([call("transfer_to_other"), "never"])
+    first = Agent(name="first", model=model, handoffs=[Agent(name="other", model=model)])
+    g1 = rt.protect(first)
+    streamed = Runner.run_streamed(first, "go")
+    with pytest.raises(RunStopped):
+        async for _ in streamed.stream_events():
+            pass
+    await asyncio.sleep(0.05)  # the stream's task ends; its done-callback ends the immunity run
+
+    model2 = ScriptedModel([call("issue_refund", order_id="A1", amount=10.0), "Refunded."])
+    agent, log = support_agent(model2)
+    g2 = rt.protect(agent)
+    paused = Runner.run_streamed(agent, "refund A1")
+    async for _ in paused.stream_events():
+        pass
+    assert len(paused.interruptions) == 1 and log["issue_refund"] == []
+    state = paused.to_state()
+    state.approve(state.get_interruptions()[0])
+    resumed = Runner.run_streamed(agent, state)
+    async for _ in resumed.stream_events():
+        pass
+    await asyncio.sleep(0.05)
+    assert resumed.final_output == "Refunded." and log["issue_refund"] == [("A1", 10.0)]
+    rt.flush()
+    assert rt.store.get_run(g1.run_ids[-1]).status == "stopped"
+    assert len(g2.run_ids) == 1 and rt.store.get_run(g2.run_ids[0]).status == "finished"

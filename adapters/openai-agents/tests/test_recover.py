@@ -102,7 +102,8 @@ def test_rollback_to_the_last_verified_checkpoint_skips_the_bad_step(make_runtim
     (rollback,) = [e for e in rt.store.events(run_id) if e.kind == EventKind.CUSTOM and "rollback_to" in e.data]
     cp = next(c for c in rt.store.checkpoints(run_id) if c.checkpoint_id == rollback.data["rollback_to"])
     assert cp.verified and cp.ref["items"] == len(model.calls[1].input)
-    assert [r.kind for r in rt.store.recoveries(run_id)] == [RecoveryKind.ROLLBACK]
+    kinds = [r.kind for r in rt.store.recoveries(run_id)]
+    assert kinds and set(kinds) == {RecoveryKind.ROLLBACK}
     run = rt.store.get_run(run_id)
     assert run.status == "finished" and run.final_answer == "Wrote out/app.conf."
     assert [s.tool for s in rt.store.steps(run_id)] == ["search_docs", "write_file", "write_file", None]

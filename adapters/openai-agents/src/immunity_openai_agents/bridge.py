@@ -726,6 +726,9 @@ async def _rollback(run: ActiveRun) -> tuple[Any, Any] | None:
         session.emit(Event(kind=EventKind.CUSTOM, data={"rollback_skipped": "no verified checkpoint in this process"}))
         return None
     agent, items, n_session = run.inputs[cp.checkpoint_id]
+    # core undoes what it can (compensating actions) and, from now on, answers a side-effecting call
+    # repeated with the same arguments from its first result instead of running it again
+    compensated = session.rollback(cp)
     removed = 0
     if run.sdk_session is not None and n_session is not None:
         while len(await run.sdk_session.get_items()) > n_session:
@@ -739,7 +742,8 @@ async def _rollback(run: ActiveRun) -> tuple[Any, Any] | None:
         session.state.hints_pending.append(rec.hint)
     session.emit(Event(kind=EventKind.CUSTOM, agent=agent.name,
                        data={"rollback_to": cp.checkpoint_id, "checkpoint_step": cp.step,
-                             "session_items_removed": removed, "reason": getattr(rec, "reason", "")}))
+                             "session_items_removed": removed, "compensated": compensated,
+                             "reason": getattr(rec, "reason", "")}))
     return agent, new_input
 
 
