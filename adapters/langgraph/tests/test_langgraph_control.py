@@ -53,20 +53,30 @@ class HintAfterWeather:
         return None
 
 
-def _ask(graph: Any, text: str, thread: str | None = None) -> dict[str, Any]:
+def _call(graph: Any, inp: Any, cfg: Any = None, mode: str = "sync") -> Any:
+    """``invoke`` or ``ainvoke`` (in a fresh event loop), as the test's mode says."""
+    return graph.invoke(inp, cfg) if mode == "sync" else asyncio.run(graph.ainvoke(inp, cfg))
+
+
+def _ask(graph: Any, text: str, thread: str | None = None, mode: str = "sync") -> dict[str, Any]:
     cfg = {"configurable": {"thread_id": thread}} if thread else None
-    return graph.invoke({"messages": [("user", text)]}, cfg)
+    return _call(graph, {"messages": [("user", text)]}, cfg, mode)
+
+
+MODES = ["sync", "async"]
 
 
 # ---------------------------------------------------------------------------------------------- verify
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", ["toolnode", "react"])
 def test_blocking_verdict_stops_the_call_and_tells_the_model(make_runtime: Any, tool_graph: Any, react_agent: Any,
-                                                             weather_tools: Any, calls: Any, kind: str) -> None:
+                                                             weather_tools: Any, calls: Any, kind: str,
+                                                             mode: str) -> None:
     rt = make_runtime(plugins=[BlockDeletes()])
     model = ScriptedChatModel(script=[tool_call("delete_records", table="orders"), "I did not delete anything."])
     graph = (tool_graph if kind == "toolnode" else react_agent)(model, weather_tools)
     rt.protect(graph)
-    out = _ask(graph, "Clean the orders table")
+    out = _ask(graph, "Clean the orders table", mode=mode)
     assert calls.count("delete_records") == 0  # never executed
     told = model.calls[1][-1]
     assert isinstance(told, ToolMessage) and told.status == "error"
@@ -80,15 +90,16 @@ def test_blocking_verdict_stops_the_call_and_tells_the_model(make_runtime: Any, 
 
 
 # ---------------------------------------------------------------------------------------------- intervene
+@pytest.mark.parametrize("mode", MODES)
 def test_hint_reaches_the_next_model_call_only_and_never_the_history(make_runtime: Any, tool_graph: Any,
-                                                                     weather_tools: Any) -> None:
+                                                                     weather_tools: Any, mode: str) -> None:
     rt = make_runtime(plugins=[HintAfterWeather()])
     model = ScriptedChatModel(script=[tool_call("get_weather", city="Paris"), tool_call("get_weather", city="Lyon"),
                                       "Sunny in both."])
     graph = tool_graph(model, weather_tools, InMemorySaver())
     rt.protect(graph)
     cfg = {"configurable": {"thread_id": "h-1"}}
-    graph.invoke({"messages": [("user", "Weather in Paris and Lyon?")]}, cfg)
+    _call(graph, {"messages": [("user", "Weather in Paris and Lyon?")]}, cfg, mode)
     # call 2 got the hint as its last message, after the tool result
     second = model.calls[1]
     assert isinstance(second[-1], HumanMessage) and second[-1].content == HINT
@@ -108,7 +119,8 @@ def test_hint_reaches_the_next_model_call_only_and_never_the_history(make_runtim
 
 
 # ---------------------------------------------------------------------------------------------- recover
-def test_retry_with_hint_after_a_tool_error(make_runtime: Any, tool_graph: Any) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_retry_with_hint_after_a_tool_error(make_runtime: Any, tool_graph: Any, mode: str) -> None:
     attempts: list[str] = []
 
     @tool
@@ -129,7 +141,7 @@ def test_retry_with_hint_after_a_tool_error(make_runtime: Any, tool_graph: Any) 
     model = ScriptedChatModel(script=[tool_call("get_price", sku="1"), fix_after_hint, "It costs 12.50 EUR."])
     graph = tool_graph(model, [get_price])  # ToolNode's default would re-raise the ValueError
     rt.protect(graph)
-    out = _ask(graph, "Price of product 1?")
+    out = _ask(graph, "Price of product 1?", mode=mode)
     assert out["messages"][-1].content == "It costs 12.50 EUR."
     assert attempts == ["1", "SKU-1"]
     rt.flush()
@@ -148,7 +160,8 @@ class RetryTwice:
         return None
 
 
-def test_retry_re_executes_a_transient_tool_failure(make_runtime: Any, tool_graph: Any) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_retry_re_executes_a_transient_tool_failure(make_runtime: Any, tool_graph: Any, mode: str) -> None:
     attempts: list[int] = []
 
     @tool
@@ -163,7 +176,7 @@ def test_retry_re_executes_a_transient_tool_failure(make_runtime: Any, tool_grap
     model = ScriptedChatModel(script=[tool_call("fetch_rates", currency="EUR"), "1.08"])
     graph = tool_graph(model, [fetch_rates])
     rt.protect(graph)
-    _ask(graph, "EUR rate?")
+    _ask(graph, "EUR rate?", mode=mode)
     assert len(attempts) == 2
     # the model sees the successful result and no stale retry hint
     assert isinstance(model.calls[1][-1], ToolMessage) and model.calls[1][-1].content == "1 EUR = 1.08 USD"
@@ -172,7 +185,8 @@ def test_retry_re_executes_a_transient_tool_failure(make_runtime: Any, tool_grap
     assert [(s.tool, s.failed) for s in rt.store.steps(run.run_id)][:2] == [("fetch_rates", True), ("fetch_rates", False)]
 
 
-def test_retry_of_a_failed_model_call(make_runtime: Any, tool_graph: Any) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_retry_of_a_failed_model_call(make_runtime: Any, tool_graph: Any, mode: str) -> None:
     state = {"n": 0}
 
     def flaky(messages: list[Any]) -> Any:
@@ -185,7 +199,7 @@ def test_retry_of_a_failed_model_call(make_runtime: Any, tool_graph: Any) -> Non
     model = ScriptedChatModel(script=[flaky, flaky])
     graph = tool_graph(model, [])
     rt.protect(graph)
-    out = _ask(graph, "hello")
+    out = _ask(graph, "hello", mode=mode)
     assert out["messages"][-1].content == "answer after retry"
     rt.flush()
     (run,) = rt.store.runs()
@@ -237,7 +251,7 @@ def _config_model() -> ScriptedChatModel:
                                      tool_call("write_config", text="host=a port=80"), "Config updated."])
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", MODES)
 def test_rollback_to_the_last_verified_checkpoint_and_resume(make_runtime: Any, tool_graph: Any, mode: str) -> None:
     executed: list[str] = []
     undone: list[str] = []
@@ -248,7 +262,7 @@ def test_rollback_to_the_last_verified_checkpoint_and_resume(make_runtime: Any, 
     rt.protect(graph)
     cfg = {"configurable": {"thread_id": f"rb-{mode}"}}
     inp = {"messages": [("user", "Set the port to 80")]}
-    out = graph.invoke(inp, cfg) if mode == "sync" else asyncio.run(graph.ainvoke(inp, cfg))
+    out = _call(graph, inp, cfg, mode)
     # one call of the user's: the bad write happened, was rolled back, and the run went on from before it
     assert executed == ["write:host=a", "validate:host=a port=80", "write:host=a port=80"]
     assert out["messages"][-1].content == "Config updated."
@@ -292,7 +306,7 @@ class StopOnCritical:
         return None
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", MODES)
 def test_clean_stop(make_runtime: Any, react_agent: Any, weather_tools: Any, calls: Any, mode: str) -> None:
     rt = make_runtime(plugins=[StopOnCritical()])
     model = ScriptedChatModel(script=[tool_call("delete_records", table="users"), "never reached"])
@@ -300,7 +314,7 @@ def test_clean_stop(make_runtime: Any, react_agent: Any, weather_tools: Any, cal
     rt.protect(graph)
     cfg = {"configurable": {"thread_id": f"stop-{mode}"}}
     inp = {"messages": [("user", "wipe users")]}
-    out = graph.invoke(inp, cfg) if mode == "sync" else asyncio.run(graph.ainvoke(inp, cfg))  # no exception
+    out = _call(graph, inp, cfg, mode)  # no exception
     assert calls.count("delete_records") == 0
     assert model.turns_used == 1  # the model was not called again: the stop answered for it
     last = out["messages"][-1]
@@ -355,22 +369,23 @@ def _email_tools(sent: list[str]) -> list[Any]:
     return [send_email]
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("answer,expect_sent", [("approve", True), ("no, too risky", False)])
 def test_ask_human_pauses_with_interrupt_and_resumes(make_runtime: Any, tool_graph: Any, answer: str,
-                                                     expect_sent: bool) -> None:
+                                                     expect_sent: bool, mode: str) -> None:
     sent: list[str] = []
     rt = make_runtime(plugins=[AskBeforeEmail()])
     model = ScriptedChatModel(script=[tool_call("send_email", to="all", body="sale"), "done"])
     graph = tool_graph(model, _email_tools(sent), InMemorySaver())
     rt.protect(graph)
     cfg = {"configurable": {"thread_id": "ask-1"}}
-    out = graph.invoke({"messages": [("user", "announce the sale")]}, cfg)
+    out = _call(graph, {"messages": [("user", "announce the sale")]}, cfg, mode)
     (question,) = out["__interrupt__"]
     assert question.value["question"] == "Send this email to all customers?"
     assert question.value["tool"] == "send_email" and question.value["run_id"] == "langgraph:ask-1"
     assert sent == []
     assert rt.session("langgraph:ask-1").ended is False  # paused, not over
-    out = graph.invoke(Command(resume=answer), cfg)
+    out = _call(graph, Command(resume=answer), cfg, mode)
     assert out["messages"][-1].content == "done"
     assert sent == (["all"] if expect_sent else [])
     tool_msg = next(m for m in out["messages"] if isinstance(m, ToolMessage))
@@ -494,11 +509,13 @@ class Broken:
         raise KeyError("observer crashed")
 
 
-def test_fail_open_when_a_plugin_raises(make_runtime: Any, react_agent: Any, weather_tools: Any, calls: Any) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_fail_open_when_a_plugin_raises(make_runtime: Any, react_agent: Any, weather_tools: Any, calls: Any,
+                                       mode: str) -> None:
     rt = make_runtime(plugins=[Broken()])
     graph = react_agent(ScriptedChatModel(script=[tool_call("get_weather", city="Oslo"), "cold"]), weather_tools)
     rt.protect(graph)
-    out = _ask(graph, "weather in Oslo")
+    out = _ask(graph, "weather in Oslo", mode=mode)
     assert out["messages"][-1].content == "cold" and calls.count("get_weather") == 1
     rt.flush()
     errors = rt.store.plugin_errors()

@@ -154,3 +154,30 @@ async def test_astream_events(make_runtime: Any, react_agent: Any, weather_tools
     rt.flush()
     (run,) = rt.store.runs()
     _check_run(rt, run.run_id, calls)
+
+
+def test_handoff_between_nodes(make_runtime: Any) -> None:
+    from langgraph.graph import END, START, MessagesState, StateGraph
+    from langgraph.types import Command
+
+    def triage(state: MessagesState) -> Command:
+        return Command(goto="billing", update={"messages": [("ai", "routing to billing")]})
+
+    def billing(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [("ai", "refund issued")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("triage", triage, destinations=("billing",))
+    builder.add_node("billing", billing)
+    builder.add_edge(START, "triage")
+    builder.add_edge("billing", END)
+    graph = builder.compile()
+    rt = make_runtime()
+    rt.protect(graph)
+    graph.invoke({"messages": [("user", "I was charged twice")]})
+    rt.flush()
+    (run,) = rt.store.runs()
+    handoffs = [(e.agent, e.target) for e in rt.store.events(run.run_id) if e.kind == EventKind.HANDOFF]
+    assert handoffs == [("triage", "billing")]
+    assert [s.action_type for s in rt.store.steps(run.run_id)][0] == ActionType.DELEGATE
+    assert run.final_answer == "refund issued"
