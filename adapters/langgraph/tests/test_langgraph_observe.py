@@ -181,3 +181,19 @@ def test_handoff_between_nodes(make_runtime: Any) -> None:
     assert handoffs == [("triage", "billing")]
     assert [s.action_type for s in rt.store.steps(run.run_id)][0] == ActionType.DELEGATE
     assert run.final_answer == "refund issued"
+
+
+def test_static_breakpoint_pauses_the_run_and_resume_finishes_it(make_runtime: Any, tool_graph: Any,
+                                                                 weather_tools: Any, calls: Any) -> None:
+    rt = make_runtime()
+    graph = tool_graph(ScriptedChatModel(script=_script()), weather_tools, InMemorySaver())
+    rt.protect(graph)
+    cfg = {"configurable": {"thread_id": "bp"}}
+    graph.invoke({"messages": [("user", "Weather in Paris?")]}, cfg, interrupt_before=["tools"])
+    assert calls.log == [] and rt.session("langgraph:bp").ended is False
+    assert rt.session("langgraph:bp").run.status == "paused"
+    out = graph.invoke(None, cfg)
+    assert out["messages"][-1].content == "It is sunny and 21C in Paris."
+    rt.flush()
+    (run,) = rt.store.runs()
+    assert run.run_id == "langgraph:bp" and run.status == "finished" and run.steps == 2
