@@ -71,15 +71,16 @@ def main() -> None:
     adapter = rt.protect(graph, **options)
     for _ in range(args.warmup):
         one_run(model, graph)
-    adapter.uninstrument()
+    rt.detach(adapter)
     while len(plain) < args.runs:
         n = min(args.block, args.runs - len(plain))
         plain += [one_run(model, graph) for _ in range(n)]
         adapter = rt.protect(graph, **options)
         guarded += [one_run(model, graph) for _ in range(n)]
-        adapter.uninstrument()
+        rt.detach(adapter)
     rt.flush()
     stored = rt.store.count("events") if rt.store is not None else 0
+    observed = len(rt.store.runs(limit=None)) if rt.store is not None else len(rt.sessions)
     rt.close()
 
     mp, mg = statistics.median(plain), statistics.median(guarded)
@@ -90,7 +91,7 @@ def main() -> None:
     print(f"  with immunity:    {mg * 1e3:8.3f} ms/run  {mg / steps * 1e6:8.1f} us/step")
     print(f"  overhead:         {(mg - mp) / steps * 1e6:8.1f} us/step  ratio {mg / mp:.3f} "
           f"({(mg / mp - 1) * 100:+.1f}%)")
-    print(f"  events stored: {stored}")
+    print(f"  runs observed: {observed} (expected {args.warmup + args.runs}), events stored: {stored}")
 
 
 if __name__ == "__main__":

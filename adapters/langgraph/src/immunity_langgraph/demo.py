@@ -83,5 +83,8 @@ def run_demo(runtime: Any, agent: tuple[Any, list[Any], Any] | None = None) -> s
     try:
         graph.invoke({"messages": [("user", TASK)]}, {"configurable": {"thread_id": thread}})
     finally:
-        adapter.uninstrument()
+        if hasattr(runtime, "detach"):
+            runtime.detach(adapter)
+        else:
+            adapter.uninstrument()
     return adapter._latest[thread]
