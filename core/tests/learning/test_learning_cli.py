@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
 from immunity.cli import build_cli
 
 from .conftest import population, write_store

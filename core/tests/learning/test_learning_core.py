@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 import numpy as np
+import pluggy
 import pytest
 from immunity import taxonomy as tx
 from immunity.learning.data import collect, score_items
@@ -26,6 +27,8 @@ from immunity.learning.pipeline import cross_validate, labels_for, score_rows, s
 from immunity.models import Outcome
 from immunity.runtime import Runtime
 from immunity.testing import FakeRun
+
+hookimpl = pluggy.HookimplMarker("immunity")
 
 
 def test_features_come_from_the_runtime_replay(runs: list[Any]) -> None:
@@ -208,3 +211,23 @@ def test_scoring_never_blocks_or_changes_the_run(learned: dict[str, Any]) -> Non
         s.index = i
     scored = list(score_items([item], [learned["path"]]))
     assert len(scored[0].scores) == len(item.steps)
+
+
+class _BlockEverything:
+    """A plugin whose verifier asks to block every tool call (like a strict domain check)."""
+
+    @hookimpl
+    def immunity_verify(self, event: Any, step: Any) -> Any:
+        from immunity.models import EventKind, Verdict
+
+        if event.kind == EventKind.TOOL_START:
+            return Verdict(ok=False, error_class="policy_violation", block=True, message="blocked")
+        return None
+
+
+def test_scoring_observes_even_when_a_plugin_would_block(learned: dict[str, Any]) -> None:
+    items = learned["test"][:3]
+    plain = [s.scores for s in score_items(items, [learned["path"]])]
+    strict = [s.scores for s in score_items(items, [learned["path"]], plugins=[_BlockEverything()])]
+    assert [len(s) for s in strict] == [len(r.steps) for r in items]
+    assert [[x.risk for x in s] for s in strict] == [[x.risk for x in s] for s in plain]

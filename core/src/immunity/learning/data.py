@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pluggy
 
 from immunity.config import Config
 from immunity.errors import ImmunityError
@@ -34,7 +35,9 @@ from immunity.learning.matcher import (
     signature_mode,
 )
 from immunity.learning.packs import resolve_pack
-from immunity.models import Outcome
+from immunity.models import Event, Intervention, InterventionKind, Outcome, Recovery, RecoveryKind, Verdict
+
+hookimpl = pluggy.HookimplMarker("immunity")
 
 _REPO = re.compile(r"^(?P<repo>.+__.+?)-\d+$")
 
@@ -50,11 +53,30 @@ def scoring_config(packs: list[Any] | None = None, *, domain: str | None = None,
                            **(options or {})})
 
 
+class ObserveOnly:
+    """The policy of a scoring runtime: every verdict is recorded, none acts. Verdicts that ask for a
+    block are turned into warnings (a replayed run already happened: blocking a step would feed a
+    history that never was), and no recovery is attempted."""
+
+    @hookimpl(tryfirst=True)
+    def immunity_intervene(self, verdicts: list[Verdict], event: Event) -> Intervention:
+        for v in verdicts:
+            v.block = False
+        v = verdicts[0]
+        return Intervention(kind=InterventionKind.WARN, text=v.hint or v.message, error_class=v.error_class,
+                            verdict_plugin=v.plugin, pattern_id=v.evidence.get("pattern_id"), source="observe-only")
+
+    @hookimpl(tryfirst=True)
+    def immunity_recover(self, event: Event) -> Recovery:
+        return Recovery(kind=RecoveryKind.SKIP, reason="observe only")
+
+
 def make_runtime(packs: list[Any] | None = None, *, domain: str | None = None,
-                 options: dict[str, Any] | None = None) -> Any:
+                 options: dict[str, Any] | None = None, plugins: list[Any] | None = None) -> Any:
     from immunity.runtime import Runtime
 
-    rt = Runtime(config=scoring_config(packs, domain=domain, options=options))
+    rt = Runtime(config=scoring_config(packs, domain=domain, options=options),
+                 plugins=[ObserveOnly(), *(plugins or [])])
     bind_runtime(rt)
     return rt
 
@@ -197,11 +219,11 @@ class ScoredRun:
 
 
 def score_items(items: Iterable[Any], packs: list[Any], *, domain: str | None = None,
-                options: dict[str, Any] | None = None) -> Iterator[ScoredRun]:
+                options: dict[str, Any] | None = None, plugins: list[Any] | None = None) -> Iterator[ScoredRun]:
     """Replay each run through a runtime with the ``patterns`` verifier matching ``packs`` and yield
     the risk after every step. Only the run's task, domain, framework and steps are given to the
     runtime: never its outcome."""
-    rt = make_runtime(packs, domain=domain, options=options)
+    rt = make_runtime(packs, domain=domain, options=options, plugins=plugins)
     try:
         registry = rt.pm.registry("pattern_packs")
         opts = dict((options or {}).get("patterns", {}) or {})

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Cross-validated figures of failure-pattern learning on the development trajectories.
+# Usage: bench/learning/evaluate_dev_data.sh DATA_DIR [OUT_DIR]
+#   DATA_DIR holds tau_bench_airline_gpt4o/, swebench_verified_minisweagent_gemini3pro/ and
+#   who_and_when_algorithm_generated/ (see docs/learning.md). OUT_DIR defaults to docs/results.
+set -euo pipefail
+DATA=${1:?usage: $0 DATA_DIR [OUT_DIR]}
+OUT=${2:-docs/results}
+IMMUNITY=${IMMUNITY:-immunity}
+mkdir -p "$OUT"
+TAU="$DATA/tau_bench_airline_gpt4o/gpt-4o-airline.json.gz"
+SWE="$DATA/swebench_verified_minisweagent_gemini3pro/trajs.jsonl.gz"
+WW="$DATA/who_and_when_algorithm_generated/traces.jsonl.gz"
+
+# tau-bench airline: 5 folds split by task_id
+$IMMUNITY eval --cv --format tau-bench "$TAU" --split task --out "$OUT/tau-bench.json" | tee "$OUT/tau-bench.txt"
+# SWE-bench Verified: 5 folds split by instance, then by repository
+$IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split task --out "$OUT/swebench-by-task.json" \
+  | tee "$OUT/swebench-by-task.txt"
+$IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split repo --out "$OUT/swebench-by-repo.json" \
+  | tee "$OUT/swebench-by-repo.txt"
+# Who&When (failures only): a pack learned on tau-bench + SWE-bench, scored on another domain;
+# only "alarm at or before the decisive step" and explain accuracy are meaningful here.
+$IMMUNITY learn "$TAU" "$SWE" --out "$OUT/dev-pack.json" --name dev-tau-swe | tee "$OUT/dev-pack.txt"
+$IMMUNITY eval --pack "$OUT/dev-pack.json" --format who-and-when "$WW" --out "$OUT/who-and-when.json" \
+  | tee "$OUT/who-and-when.txt"
