@@ -15,8 +15,9 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def clean_crewai_globals() -> Iterator[None]:
-    """CrewAI's hooks and event handlers are process-global: whatever a test leaves registered is
-    removed afterwards, so one test's adapter never sees another test's crew."""
+    """CrewAI's hooks and event handlers are process-global: whatever hook a test leaves registered,
+    and any event handler of this package, is removed afterwards, so one test's adapter never sees
+    another test's crew."""
     from crewai.events import crewai_event_bus
     from crewai.hooks import InterceptionPoint, get_hooks, unregister_hook
 
@@ -30,7 +31,9 @@ def clean_crewai_globals() -> Iterator[None]:
                 unregister_hook(point, hook)
     for event_type, handlers in dict(crewai_event_bus._sync_handlers).items():
         for handler in handlers - sync.get(event_type, frozenset()):
-            crewai_event_bus.off(event_type, handler)
+            # only ours: CrewAI registers its checkpoint writer once per process, lazily
+            if (getattr(handler, "__module__", "") or "").startswith("immunity_crewai"):
+                crewai_event_bus.off(event_type, handler)
 
 
 @pytest.fixture

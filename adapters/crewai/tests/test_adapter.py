@@ -379,19 +379,17 @@ class ShopDomain:
                                                     Rule(tool="lookup", action="SEARCH")]))
 
 
-def test_side_effect_already_done_is_not_repeated(make_runtime: Any, kit: Any) -> None:
+def test_a_new_call_with_the_same_arguments_runs(make_runtime: Any, kit: Any) -> None:
     rt = make_runtime(domain="shop", plugins=[ShopDomain()])
     email = ToolCall("send_email", {"to": "c@x.org", "body": "your refund"})
-    llm = ScriptedLLM(script=[email, email, "sent once"])
-    crew = kit.crew(llm, [kit.SendEmail()], cache=False)  # CrewAI's own tool cache off: immunity's guard only
+    llm = ScriptedLLM(script=[email, email, "sent twice, as asked"])
+    crew = kit.crew(llm, [kit.SendEmail()], cache=False)  # CrewAI's own tool cache off
     rt.protect(crew)
     crew.kickoff()
-    assert len(kit.calls["send_email"]) == 1
-    results = [m["content"] for m in llm.calls[2] if m.get("role") == "tool"]
-    assert results == ["sent to c@x.org (message #1)", "sent to c@x.org (message #1)"]  # the replayed result
+    assert len(kit.calls["send_email"]) == 2  # two deliberate calls: both run
     rt.flush()
-    steps = rt.store.steps(only_run(rt).run.run_id)
-    assert [s.data.get("replayed", False) for s in steps if s.tool] == [False, True]
+    steps = [s for s in rt.store.steps(only_run(rt).run.run_id) if s.tool]
+    assert all(s.side_effect for s in steps) and steps[0].data["tool_call_id"] == "call_1"  # the model's call id
 
 
 # ---------------------------------------------------------------------------------------------- fail open
@@ -585,3 +583,31 @@ def test_example_runs_offline(tmp_path: Any) -> None:
     assert "recovery retry: [immunity] get_order failed (tool_error)" in out
     assert "intervention block: [immunity] Refunds above 100 EUR need a human" in out
     assert (tmp_path / "example.db").exists()
+
+
+def test_a_side_effect_is_not_repeated_after_a_rollback(make_runtime: Any, kit: Any, tmp_path: Any) -> None:
+    from crewai.state import CheckpointConfig
+
+    rt = make_runtime(domain="shop", plugins=[ShopDomain(), RollbackOnPublishError()])
+    email = ToolCall("send_email", {"to": "editor@x.org", "body": "article coming"})
+
+    def publish(messages: list[dict[str, Any]]) -> Any:
+        # the hint came with the call before this one (the email): this model remembers it
+        titled = any("needs a title" in h for call in writer.calls for h in hint_messages(call))
+        return ToolCall("publish", {"title": "Value of a", "text": "a"} if titled else {"text": "a"})
+
+    writer = ScriptedLLM(script=[email, publish, email, publish, "published"])
+    crew = kit.crew(None, tasks=2, llms=[ScriptedLLM(script=["a is value-of-a"]), writer],
+                    tools_per_task=[[], [kit.SendEmail(), kit.Publish()]], cache=False,
+                    checkpoint=CheckpointConfig(location=str(tmp_path / "cp"), on_events=["task_completed"]))
+    adapter = rt.protect(crew)
+    crew.kickoff()  # email sent, publish fails, rollback requested
+    out = adapter.resume()  # task 2 again: the same email is not sent twice
+
+    assert out.raw == "published"
+    assert len(kit.calls["send_email"]) == 1
+    replayed = [m["content"] for m in writer.calls[3] if m.get("role") == "tool"]
+    assert replayed[0] == "sent to editor@x.org (message #1)"  # the model got the first result back
+    rt.flush()
+    steps = [s for s in rt.store.steps(only_run(rt).run.run_id) if s.tool == "send_email"]
+    assert [s.data.get("replayed", False) for s in steps] == [False, True]

@@ -200,7 +200,10 @@ class CrewAIAdapter(Adapter):
         from crewai.events import crewai_event_bus
         from crewai.state import CheckpointConfig, JsonProvider, SqliteProvider
 
-        crewai_event_bus.flush()  # checkpoints are recorded from CrewAI's event bus
+        # checkpoints are recorded from CrewAI's event bus: its checkpoint handler emits the
+        # completion event from a worker thread, so wait for the handlers those spawn too
+        for _ in range(3):
+            crewai_event_bus.flush()
         if run_id is None:
             waiting = self.rolled_back()
             if not waiting:

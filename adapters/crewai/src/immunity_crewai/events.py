@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import json
 import logging
 import threading
 import weakref
@@ -82,6 +83,7 @@ class CrewRun:
     task_feedback: dict[int, str] = field(default_factory=dict)
     task_retries: dict[int, int] = field(default_factory=dict)
     task_flagged: dict[str, bool] = field(default_factory=dict)
+    task_verified: dict[str, bool] = field(default_factory=dict)
     final_emitted: set[int] = field(default_factory=set)
     rollback: Recovery | None = None
     guarded_tasks: list[tuple[Any, Any]] = field(default_factory=list)
@@ -273,6 +275,13 @@ class Bridge:
             return
         session = run.session
         assert session is not None
+        crew = self._crew_of(ctx)
+        if crew is not None and getattr(crew, "checkpoint", None) and run.task_verified:
+            # CrewAI writes checkpoints on its bus's worker threads from the live crew: let the last
+            # task's checkpoint be written before this task changes the crew's state
+            from crewai.events import crewai_event_bus
+
+            crewai_event_bus.flush(timeout=10)
         role = ctx.agent_role or self._role(ctx.agent)
         if run.last_agent is not None and role != run.last_agent:
             session.handoff(run.last_agent, role or "agent")
@@ -303,6 +312,7 @@ class Bridge:
         task_id = str(getattr(task, "id", ""))
         flagged = run.task_flagged.get(task_id, False) or run.stop_answer is not None or run.rollback is not None
         run.task_flagged[task_id] = flagged
+        run.task_verified[task_id] = not flagged
         run.session.emit(Event(kind=EventKind.NODE_END, node=ctx.step_name, agent=ctx.agent_role,
                                output=None if raw is None else str(raw)[:4000],
                                data={"task_id": task_id, "verified": not flagged}))
@@ -416,11 +426,10 @@ class Bridge:
         agent = ctx.agent
         self._drop_hints(run, id(agent))
         key = self._key(ctx)
+        calls = self._tool_calls_of(getattr(agent, "agent_executor", None))
         if key in run.models:
-            executor = getattr(agent, "agent_executor", None)
-            calls = self._tool_calls_of(executor)
             self._model_end(run, key, tool_calls=calls or [{"name": ctx.tool_name, "arguments": ctx.tool_input}])
-        call_id = f"crewai_call_{next(self._ids)}"
+        call_id = self._call_id(calls, ctx.tool_name, ctx.tool_input) or f"crewai_call_{next(self._ids)}"
         pending = _PendingTool(call_id=call_id, name=ctx.tool_name)
         run.tools[id(ctx.tool_input)] = pending
         if run.stop_answer is not None:
@@ -467,6 +476,23 @@ class Bridge:
                                 "arguments": fn.get("arguments")})
                 return out
         return []
+
+    @staticmethod
+    def _call_id(calls: list[dict[str, Any]], name: str, arguments: dict[str, Any]) -> str | None:
+        """The model's own id of this tool call (from the assistant message CrewAI just recorded)."""
+        matching = []
+        for tc in calls:
+            if tc.get("name") != name:
+                continue
+            args = tc.get("arguments")
+            if isinstance(args, str):
+                try:
+                    args = json.loads(args)
+                except ValueError:
+                    continue
+            if args == arguments and tc.get("id"):
+                matching.append(tc["id"])
+        return matching[0] if len(matching) == 1 else None
 
     def post_tool_call(self, ctx: Any) -> Any:
         run = self._find(ctx)
@@ -563,9 +589,9 @@ class Bridge:
             if run is None or run.session is None:
                 return
             task_id = getattr(event, "task_id", None)
-            verified = not run.task_flagged.get(str(task_id), False) if task_id else None
-            if run.stop_answer is not None or run.rollback is not None:
-                verified = False
+            # verified: the task had finished and passed its checks (decided when it finished, so a
+            # checkpoint written late on CrewAI's worker thread is judged by its own task)
+            verified = run.task_verified.get(str(task_id)) is True
             run.session.checkpoint({"location": event.location, "checkpoint_id": event.checkpoint_id,
                                     "provider": event.provider, "trigger": event.trigger,
                                     "task_id": task_id, "task_name": getattr(event, "task_name", None),
