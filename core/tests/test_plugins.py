@@ -96,7 +96,9 @@ def test_trace_switch_logs_hook_calls(monkeypatch, caplog):
     monkeypatch.setenv("IMMUNITY_TRACE_PLUGINS", "1")
     pm = get_plugin_manager()
     with caplog.at_level("INFO", logger="immunity.trace"):
-        pm.hook.immunity_configure(config=None)
+        from immunity.config import Config
+
+        pm.hook.immunity_configure(config=Config())
     assert any("immunity_configure" in r.getMessage() for r in caplog.records)
 
 

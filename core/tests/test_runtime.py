@@ -215,11 +215,11 @@ def test_intervene_and_recover_plugins_win_over_defaults():
 def test_default_recovery_retries_with_hint_then_circuit_breaker_stops():
     rt = Runtime(store=":memory:", max_consecutive_failures=3)
     run = FakeRun(rt)
-    d1 = run.tool("fetch", {"url": "a"}, error="timeout")
+    d1 = run.tool("fetch", {"url": "a"}, error="ValueError: no such page")
     assert d1.recovery.kind == RecoveryKind.RETRY and "fetch failed" in d1.recovery.hint
     assert run.session.state.hints_pending == [d1.recovery.hint]  # queued for the next model call
-    run.tool("fetch", {"url": "b"}, error="connection refused")
-    d3 = run.tool("fetch", {"url": "c"}, error="dns failure")
+    run.tool("fetch", {"url": "b"}, error="KeyError: 'title'")
+    d3 = run.tool("fetch", {"url": "c"}, error="ValueError: bad url")
     assert d3.recovery.kind == RecoveryKind.ABORT and "circuit breaker" in d3.recovery.reason
     assert d3.stop and "circuit breaker" in d3.final_answer
     run.end()
@@ -441,3 +441,41 @@ if not d.cached_result:
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert (first.strip(), second.strip()) == ("executed", "cached")
+
+
+def test_resume_run_from_the_store_continues_steps_and_signals(tmp_path):
+    db = str(tmp_path / "resume.db")
+    rt = Runtime(store=db)
+    run = FakeRun(rt, run_id="resumable")
+    run.tool("get_status", {"id": 1}, error="HTTP 503")
+    run.tool("get_status", {"id": 1}, error="HTTP 503")
+    run.session.checkpoint({"ref": "cp"}, verified=False)
+    run.end()
+    rt.close()
+
+    rt2 = Runtime(store=db)
+    session = rt2.resume_run("resumable")
+    assert session.state.n_steps == 2 and session.state.consecutive_failures == 2
+    assert session.checkpoints and session.run.status == "running"
+    session.tool_start("get_status", {"id": 2}, tool_call_id="x")
+    session.tool_end("get_status", "ok", tool_call_id="x")
+    session.end("success")
+    assert [s.index for s in rt2.store.steps("resumable")] == [0, 1, 2]
+    assert rt2.resume_run("no-such-run") is None
+    rt2.close()
+
+
+def test_blocked_calls_count_towards_the_run_circuit_breaker():
+    rt = Runtime(store=":memory:", plugins=[BlockRm()], max_consecutive_failures=3)
+    run = FakeRun(rt)
+    decisions = [run.tool("bash", {"command": f"rm -rf /tmp/{i}"}) for i in range(3)]
+    assert all(d.block for d in decisions)
+    assert decisions[-1].stop and "circuit breaker" in decisions[-1].final_answer
+    rt.close()
+
+
+def test_ids_are_unique_and_cheap():
+    from immunity.models import new_id
+
+    ids = {new_id("x_") for _ in range(100_000)}
+    assert len(ids) == 100_000

@@ -210,14 +210,17 @@ def immunity_register_pattern_packs(register: Any) -> None:
 @hookspec
 def immunity_register_embedders(register: Any) -> None:
     """Register embedders: ``register(name, factory)``; ``factory(**options)`` returns an object
-    with ``name``, ``dimension`` and ``embed(texts: list[str]) -> list[list[float]]``."""
+    with ``name`` (naming whatever changes its vectors), ``dimension`` and ``embed(texts: list[str])``
+    returning an ``(n, dimension)`` float32 numpy array whose rows have length 1 (see
+    :mod:`immunity.vectors`). Core's is ``hashing``."""
 
 
 @hookspec
 def immunity_register_vector_indexes(register: Any) -> None:
-    """Register vector indexes: ``register(name, factory)``; ``factory(dimension)`` returns an
-    object with ``add(ids, vectors)``, ``search(vector, k) -> list[(id, similarity)]`` and
-    ``__len__``."""
+    """Register vector indexes: ``register(name, factory)``; ``factory(dimension, **options)``
+    returns an object with ``name``, ``add(ids, vectors)``, ``search(vector, k) -> list[(id,
+    similarity)]`` (cosine, best first) and ``__len__``. Core's is ``brute``; ``immunity-hnswlib``
+    adds ``hnswlib``."""
 
 
 @hookspec

@@ -36,6 +36,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "immunity.defaults.store",
     "immunity.defaults.actions",
     "immunity.defaults.rules",
+    "immunity.defaults.vectors",
     "immunity.defaults.policy",
     "immunity.defaults.commands",
 )

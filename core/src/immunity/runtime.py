@@ -343,7 +343,7 @@ class RunSession:
                     run.steps = state.n_steps
                     rt._save("steps", blocked)
 
-            if event.error or event.failed or (failed and event.kind == EventKind.TOOL_END):
+            if event.error or event.failed or decision.block or (failed and event.kind == EventKind.TOOL_END):
                 rec = self._decide("immunity_recover", event=event, verdicts=failed, run=run, state=state, session=self)
                 if rec is not None and not isinstance(rec, Recovery):
                     self.record_error("immunity_recover", "immunity_recover",
@@ -458,6 +458,14 @@ class RunSession:
         self.emit(Event(kind=EventKind.RUN_END, outcome=None if outcome is None else Outcome.parse(outcome),
                         output=output, error=error))
 
+    def reopen(self) -> None:
+        """Continue a run that ended (a resume after a stop, an interrupt or an approval)."""
+        with self._lock:
+            self.ended = False
+            self.run.status = "running"
+            self.state.stop_requested = None
+        self.runtime._save("runs", self.run)
+
     def set_outcome(self, outcome: Outcome | str) -> None:
         """Record the run's outcome when it becomes known (possibly after the run ended)."""
         self.run.outcome = Outcome.parse(outcome)
@@ -562,6 +570,7 @@ class Runtime:
         self.compensations: dict[str, Any] = dict(self.config.options.get("compensations", {}))
         self._lock = threading.Lock()
         self.adapters: list[Any] = []
+        self.adapters_by_target: dict[int, tuple[Any, Any]] = {}
         self.closed = False
         self.store = self._open_store(store)
         self.pm.hook.immunity_configure(config=self.config)
@@ -611,6 +620,31 @@ class Runtime:
 
     def session(self, run_id: str) -> RunSession | None:
         return self.sessions.get(run_id)
+
+    def resume_run(self, run_id: str) -> RunSession | None:
+        """The session of ``run_id``, continuing it: from memory if this process knows it, else
+        reloaded from the store (the run, its steps folded back into the signals, its
+        checkpoints), so a resume in another process goes on where the run stopped and appends
+        new steps after the stored ones. ``None`` if the run is unknown."""
+        with self._lock:
+            session = self.sessions.get(run_id)
+        if session is None:
+            if self.store is None or not hasattr(self.store, "get_run"):
+                return None
+            run = self.store.get_run(run_id)
+            if run is None or run.run_id != run_id:
+                return None
+            session = RunSession(self, run)
+            for step in self.store.steps(run_id):
+                session.state.add_step(step)
+            session.checkpoints = list(self.store.checkpoints(run_id))
+            with self._lock:
+                self.sessions[run_id] = session
+        if session.ended:
+            session.reopen()
+        else:
+            session.run.status = "running"
+        return session
 
     def _run_ended(self, session: RunSession) -> None:
         selector = self.selector
@@ -697,10 +731,21 @@ class Runtime:
                 raise ImmunityError(f"no installed adapter recognises {type(target).__name__}; installed adapters: "
                                     f"{sorted(adapters) or 'none'} (pip install immunity-<framework>)")
             cls = matching[0]
+        for existing, tgt in self.adapters_by_target.values():
+            if tgt is target and isinstance(existing, cls):
+                return existing  # protecting the same object twice attaches once
         adapter = cls(self, **kwargs)
         adapter.instrument(target)
         self.adapters.append(adapter)
+        self.adapters_by_target[id(adapter)] = (adapter, target)
         return adapter
+
+    def detach(self, adapter: Any) -> None:
+        """Uninstrument one adapter and forget it."""
+        adapter.uninstrument()
+        if adapter in self.adapters:
+            self.adapters.remove(adapter)
+        self.adapters_by_target.pop(id(adapter), None)
 
     # ------------------------------------------------------------------ lifecycle
     def flush(self) -> None:

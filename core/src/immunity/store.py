@@ -20,6 +20,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -155,8 +156,10 @@ _PKS: dict[str, Any] = {"idempotency": "key", "runs": "run_id", "events": "event
 class SQLiteStore:
     """The default store. ``SQLiteStore(":memory:")`` for tests; a path for real use."""
 
-    def __init__(self, path: str = "immunity.db", *, background: bool = True, busy_timeout_ms: int = 5000):
+    def __init__(self, path: str = "immunity.db", *, background: bool = True, busy_timeout_ms: int = 5000,
+                 linger_ms: float = 20.0):
         self.path = path
+        self.linger_s = linger_ms / 1000.0
         self._lock = threading.RLock()
         self._seq: dict[str, int] = {}
         try:
@@ -202,6 +205,10 @@ class SQLiteStore:
             item = self._queue.get()
             batch = [] if item is None else [item]
             stop = item is None
+            if not stop and self.linger_s:
+                # let a batch build up instead of waking for every record: fewer wake-ups, less
+                # contention with the agent's thread for the interpreter
+                time.sleep(self.linger_s)
             while not stop:
                 try:
                     nxt = self._queue.get_nowait()
