@@ -39,10 +39,8 @@ def test_registered_through_the_entry_point(make_runtime: Any, tool_graph: Any) 
 
 
 def _snapshot(graph: Any) -> dict[str, Any]:
-    snap = {f"{cls.__name__}.{name}": cls.__dict__[name] for cls, name in patches.patched_attributes()}
-    snap["graph.__dict__ keys"] = tuple(sorted(graph.__dict__))
-    snap["graph.stream"] = graph.__dict__.get("stream", "absent")
-    snap["graph.astream"] = graph.__dict__.get("astream", "absent")
+    snap: dict[str, Any] = {f"{cls.__name__}.{name}": cls.__dict__[name] for cls, name in patches.patched_attributes()}
+    snap.update({f"graph.{k}": v for k, v in graph.__dict__.items()})  # the graph object is never modified
     return snap
 
 
@@ -54,13 +52,14 @@ def test_instrument_is_idempotent_and_uninstrument_restores_everything(make_runt
     adapter = rt.protect(graph)
     assert isinstance(adapter, LangGraphAdapter)
     patched = _snapshot(graph)
-    for key in ("BaseChatModel._convert_input", "BaseChatModel._generate_with_cache",
-                "BaseChatModel._agenerate_with_cache", "BaseTool.run", "BaseTool.arun", "graph.stream",
-                "graph.astream"):
+    for key in ("Pregel.stream", "Pregel.astream", "BaseChatModel._convert_input", "BaseChatModel._generate_with_cache",
+                "BaseChatModel._agenerate_with_cache", "BaseTool.run", "BaseTool.arun"):
         assert patched[key] is not before[key], key
+    assert {k: v for k, v in patched.items() if k.startswith("graph.")} == \
+        {k: v for k, v in before.items() if k.startswith("graph.")}
     adapter.instrument(graph)  # again: nothing changes
     assert _snapshot(graph) == patched
-    assert [t for t, _ in adapter.targets] == [graph]
+    assert adapter.targets == [graph]
     adapter.instrument(other)  # a second graph on the same adapter
     assert len(adapter.targets) == 2
     # a second adapter shares the class-level wrappers; they stay until the last one leaves
@@ -69,10 +68,12 @@ def test_instrument_is_idempotent_and_uninstrument_restores_everything(make_runt
     assert patches.installed()
     second.uninstrument()
     after, after_other = _snapshot(graph), _snapshot(other)
+    assert after.keys() == before.keys() and after_other.keys() == before_other.keys()
     for key, value in before.items():
-        assert after[key] is value or after[key] == value, key
+        assert after[key] is value, key
     for key, value in before_other.items():
-        assert after_other[key] is value or after_other[key] == value, key
+        assert after_other[key] is value, key
+    assert not patches.GRAPHS
     assert not patches.installed()
     adapter.uninstrument()  # twice is fine
 
@@ -88,7 +89,18 @@ def test_protect_one_line_and_detach(tmp_path: Any, tool_graph: Any) -> None:
         assert len(runs) == 1 and runs[0].framework == "langgraph" and runs[0].status == "finished"
     finally:
         guard.runtime.close()
-    assert "stream" not in graph.__dict__
+    assert not patches.GRAPHS
+
+
+def test_a_protected_graph_can_still_be_copied(make_runtime: Any, tool_graph: Any) -> None:
+    graph = tool_graph(ScriptedChatModel(script=["one", "two"]), [])
+    rt = make_runtime()
+    rt.protect(graph)
+    copy = graph.with_config(recursion_limit=10)  # Pregel.copy() rebuilds the graph from its __dict__
+    assert copy.invoke({"messages": [("user", "hi")]})["messages"][-1].content == "one"
+    assert graph.invoke({"messages": [("user", "hi")]})["messages"][-1].content == "two"
+    rt.flush()
+    assert [r.final_answer for r in rt.store.runs()] == ["two"]  # the copy is another object: protect it too
 
 
 def test_instrument_rejects_what_is_not_a_compiled_graph(make_runtime: Any) -> None:

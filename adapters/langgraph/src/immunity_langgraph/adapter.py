@@ -10,15 +10,15 @@
     guard.uninstrument()                                    # detach; everything is as it was
 
 What :meth:`LangGraphAdapter.instrument` changes, all restored exactly by :meth:`uninstrument`:
-
-- on the graph object: instance attributes ``stream`` and ``astream`` that wrap the class's methods
-  (``invoke`` / ``ainvoke`` / ``stream_events`` call them). Per invocation the wrapper adds immunity's
-  callback handler to the config, passes a :class:`~langgraph.runtime.RunControl` (wrapping the
-  caller's own) so immunity can drain the run at a step boundary, ends the immunity run when the
-  graph finishes, and carries out a rollback (``get_state_history`` -> ``update_state(as_node=...)``
-  -> resume with ``None``) inside the same call;
-- on langchain-core classes, while at least one graph is protected: see
-  :mod:`immunity_langgraph.patches`.
+while at least one graph is protected, class-level wrappers on ``Pregel.stream`` / ``astream`` and
+on langchain-core's chat model and tool classes (see :mod:`immunity_langgraph.patches`); the graph
+object itself is not modified (so ``graph.copy()`` / ``with_config()`` keep working). For an
+invocation of a protected graph (``invoke`` / ``ainvoke`` / ``stream_events`` run through
+``stream`` / ``astream``) :meth:`LangGraphAdapter.stream_run` adds immunity's callback handler to
+the config, passes a :class:`~langgraph.runtime.RunControl` (wrapping the caller's own) so immunity
+can drain the run at a step boundary, ends the immunity run when the graph finishes, and carries
+out a rollback (``get_state_history`` -> ``update_state(as_node=...)`` -> resume with ``None``)
+inside the same call.
 
 Importing this module does not import LangGraph or langchain-core; :meth:`instrument` does.
 """
@@ -37,8 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("immunity.langgraph")
 
-_MISSING = object()
-_WRAPPED = ("stream", "astream")
 
 
 def _task_text(value: Any) -> str | None:
@@ -110,7 +108,7 @@ class LangGraphAdapter(Adapter):
 
     def __init__(self, runtime: Any, **options: Any):
         super().__init__(runtime, **options)
-        self.targets: list[tuple[Any, dict[str, Any]]] = []
+        self.targets: list[Any] = []
         self.handle_tool_errors = bool(options.get("handle_tool_errors", True))
         node_events = options.get("node_events", True)
         self.node_events: str | bool = "both" if node_events == "both" else ("end" if node_events else False)
@@ -125,34 +123,27 @@ class LangGraphAdapter(Adapter):
             raise ImmunityError("the LangGraph adapter needs the compiled graph: immunity.protect(graph)")
         if not (hasattr(target, "stream") and hasattr(target, "astream") and hasattr(target, "get_state")):
             raise ImmunityError(f"{type(target).__name__} is not a compiled LangGraph graph (call .compile() first)")
-        if any(t is target for t, _ in self.targets):
+        if any(t is target for t in self.targets):
             return
         from immunity_langgraph import patches
 
         if not self._patched:
             patches.acquire()
             self._patched = True
-        saved = {name: target.__dict__.get(name, _MISSING) for name in _WRAPPED}
-        current_stream, current_astream = target.stream, target.astream
-        target.stream = self._wrap_stream(target, current_stream)
-        target.astream = self._wrap_astream(target, current_astream)
-        self.targets.append((target, saved))
+        patches.protect_graph(target, self)
+        self.targets.append(target)
         self.instrumented = True
 
     def uninstrument(self) -> None:
         """Detach from every protected graph and, with the last adapter, from langchain-core."""
-        for target, saved in reversed(self.targets):
-            for name, value in saved.items():
-                if value is _MISSING:
-                    target.__dict__.pop(name, None)
-                else:
-                    setattr(target, name, value)
-        self.targets.clear()
         if self._patched:
             from immunity_langgraph import patches
 
+            for target in self.targets:
+                patches.release_graph(target, self)
             patches.release()
             self._patched = False
+        self.targets.clear()
         self.instrumented = False
 
     # ------------------------------------------------------------------ one invocation
@@ -339,84 +330,75 @@ class LangGraphAdapter(Adapter):
         except Exception as exc:
             ctx.session.record_error("immunity_langgraph", "run_end", exc)
 
-    # ------------------------------------------------------------------ the wrappers
-    def _wrap_stream(self, graph: Any, original: Any) -> Any:
-        adapter = self
+    # ------------------------------------------------------------------ one invocation, driven
+    def stream_run(self, graph: Any, original: Any, input: Any, config: Any, kwargs: dict[str, Any]) -> Iterator[Any]:
+        """``graph.stream(...)`` of a protected graph (``invoke`` runs through it too)."""
+        ctx = self._begin(graph, input, config, kwargs)
+        if ctx is None:
+            yield from original(graph, input, config, **kwargs)
+            return
+        from langgraph.errors import GraphDrained
 
-        def stream(input: Any, config: Any = None, **kwargs: Any) -> Iterator[Any]:
-            ctx = adapter._begin(graph, input, config, kwargs)
-            if ctx is None:
-                yield from original(input, config, **kwargs)
-                return
-            from langgraph.errors import GraphDrained
+        cfg, kw = self._prepare(ctx, config, kwargs)
+        try:
+            while True:
+                try:
+                    yield from original(graph, input, cfg, **kw)
+                except GraphDrained:
+                    if not ctx.control.requested_by_immunity:
+                        raise
+                    nxt = self._after_drain(ctx, config, kwargs)
+                    if nxt is None:
+                        break
+                    input, (cfg, kw) = None, nxt
+                    continue
+                break
+        except GeneratorExit:
+            self._finish(ctx)
+            raise
+        except BaseException as exc:
+            if isinstance(exc, GraphDrained):  # the caller's own drain: the run is paused, not over
+                ctx.active = False
+            else:
+                self._finish(ctx, exc)
+            raise
+        self._finish(ctx)
 
-            cfg, kw = adapter._prepare(ctx, config, kwargs)
-            try:
-                while True:
-                    try:
-                        yield from original(input, cfg, **kw)
-                    except GraphDrained:
-                        if not ctx.control.requested_by_immunity:
-                            raise
-                        nxt = adapter._after_drain(ctx, config, kwargs)
-                        if nxt is None:
-                            break
-                        input, (cfg, kw) = None, nxt
-                        continue
-                    break
-            except GeneratorExit:
-                adapter._finish(ctx)
-                raise
-            except BaseException as exc:
-                if isinstance(exc, GraphDrained):  # the caller's own drain: the run is paused, not over
-                    ctx.active = False
-                else:
-                    adapter._finish(ctx, exc)
-                raise
-            adapter._finish(ctx)
+    async def astream_run(self, graph: Any, original: Any, input: Any, config: Any,
+                          kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        """``graph.astream(...)`` of a protected graph (``ainvoke`` runs through it too)."""
+        ctx = self._begin(graph, input, config, kwargs)
+        if ctx is None:
+            async for chunk in original(graph, input, config, **kwargs):
+                yield chunk
+            return
+        from langgraph.errors import GraphDrained
 
-        stream.__immunity_wrapped__ = original  # type: ignore[attr-defined]
-        return stream
-
-    def _wrap_astream(self, graph: Any, original: Any) -> Any:
-        adapter = self
-
-        async def astream(input: Any, config: Any = None, **kwargs: Any) -> AsyncIterator[Any]:
-            ctx = adapter._begin(graph, input, config, kwargs)
-            if ctx is None:
-                async for chunk in original(input, config, **kwargs):
-                    yield chunk
-                return
-            from langgraph.errors import GraphDrained
-
-            cfg, kw = adapter._prepare(ctx, config, kwargs)
-            try:
-                while True:
-                    try:
-                        async for chunk in original(input, cfg, **kw):
-                            yield chunk
-                    except GraphDrained:
-                        if not ctx.control.requested_by_immunity:
-                            raise
-                        nxt = adapter._after_drain(ctx, config, kwargs)
-                        if nxt is None:
-                            break
-                        input, (cfg, kw) = None, nxt
-                        continue
-                    break
-            except GeneratorExit:
-                adapter._finish(ctx)
-                raise
-            except BaseException as exc:
-                if isinstance(exc, GraphDrained):
-                    ctx.active = False
-                else:
-                    adapter._finish(ctx, exc)
-                raise
-            adapter._finish(ctx)
-
-        astream.__immunity_wrapped__ = original  # type: ignore[attr-defined]
-        return astream
+        cfg, kw = self._prepare(ctx, config, kwargs)
+        try:
+            while True:
+                try:
+                    async for chunk in original(graph, input, cfg, **kw):
+                        yield chunk
+                except GraphDrained:
+                    if not ctx.control.requested_by_immunity:
+                        raise
+                    nxt = self._after_drain(ctx, config, kwargs)
+                    if nxt is None:
+                        break
+                    input, (cfg, kw) = None, nxt
+                    continue
+                break
+        except GeneratorExit:
+            self._finish(ctx)
+            raise
+        except BaseException as exc:
+            if isinstance(exc, GraphDrained):
+                ctx.active = False
+            else:
+                self._finish(ctx, exc)
+            raise
+        self._finish(ctx)
 
     # ------------------------------------------------------------------ demo
     @classmethod

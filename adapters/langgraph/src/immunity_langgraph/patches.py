@@ -3,6 +3,9 @@
 =============================================  ======================================================
 attribute                                      why
 =============================================  ======================================================
+``Pregel.stream`` / ``Pregel.astream``         ``invoke`` / ``ainvoke`` / ``stream_events`` run through
+(public)                                       them: a protected graph's invocation becomes an
+                                               immunity run (other graphs pass straight through)
 ``BaseChatModel._convert_input`` (private)     every chat-model entry point (invoke, ainvoke, stream,
                                                astream, stream_events) converts its input here:
                                                ``model_start`` and next-call hint injection, seen by
@@ -30,6 +33,7 @@ import asyncio
 import functools
 import threading
 import time
+import weakref
 from typing import Any
 
 from immunity_langgraph.events import PLUGIN, RunContext, find_context
@@ -39,13 +43,36 @@ _count = 0
 _saved: list[tuple[type, str, Any]] = []
 
 
+#: the protected graphs: ``id(graph) -> (weak reference to the graph, adapter)``
+GRAPHS: dict[int, tuple[weakref.ref[Any], Any]] = {}
+
+
+def protect_graph(graph: Any, adapter: Any) -> None:
+    GRAPHS[id(graph)] = (weakref.ref(graph), adapter)
+
+
+def release_graph(graph: Any, adapter: Any) -> None:
+    entry = GRAPHS.get(id(graph))
+    if entry is not None and entry[1] is adapter:
+        del GRAPHS[id(graph)]
+
+
+def adapter_for(graph: Any) -> Any:
+    entry = GRAPHS.get(id(graph))
+    if entry is None or entry[0]() is not graph:
+        return None
+    return entry[1]
+
+
 def patched_attributes() -> list[tuple[type, str]]:
     """The (class, attribute) pairs the adapter replaces while it is attached."""
     from langchain_core.language_models.chat_models import BaseChatModel
     from langchain_core.tools import BaseTool
+    from langgraph.pregel import Pregel
 
-    return [(BaseChatModel, "_convert_input"), (BaseChatModel, "_generate_with_cache"),
-            (BaseChatModel, "_agenerate_with_cache"), (BaseTool, "run"), (BaseTool, "arun")]
+    return [(Pregel, "stream"), (Pregel, "astream"), (BaseChatModel, "_convert_input"),
+            (BaseChatModel, "_generate_with_cache"), (BaseChatModel, "_agenerate_with_cache"), (BaseTool, "run"),
+            (BaseTool, "arun")]
 
 
 def acquire() -> None:
@@ -73,7 +100,7 @@ def installed() -> bool:
 
 
 def _install() -> None:
-    factories = {"_convert_input": _wrap_convert_input, "_generate_with_cache": _wrap_generate,
+    factories = {"stream": _wrap_graph_stream, "astream": _wrap_graph_astream, "_convert_input": _wrap_convert_input, "_generate_with_cache": _wrap_generate,
                  "_agenerate_with_cache": _wrap_agenerate, "run": _wrap_run, "arun": _wrap_arun}
     for cls, name in patched_attributes():
         original = cls.__dict__[name]
@@ -89,6 +116,27 @@ def _config_context() -> RunContext | None:
 
     config = var_child_runnable_config.get()
     return find_context(config.get("callbacks")) if config else None
+
+
+# ---------------------------------------------------------------------------------------------- graphs
+def _wrap_graph_stream(original: Any) -> Any:
+    def stream(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        adapter = adapter_for(self) if GRAPHS else None
+        if adapter is None:
+            return original(self, input, config, **kwargs)
+        return adapter.stream_run(self, original, input, config, kwargs)
+
+    return stream
+
+
+def _wrap_graph_astream(original: Any) -> Any:
+    def astream(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        adapter = adapter_for(self) if GRAPHS else None
+        if adapter is None:
+            return original(self, input, config, **kwargs)
+        return adapter.astream_run(self, original, input, config, kwargs)
+
+    return astream
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -271,4 +319,5 @@ def _wrap_arun(original: Any) -> Any:
     return arun
 
 
-__all__ = ["PLUGIN", "acquire", "installed", "patched_attributes", "release"]
+__all__ = ["GRAPHS", "PLUGIN", "acquire", "adapter_for", "installed", "patched_attributes", "protect_graph",
+           "release", "release_graph"]
