@@ -66,5 +66,6 @@ def run_demo(adapter_cls: Any, runtime: Any) -> str:
         adapter.uninstrument()
     runs = [s for s in runtime.sessions.values() if s.run.framework == "crewai"]
     llm = crew.agents[0].llm
-    assert any("[immunity]" in text_of(call) for call in llm.calls), "the hint did not reach the model"
+    if not any("[immunity]" in text_of(call) for call in llm.calls):
+        raise RuntimeError("the demo's hint did not reach the model")
     return runs[-1].run.run_id
