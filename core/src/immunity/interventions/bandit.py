@@ -248,7 +248,8 @@ class BanditStore:
                                    _valid_count(f, "failure count"), _valid_count(n, "pull count"), bool(dis),
                                    reason)
         with self._mem_lock:
-            self.arms = arms
+            self.arms.clear()
+            self.arms.update(arms)
 
     # -------------------------------------------------------------- pulls and rewards
     def arm(self, context: str, variant: str, error_class: str) -> Arm:

@@ -5,6 +5,7 @@ information. This verifier adds, from the same incremental signals of :class:`~i
 
 - **near-identical repeats**: the same tool with arguments that differ only in numbers or
   whitespace (``near_streak``), ``near_repeat`` times in a row (3) while the exact calls differ;
+  once flagged, the next such call is flagged before it runs (so the ladder can block it);
 - **polling**: the same tool ``poll`` times in a row (3) returning nothing new
   (``steps_without_new_info``), before the rules' no-progress threshold is reached.
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from immunity import taxonomy as tx
 from immunity.models import Event, EventKind, Run, Severity, Step, Verdict
-from immunity.state import RunState
+from immunity.state import RunState, action_signature, near_signature
 
 
 class LoopsVerifier:
@@ -35,7 +36,11 @@ class LoopsVerifier:
         self.no_progress = int(rules.get("no_progress", 6))
 
     def verify(self, event: Event, step: Step | None, run: Run, state: RunState) -> list[Verdict]:
-        if event.kind != EventKind.TOOL_END or step is None or not step.tool:
+        if step is None or not step.tool:
+            return []
+        if event.kind == EventKind.TOOL_START:
+            return self._before(step, state)
+        if event.kind != EventKind.TOOL_END:
             return []
         if state.near_streak >= self.near_repeat and state.identical_streak < self.identical:
             return [Verdict(ok=False, error_class=tx.LOOP, severity=Severity.WARNING, plugin="loops",
@@ -56,3 +61,18 @@ class LoopsVerifier:
                                  "with what you have.",
                             evidence={"steps_without_new_info": state.steps_without_new_info, "tool": step.tool})]
         return []
+
+    def _before(self, step: Step, state: RunState) -> list[Verdict]:
+        """A pending call that would extend a near-identical streak that was already flagged: a
+        verdict *before* it runs, so the ladder can block it."""
+        last = state.last_step
+        if last is None or state.near_streak < self.near_repeat or near_signature(step) != last.data.get("_near"):
+            return []
+        if action_signature(step) == last.data.get("_sig"):
+            return []  # an identical repeat: the rules verifier's
+        n = state.near_streak + 1
+        return [Verdict(ok=False, error_class=tx.LOOP, severity=Severity.WARNING, plugin="loops",
+                        message=f"{step.tool} would run with nearly the same arguments for the {n}th time in a row",
+                        hint=f"[immunity] {step.tool} already ran {n - 1} times in a row with nearly the same "
+                             "arguments. Try something different.",
+                        evidence={"near_streak": n, "tool": step.tool})]
