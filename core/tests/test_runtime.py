@@ -461,6 +461,8 @@ def test_resume_run_from_the_store_continues_steps_and_signals(tmp_path):
     session.tool_end("get_status", "ok", tool_call_id="x")
     session.end("success")
     assert [s.index for s in rt2.store.steps("resumable")] == [0, 1, 2]
+    events = rt2.store.events("resumable")
+    assert [e.kind for e in events][-3:] == ["tool_start", "tool_end", "run_end"]  # numbered after the old ones
     assert rt2.resume_run("no-such-run") is None
     rt2.close()
 

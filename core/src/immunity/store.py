@@ -196,7 +196,12 @@ class SQLiteStore:
     def _row(self, table: str, record: Any) -> dict[str, Any]:
         row = to_row(table, record)
         if table == "events":
-            self._seq[row["run_id"]] = seq = self._seq.get(row["run_id"], 0) + 1
+            run_id = row["run_id"]
+            if run_id not in self._seq:  # a run resumed from an earlier process goes on numbering
+                with self._lock:
+                    last = self.db.execute("select max(seq) from events where run_id = ?", [run_id]).fetchone()
+                self._seq[run_id] = int(last[0] or 0) if last else 0
+            self._seq[run_id] = seq = self._seq[run_id] + 1
             row["seq"] = seq
         return row
 
