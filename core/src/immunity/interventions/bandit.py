@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sqlite3
 import threading
 import time
 from contextlib import nullcontext
@@ -268,6 +269,20 @@ class BanditStore:
                     self.arm(key, p.variant, p.error_class).pulls += 1
         if not self.persistent or not pulls:
             return
+        self._retry_missing(self._write_pulls, pulls, variants)
+
+    def _retry_missing(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn``; if a bandit table was dropped meanwhile, create the tables again and retry once."""
+        try:
+            return fn(*args)
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            log.info("a bandit table is missing (%s): creating it again", exc)
+            self.ensure_tables()
+            return fn(*args)
+
+    def _write_pulls(self, pulls: list[Pull], variants: list[Any]) -> None:
         now = time.time()
         with self._lock(), self.db.conn:
             for p in pulls:
@@ -289,7 +304,8 @@ class BanditStore:
         another reward (the outcome was corrected) has the old one taken back first. Returns the
         pulls whose reward changed."""
         if self.persistent:
-            return self._reward_db(run_id, reward)
+            changed: list[Pull] = self._retry_missing(self._reward_db, run_id, reward)
+            return changed
         changed = []
         with self._mem_lock:
             for p in [p for p in self.pulls.values() if p.run_id == run_id and p.reward != reward]:

@@ -3,11 +3,12 @@
 The ``budget`` verifier is switched on by ``verifiers=["budget"]`` or, automatically, by setting
 ``Config.options["budget"]`` (``Runtime(budget={"max_tokens": 20000, "max_cost": 0.50})``).
 
-Before each model call it *reserves* the call: the tokens used so far, plus an estimate of this
-call's input (the messages' characters / 4) and of its output (``expected_output_tokens``). Then:
+Before each model call it *reserves* this call and one more (the final answer): the tokens used so
+far, plus twice an estimate of this call's input (the messages' characters / 4) and output
+(``expected_output_tokens``). Then:
 
-1. the first call whose reservation does not fit the budget gets a hint, in that same call,
-   asking for the final answer now with what the run has;
+1. the first call after which there would be no room for a final answer gets a hint, in that same
+   call, asking for the final answer now with what the run has (so the answer itself still fits);
 2. from then on tool calls are blocked with that message (the model can only answer);
 3. hard cap: at the next model call once the budget is actually used up (or after
    ``grace_calls`` more calls), the run is stopped with a final answer built from the last model
@@ -130,6 +131,7 @@ class BudgetState:
     unpriced: list[str] | None = None
     reserved: int = 0
     last_input_estimate: int = 0
+    last_output: str | None = None  # the model's last text, for the final answer of a stopped run
 
 
 class BudgetVerifier:
@@ -174,6 +176,8 @@ class BudgetVerifier:
         b = self._state(state, run)
         if event.kind == EventKind.MODEL_END:
             self._account(event, b)
+            if event.output and event.output.strip():
+                b.last_output = event.output
             run.metadata["budget"] = {"tokens": self.used_tokens(state), "cost": round(b.cost, 6),
                                       "max_tokens": self.max_tokens, "max_cost": self.max_cost, "stage": b.stage,
                                       **({"unpriced_models": b.unpriced} if b.unpriced else {})}
@@ -193,12 +197,14 @@ class BudgetVerifier:
         evidence = {"tokens": used, "reserved": reserve, "cost": round(b.cost, 6), "max_tokens": self.max_tokens,
                     "max_cost": self.max_cost}
         if b.stage == 0:
-            why = self._over(used + reserve, b.cost + call_cost)
+            # this call and one more (the final answer) must fit; if not, this call is the last one
+            why = self._over(used + 2 * reserve, b.cost + 2 * call_cost)
             if not why:
                 return []
             b.stage, b.warned_at_call = 1, state.model_calls
             return [Verdict(ok=False, error_class=tx.RUNAWAY_COST, severity=Severity.ERROR, plugin="budget",
-                            message=f"this call would exceed the budget ({'; '.join(why)} with this call reserved)",
+                            message=f"the budget has no room after this call ({'; '.join(why)} with this call and a final "
+                                    "answer reserved)",
                             hint=FINAL_NOW, evidence={**evidence, "stage": "final_answer"})]
         calls_since = state.model_calls - b.warned_at_call
         used_up = self._over(used, b.cost) or (

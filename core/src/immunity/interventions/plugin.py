@@ -68,7 +68,9 @@ def immunity_intervene(verdicts: list[Verdict], event: Event, run: Run, state: R
 
     base = {"error_class": v.error_class, "verdict_plugin": "budget", "source": "budget", "variant": "budget"}
     if v.severity == Severity.CRITICAL:
-        return Intervention(kind=InterventionKind.STOP, text=stop_answer(state, v.message), **base)
+        budget = state.extras.get("budget")
+        return Intervention(kind=InterventionKind.STOP, **base,
+                            text=stop_answer(state, v.message, last=getattr(budget, "last_output", None)))
     if v.block and event.kind == EventKind.TOOL_START:
         return Intervention(kind=InterventionKind.BLOCK, text=v.hint or v.message, **base)
     if v.hint and v.hint in state.hints_pending:

@@ -108,9 +108,10 @@ def last_output(state: RunState) -> str | None:
     return None
 
 
-def stop_answer(state: RunState, reason: str, limit: int = 1500) -> str:
-    """A final answer for a run immunity stops: why it stopped, and the best result it had."""
-    last = last_output(state)
+def stop_answer(state: RunState, reason: str, limit: int = 1500, *, last: str | None = None) -> str:
+    """A final answer for a run immunity stops: why it stopped, and the best result it had
+    (``last``, or the model's last message, or the last successful tool result)."""
+    last = last or last_output(state)
     text = f"I stopped before finishing this task: {reason}."
     if last:
         last = " ".join(last.split())
