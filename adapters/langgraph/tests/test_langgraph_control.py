@@ -523,7 +523,7 @@ def test_fail_open_when_a_plugin_raises(make_runtime: Any, react_agent: Any, wea
 
 
 def test_fail_open_when_the_adapter_itself_raises(make_runtime: Any, tool_graph: Any, weather_tools: Any,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  calls: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from immunity_langgraph import events
 
     def boom(*a: Any, **k: Any) -> Any:
@@ -531,14 +531,17 @@ def test_fail_open_when_the_adapter_itself_raises(make_runtime: Any, tool_graph:
 
     monkeypatch.setattr(events.RunContext, "model_input", boom)
     monkeypatch.setattr(events.RunContext, "chain_start", boom)
+    monkeypatch.setattr(events.RunContext, "tool_before", boom)
     rt = make_runtime()
     graph = tool_graph(ScriptedChatModel(script=[tool_call("get_weather", city="Rome"), "warm"]), weather_tools)
     rt.protect(graph)
     out = _ask(graph, "weather in Rome")
     assert out["messages"][-1].content == "warm"
+    assert calls.log == [("get_weather", {"city": "Rome"})]  # the tool still ran
     rt.flush()
     wheres = {(e["plugin"], e["hook"]) for e in rt.store.plugin_errors()}
-    assert ("immunity_langgraph", "model_start") in wheres and ("immunity_langgraph", "on_chain_start") in wheres
+    assert {("immunity_langgraph", "model_start"), ("immunity_langgraph", "on_chain_start"),
+            ("immunity_langgraph", "tool_start")} <= wheres
 
 
 def test_fail_closed_raises(make_runtime: Any, tool_graph: Any, weather_tools: Any) -> None:
@@ -594,3 +597,30 @@ def test_stop_in_a_graph_without_a_model_drains_cleanly(make_runtime: Any) -> No
     rt.flush()
     (run,) = rt.store.runs()
     assert run.status == "stopped" and run.final_answer == "Stopped by immunity: budget."
+
+
+def test_the_callers_own_drain_still_works_and_pauses_the_run(make_runtime: Any, tool_graph: Any) -> None:
+    from langgraph.errors import GraphDrained
+    from langgraph.runtime import RunControl
+
+    control = RunControl()
+
+    @tool
+    def long_job(name: str) -> str:
+        """Start a long job."""
+        control.request_drain("deploy in progress")  # the caller's shutdown signal
+        return f"{name} started"
+
+    rt = make_runtime()
+    graph = tool_graph(ScriptedChatModel(script=[tool_call("long_job", name="reindex"), "reindex started"]),
+                       [long_job], InMemorySaver())
+    rt.protect(graph)
+    cfg = {"configurable": {"thread_id": "drain-1"}}
+    with pytest.raises(GraphDrained, match="deploy in progress"):
+        graph.invoke({"messages": [("user", "reindex")]}, cfg, control=control)
+    assert rt.session("langgraph:drain-1").ended is False  # paused by the caller, not over
+    out = graph.invoke(None, cfg)  # resume: same immunity run
+    assert out["messages"][-1].content == "reindex started"
+    rt.flush()
+    (run,) = rt.store.runs()
+    assert run.run_id == "langgraph:drain-1" and run.status == "finished"
