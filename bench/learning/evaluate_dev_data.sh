@@ -21,6 +21,7 @@ $IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split repo --out "$OUT/sweb
   | tee "$OUT/swebench-by-repo.txt"
 # Who&When (failures only): a pack learned on tau-bench + SWE-bench, scored on another domain;
 # only "alarm at or before the decisive step" and explain accuracy are meaningful here.
-$IMMUNITY learn "$TAU" "$SWE" --out "$OUT/dev-pack.json" --name dev-tau-swe | tee "$OUT/dev-pack.txt"
-$IMMUNITY eval --pack "$OUT/dev-pack.json" --format who-and-when "$WW" --out "$OUT/who-and-when.json" \
+PACK="${TMPDIR:-/tmp}/immunity-dev-tau-swe.json"  # derived from the data: not kept in the repository
+$IMMUNITY learn "$TAU" "$SWE" --out "$PACK" --name dev-tau-swe | tee "$OUT/dev-pack.txt"
+$IMMUNITY eval --pack "$PACK" --format who-and-when "$WW" --out "$OUT/who-and-when.json" \
   | tee "$OUT/who-and-when.txt"
