@@ -190,7 +190,7 @@ def evaluate(scores: dict[str, RunScores], labels: dict[str, RunLabel], *, ks: t
             f"of a class)")
     auc: dict[str, Any] = {}
     for k in ks:
-        items = [(labels[r].group, labels[r].outcome, float(scores[r].risk[k - 1])) for r in common
+        items = [(labels[r].group, int(labels[r].outcome or 0), float(scores[r].risk[k - 1])) for r in common
                  if labels[r].outcome is not None and len(scores[r].risk) >= k]
         ys = np.asarray([y for _, y, _ in items])
         ss = np.asarray([s for _, _, s in items])
@@ -203,16 +203,16 @@ def evaluate(scores: dict[str, RunScores], labels: dict[str, RunLabel], *, ks: t
     result["auroc_alive_at_step"] = auc
     model_runs = [(labels[r], scores[r].alarm, scores[r].classes) for r in common]
     result["model"] = _alarm_figures(model_runs)
-    base_runs = []
+    base_runs: list[tuple[RunLabel, np.ndarray, list[str | None]]] = []
     for r in common:
         t = labels[r].baseline_steps
         n = len(scores[r].risk)
-        alarm = np.arange(1, n + 1) >= t if t is not None else np.zeros(n, bool)
-        base_runs.append((labels[r], alarm, ["steps_so_far"] * n))
+        alarm = np.asarray(np.arange(1, n + 1) >= t) if t is not None else np.zeros(n, bool)
+        base_runs.append((labels[r], alarm, list[str | None](["steps_so_far"] * n)))
     result["baseline_steps_so_far"] = _alarm_figures(base_runs)
     result["baseline_steps_so_far"].pop("first_alarm_class", None)
     # explain: decisive step vs labels
-    ex = [(labels[r].failure_step, scores[r].risk) for r in common
+    ex = [(int(labels[r].failure_step or 0), scores[r].risk) for r in common
           if labels[r].outcome == 1 and labels[r].failure_step is not None]
     if ex:
         exact = sum(explain_step(rk) == fs for fs, rk in ex)

@@ -53,6 +53,7 @@ def explain_run(run_id: str, items: list[Any], packs: list[Any], *, domain: str 
     if me.n == 0:
         raise ValueError(f"run {target.run.run_id} has no steps")
     evidence: list[str] = []
+    cls: str | None
     if refs:
         step, ref_tok, ended, _has = divergence(me, runs[1:])
         cls = classify(me.signal_dict(step), me.actions[step], ref_tok, ended, True)

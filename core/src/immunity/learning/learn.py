@@ -203,7 +203,8 @@ def candidates(runs: list[RunData], cfg: LearnConfig) -> list[Candidate]:
     by_task: dict[str, list[RunData]] = defaultdict(list)
     for r in succ:
         by_task[r.task_key].append(r)
-    succ_vecs = np.stack([r.task_vec for r in succ]) if succ and all(r.task_vec is not None for r in succ) else None
+    vecs = [r.task_vec for r in succ if r.task_vec is not None]
+    succ_vecs = np.stack(vecs) if succ and len(vecs) == len(succ) else None
     out: list[Candidate] = []
     for r in runs:
         if r.outcome != 1 or r.n == 0:
@@ -377,7 +378,7 @@ def learn_patterns(runs: list[RunData], cfg: LearnConfig, domain: str | None = N
         ok, _ = match_matrix(r, comp, cfg.min_similarity, len(clusters))
         hit = ok.any(axis=0)
         if r.outcome == 1:
-            for i in np.flatnonzero(hit):
+            for i in (int(x) for x in np.flatnonzero(hit)):
                 if r.run_id not in own[i]:
                     f_hits[i] += 1
         else:
