@@ -17,9 +17,10 @@ In order:
    side-effecting tool is never retried blindly (its effect may have happened before the error);
    the model is told to check first;
 5. a failure that damaged the run (a failed check after a change, a repeated error, or an error
-   verdict) in a run with a verified checkpoint and a change since it: ``rollback`` to that
-   checkpoint with a typed hint (the adapter restores the framework state; core's
-   ``RunSession.rollback`` runs the compensating actions). At most ``max_rollbacks`` per run (2).
+   verdict) after a change (an edit or a side effect) with a verified checkpoint before it:
+   ``rollback`` to that checkpoint with a typed hint (the adapter restores the framework state;
+   core's ``RunSession.rollback`` runs the compensating actions). Checkpoints taken after the change
+   are marked unverified: the failure shows that state is bad. At most ``max_rollbacks`` per run (2).
 
 Options: ``Config.options["recovery"] = {"max_attempts": 3, "base_delay": 0.5, "max_delay": 30,
 "fallback_after": 2, "tool_breaker": 3, "max_rollbacks": 2}`` and ``Config.options["fallback_model"]``.
@@ -127,9 +128,30 @@ def _opts(config: Any) -> dict[str, Any]:
     return dict((getattr(config, "options", None) or {}).get("recovery") or {})
 
 
-def _changed_since(state: RunState, step: int) -> bool:
-    return any((s.side_effect or s.action_type == ActionType.EDIT) and not s.failed and not s.data.get("replayed")
-               for s in state.steps[step:])
+def _changed(step: Any) -> bool:
+    return (step.side_effect or step.action_type == ActionType.EDIT) and not step.failed and \
+        not step.data.get("replayed") and not step.data.get("compensated")
+
+
+def _rollback_target(session: Any, state: RunState) -> Any:
+    """The last verified checkpoint from before the run's last change, or ``None``. Checkpoints
+    taken after that change are no longer verified (the failure just showed that state is bad):
+    they are marked so, in the store too, so adapters, which roll back to the last verified
+    checkpoint, go back to before the change."""
+    changes = [s.index for s in state.steps if _changed(s)]
+    if not changes:
+        return None
+    last_change = changes[-1]
+    cp = session.last_verified_checkpoint(before_step=last_change)
+    if cp is None:
+        return None
+    store = getattr(session.runtime, "store", None)
+    for later in session.checkpoints:
+        if later.verified and later.step > last_change:
+            later.verified = False
+            if store is not None:
+                store.save("checkpoints", later)
+    return cp
 
 
 def recover(event: Event, verdicts: list[Verdict], run: Run, state: RunState, session: Any) -> Recovery | None:
@@ -188,8 +210,10 @@ def recover(event: Event, verdicts: list[Verdict], run: Run, state: RunState, se
     if not (damaged or failed_check or repeated):
         return None
     rollbacks = int(extras.get("interventions.rollbacks", 0))
-    cp = session.last_verified_checkpoint()
-    if cp is None or rollbacks >= int(opts.get("max_rollbacks", 2)) or not _changed_since(state, cp.step):
+    if rollbacks >= int(opts.get("max_rollbacks", 2)):
+        return None
+    cp = _rollback_target(session, state)
+    if cp is None:
         return None
     extras["interventions.rollbacks"] = rollbacks + 1
     cls = damaged[0].error_class if damaged else (tx.REPEATED_TOOL_ERROR if repeated else tx.TOOL_ERROR)
