@@ -377,9 +377,13 @@ class CodingTask(Task):
         self.system = "You are a coding agent. Fix the code, run the tests, then submit."
         self.prompt = "The tests in test_calc.py fail. Fix calc.py so that they pass, then submit."
 
+    @staticmethod
+    def line(function: str, expression: str | None) -> str:
+        return f"def {function}(a, b):\n    return {expression}"
+
     def source(self, code: dict[str, str] | None = None) -> str:
         code = code or self.code
-        return "\n".join(f"def {f}(a, b):\n    return {e}\n" for f, e in code.items())
+        return "\n".join(self.line(f, e) + "\n" for f, e in code.items())
 
     def failing(self, code: dict[str, str] | None = None) -> list[str]:
         code = code or self.code
@@ -401,11 +405,11 @@ class CodingTask(Task):
         def edit_file(path: str, old: str, new: str) -> str:
             if path != "calc.py":
                 return f"Error: no such file {path}"
-            hits = [f for f, e in self.code.items() if e == old]
-            if not hits:
-                return f"Error: {old!r} not found in calc.py"
-            self.code[hits[0]] = new
-            return f"Edited calc.py: replaced {old!r} with {new!r}."
+            source = self.source()
+            if not old or old not in source:
+                return f"Error: the text to replace was not found in {path}"
+            self.code = self._read_code(source.replace(old, new, 1))
+            return f"Edited {path}."
 
         def submit() -> str:
             self.submissions.append(dict(self.code))
@@ -437,6 +441,8 @@ class CodingTask(Task):
 
     def next_action(self, obs: Observation, retry_failed: bool) -> Action:
         calls = obs.calls
+        if len(calls) >= 40:
+            return Answer("I could not make the tests pass.")
         done = (lambda c: not c.failed) if retry_failed else (lambda c: True)
         tests = [i for i, c in enumerate(calls) if c.name == "run_tests" and done(c)]
         if not tests:
@@ -461,8 +467,9 @@ class CodingTask(Task):
         targets = failing if failing else list(self._RIGHT)
         for f in targets:
             seen = content.get(f)
-            if seen is not None and seen != self._RIGHT.get(f) and seen not in edited:
-                return ToolCallAction("edit_file", {"path": "calc.py", "old": seen, "new": self._RIGHT[f]})
+            old = self.line(f, seen)
+            if seen is not None and seen != self._RIGHT.get(f) and old not in edited:
+                return ToolCallAction("edit_file", {"path": "calc.py", "old": old, "new": self.line(f, self._RIGHT[f])})
         if edits_after_test:
             return ToolCallAction("run_tests", {})
         rechecks = sum(1 for c in calls if c.name == "run_tests")

@@ -1,0 +1,128 @@
+"""Plugin: the ``immunity bench closed-loop`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import click
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("immunity")
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.command("closed-loop")
+@click.option("--frameworks", default=None, help="Comma-separated: langgraph, llamaindex, openai_agents, crewai "
+              "(default: every one installed).")
+@click.option("--faults", default=None, help="Comma-separated fault types (default: all; see docs/benchmark.md).")
+@click.option("--tasks", default=None, help="Comma-separated tasks: research, support, coding (default: all).")
+@click.option("--seeds", type=click.IntRange(1), default=21, show_default=True,
+              help="Seeds per framework and fault type (tasks rotate over the seeds).")
+@click.option("--p", "ps", default="0,0.5,1", show_default=True,
+              help="Hint-following probabilities to run with immunity, comma-separated in [0, 1].")
+@click.option("--quick", is_flag=True, help="A small run: 3 seeds, p in {0, 1}.")
+@click.option("--json", "as_json", is_flag=True, help="Print the aggregated results as JSON.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the aggregated results and every trial to this JSON file.")
+@click.option("--real", is_flag=True, help="Use the frameworks' real OpenAI models (needs OPENAI_API_KEY; costs "
+              "money). Only tool faults are injected; the model decides for itself whether to follow hints.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress on stderr.")
+def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, seeds: int, ps: str, quick: bool,
+                as_json: bool, out: str | None, real: bool, progress: bool) -> None:
+    """Fault-injection benchmark: scripted agents in each framework, with and without immunity.
+
+    Every trial runs a small task through a real framework runtime with one injected fault; the
+    same seed gives the same task, fault and coin flips with and without immunity. Outcomes are
+    judged from the task's ground truth only.
+    """
+    from immunity.bench.frameworks import DRIVERS
+    from immunity.bench.harness import BenchConfig, aggregate, run_benchmark
+    from immunity.bench.report import render
+    from immunity.bench.tasks import FAULT_TYPES, TASKS, TOOL_FAULTS
+
+    fws = _split(frameworks) or [n for n, d in DRIVERS.items() if d.available()]
+    unknown = [f for f in fws if f not in DRIVERS]
+    if unknown:
+        raise click.BadParameter(f"unknown framework(s) {unknown}; known: {sorted(DRIVERS)}", param_hint="--frameworks")
+    fault_list = _split(faults) or list(FAULT_TYPES)
+    bad = [f for f in fault_list if f not in FAULT_TYPES]
+    if bad:
+        raise click.BadParameter(f"unknown fault type(s) {bad}; known: {list(FAULT_TYPES)}", param_hint="--faults")
+    task_list = _split(tasks) or list(TASKS)
+    bad = [t for t in task_list if t not in TASKS]
+    if bad:
+        raise click.BadParameter(f"unknown task(s) {bad}; known: {sorted(TASKS)}", param_hint="--tasks")
+    try:
+        p_list = sorted({float(p) for p in _split(ps) or []})
+    except ValueError:
+        raise click.BadParameter(f"{ps!r}: use numbers in [0, 1]", param_hint="--p") from None
+    if not p_list or any(not 0 <= p <= 1 for p in p_list):
+        raise click.BadParameter(f"{ps!r}: use numbers in [0, 1]", param_hint="--p")
+    if quick:
+        seeds, p_list = min(seeds, 3), [0.0, 1.0]
+    if real:
+        if not os.environ.get("OPENAI_API_KEY"):
+            raise click.ClickException("--real needs OPENAI_API_KEY in the environment")
+        fault_list = [f for f in fault_list if f == "none" or f in TOOL_FAULTS]
+        p_list = [1.0]
+    cfg = BenchConfig(frameworks=fws, faults=fault_list, tasks=task_list, seeds=seeds, ps=p_list, real=real)
+    t0 = time.perf_counter()
+
+    def report(i: int, n: int, trial: Any) -> None:
+        if progress and (i == n or i % 50 == 0):
+            click.echo(f"  {i}/{n} trials ({time.perf_counter() - t0:.0f} s)", err=True)
+
+    try:
+        trials = run_benchmark(cfg, progress=report)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    elapsed = time.perf_counter() - t0
+    summary = aggregate(trials)
+    summary["config"] = {"frameworks": fws, "faults": fault_list, "tasks": task_list, "seeds": seeds,
+                         "ps": p_list, "real": real, "trials": len(trials), "seconds": round(elapsed, 1),
+                         "python": sys.version.split()[0], "versions": _versions(fws)}
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            json.dump({**summary, "trials": [t.as_dict() for t in trials]}, fh, indent=1, default=str)
+    if as_json:
+        click.echo(json.dumps(summary, indent=1, default=str))
+        return
+    header = (f"immunity bench closed-loop: {len(fws)} framework(s) x {len(fault_list)} fault type(s) x {seeds} "
+              f"seed(s), tasks {', '.join(task_list)}, p in {{{', '.join(str(p) for p in p_list)}}}"
+              f"{' (real model)' if real else ''}; {len(trials)} trials in {elapsed:.0f} s")
+    click.echo(render(summary, header=header))
+
+
+def _versions(frameworks: list[str]) -> dict[str, str | None]:
+    from importlib import metadata
+
+    dists = {"langgraph": "langgraph", "llamaindex": "llama-index-core", "openai_agents": "openai-agents",
+             "crewai": "crewai"}
+    out: dict[str, str | None] = {"immunity": None}
+    for name in ["immunity", *[dists[f] for f in frameworks if f in dists]]:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@hookimpl
+def immunity_register_commands(cli: click.Group) -> None:
+    group = cli.commands.get("bench")
+    if not isinstance(group, click.Group):
+        @cli.group("bench")
+        def bench() -> None:
+            """Benchmarks of immunity itself."""
+
+        group = bench
+    group.add_command(closed_loop)

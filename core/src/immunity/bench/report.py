@@ -1,0 +1,70 @@
+"""Readable tables of an aggregated closed-loop benchmark (see :func:`immunity.bench.harness.aggregate`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["render"]
+
+
+def _pct(rate: dict[str, Any]) -> str:
+    return "  -  " if rate.get("rate") is None else f"{100 * rate['rate']:4.0f}%"
+
+
+def _ci(rate: dict[str, Any]) -> str:
+    if rate.get("rate") is None:
+        return "-"
+    lo, hi = rate["ci95"]
+    return f"{100 * rate['rate']:.0f}% [{100 * lo:.0f}-{100 * hi:.0f}]"
+
+
+def _diff(d: dict[str, Any]) -> str:
+    lo, hi = d["ci95"]
+    return f"{100 * d['diff']:+.0f} [{100 * lo:+.0f},{100 * hi:+.0f}] p={d['mcnemar_p']:.2g}"
+
+
+def render(summary: dict[str, Any], *, header: str = "") -> str:
+    ps = [str(p) for p in summary["ps"]]
+    lines: list[str] = []
+    if header:
+        lines += [header, ""]
+    plist = " / ".join(f"p={p}" for p in ps)
+    lines.append("Outcome rates per framework and fault type: without immunity -> with immunity at " + plist)
+    lines.append("(S = success, X = silent corruption; recall = failed verdict at/after the fault, "
+                 "FA = false alarm on fault-free runs; at p=" + ps[-1] + ")")
+    head = f"{'framework':<14}{'fault':<15}{'n':>4}  {'S off':>6} {'S on':<{7 * len(ps)}} {'X off':>6} " \
+           f"{'X on':<{7 * len(ps)}} {'recall':>7} {'FA':>6}"
+    lines.append(head)
+    lines.append("-" * len(head))
+    for c in summary["cells"]:
+        on = [c["on"][p] for p in ps]
+        ver = on[-1]["verifier"]
+        det = _pct(ver["false_alarm"]) if c["fault"] == "none" else ""
+        rec = _pct(ver["recall"]) if c["fault"] != "none" else ""
+        if c["fault"] == "all":
+            rec, det = _pct(ver["recall"]), _pct(ver["false_alarm"])
+        s_on = " ".join(f"{_pct(o['success']):>6}" for o in on)
+        x_on = " ".join(f"{_pct(o['silent_corruption']):>6}" for o in on)
+        lines.append(f"{c['framework']:<14}{c['fault']:<15}{c['off']['n']:>4}  {_pct(c['off']['success']):>6} "
+                     f"{s_on:<{7 * len(ps)}} {_pct(c['off']['silent_corruption']):>6} {x_on:<{7 * len(ps)}} "
+                     f"{rec:>7} {det:>6}")
+        if c["fault"] == "all":
+            lines.append("")
+    lines.append("")
+    lines.append("Pooled over fault types (with 95% intervals): success and silent corruption, paired "
+                 "difference with - without [bootstrap 95%] and McNemar p")
+    for c in summary["cells"]:
+        if c["fault"] != "all":
+            continue
+        lines.append(f"{c['framework']}: n={c['off']['n']} per arm; without immunity: success "
+                     f"{_ci(c['off']['success'])}, caught {_ci(c['off']['caught_failure'])}, silent "
+                     f"{_ci(c['off']['silent_corruption'])}")
+        for p in ps:
+            o = c["on"][p]
+            lines.append(f"    with, p={p}: success {_ci(o['success'])} (diff {_diff(o['paired_success'])}); "
+                         f"silent {_ci(o['silent_corruption'])} (diff {_diff(o['paired_silent'])}); "
+                         f"caught by {o['caught_by'] or '-'}")
+        ver = c["on"][ps[-1]]["verifier"]
+        lines.append(f"    verifier recall on fired faults {_ci(ver['recall'])}, acted (hint/block/stop/recovery) "
+                     f"{_ci(ver['acted'])}, false alarms on fault-free runs {_ci(ver['false_alarm'])}")
+    return "\n".join(lines)
