@@ -196,7 +196,7 @@ class BanditStore:
 
     def __init__(self, store: Any = None):
         self.store = store
-        self.db = getattr(store, "db", None)
+        self.db: Any = getattr(store, "db", None)
         self.arms: dict[tuple[str, str], Arm] = {}
         self.pulls: dict[str, Pull] = {}
         self.broken: str | None = None

@@ -66,7 +66,8 @@ def immunity_intervene(verdicts: list[Verdict], event: Event, run: Run, state: R
         return None
     from immunity.interventions.selector import stop_answer
 
-    base = {"error_class": v.error_class, "verdict_plugin": "budget", "source": "budget", "variant": "budget"}
+    base: dict[str, Any] = {"error_class": v.error_class, "verdict_plugin": "budget", "source": "budget",
+                            "variant": "budget"}
     if v.severity == Severity.CRITICAL:
         budget = state.extras.get("budget")
         return Intervention(kind=InterventionKind.STOP, **base,
@@ -203,7 +204,7 @@ def immunity_register_commands(cli: click.Group) -> None:
 
                 only = [f"user:{c}/{stable_id(t)}" for c, ts in user.items() for t in ts]
                 options.setdefault("bandit", {})["only"] = only
-        kw = {"verifiers": list(verifiers), "packs": list(packs), "selector": selector, "options": options}
+        kw: dict[str, Any] = {"verifiers": list(verifiers), "packs": list(packs), "selector": selector, "options": options}
         store = _open(store_path)
         try:
             if diff:

@@ -231,12 +231,12 @@ def align(steps_a: list[Step], steps_b: list[Step]) -> dict[str, Any]:
         n = max(i2 - i1, j2 - j1)
         for k in range(n):
             ia, jb = i1 + k, j1 + k
-            a = steps_a[ia] if ia < i2 else None
-            b = steps_b[jb] if jb < j2 else None
-            code = "~" if a is not None and b is not None else ("-" if a is not None else "+")
-            rows.append({"op": code, "a": ia if a is not None else None, "b": jb if b is not None else None,
-                         "label_a": step_label(a) if a is not None else None,
-                         "label_b": step_label(b) if b is not None else None})
+            sa_k: Step | None = steps_a[ia] if ia < i2 else None
+            sb_k: Step | None = steps_b[jb] if jb < j2 else None
+            code = "~" if sa_k is not None and sb_k is not None else ("-" if sa_k is not None else "+")
+            rows.append({"op": code, "a": ia if sa_k is not None else None, "b": jb if sb_k is not None else None,
+                         "label_a": step_label(sa_k) if sa_k is not None else None,
+                         "label_b": step_label(sb_k) if sb_k is not None else None})
     return {"rows": rows, "diverge_at": diverge, "common": sum(1 for r in rows if r["op"] == "="),
             "ratio": round(matcher.ratio(), 4)}
 

@@ -238,7 +238,7 @@ class BanditSelector:
             source = f"bandit:ladder[{cls}][{level}]"
             tool = event.tool or (state.last_step.tool if state.last_step else None)
             error = event.error or (state.last_step.error if state.last_step else None)
-            base = dict(error_class=cls, verdict_plugin=v.plugin, pattern_id=(v.evidence or {}).get("pattern_id"),
+            base: dict[str, Any] = dict(error_class=cls, verdict_plugin=v.plugin, pattern_id=(v.evidence or {}).get("pattern_id"),
                         source=source)
 
             if kind == InterventionKind.STOP:
