@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from immunity.bench.tasks import Action, Answer, Observation, ScriptedAgent, Task, ToolCallAction, ToolSpec
+from immunity.bench.tasks import Action, Answer, Observation, ScriptedAgent, Task, ToolSpec
 
 __all__ = ["DRIVERS", "Driver", "RunResult", "python_function"]
 
@@ -128,7 +128,7 @@ class LangGraphDriver(Driver):
             warnings.simplefilter("ignore")
             from langgraph.prebuilt import create_react_agent
 
-        lc_tools = [StructuredTool.from_function(func=python_function(spec, fn), name=spec.name,
+        lc_tools: list[Any] = [StructuredTool.from_function(func=python_function(spec, fn), name=spec.name,
                                                  description=spec.description, args_schema=_args_model(spec))
                     for spec, fn in tools]
         if real:
@@ -147,7 +147,7 @@ class LangGraphDriver(Driver):
             graph = create_react_agent(model, lc_tools, prompt=task.system, checkpointer=InMemorySaver())
         if runtime is not None:
             runtime.protect(graph)
-        config = {"configurable": {"thread_id": f"bench-{id(agent)}"}, "recursion_limit": 2 * MAX_TURNS + 1}
+        config: Any = {"configurable": {"thread_id": f"bench-{id(agent)}"}, "recursion_limit": 2 * MAX_TURNS + 1}
         try:
             out = graph.invoke({"messages": [("user", task.prompt)]}, config)
         except Exception as exc:
@@ -201,7 +201,7 @@ class LlamaIndexDriver(Driver):
         from llama_index.core.agent.workflow import FunctionAgent
         from llama_index.core.tools import FunctionTool
 
-        li_tools = [FunctionTool.from_defaults(fn=python_function(spec, fn), name=spec.name,
+        li_tools: list[Any] = [FunctionTool.from_defaults(fn=python_function(spec, fn), name=spec.name,
                                                description=spec.description, fn_schema=_args_model(spec))
                     for spec, fn in tools]
         if real:
@@ -279,7 +279,7 @@ class OpenAIAgentsDriver(Driver):
 
             set_trace_processors([])
             _TRACING_SET = True
-        oa_tools = [function_tool(python_function(spec, fn), name_override=spec.name,
+        oa_tools: list[Any] = [function_tool(python_function(spec, fn), name_override=spec.name,
                                   description_override=spec.description)
                     for spec, fn in tools]
         if real:

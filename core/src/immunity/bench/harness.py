@@ -28,7 +28,15 @@ from typing import Any
 
 from immunity.bench.frameworks import DRIVERS
 from immunity.bench.stats import mcnemar_exact, paired_bootstrap, wilson
-from immunity.bench.tasks import FAULT_TYPES, TASKS, FaultPlan, FaultyTools, ScriptedAgent, make_task, plan_fault
+from immunity.bench.tasks import (
+    FAULT_TYPES,
+    TASKS,
+    FaultPlan,
+    FaultyTools,
+    ScriptedAgent,
+    make_task,
+    plan_fault,
+)
 
 __all__ = ["BenchConfig", "Trial", "aggregate", "run_benchmark", "run_trial"]
 
@@ -112,8 +120,9 @@ def run_trial(framework: str, task_name: str, fault: str, seed: int, *, p: float
                   p=p, plan=plan.describe())
     rt = None
     if p is not None:
-        rt = Runtime(store=":memory:", domain=task.domain, pm=pm, recovery=dict(RECOVERY_OPTIONS),
-                     **{k: dict(v) for k, v in task.runtime_options.items()})
+        options: dict[str, Any] = {k: dict(v) for k, v in task.runtime_options.items()}
+        options["recovery"] = dict(RECOVERY_OPTIONS)
+        rt = Runtime(store=":memory:", domain=task.domain, pm=pm, **options)
     t0 = time.perf_counter()
     try:
         result = DRIVERS[framework]().run(task, tools, agent, runtime=rt, real=real)
@@ -190,7 +199,7 @@ def _arm_stats(trials: list[Trial]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n}
     for o in OUTCOMES:
         out[o] = _rate(sum(t.outcome == o for t in trials), n)
-    hows = defaultdict(int)
+    hows: dict[str, int] = defaultdict(int)
     for t in trials:
         if t.how:
             hows[t.how] += 1
@@ -243,11 +252,10 @@ def aggregate(trials: Iterable[Trial], *, reps: int = 2000) -> dict[str, Any]:
             }
         return entry
 
-    for fw in frameworks:
-        for fault in faults:
-            cells.append(cell(fw, fault, lambda t, fw=fw, fault=fault: t.framework == fw and t.fault == fault))
-        cells.append(cell(fw, "all", lambda t, fw=fw: t.framework == fw))
-    for fault in faults:
-        cells.append(cell("all", fault, lambda t, fault=fault: t.fault == fault))
-    cells.append(cell("all", "all", lambda t: True))
+    def where(fw: str, fault: str) -> Callable[[Trial], bool]:
+        return lambda t: (fw == "all" or t.framework == fw) and (fault == "all" or t.fault == fault)
+
+    for fw in [*frameworks, "all"]:
+        for fault in [*faults, "all"]:
+            cells.append(cell(fw, fault, where(fw, fault)))
     return {"ps": ps, "frameworks": frameworks, "faults": faults, "cells": cells}

@@ -348,8 +348,9 @@ class SupportTask(Task):
 
     def finish(self, obs: Observation) -> Action:
         done = obs.ok("refund")
-        amount = done[-1].args.get("amount") if done else (self._total(obs) or 50.0)
-        return Answer(f"I have refunded {float(amount):.2f} for order {self.order_id}.")
+        amount = done[-1].args.get("amount") if done else self._total(obs)
+        return Answer(f"I have refunded {float(amount if amount is not None else 50.0):.2f} for order "
+                      f"{self.order_id}.")
 
     def judge(self, answer: str | None) -> bool:
         return self.refunds == [(self.order_id, self.total)] and f"{self.total:.2f}" in (answer or "")
