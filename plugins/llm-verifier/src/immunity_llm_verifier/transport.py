@@ -9,7 +9,6 @@ plugin turns into a recorded problem and no verdict: the agent's run goes on.
 from __future__ import annotations
 
 import email.utils
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -192,7 +191,3 @@ def make_transport(tier: TierSettings, *, transport: Any = None, retries: int = 
     if tier.chat_model is not None:
         return ChatModelTransport(tier)
     return OpenAITransport(tier, transport=transport, retries=retries)
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=str, ensure_ascii=False)
