@@ -15,7 +15,8 @@ far, plus twice an estimate of this call's input (the messages' characters / 4) 
    output. The run never ends with an exception because of its budget.
 
 Costs come from :data:`PRICES` (USD per million input / output tokens, list prices of the standard
-tier as published by the providers, last checked 2025-11; they change: override or add models with
+tier as known in 2025-11, not checked against the providers' pages by any test; they change: check
+them, and override or add models with
 ``Config.options["prices"] = {"my-model": [input, output]}``). A model with no known price counts
 tokens only (``max_cost`` cannot be enforced for it; this is recorded once in the run's metadata).
 """
@@ -35,7 +36,7 @@ log = logging.getLogger("immunity.interventions")
 
 __all__ = ["PRICES", "BudgetVerifier", "estimate_tokens", "find_price", "price_of"]
 
-#: USD per 1M tokens: (input, output). Standard tier list prices, last checked 2025-11. Editable:
+#: USD per 1M tokens: (input, output). Standard tier list prices as known in 2025-11 (verify them). Editable:
 #: ``Config.options["prices"]`` overrides or extends this table.
 PRICES: dict[str, tuple[float, float]] = {
     # OpenAI
