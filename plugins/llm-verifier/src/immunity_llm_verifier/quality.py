@@ -79,6 +79,7 @@ def evaluate(verifier: LLMVerifier, cases: Iterable[dict[str, Any]]) -> dict[str
     for case in cases:
         context, step = case_steps(case)
         tier = case.get("tier") or "L2"
+        problem: str | None = None
         t0 = time.perf_counter()
         try:
             parsed, reply, _messages = verifier.assess(task=case.get("task"), context=context, step=step, tier=tier,
@@ -86,7 +87,7 @@ def evaluate(verifier: LLMVerifier, cases: Iterable[dict[str, Any]]) -> dict[str
         except VerifierProblem as exc:
             predicted, problem = NO_ANSWER, f"{type(exc).__name__}: {exc}"
         else:
-            predicted, problem = ("none" if parsed.ok else parsed.error_class or "unclassified"), None
+            predicted = "none" if parsed.ok else parsed.error_class or "unclassified"
             latencies.append(time.perf_counter() - t0)
             tokens += reply.tokens or 0
         pairs.append((case["label"], predicted))
