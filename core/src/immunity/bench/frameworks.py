@@ -16,8 +16,10 @@ decides how long a run goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import inspect
+import io
 import json
 import os
 import tempfile
@@ -387,7 +389,9 @@ class CrewAIDriver(Driver):
         if runtime is not None:
             runtime.protect(crew)
         try:
-            out = crew.kickoff()
+            # CrewAI prints event-bus warnings to the console when a run fails; keep the report clean
+            with contextlib.redirect_stdout(io.StringIO()):
+                out = crew.kickoff()
         except Exception as exc:
             return RunResult(None, f"{type(exc).__name__}: {exc}")
         return RunResult(getattr(out, "raw", None) or str(out))

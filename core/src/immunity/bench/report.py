@@ -30,15 +30,15 @@ def render(summary: dict[str, Any], *, header: str = "") -> str:
         lines += [header, ""]
     plist = " / ".join(f"p={p}" for p in ps)
     lines.append("Outcome rates per framework and fault type: without immunity -> with immunity at " + plist)
-    lines.append("(S = success, X = silent corruption; recall = failed verdict at/after the fault, "
-                 "FA = false alarm on fault-free runs; at p=" + ps[-1] + ")")
+    lines.append("(S = success, X = silent corruption; recall = a failed verdict at/after the fault, "
+                 "FA = a failed verdict on a fault-free run; both with immunity at p=" + ps[0] + ")")
     head = f"{'framework':<14}{'fault':<15}{'n':>4}  {'S off':>6} {'S on':<{7 * len(ps)}} {'X off':>6} " \
            f"{'X on':<{7 * len(ps)}} {'recall':>7} {'FA':>6}"
     lines.append(head)
     lines.append("-" * len(head))
     for c in summary["cells"]:
         on = [c["on"][p] for p in ps]
-        ver = on[-1]["verifier"]
+        ver = on[0]["verifier"]
         det = _pct(ver["false_alarm"]) if c["fault"] == "none" else ""
         rec = _pct(ver["recall"]) if c["fault"] != "none" else ""
         if c["fault"] == "all":
@@ -64,7 +64,7 @@ def render(summary: dict[str, Any], *, header: str = "") -> str:
             lines.append(f"    with, p={p}: success {_ci(o['success'])} (diff {_diff(o['paired_success'])}); "
                          f"silent {_ci(o['silent_corruption'])} (diff {_diff(o['paired_silent'])}); "
                          f"caught by {o['caught_by'] or '-'}")
-        ver = c["on"][ps[-1]]["verifier"]
-        lines.append(f"    verifier recall on fired faults {_ci(ver['recall'])}, acted (hint/block/stop/recovery) "
+        ver = c["on"][ps[0]]["verifier"]
+        lines.append(f"    at p={ps[0]}: verifier recall on fired faults {_ci(ver['recall'])}, acted (hint/block/stop/recovery) "
                      f"{_ci(ver['acted'])}, false alarms on fault-free runs {_ci(ver['false_alarm'])}")
     return "\n".join(lines)

@@ -52,6 +52,9 @@ LOOP_REPEATS = 8
 
 _IMMUNITY = re.compile(r"immunity", re.I)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+#: How a model reads a tool result as a failure: an error, an exception, a timeout (each framework
+#: words a raised exception differently: "Error: ...", "An error occurred ...", or the bare message).
+_FAILED = re.compile(r"\b(error|exception|traceback|timed out|timeout|invalid response|not found)\b", re.I)
 
 
 class ModelCallError(RuntimeError):
@@ -86,12 +89,10 @@ class CallRecord:
     @property
     def failed(self) -> bool:
         """An error or a block, as a model reads it from the result text."""
-        text = (self.result or "").strip()
         if self.result is None:
             return True
-        return bool(re.match(r"^(error|an error occurred|encountered error|blocked|exception|tool .* failed|"
-                             r"timeouterror|runtimeerror)", text, re.I)) or bool(_IMMUNITY.search(text)) or \
-            "Error executing tool" in text or text.startswith("Traceback")
+        text = self.result.strip()
+        return bool(_FAILED.search(text)) or bool(_IMMUNITY.search(text)) or text.lower().startswith("blocked")
 
 
 @dataclass
@@ -270,7 +271,7 @@ class ResearchTask(Task):
 
     def finish(self, obs: Observation) -> Action:
         known = self._known(obs)
-        calc = obs.ok("calculator")
+        calc = [c for c in obs.ok("calculator") if _NUMBER.findall(c.result or "")]
         if len(known) == 2 and calc:
             total = _NUMBER.findall(calc[-1].result or "")[-1]
         else:
