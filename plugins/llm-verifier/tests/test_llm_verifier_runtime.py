@@ -368,3 +368,15 @@ def test_chat_model_timeout_and_failure(make_runtime: Any) -> None:
     errs = [e["error"] for e in _errors(rt, s)]
     assert "VerifierTimeout: chat model hung did not answer within 0.2s" in errs[0]
     assert "ConnectionError: no route to model" in errs[1]
+
+
+def test_pre_checked_call_without_a_call_id_is_not_asked_twice(make_runtime: Any) -> None:
+    ep = FakeEndpoint(lambda req: verdict(True))
+    rt = make_runtime(verifiers=["llm"], llm_verifier=ep.options(tiers={"L3": {"pre_execution": True}}))
+    s = rt.start_run(task=TASK)
+    s.tool_start("update_orders", {"set": "archived"})
+    s.tool_end("update_orders", "archived")
+    s.tool_start("run_script", {"path": "check.py"})   # L2: never checked before it runs
+    s.tool_end("run_script", "ok")
+    assert [("not executed yet" in r.step_to_check, "run_script" in r.step_to_check) for r in ep.requests] == \
+        [(True, False), (False, True)]

@@ -166,8 +166,8 @@ class LLMVerifier:
             return []
         if (step.index, phase) in ledger.checked:
             return []
-        if phase == "after" and event.tool_call_id and event.tool_call_id in ledger.pre_checked:
-            return []  # passed its pre-execution check; not asked twice
+        if phase == "after" and event.kind == EventKind.TOOL_END and _pending_key(event, step) in ledger.pre_checked:
+            return []  # checked before it ran; not asked twice
         opts = self.options
         if ledger.calls >= opts.max_calls or ledger.tokens >= opts.max_tokens:
             ledger.stopped = (f"budget used up ({ledger.calls}/{opts.max_calls} calls, "
