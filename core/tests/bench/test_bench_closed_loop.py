@@ -138,6 +138,24 @@ def test_cli_runs_and_prints_json(pm: object) -> None:
     assert table.exit_code == 0 and "openai_agents" in table.output and "recall" in table.output
 
 
+def test_cli_reports_a_saved_run_as_markdown(tmp_path: object) -> None:
+    pytest.importorskip("agents")
+    pytest.importorskip("immunity_openai_agents")
+    out = f"{tmp_path}/run.json"
+    runner = CliRunner()
+    ran = runner.invoke(_cli(), ["bench", "closed-loop", "--frameworks", "openai_agents", "--faults", "none,loop",
+                                 "--seeds", "2", "--p", "0,1", "--out", out, "--json", "--no-progress"])
+    assert ran.exit_code == 0, ran.output
+    with open(out, encoding="utf-8") as fh:
+        saved = json.load(fh)
+    assert len(saved["trials"]) == 2 * 2 * 3
+    md = runner.invoke(_cli(), ["bench", "closed-loop", "--report", out, "--markdown"])
+    assert md.exit_code == 0, md.output
+    assert "| openai_agents | loop | 2 |" in md.output and "**Verifier, measured**" in md.output
+    again = runner.invoke(_cli(), ["bench", "closed-loop", "--report", out, "--json"])
+    assert json.loads(again.output)["cells"] == json.loads(ran.output)["cells"]
+
+
 def test_cli_refuses_bad_options_and_real_without_a_key() -> None:
     runner = CliRunner()
     bad = runner.invoke(_cli(), ["bench", "closed-loop", "--frameworks", "nope"])

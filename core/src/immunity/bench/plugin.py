@@ -31,13 +31,17 @@ def _split(value: str | None) -> list[str] | None:
               help="Hint-following probabilities to run with immunity, comma-separated in [0, 1].")
 @click.option("--quick", is_flag=True, help="A small run: 3 seeds, p in {0, 1}.")
 @click.option("--json", "as_json", is_flag=True, help="Print the aggregated results as JSON.")
+@click.option("--markdown", is_flag=True, help="Print the results as Markdown tables.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Also write the aggregated results and every trial to this JSON file.")
 @click.option("--real", is_flag=True, help="Use the frameworks' real OpenAI models (needs OPENAI_API_KEY; costs "
               "money). Only tool faults are injected; the model decides for itself whether to follow hints.")
+@click.option("--report", "report_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Do not run: aggregate and print the trials saved by an earlier --out file.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress on stderr.")
 def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, seeds: int, ps: str, quick: bool,
-                as_json: bool, out: str | None, real: bool, progress: bool) -> None:
+                as_json: bool, markdown: bool, out: str | None, real: bool, report_path: str | None,
+                progress: bool) -> None:
     """Fault-injection benchmark: scripted agents in each framework, with and without immunity.
 
     Every trial runs a small task through a real framework runtime with one injected fault; the
@@ -45,9 +49,17 @@ def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, s
     judged from the task's ground truth only.
     """
     from immunity.bench.frameworks import DRIVERS
-    from immunity.bench.harness import BenchConfig, aggregate, run_benchmark
-    from immunity.bench.report import render
+    from immunity.bench.harness import BenchConfig, Trial, aggregate, run_benchmark
+    from immunity.bench.report import render, render_markdown
     from immunity.bench.tasks import FAULT_TYPES, TASKS, TOOL_FAULTS
+
+    if report_path:
+        with open(report_path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        summary = aggregate([Trial(**t) for t in saved.get("trials", [])])
+        summary["config"] = saved.get("config", {})
+        _print(summary, as_json, markdown, render, render_markdown, _header(summary["config"]))
+        return
 
     fws = _split(frameworks) or [n for n, d in DRIVERS.items() if d.available()]
     unknown = [f for f in fws if f not in DRIVERS]
@@ -93,13 +105,26 @@ def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, s
     if out:
         with open(out, "w", encoding="utf-8") as fh:
             json.dump({**summary, "trials": [t.as_dict() for t in trials]}, fh, indent=1, default=str)
+    _print(summary, as_json, markdown, render, render_markdown, _header(summary["config"]))
+
+
+def _header(cfg: dict[str, Any]) -> str:
+    if not cfg:
+        return "immunity bench closed-loop"
+    return (f"immunity bench closed-loop: {len(cfg['frameworks'])} framework(s) x {len(cfg['faults'])} fault type(s) "
+            f"x {cfg['seeds']} seed(s), tasks {', '.join(cfg['tasks'])}, p in "
+            f"{{{', '.join(str(p) for p in cfg['ps'])}}}{' (real model)' if cfg.get('real') else ''}; "
+            f"{cfg['trials']} trials in {cfg['seconds']:.0f} s")
+
+
+def _print(summary: dict[str, Any], as_json: bool, markdown: bool, render: Any, render_markdown: Any,
+           header: str) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=1, default=str))
-        return
-    header = (f"immunity bench closed-loop: {len(fws)} framework(s) x {len(fault_list)} fault type(s) x {seeds} "
-              f"seed(s), tasks {', '.join(task_list)}, p in {{{', '.join(str(p) for p in p_list)}}}"
-              f"{' (real model)' if real else ''}; {len(trials)} trials in {elapsed:.0f} s")
-    click.echo(render(summary, header=header))
+    elif markdown:
+        click.echo(render_markdown(summary))
+    else:
+        click.echo(render(summary, header=header))
 
 
 def _versions(frameworks: list[str]) -> dict[str, str | None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["render"]
+__all__ = ["render", "render_markdown"]
 
 
 def _pct(rate: dict[str, Any]) -> str:
@@ -68,3 +68,71 @@ def render(summary: dict[str, Any], *, header: str = "") -> str:
         lines.append(f"    at p={ps[0]}: verifier recall on fired faults {_ci(ver['recall'])}, acted (hint/block/stop/recovery) "
                      f"{_ci(ver['acted'])}, false alarms on fault-free runs {_ci(ver['false_alarm'])}")
     return "\n".join(lines)
+
+
+def _pct_ci(rate: dict[str, Any]) -> str:
+    if rate.get("rate") is None:
+        return "-"
+    lo, hi = rate["ci95"]
+    return f"{100 * rate['rate']:.0f}% ({100 * lo:.0f}-{100 * hi:.0f})"
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """The same results as Markdown tables (what ``docs/benchmark.md`` shows)."""
+    ps = [str(p) for p in summary["ps"]]
+    cells = summary["cells"]
+    out: list[str] = []
+
+    def table(title: str, key: str) -> None:
+        out.append(f"**{title}** (n per cell and arm in the second column)")
+        out.append("")
+        out.append("| framework | fault | n | without | " + " | ".join(f"with, p={p}" for p in ps) + " |")
+        out.append("|---|---|---|---|" + "---|" * len(ps))
+        for c in cells:
+            row = [c["framework"], c["fault"], str(c["off"]["n"]), _pct(c["off"][key]).strip()]
+            row += [_pct(c["on"][p][key]).strip() for p in ps]
+            if c["fault"] == "all":
+                row = [f"**{x}**" for x in row]
+            out.append("| " + " | ".join(row) + " |")
+        out.append("")
+
+    table("Task success", "success")
+    table("Silent corruption", "silent_corruption")
+    table("Caught failure", "caught_failure")
+    p0 = ps[0]
+    out.append(f"**Verifier, measured** (with immunity at p={p0}; recall: a failed verdict at or after the fault, "
+               "on trials whose fault fired; acted: a hint, block, stop or recovery at or after the fault; false "
+               "alarm: a failed verdict on a fault-free trial; 95% Wilson intervals)")
+    out.append("")
+    out.append("| framework | fault | recall | acted | false alarm |")
+    out.append("|---|---|---|---|---|")
+    for c in cells:
+        v = c["on"][p0]["verifier"]
+        if c["fault"] == "none":
+            out.append(f"| {c['framework']} | none | - | - | {_pct_ci(v['false_alarm'])} |")
+        else:
+            fa = _pct_ci(v["false_alarm"]) if c["fault"] == "all" else ""
+            out.append(f"| {c['framework']} | {c['fault']} | {_pct_ci(v['recall'])} | {_pct_ci(v['acted'])} | {fa} |")
+    out.append("")
+    out.append("**Pooled over fault types**: rate (95% Wilson interval); paired difference with - without in "
+               "percentage points (95% paired bootstrap interval; exact McNemar p)")
+    out.append("")
+    out.append("| framework | arm | success | diff | silent corruption | diff | caught by |")
+    out.append("|---|---|---|---|---|---|---|")
+    for c in cells:
+        if c["fault"] != "all":
+            continue
+        off = c["off"]
+        out.append(f"| {c['framework']} | without (n={off['n']}) | {_pct_ci(off['success'])} | | "
+                   f"{_pct_ci(off['silent_corruption'])} | | {_caught(off['caught_by'])} |")
+        for p in ps:
+            o = c["on"][p]
+            out.append(f"| | with, p={p} | {_pct_ci(o['success'])} | {_diff(o['paired_success'])} | "
+                       f"{_pct_ci(o['silent_corruption'])} | {_diff(o['paired_silent'])} | "
+                       f"{_caught(o['caught_by'])} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def _caught(by: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in by.items()) or "-"
