@@ -84,7 +84,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     out: list[str] = []
 
     def table(title: str, key: str) -> None:
-        out.append(f"**{title}** (n per cell and arm in the second column)")
+        out.append(f"**{title}** (n: trials per arm)")
         out.append("")
         out.append("| framework | fault | n | without | " + " | ".join(f"with, p={p}" for p in ps) + " |")
         out.append("|---|---|---|---|" + "---|" * len(ps))
