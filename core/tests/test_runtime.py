@@ -481,3 +481,84 @@ def test_ids_are_unique_and_cheap():
 
     ids = {new_id("x_") for _ in range(100_000)}
     assert len(ids) == 100_000
+
+
+def test_start_run_with_a_known_id_continues_the_run(tmp_path):
+    db = str(tmp_path / "cont.db")
+    rt = Runtime(store=db)
+    first = rt.start_run(run_id="t-1", task="x")
+    first.tool_start("search", {"q": 1}, tool_call_id="a")
+    first.tool_end("search", "r", tool_call_id="a")
+    first.end()
+    rt.close()
+    rt2 = Runtime(store=db)
+    again = rt2.start_run(run_id="t-1", task="x")
+    assert again.state.n_steps == 1 and again.run.status == "running"
+    rt2.close()
+
+
+def test_observe_only_records_verdicts_but_never_acts():
+    rt = Runtime(store=":memory:", plugins=[BlockRm()], observe_only=True)
+    run = FakeRun(rt)
+    d = run.tool("bash", {"command": "rm -rf /"}, error="boom")
+    assert not d.block and d.intervention is None and d.recovery is None
+    assert [v.error_class for v in d.verdicts] == ["unsafe_action"]
+    rt.close()
+
+
+def test_budget_exempt_plugins_are_not_skipped():
+    class SlowButExempt:
+        immunity_budget_exempt = True
+        calls = 0
+
+        @hookimpl
+        def immunity_observe(self, event, run, state):
+            SlowButExempt.calls += 1
+            t = time.thread_time()
+            while time.thread_time() - t < 0.01:
+                pass
+
+    rt = Runtime(store=None, plugins=[SlowButExempt()], step_budget_ms=2)
+    run = FakeRun(rt)
+    for i in range(5):
+        run.tool("search", {"q": i})
+    assert SlowButExempt.calls == 1 + 5 * 2  # run_start + tool_start/tool_end each time
+    rt.close()
+
+
+def test_domain_judges_a_test_run_that_exited_zero():
+    judged = Domain(name="ci", rules=[Rule(tool="run_tests", action="VERIFY")],
+                    judge_result=lambda step: "failed" not in (step.result or ""))
+
+    class DomainPlugin:
+        @hookimpl
+        def immunity_register_domains(self, register):
+            register("ci", judged)
+
+    rt = Runtime(store=None, plugins=[DomainPlugin()], domain="ci")
+    run = FakeRun(rt, domain="ci")
+    run.tool("run_tests", {}, result="2 failed, 3 passed", return_code=0)
+    assert run.state.last_verify_ok is False
+    assert run.final("done").verdicts[0].error_class == "premature_done"
+    rt.close()
+
+
+def test_factories_receive_the_runtime_when_they_ask():
+    seen = {}
+
+    class Needy:
+        def __init__(self, config, runtime=None):
+            seen["runtime"] = runtime
+
+        def verify(self, event, step, run, state):
+            return []
+
+    class P:
+        @hookimpl
+        def immunity_register_verifiers(self, register):
+            register("needy", Needy)
+
+    rt = Runtime(store=None, plugins=[P()], verifiers=["needy"])
+    FakeRun(rt).tool("x", {})
+    assert seen["runtime"] is rt
+    rt.close()

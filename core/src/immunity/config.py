@@ -22,6 +22,8 @@ class Config:
     :param max_interventions: at most this many interventions per run (tolerance layer).
     :param cooldown_steps: at least this many steps between two hints.
     :param max_consecutive_failures: the circuit breaker opens after this many failed steps in a row.
+    :param observe_only: verify and record, but never intervene or recover (for scoring and
+        replays: the run is fed exactly as it happened).
     :param options: free-form options for plugins, keyed by plugin name.
     """
 
@@ -35,4 +37,5 @@ class Config:
     max_interventions: int = 5
     cooldown_steps: int = 1
     max_consecutive_failures: int = 5
+    observe_only: bool = False
     options: dict[str, Any] = field(default_factory=dict)

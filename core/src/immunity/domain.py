@@ -104,6 +104,9 @@ class Domain:
     checks: Sequence[Check] = ()
     description: str = ""
     error_classes: dict[str, str] = field(default_factory=dict)
+    #: optional ``judge_result(step) -> bool | None``: for a VERIFY step that did not error, whether
+    #: the check passed, read from its output (``False`` marks it failed; ``None`` = can't tell)
+    judge_result: Callable[[Any], bool | None] | None = None
 
     def map_action(self, tool: str | None, arguments: dict[str, Any] | None = None,
                    text: str | None = None) -> ActionMapping | None:

@@ -232,15 +232,15 @@ def immunity_register_stores(register: Any) -> None:
 @hookspec
 def immunity_register_verifiers(register: Any) -> None:
     """Register named verifiers that the configuration can switch on: ``register(name, factory)``;
-    ``factory(config)`` returns an object with ``verify(event, step, run, state)`` returning
-    verdicts. Core's ``rules`` verifier is on by default; others only when named in
+    ``factory(config)`` (or ``factory(config, runtime=...)`` if it takes ``runtime``) returns an
+    object with ``verify(event, step, run, state)`` returning verdicts. Core's ``rules`` verifier is on by default; others only when named in
     ``Config.verifiers``."""
 
 
 @hookspec
 def immunity_register_selectors(register: Any) -> None:
     """Register intervention selectors: ``register(name, factory)``; ``factory(config, store)``
-    returns an object with ``select(verdicts, event, run, state) -> Intervention | None`` and
+    (plus ``runtime=`` if it takes it) returns an object with ``select(verdicts, event, run, state) -> Intervention | None`` and
     ``update(run)`` (called when a run ends with an outcome)."""
 
 

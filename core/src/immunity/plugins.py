@@ -46,6 +46,7 @@ OPTIONAL_BUILTINS: tuple[str, ...] = (
     "immunity.importers.plugin",
     "immunity.learning.plugin",
     "immunity.interventions.plugin",
+    "immunity.bench.plugin",
 )
 
 
@@ -281,3 +282,17 @@ def call_each(pm: PluginManager, hook_name: str, on_error: Callable[[str, BaseEx
         if res is not None:
             results.append((impl.plugin_name, res))
     return results
+
+
+def build(factory: Any, *args: Any, runtime: Any = None) -> Any:
+    """Call a registered factory with ``args``, adding ``runtime=`` when the factory accepts it
+    (verifiers and selectors that need the registries or the store ask for it)."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    if "runtime" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return factory(*args, runtime=runtime)
+    return factory(*args)

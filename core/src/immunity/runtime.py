@@ -35,7 +35,7 @@ from immunity.models import (
     Verdict,
     now,
 )
-from immunity.plugins import PluginManager, get_plugin_manager
+from immunity.plugins import PluginManager, build, get_plugin_manager
 from immunity.state import RunState
 
 log = logging.getLogger("immunity")
@@ -154,6 +154,21 @@ class RunSession:
             self.state.hints_pending.append(text)
         self.runtime._save("interventions", iv)
 
+    def discard_hint(self, text: str) -> bool:
+        """Withdraw a queued hint that is no longer true (e.g. a retry already succeeded)."""
+        with self._lock:
+            if text in self.state.hints_pending:
+                self.state.hints_pending.remove(text)
+                return True
+        return False
+
+    def pause(self, reason: str = "") -> None:
+        """Mark the run paused (waiting for a human, an interrupt, a resume) in the store."""
+        self.run.status = "paused"
+        if reason:
+            self.run.metadata["paused_because"] = reason
+        self.runtime._save("runs", self.run)
+
     def request_stop(self, reason: str) -> None:
         self.state.stop_requested = reason
 
@@ -173,7 +188,7 @@ class RunSession:
         self.runtime._save("checkpoints", cp)
         return cp
 
-    def rollback(self, checkpoint: Checkpoint | None = None) -> list[str]:
+    def rollback(self, checkpoint: Checkpoint | None = None, *, record: bool = True) -> list[str]:
         """Undo what happened after ``checkpoint`` (default: the last verified one) as far as
         immunity can: call the compensating action registered for every side-effecting step after
         it, newest first, and forget those steps' idempotency keys so a retry may run them again.
@@ -201,9 +216,11 @@ class RunSession:
                     self.runtime.forget_result(key)
             self.runtime._save("steps", step)
             done.append(step.tool or "")
-        rec = Recovery(kind=RecoveryKind.ROLLBACK, checkpoint_id=cp.checkpoint_id if cp else None, run_id=self.run.run_id,
-                       step=self.state.n_steps, reason=f"rolled back to step {since}; compensated {done or 'nothing'}")
-        self.runtime._save("recoveries", rec)
+        if record:  # an adapter carrying out a decision's own ROLLBACK passes record=False
+            rec = Recovery(kind=RecoveryKind.ROLLBACK, checkpoint_id=cp.checkpoint_id if cp else None,
+                           run_id=self.run.run_id, step=self.state.n_steps,
+                           reason=f"rolled back to step {since}; compensated {done or 'nothing'}")
+            self.runtime._save("recoveries", rec)
         return done
 
     def last_verified_checkpoint(self, before_step: int | None = None) -> Checkpoint | None:
@@ -270,6 +287,8 @@ class RunSession:
                         run.steps = state.n_steps
                         rt._save("events", event)
                         rt._save("steps", pending)
+                        self._broadcast("immunity_observe", event=event, run=run, state=state, session=self)
+                        self._broadcast("immunity_observe_step", step=pending, run=run, state=state, session=self)
                         return decision
             elif event.kind == EventKind.TOOL_END:
                 key = event.tool_call_id or f"tool:{event.tool}"
@@ -279,6 +298,13 @@ class RunSession:
                 step.result = _clip(event.result, 4000)
                 step.error = _clip(event.error, 2000)
                 step.return_code = event.return_code
+                judge = getattr(rt.domain(run.domain), "judge_result", None)
+                if judge is not None and step.action_type == ActionType.VERIFY and not step.failed:
+                    try:
+                        if judge(step) is False:  # e.g. a test run that printed "2 failed" with exit code 0
+                            step.data["check_failed"] = True
+                    except Exception as exc:
+                        self.record_error(f"domain:{run.domain}", "judge_result", exc)
                 if step.side_effect and not step.failed:
                     key = step.data.get("idempotency_key") or idempotency_key(run.run_id, event.tool,
                                                                              step.arguments or event.arguments)
@@ -322,7 +348,11 @@ class RunSession:
             failed.sort(key=lambda v: (not v.block, -Severity(v.severity).rank))
             if failed and step is not None:
                 step.data["flagged"] = [v.error_class for v in failed]
-            if failed:
+            observe_only = rt.config.observe_only
+            if failed and observe_only:
+                for v in failed:
+                    v.block = False
+            if failed and not observe_only:
                 iv = self._decide("immunity_intervene", verdicts=failed, event=event, run=run, state=state, session=self)
                 if iv is not None and not isinstance(iv, Intervention):
                     self.record_error("immunity_intervene", "immunity_intervene",
@@ -343,7 +373,8 @@ class RunSession:
                     run.steps = state.n_steps
                     rt._save("steps", blocked)
 
-            if event.error or event.failed or decision.block or (failed and event.kind == EventKind.TOOL_END):
+            if not observe_only and (event.error or event.failed or decision.block or
+                                     (failed and event.kind == EventKind.TOOL_END)):
                 rec = self._decide("immunity_recover", event=event, verdicts=failed, run=run, state=state, session=self)
                 if rec is not None and not isinstance(rec, Recovery):
                     self.record_error("immunity_recover", "immunity_recover",
@@ -353,7 +384,7 @@ class RunSession:
                     rec.run_id, rec.step = run.run_id, state.n_steps
                     decision.recovery = rec
                     rt._save("recoveries", rec)
-                    if rec.kind in (RecoveryKind.RETRY, RecoveryKind.ROLLBACK) and rec.hint and \
+                    if rec.kind != RecoveryKind.ABORT and rec.hint and rec.hint not in state.hints_pending and \
                             not (decision.intervention and decision.intervention.kind == InterventionKind.HINT):
                         state.hints_pending.append(rec.hint)
                     if rec.kind == RecoveryKind.ABORT:
@@ -478,7 +509,7 @@ class RunSession:
         # CPU time decides (a busy machine must not get a plugin skipped); a plugin that blocks
         # (waits on I/O) for far longer than the budget counts too.
         budget = self.runtime.config.step_budget_ms / 1000.0
-        if budget and (cpu > budget or elapsed > 4 * budget):
+        if budget and (cpu > budget or elapsed > 4 * budget) and not self.runtime.budget_exempt(plugin):
             n = self._overruns.get(plugin, 0) + 1
             self._overruns[plugin] = n
             log.warning("plugin %s took %.1f ms, over the %.0f ms step budget (%d/%d)", plugin, elapsed * 1000,
@@ -606,7 +637,16 @@ class Runtime:
     def start_run(self, *, task: str | None = None, framework: str | None = None, domain: str | None = None,
                   run_id: str | None = None, agent: str | None = None, task_id: str | None = None,
                   metadata: dict[str, Any] | None = None, source: str | None = None) -> RunSession:
-        """Start a run and emit its ``run_start`` event."""
+        """Start a run and emit its ``run_start`` event. Starting with the ``run_id`` of a run this
+        runtime or its store already knows continues that run instead (see :meth:`resume_run`), so
+        a resume never overwrites what was stored."""
+        if run_id:
+            known = run_id in self.sessions or (self.store is not None and hasattr(self.store, "get_run")
+                                                and self._stored(run_id))
+            if known:
+                resumed = self.resume_run(run_id)
+                if resumed is not None:
+                    return resumed
         run = Run(task=task, framework=framework, domain=domain or self.config.domain, agent=agent, task_id=task_id,
                   metadata=dict(metadata or {}), source=source)
         if run_id:
@@ -620,6 +660,23 @@ class Runtime:
 
     def session(self, run_id: str) -> RunSession | None:
         return self.sessions.get(run_id)
+
+    def budget_exempt(self, plugin: str) -> bool:
+        """Plugins that carry their own timeout and budget (an LLM verifier) set
+        ``immunity_budget_exempt = True`` on the plugin object; the step budget leaves them alone."""
+        cache = self.__dict__.setdefault("_exempt", {})
+        if plugin not in cache:
+            obj = self.pm.get_plugin(plugin)
+            cache[plugin] = bool(getattr(obj, "immunity_budget_exempt", False))
+        return cache[plugin]
+
+    def _stored(self, run_id: str) -> bool:
+        try:
+            run = self.store.get_run(run_id)
+        except Exception as exc:  # fail open: a store that cannot be read starts a new run
+            log.warning("immunity could not look up run %s: %s", run_id, exc)
+            return False
+        return run is not None and run.run_id == run_id
 
     def resume_run(self, run_id: str) -> RunSession | None:
         """The session of ``run_id``, continuing it: from memory if this process knows it, else
@@ -693,7 +750,7 @@ class Runtime:
             if factory is None:
                 raise ImmunityError(f"no intervention selector named {self.config.selector!r}; installed: "
                                     f"{sorted(self.pm.registry('selectors'))}")
-            self._selector = factory(self.config, self.store)
+            self._selector = build(factory, self.config, self.store, runtime=self)
         return self._selector
 
     def domain(self, name: str | None) -> Any:
@@ -732,7 +789,7 @@ class Runtime:
                                     f"{sorted(adapters) or 'none'} (pip install immunity-<framework>)")
             cls = matching[0]
         for existing, tgt in self.adapters_by_target.values():
-            if tgt is target and isinstance(existing, cls):
+            if tgt is target and isinstance(existing, cls) and getattr(existing, "instrumented", True):
                 return existing  # protecting the same object twice attaches once
         adapter = cls(self, **kwargs)
         adapter.instrument(target)

@@ -161,8 +161,8 @@ class RunState:
         if step.action_type == ActionType.VERIFY:
             self.steps_since_verify = 0
             self.edits_since_verify = 0
-            self.last_verify_ok = not failed
-            if failed:
+            self.last_verify_ok = not failed and not step.data.get("check_failed")
+            if not self.last_verify_ok:
                 self.verified_failed += 1
             else:
                 self.verified_ok += 1

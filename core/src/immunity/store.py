@@ -14,6 +14,7 @@ name as a prefix (``bandit_arms``) and are created through :attr:`SQLiteStore.db
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -149,6 +150,8 @@ def to_row(table: str, record: Any) -> dict[str, Any]:
     raise StoreError(f"cannot store a {type(record).__name__} in {table!r}")
 
 
+_CORE_TABLES = frozenset({"runs", "events", "steps", "verdicts", "interventions", "recoveries", "checkpoints",
+                          "patterns", "plugin_errors", "idempotency"})
 _PKS: dict[str, Any] = {"idempotency": "key", "runs": "run_id", "events": "event_id", "steps": ("run_id", "idx"), "interventions": "intervention_id",
         "recoveries": "recovery_id", "checkpoints": "checkpoint_id", "patterns": "pattern_id"}
 
@@ -250,14 +253,24 @@ class SQLiteStore:
         try:
             with self._lock, self.db.atomic():
                 for table, rows in groups.items():
-                    pk = _PKS.get(table)
-                    if pk is None:
-                        self.db.table(table).insert_all(rows, alter=True)
-                    else:
-                        self.db.table(table).insert_all(rows, pk=pk, replace=True, alter=True)
+                    self._insert(table, rows)
         except sqlite3.Error as exc:
             log.warning("immunity store %s: write of %d records failed (%s); will retry", self.path, len(batch), exc)
             self._failed = batch
+
+    def _insert(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Insert rows; core tables' columns are known, so sqlite-utils' per-call schema check
+        (``alter=True``) is only paid when a row brings a new column or the table is a plugin's."""
+        pk = _PKS.get(table)
+        kw: dict[str, Any] = {"pk": pk, "replace": True} if pk is not None else {}
+        if table in _CORE_TABLES:
+            try:
+                self.db.table(table).insert_all(rows, **kw)
+                return
+            except sqlite3.OperationalError as exc:
+                if "no column" not in str(exc) and "has no column" not in str(exc):
+                    raise
+        self.db.table(table).insert_all(rows, alter=True, **kw)
 
     #: Per-run tables a whole-run write replaces, besides ``runs`` and ``steps``.
     RELATED_TABLES: tuple[str, ...] = ("events", "verdicts", "interventions", "recoveries", "checkpoints",
@@ -292,11 +305,15 @@ class SQLiteStore:
                 if table in existing:
                     self.db.execute(f"DELETE FROM [{table}] WHERE run_id = ?", [run.run_id])
             for table, batch in groups.items():
-                pk = _PKS.get(table)
-                if pk is None:
-                    self.db.table(table).insert_all(batch, alter=True)
-                else:
-                    self.db.table(table).insert_all(batch, pk=pk, replace=True, alter=True)
+                self._insert(table, batch)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        """A transaction on the store's connection, for a plugin's own tables: everything queued
+        is written first, and the block runs alone and atomically."""
+        self.flush()
+        with self._lock, self.db.atomic():
+            yield self.db
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything queued is written."""

@@ -9,6 +9,7 @@ import pluggy
 
 from immunity import taxonomy as tx
 from immunity.models import ActionType, Event, EventKind, Run, Severity, Step, Verdict
+from immunity.plugins import build
 from immunity.state import RunState, action_signature
 
 hookimpl = pluggy.HookimplMarker("immunity")
@@ -105,7 +106,7 @@ def immunity_verify(event: Event, step: Step | None, run: Run, state: RunState, 
         missing = [n for n in names if n not in registry]
         if missing:
             raise LookupError(f"verifier(s) {missing} are not installed; installed: {sorted(registry)}")
-        verifiers = runtime._verifiers = [(n, registry[n](runtime.config)) for n in names]
+        verifiers = runtime._verifiers = [(n, build(registry[n], runtime.config, runtime=runtime)) for n in names]
     out: list[Verdict] = []
     for name, verifier in verifiers:
         try:

@@ -202,7 +202,9 @@ def recover(event: Event, verdicts: list[Verdict], run: Run, state: RunState, se
             delay = backoff_delay(state.tool_failures[tool] - 1, parse_retry_after(err), base=base,
                                   max_delay=max_delay)
             return Recovery(kind=RecoveryKind.RETRY, delay_s=delay, max_attempts=max_attempts,
-                            reason=f"transient error from {tool}: {err[:200]}")
+                            reason=f"transient error from {tool}: {err[:200]}",
+                            hint=f"[immunity] {tool} failed with a transient error ({err[:200]}). It is safe to "
+                                 f"call it again with the same arguments.")
 
     damaged = [v for v in verdicts if not v.ok and Severity(v.severity).rank >= Severity.ERROR.rank]
     failed_check = step.failed and step.action_type == ActionType.VERIFY

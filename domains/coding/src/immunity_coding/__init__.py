@@ -41,6 +41,7 @@ DOMAIN = Domain(
     checks=CHECKS,
     description="Coding agents: shell commands, editor tools, tests and submits.",
     error_classes=ERROR_CLASSES,
+    judge_result=checks.test_output_passed,
 )
 
 

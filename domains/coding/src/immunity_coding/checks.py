@@ -287,3 +287,20 @@ ERROR_CLASSES = {
                     "or config when the task says not to",
     REPEATED_FAILING_COMMAND: "repeated_failing_command: a failed command re-run with no edit since",
 }
+
+
+_FAILED_TESTS = re.compile(r"\b\d+ (failed|errors?)\b|^FAILED |^ERROR[: ]|\bFAILED \(|Traceback \(most recent call last\)",
+                           re.M)
+_PASSED_TESTS = re.compile(r"\b\d+ passed\b|^OK\b|\bRan \d+ tests?\b", re.M)
+
+
+def test_output_passed(step: Step) -> bool | None:
+    """Whether a test run that exited 0 really passed, from its output: ``False`` when it reports
+    failures or errors (some runners and wrappers exit 0 anyway), ``True`` when it reports passes,
+    ``None`` when the output says neither."""
+    out = step.result or ""
+    if _FAILED_TESTS.search(out):
+        return False
+    if _PASSED_TESTS.search(out):
+        return True
+    return None

@@ -17,7 +17,6 @@ after three slow checks.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import weakref
 from typing import Any
@@ -86,16 +85,9 @@ def verifier_for(runtime: Any) -> LLMVerifier | VerifierConfigError:
         return v
 
 
-def _not_skipped_for_slowness(session: Any) -> None:
-    # Core skips a plugin for the rest of a run once it has overrun the per-event step budget
-    # three times. A model call always overruns it and has its own hard timeout and call budget,
-    # so this plugin's count is cleared before each check. (Asked for in core as a per-plugin
-    # exemption; until then this reads the session's counter, and does nothing if it is gone.)
-    overruns = getattr(session, "_overruns", None)
-    if isinstance(overruns, dict):
-        name = session.runtime.pm.get_name(sys.modules[__name__])
-        if name:
-            overruns.pop(name, None)
+#: A model call always overruns core's per-event step budget; this plugin has its own hard
+#: timeout and call/token budget, so core's budget leaves it alone.
+immunity_budget_exempt = True
 
 
 @hookimpl
@@ -134,7 +126,6 @@ def immunity_verify(event: Event, step: Step | None, run: Run, state: RunState, 
         return None
     if verifier.plan(event, step, run, state) is None:
         return None
-    _not_skipped_for_slowness(session)
     return verifier.check(event, step, run, state)
 
 
