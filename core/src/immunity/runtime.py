@@ -626,6 +626,11 @@ class Runtime:
 
             return SQLiteStore(":memory:")
 
+    def save(self, table: str, record: Any) -> None:
+        """Queue a record for the store (a run, a recovery an adapter carried out, a plugin's own
+        row); does nothing when there is no store. Never raises."""
+        self._save(table, record)
+
     def _save(self, table: str, record: Any) -> None:
         if self.store is not None:
             try:
