@@ -61,6 +61,9 @@ def run_demo(*, framework: str | None = None, store: str = "immunity.db") -> str
             header = "immunity demo on a fake framework (no adapter installed; scripted model, offline)"
         rt.flush()
         run = rt.store.get_run(run_id)
-        return f"{header}\n\n{render_run(rt.store, run)}\n\nstored in {store}; see it again with: immunity runs show {run_id}"
+        legend = ("legend: x failed step   ! verdict (what a check found)   > intervention (a hint goes into the "
+                  "next model call only)   ~ recovery")
+        return (f"{header}\n{legend}\n\n{render_run(rt.store, run)}\n\n"
+                f"stored in {store}; see it again with: immunity runs show {run_id}")
     finally:
         rt.close()
