@@ -84,7 +84,10 @@ class Driver:
 
     @classmethod
     def available(cls) -> bool:
-        return all(importlib.util.find_spec(m) is not None for m in cls.modules)
+        try:
+            return all(importlib.util.find_spec(m) is not None for m in cls.modules)
+        except ModuleNotFoundError:  # find_spec("a.b") imports "a", which may be missing
+            return False
 
     def run(self, task: Task, tools: list[tuple[ToolSpec, Callable[..., str]]], agent: ScriptedAgent,
             runtime: Any = None, real: bool = False) -> RunResult:
