@@ -14,20 +14,15 @@ change since. See ``README.md`` for the mapping table and each check's trigger a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import pluggy
 from immunity.domain import Domain
-from immunity.models import Event, EventKind, Run, Step
-from immunity.state import RunState
+from immunity.domain_plugin import make_domain_plugin
 
 from immunity_coding import checks
 from immunity_coding.checks import CHECKS, ERROR_CLASSES, REPEATED_FAILING_COMMAND
 from immunity_coding.mapping import RULES
 
 __all__ = ["DOMAIN", "PACK", "REPEATED_FAILING_COMMAND", "RULES"]
-
-hookimpl = pluggy.HookimplMarker("immunity")
 
 NAME = "coding"
 
@@ -45,26 +40,9 @@ DOMAIN = Domain(
 )
 
 
-@hookimpl
-def immunity_register_domains(register: Any) -> None:
-    register(NAME, DOMAIN)
-
-
-@hookimpl
-def immunity_register_pattern_packs(register: Any) -> None:
-    register("coding-basics", str(PACK))
-
-
-@hookimpl
-def immunity_observe(event: Event, run: Run, state: RunState, session: Any) -> None:
-    """Read this domain's options once, when a coding run starts."""
-    if run.domain == NAME and event.kind == EventKind.RUN_START:
-        opts = session.runtime.config.options.get(NAME) if session is not None else None
-        checks.memo(state)["opts"] = dict(opts or {})
-
-
-@hookimpl
-def immunity_observe_step(step: Step, run: Run, state: RunState, session: Any) -> None:
-    """Keep the per-run memo the checks read (O(1) per step)."""
-    if run.domain == NAME:
-        checks.track(step, run, state)
+#: This domain's plugin hooks, re-exported below: the module itself is the registered plugin.
+PLUGIN = make_domain_plugin(DOMAIN, packs={"coding-basics": PACK}, memo=checks.memo, track=checks.track)
+immunity_register_domains = PLUGIN.immunity_register_domains
+immunity_register_pattern_packs = PLUGIN.immunity_register_pattern_packs
+immunity_observe = PLUGIN.immunity_observe
+immunity_observe_step = PLUGIN.immunity_observe_step

@@ -14,12 +14,9 @@ URLs never retrieved, and search loops that bring nothing new. See ``README.md``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import pluggy
 from immunity.domain import Domain
-from immunity.models import Event, EventKind, Run, Step
-from immunity.state import RunState
+from immunity.domain_plugin import make_domain_plugin
 
 from immunity_research import checks
 from immunity_research.checks import (
@@ -32,8 +29,6 @@ from immunity_research.checks import (
 from immunity_research.mapping import RULES
 
 __all__ = ["DOMAIN", "PACK", "FABRICATED_CITATION", "RULES", "SEARCH_LOOP", "UNSUPPORTED_CLAIM"]
-
-hookimpl = pluggy.HookimplMarker("immunity")
 
 NAME = "research"
 
@@ -50,24 +45,9 @@ DOMAIN = Domain(
 )
 
 
-@hookimpl
-def immunity_register_domains(register: Any) -> None:
-    register(NAME, DOMAIN)
-
-
-@hookimpl
-def immunity_register_pattern_packs(register: Any) -> None:
-    register("research-basics", str(PACK))
-
-
-@hookimpl
-def immunity_observe(event: Event, run: Run, state: RunState, session: Any) -> None:
-    if run.domain == NAME and event.kind == EventKind.RUN_START:
-        opts = session.runtime.config.options.get(NAME) if session is not None else None
-        checks.memo(state)["opts"] = dict(opts or {})
-
-
-@hookimpl
-def immunity_observe_step(step: Step, run: Run, state: RunState, session: Any) -> None:
-    if run.domain == NAME:
-        checks.track(step, run, state)
+#: This domain's plugin hooks, re-exported below: the module itself is the registered plugin.
+PLUGIN = make_domain_plugin(DOMAIN, packs={"research-basics": PACK}, memo=checks.memo, track=checks.track)
+immunity_register_domains = PLUGIN.immunity_register_domains
+immunity_register_pattern_packs = PLUGIN.immunity_register_pattern_packs
+immunity_observe = PLUGIN.immunity_observe
+immunity_observe_step = PLUGIN.immunity_observe_step

@@ -15,11 +15,10 @@ See ``README.md``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import pluggy
 from immunity.domain import Domain
-from immunity.models import Event, EventKind, Run, Step
+from immunity.domain_plugin import make_domain_plugin
+from immunity.models import Event, EventKind, Run
 from immunity.state import RunState
 
 from immunity_support import checks
@@ -27,8 +26,6 @@ from immunity_support.checks import CHECKS, ERROR_CLASSES, REQUIRED_LOOKUPS, UNC
 from immunity_support.mapping import RULES
 
 __all__ = ["DOMAIN", "PACK", "REQUIRED_LOOKUPS", "RULES", "UNCONFIRMED_CHANGE"]
-
-hookimpl = pluggy.HookimplMarker("immunity")
 
 NAME = "support"
 
@@ -45,29 +42,16 @@ DOMAIN = Domain(
 )
 
 
-@hookimpl
-def immunity_register_domains(register: Any) -> None:
-    register(NAME, DOMAIN)
-
-
-@hookimpl
-def immunity_register_pattern_packs(register: Any) -> None:
-    register("support-basics", str(PACK))
-
-
-@hookimpl
-def immunity_observe(event: Event, run: Run, state: RunState, session: Any) -> None:
-    """Read the options when a support run starts; remember the customer's latest message."""
-    if run.domain != NAME:
-        return
-    if event.kind == EventKind.RUN_START:
-        opts = session.runtime.config.options.get(NAME) if session is not None else None
-        checks.memo(state)["opts"] = dict(opts or {})
-    elif event.kind == EventKind.MODEL_START:
+def _on_event(event: Event, run: Run, state: RunState) -> None:
+    """Remember the customer's latest message (read from each model call's input)."""
+    if event.kind == EventKind.MODEL_START:
         checks.track_messages(event.messages, state)
 
 
-@hookimpl
-def immunity_observe_step(step: Step, run: Run, state: RunState, session: Any) -> None:
-    if run.domain == NAME:
-        checks.track(step, run, state)
+#: This domain's plugin hooks, re-exported below: the module itself is the registered plugin.
+PLUGIN = make_domain_plugin(DOMAIN, packs={"support-basics": PACK}, memo=checks.memo, track=checks.track,
+                            on_event=_on_event)
+immunity_register_domains = PLUGIN.immunity_register_domains
+immunity_register_pattern_packs = PLUGIN.immunity_register_pattern_packs
+immunity_observe = PLUGIN.immunity_observe
+immunity_observe_step = PLUGIN.immunity_observe_step
