@@ -355,3 +355,35 @@ def test_model_start_verdicts_do_not_double_count_the_ladder() -> None:
         assert rt.selector._level("wrong_parameters", ev, run.state) == 1
     finally:
         rt.close()
+
+
+class ShopPack:
+    """Registers a pattern pack through a plugin given to the runtime only (no entry point)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @hookimpl
+    def immunity_register_pattern_packs(self, register: Any) -> None:
+        register("shop-runtime-only", self.path)
+
+
+def test_pack_names_resolve_through_the_runtime_that_built_the_selector(tmp_path: Any) -> None:
+    from immunity.learning.packs import save_pack
+
+    path = tmp_path / "shop.json"
+    save_pack(PatternPack(name="shop-runtime-only",
+                          interventions={"loop": ["[immunity] Shop: the cart id is in the last lookup."]}), path)
+    rt = make(plugins=[ShopPack(str(path))], packs=["shop-runtime-only"])
+    selector = rt.selector
+    assert isinstance(selector, BanditSelector) and selector.runtime is rt
+    selector._ensure_loaded(None)
+    assert selector.errors == []
+    assert selector.catalog is not None
+    assert [v.text for v in selector.catalog.for_class("loop", None) if v.source == "pack:shop-runtime-only"] == \
+        ["[immunity] Shop: the cart id is in the last lookup."]
+    rt.close()
+
+    built_by_hand = BanditSelector(rt.config, None)  # outside a runtime: the installed plugins only
+    built_by_hand._ensure_loaded(None)
+    assert [e for e in built_by_hand.errors if e.startswith("packs:")]

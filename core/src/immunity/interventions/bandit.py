@@ -25,7 +25,6 @@ import random
 import sqlite3
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,21 +205,19 @@ class BanditStore:
     def persistent(self) -> bool:
         return self.db is not None and self.broken is None
 
-    def _lock(self) -> Any:
-        # the store's own lock serialises our statements with its writer thread on the shared connection
-        lock = getattr(self.store, "_lock", None)
-        return lock if lock is not None else nullcontext()
-
-    def _flush(self) -> None:
-        flush = getattr(self.store, "flush", None)
-        if callable(flush):
-            flush()
+    def _transaction(self) -> Any:
+        """One transaction on the store's connection for the bandit's own tables: the store's
+        :meth:`~immunity.store.SQLiteStore.transaction` (everything queued is written first and the
+        statements run alone, serialised with the store's writer thread), or the connection's own
+        transaction for a store object that has none."""
+        transaction = getattr(self.store, "transaction", None)
+        return transaction() if callable(transaction) else self.db.conn
 
     # -------------------------------------------------------------- schema
     def ensure_tables(self) -> None:
         if not self.persistent:
             return
-        with self._lock(), self.db.conn:
+        with self._transaction():
             self.db.execute(f"""create table if not exists [{ARMS}] (
                 context text not null, variant text not null, error_class text, successes integer not null default 0,
                 failures integer not null default 0, pulls integer not null default 0, disabled integer not null
@@ -237,7 +234,7 @@ class BanditStore:
         if not self.persistent:
             return
         self.ensure_tables()
-        with self._lock():
+        with self._transaction():
             cur = self.db.execute(f"select context, variant, error_class, successes, failures, pulls, disabled, "
                                   f"disabled_reason from [{ARMS}]")
             rows = cur.fetchall()
@@ -284,7 +281,7 @@ class BanditStore:
 
     def _write_pulls(self, pulls: list[Pull], variants: list[Any]) -> None:
         now = time.time()
-        with self._lock(), self.db.conn:
+        with self._transaction():
             for p in pulls:
                 self.db.execute(f"insert or ignore into [{PULLS}] (intervention_id, run_id, variant, error_class, "
                                 f"context, step, ts, reward) values (?, ?, ?, ?, ?, ?, ?, null)",
@@ -329,7 +326,7 @@ class BanditStore:
     def _reward_db(self, run_id: str, reward: int) -> list[Pull]:
         now = time.time()
         changed: list[Pull] = []
-        with self._lock(), self.db.conn:
+        with self._transaction():
             cur = self.db.execute(f"select intervention_id, variant, error_class, context, step, ts, reward from "
                                   f"[{PULLS}] where run_id = ? and (reward is null or reward != ?)", [run_id, reward])
             for iid, vid, cls, ctx, step, ts, old in cur.fetchall():
@@ -357,7 +354,7 @@ class BanditStore:
         arm = self.arm(class_key(error_class), variant, error_class)
         arm.disabled, arm.disabled_reason = True, reason
         if self.persistent:
-            with self._lock(), self.db.conn:
+            with self._transaction():
                 self.db.execute(f"insert into [{ARMS}] (context, variant, error_class, disabled, disabled_reason, "
                                 f"updated) values (?, ?, ?, 1, ?, ?) on conflict (context, variant) do update set "
                                 f"disabled = 1, disabled_reason = excluded.disabled_reason, updated = excluded.updated",

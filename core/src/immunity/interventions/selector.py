@@ -124,8 +124,10 @@ def stop_answer(state: RunState, reason: str, limit: int = 1500, *, last: str | 
 class BanditSelector:
     """The ``bandit`` selector (``Runtime(selector="bandit")``)."""
 
-    def __init__(self, config: Any, store: Any = None):
+    def __init__(self, config: Any, store: Any = None, *, runtime: Any = None):
         self.config = config
+        #: the runtime that built this selector (its plugin manager resolves pack names)
+        self.runtime = runtime
         options = dict(getattr(config, "options", None) or {})
         self.options = options
         bandit_opts = dict(options.get("bandit") or {})
@@ -193,13 +195,20 @@ class BanditSelector:
                     packs.append(resolve_pack(ref, dict(installed_packs())))
                 except Exception:
                     if registry is None:
-                        from immunity.plugins import get_plugin_manager
-
-                        registry = get_plugin_manager().registry("pattern_packs")
+                        registry = self._pack_registry()
                     packs.append(resolve_pack(ref, registry))
             except Exception as exc:
                 self._fail(run, "packs", exc)
         return packs
+
+    def _pack_registry(self) -> dict[str, Any]:
+        pm = getattr(self.runtime, "pm", None)
+        if pm is None:  # built by hand, outside a runtime
+            from immunity.plugins import get_plugin_manager
+
+            pm = get_plugin_manager()
+        registry: dict[str, Any] = pm.registry("pattern_packs")
+        return registry
 
     # ------------------------------------------------------------------ ladder
     def _level(self, cls: str, event: Event, state: RunState) -> int:
