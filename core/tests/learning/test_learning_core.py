@@ -231,3 +231,32 @@ def test_scoring_observes_even_when_a_plugin_would_block(learned: dict[str, Any]
     strict = [s.scores for s in score_items(items, [learned["path"]], plugins=[_BlockEverything()])]
     assert [len(s) for s in strict] == [len(r.steps) for r in items]
     assert [[x.risk for x in s] for s in strict] == [[x.risk for x in s] for s in plain]
+
+
+class _RegistersPack:
+    """Registers a pack name only on the runtime it is given to (no entry point)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @hookimpl
+    def immunity_register_pattern_packs(self, register: Any) -> None:
+        register("synthetic-runtime-only", self.path)
+
+
+def test_the_patterns_verifier_resolves_packs_through_its_runtime(learned: dict[str, Any]) -> None:
+    from immunity.errors import PackError
+    from immunity.learning.matcher import PatternsVerifier
+
+    rt = Runtime(store=":memory:", verifiers=["patterns"], packs=["synthetic-runtime-only"],
+                 plugins=[_RegistersPack(learned["path"])])
+    try:
+        run = FakeRun(rt, task="Fix the failing check number 99 in module m3.py")
+        run.tool("search_code", {"query": "check 99"}, result="m3.py:99")
+        assert 0.0 <= run.state.extras["risk"] <= 1.0
+        assert not run.run.metadata.get("plugin_errors")
+    finally:
+        rt.close()
+    by_hand = PatternsVerifier(rt.config)  # no runtime: only installed plugins can name packs
+    with pytest.raises(PackError, match="synthetic-runtime-only"):
+        _ = by_hand.matcher

@@ -3,9 +3,10 @@ runtime: to collect the per-step features learning needs, and to score runs with
 
 Both go through the same path as a live run: ``Runtime.start_run`` then
 :func:`immunity.importers.replay.replay`, with the ``patterns`` verifier switched on. Scoring
-turns off everything that would change the replayed run (rules never block, the circuit breaker
-never stops it) and the per-step time budget (so a loaded machine cannot skip the verifier and
-change the scores).
+runs observe-only (``Config.observe_only``: every verdict is recorded, no intervention or recovery
+acts and no step is blocked, since a replayed run already happened), keeps the rules from asking
+for blocks and stops at all, and turns off the per-step time budget (so a loaded machine cannot
+skip the verifier and change the scores).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pluggy
 
 from immunity.config import Config
 from immunity.errors import ImmunityError
@@ -28,16 +28,13 @@ from immunity.learning.matcher import (
     PackMatcher,
     RunScorer,
     StepScore,
-    bind_runtime,
     build_embedder,
     embed_signatures,
     embed_task,
     signature_mode,
 )
 from immunity.learning.packs import resolve_pack
-from immunity.models import Event, Intervention, InterventionKind, Outcome, Recovery, RecoveryKind, Verdict
-
-hookimpl = pluggy.HookimplMarker("immunity")
+from immunity.models import Outcome
 
 _REPO = re.compile(r"^(?P<repo>.+__.+?)-\d+$")
 
@@ -48,37 +45,16 @@ def scoring_config(packs: list[Any] | None = None, *, domain: str | None = None,
                    options: dict[str, Any] | None = None) -> Config:
     """A runtime configuration that observes a replayed run without changing it."""
     return Config(domain=domain, store=None, step_budget_ms=0.0, verifiers=["patterns"], packs=list(packs or []),
-                  max_consecutive_failures=_NEVER,
+                  max_consecutive_failures=_NEVER, observe_only=True,
                   options={"rules": {"block_repeat": _NEVER, "stop_repeat": _NEVER, "tool_breaker": _NEVER},
                            **(options or {})})
-
-
-class ObserveOnly:
-    """The policy of a scoring runtime: every verdict is recorded, none acts. Verdicts that ask for a
-    block are turned into warnings (a replayed run already happened: blocking a step would feed a
-    history that never was), and no recovery is attempted."""
-
-    @hookimpl(tryfirst=True)
-    def immunity_intervene(self, verdicts: list[Verdict], event: Event) -> Intervention:
-        for v in verdicts:
-            v.block = False
-        v = verdicts[0]
-        return Intervention(kind=InterventionKind.WARN, text=v.hint or v.message, error_class=v.error_class,
-                            verdict_plugin=v.plugin, pattern_id=v.evidence.get("pattern_id"), source="observe-only")
-
-    @hookimpl(tryfirst=True)
-    def immunity_recover(self, event: Event) -> Recovery:
-        return Recovery(kind=RecoveryKind.SKIP, reason="observe only")
 
 
 def make_runtime(packs: list[Any] | None = None, *, domain: str | None = None,
                  options: dict[str, Any] | None = None, plugins: list[Any] | None = None) -> Any:
     from immunity.runtime import Runtime
 
-    rt = Runtime(config=scoring_config(packs, domain=domain, options=options),
-                 plugins=[ObserveOnly(), *(plugins or [])])
-    bind_runtime(rt)
-    return rt
+    return Runtime(config=scoring_config(packs, domain=domain, options=options), plugins=list(plugins or []))
 
 
 def task_key(run: Any) -> str:

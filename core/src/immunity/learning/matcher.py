@@ -14,7 +14,6 @@ Switch it on with ``Runtime(verifiers=["patterns"], packs=["my-pack.json"])``. O
 from __future__ import annotations
 
 import logging
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,24 +39,6 @@ tx.register_class(
     "Runs that looked like this one so far often failed. Re-read the task, check your assumptions against "
     "the tool outputs, and verify before finishing.",
 )
-
-_RUNTIMES: dict[int, weakref.ref[Any]] = {}
-
-
-def bind_runtime(runtime: Any) -> None:
-    """Let verifiers built from ``runtime.config`` find the runtime's plugin manager."""
-    _RUNTIMES[id(runtime.config)] = weakref.ref(runtime)
-
-
-def _pm_for(config: Any) -> Any:
-    ref = _RUNTIMES.get(id(config))
-    rt = ref() if ref is not None else None
-    if rt is not None and rt.config is config:
-        return rt.pm
-    from immunity.plugins import get_plugin_manager
-
-    return get_plugin_manager()
-
 
 # ------------------------------------------------------------------------------------------ signatures
 def signature_mode(embedder: Any) -> str:
@@ -243,8 +224,11 @@ class PatternsVerifier:
 
     name = "patterns"
 
-    def __init__(self, config: Any = None):
+    def __init__(self, config: Any = None, *, runtime: Any = None):
         self.config = config
+        #: the plugin manager of the runtime that built this verifier (it resolves pack names,
+        #: embedders and indexes); one with the installed plugins when built by hand
+        self._pm: Any = getattr(runtime, "pm", None)
         opts = dict((getattr(config, "options", None) or {}).get("patterns", {}) or {})
         self.index_name = opts.get("index")
         self.embedder_options = opts.get("embedder_options")
@@ -257,7 +241,11 @@ class PatternsVerifier:
             self._loaded = True
             refs = list(getattr(self.config, "packs", None) or [])
             if refs:
-                pm = _pm_for(self.config)
+                pm = self._pm
+                if pm is None:
+                    from immunity.plugins import get_plugin_manager
+
+                    pm = self._pm = get_plugin_manager()
                 registry = pm.registry("pattern_packs")
                 packs = [resolve_pack(r, registry) for r in refs]
                 self._matcher = PackMatcher(packs, pm, index=self.index_name, embedder_options=self.embedder_options)

@@ -12,8 +12,6 @@ import click
 import pluggy
 
 from immunity.errors import ImmunityError, PackError
-from immunity.models import Event, EventKind, Run
-from immunity.state import RunState
 
 hookimpl = pluggy.HookimplMarker("immunity")
 
@@ -31,14 +29,6 @@ def immunity_register_pattern_packs(register: Any) -> None:
 
     for name, path in installed_packs().items():
         register(name, str(path))
-
-
-@hookimpl
-def immunity_observe(event: Event, run: Run, state: RunState, session: Any) -> None:
-    if event.kind == EventKind.RUN_START:
-        from immunity.learning.matcher import bind_runtime
-
-        bind_runtime(session.runtime)
 
 
 # ------------------------------------------------------------------------------------------ helpers
