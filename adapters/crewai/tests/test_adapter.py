@@ -565,6 +565,37 @@ def test_rollback_to_a_verified_checkpoint_and_resume(make_runtime: Any, kit: An
     assert kinds(rt, run_id).count("run_end") == 1
 
 
+def test_a_rolled_back_run_continues_from_the_store_in_another_runtime(make_runtime: Any, kit: Any,
+                                                                        tmp_path: Any) -> None:
+    from crewai.events import crewai_event_bus
+
+    db = str(tmp_path / "runs.db")
+    rt = make_runtime(store=db, plugins=[RollbackOnPublishError()])
+    crew, _, _ = rollback_crew(kit, tmp_path)
+    adapter = rt.protect(crew)
+    crew.kickoff()  # stopped for the rollback; this runtime is then left behind (a process that went away)
+    run_id = only_run(rt).run.run_id
+    crewai_event_bus.flush()
+    rt.flush()
+    stored = rt.store.get_run(run_id)
+    assert stored.status == "rolling_back"
+    steps, checkpoints = rt.store.steps(run_id), rt.store.checkpoints(run_id)
+    assert steps and checkpoints
+    adapter.uninstrument()
+
+    other = make_runtime(store=db)  # a new runtime on the same store
+    session = CrewAIAdapter(other).continue_run(run_id, crew)
+    assert session is not None and other.session(run_id) is session
+    assert session.state.n_steps == len(steps) == session.run.steps  # the stored steps, folded in once
+    assert [c.checkpoint_id for c in session.checkpoints] == [c.checkpoint_id for c in checkpoints]
+    assert session.state.tokens == stored.tokens == session.run.tokens
+    assert session.run.metadata["resumed"] == 1 and session.run.status == "running" and not session.ended
+    assert session.take_hints() == ["[immunity] publish needs a title: give the article one."]
+    assert CrewAIAdapter(other).continue_run("crewai-never-seen", crew) is None
+    other.flush()
+    assert other.store.get_run(run_id).metadata["resumed"] == 1
+
+
 # ---------------------------------------------------------------------------------------------- example
 def test_example_runs_offline(tmp_path: Any) -> None:
     import os

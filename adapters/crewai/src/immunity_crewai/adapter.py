@@ -161,34 +161,30 @@ class CrewAIAdapter(Adapter):
         pending = bridge.rollbacks.pop(run_id, None) if bridge is not None else None
         session = rt.session(run_id)
         if session is not None:
-            with session._lock:
-                session.ended = False
-                session.state.stop_requested = None
-                session.run.status = "running"
-                session.run.ended_at = None
-                session.run.metadata["resumed"] = int(session.run.metadata.get("resumed", 0)) + 1
+            session.reopen()
+            session.run.ended_at = None
+            session.run.metadata["resumed"] = int(session.run.metadata.get("resumed", 0)) + 1
             if pending is not None and pending.rollback is not None:
                 session.run.metadata.setdefault("rollbacks", []).append(pending.rollback.reason)
-            rt._save("runs", session.run)
+            rt.save("runs", session.run)
             return session
         store = rt.store
         stored = store.get_run(run_id) if store is not None else None
         if stored is None:
             return None
-        session = rt.start_run(task=stored.task, framework="crewai", domain=stored.domain, run_id=run_id,
-                               agent=stored.agent, task_id=stored.task_id, metadata=dict(stored.metadata))
-        for step in store.steps(run_id):
-            session.state.add_step(step)
+        # a run of another process: core reloads it from the store (its steps folded back into the
+        # signals, its checkpoints) and continues it under the same id
+        session = rt.resume_run(run_id)
+        if session is None:
+            return None
         session.state.tokens = stored.tokens
         session.run.tokens, session.run.steps = stored.tokens, session.state.n_steps
-        session.run.started_at = stored.started_at
         session.run.metadata["resumed"] = int(stored.metadata.get("resumed", 0)) + 1
-        session.checkpoints.extend(store.checkpoints(run_id))
         if stored.status == "rolling_back":
             rollbacks = [r for r in store.recoveries(run_id) if r.kind == RecoveryKind.ROLLBACK and r.hint]
             if rollbacks:
-                session.state.hints_pending.append(rollbacks[-1].hint or "")
-        rt._save("runs", session.run)
+                session.add_hint(rollbacks[-1].hint or "", source="resume")
+        rt.save("runs", session.run)
         return session
 
     def rolled_back(self) -> list[str]:

@@ -247,7 +247,7 @@ class Bridge:
         if run.rollback is not None:
             # the run goes on after the rollback: keep it open for resume()
             session.run.status = "rolling_back"
-            self.runtime._save("runs", session.run)
+            self.runtime.save("runs", session.run)
             with self._lock:
                 self.rollbacks[session.run.run_id] = run
             return
@@ -649,7 +649,7 @@ class TaskGuard:
         run.task_retries[id(task)] = used + 1
         run.final_emitted.discard(id(task))
         if run.session is not None:
-            run.session.runtime._save("recoveries", Recovery(
+            run.session.runtime.save("recoveries", Recovery(
                 kind=RecoveryKind.RETRY, hint=feedback, reason="task answer failed its checks",
                 run_id=run.session.run.run_id, step=run.session.state.n_steps, max_attempts=limit))
         return False, feedback
