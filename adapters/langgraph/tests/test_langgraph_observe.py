@@ -197,3 +197,18 @@ def test_static_breakpoint_pauses_the_run_and_resume_finishes_it(make_runtime: A
     rt.flush()
     (run,) = rt.store.runs()
     assert run.run_id == "langgraph:bp" and run.status == "finished" and run.steps == 2
+
+
+def test_a_paused_run_is_stored_as_paused_until_it_is_resumed(make_runtime: Any, tool_graph: Any,
+                                                               weather_tools: Any, calls: Any) -> None:
+    rt = make_runtime()
+    graph = tool_graph(ScriptedChatModel(script=_script()), weather_tools, InMemorySaver())
+    rt.protect(graph)
+    cfg = {"configurable": {"thread_id": "bp2"}}
+    graph.invoke({"messages": [("user", "Weather in Paris?")]}, cfg, interrupt_before=["tools"])
+    rt.flush()
+    stored = rt.store.get_run("langgraph:bp2")
+    assert stored.status == "paused" and stored.metadata["paused_because"] == "breakpoint"
+    graph.invoke(None, cfg)  # the resume finishes the same run
+    rt.flush()
+    assert [(r.run_id, r.status) for r in rt.store.runs()] == [("langgraph:bp2", "finished")]

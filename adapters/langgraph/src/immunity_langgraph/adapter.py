@@ -215,7 +215,7 @@ class LangGraphAdapter(Adapter):
             if stored is None and rt.store is not None:
                 stored = rt.store.get_run(latest)
             status = stored.status if stored is not None else (live.run.status if live is not None else "finished")
-            if resume or status in ("running", "unfinished"):
+            if resume or status in ("running", "paused", "unfinished"):
                 task = stored.task if stored is not None else (live.run.task if live is not None else None)
                 session = rt.start_run(task=task, framework="langgraph", domain=domain, run_id=latest, agent=agent,
                                        metadata={**meta, "resumed": True})
@@ -316,7 +316,7 @@ class LangGraphAdapter(Adapter):
         try:
             session = ctx.session
             if error is None and self._paused(ctx):
-                session.run.status = "paused"
+                session.pause("interrupt" if ctx.interrupted else "breakpoint")
                 return
             if session.stop_requested:
                 session.end(output=ctx.stop_text)

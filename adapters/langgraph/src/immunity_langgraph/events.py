@@ -396,10 +396,7 @@ class RunContext:
         try:
             hint = self._retry_hints.pop(call_id, None)
             if hint is not None:  # the re-executed call worked: the retry hint would only mislead the model
-                with self.session._lock:
-                    pending = self.session.state.hints_pending
-                    if hint in pending:
-                        pending.remove(hint)
+                self.session.discard_hint(hint)
             result, is_error = _tool_result(out)
             d = self.session.tool_end(tool.name, None if is_error else result, error=result if is_error else None,
                                       tool_call_id=call_id, arguments=self.tool_arguments(tool, tool_input))
