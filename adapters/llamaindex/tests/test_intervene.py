@@ -288,6 +288,28 @@ async def test_resume_from_a_checkpoint_with_context_from_dict(make_runtime: Any
     guard2.uninstrument()
 
 
+async def test_resume_after_a_stop_in_the_same_runtime_goes_on(make_runtime: Any) -> None:
+    rt = make_runtime(plugins=[StopOnDelete()])
+    fs = Files()
+    script = [tool_call("read_file", {"path": "a.txt"}), tool_call("delete_file", {"path": "a.txt"}),
+              lambda msgs: "a.txt says alpha; nothing deleted." if any(
+                  "RESUME" in (m.content or "") for m in msgs) else "no hint"]
+    agent = FunctionAgent(tools=fs.tools(), llm=ScriptedLLM(script))
+    guard = rt.protect(agent, checkpoints="full")
+    handler = agent.run(user_msg="Tidy up", run_id="tidy-2")
+    assert "Stopped by immunity" in str(await handler)
+    run_id = guard.run_id_for(handler)
+    assert rt.session(run_id).ended
+
+    ctx = guard.restore(agent, run_id, hint="[immunity] RESUME: answer from what you read; do not delete.")
+    handler2 = agent.run(ctx=ctx)
+    assert str(await handler2) == "a.txt says alpha; nothing deleted."  # the earlier stop is not replayed
+    assert guard.run_id_for(handler2) == run_id and fs.calls == [("read_file", {"path": "a.txt"})]
+    rt.flush()
+    run = rt.store.get_run(run_id)
+    assert run.status == "finished" and run.final_answer == "a.txt says alpha; nothing deleted."
+
+
 async def test_circuit_breaker_stops_the_run_cleanly(make_runtime: Any) -> None:
     rt = make_runtime(config=Config(store=":memory:", max_consecutive_failures=2))
     fs = Files()

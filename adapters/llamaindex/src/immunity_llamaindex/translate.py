@@ -385,8 +385,8 @@ class Bridge:
         name = getattr(workflow, "name", None) or type(workflow).__name__
         session = self.runtime.session(run_id)
         if session is not None:  # the same run again (a resume in this process): go on with its signals
-            session.ended = False
-            session.run.status, session.run.ended_at = "running", None
+            session.reopen()
+            session.run.ended_at = None
             session.emit(Event(kind=EventKind.CUSTOM, agent=name, data={"resumed": True, "llamaindex_run_id": rid}))
         else:
             session = self.runtime.start_run(
