@@ -609,21 +609,18 @@ def run_id_for(key: str) -> str:
     return f"oai-{slug}-{digest}"
 
 
-def _resume_session(adapter: OpenAIAgentsAdapter, run: Run) -> RunSession:
-    """Continue a stored, unfinished run in this process: its steps are replayed into the signals."""
+def _resume_session(adapter: OpenAIAgentsAdapter, run: Run) -> RunSession | None:
+    """Continue a stored, unfinished run in this process: core reloads it (its steps folded back
+    into the signals, its checkpoints); ``None`` if the store no longer has it."""
     rt = adapter.runtime
-    session = RunSession(rt, run)
-    run.status = "running"
-    for step in rt.store.steps(run.run_id):
-        session.state.add_step(step)
-    run.steps = session.state.n_steps
-    session.state.tokens = run.tokens
-    for cp in rt.store.checkpoints(run.run_id) if hasattr(rt.store, "checkpoints") else []:
-        session.checkpoints.append(cp)
-    with rt._lock:
-        rt.sessions[run.run_id] = session
-    rt._save("runs", run)
-    session.emit(Event(kind=EventKind.CUSTOM, data={"resumed": True, "steps_before": run.steps}))
+    session = rt.resume_run(run.run_id)
+    if session is None:
+        return None
+    resumed = session.run
+    resumed.steps = session.state.n_steps
+    session.state.tokens = resumed.tokens
+    rt.save("runs", resumed)
+    session.emit(Event(kind=EventKind.CUSTOM, data={"resumed": True, "steps_before": resumed.steps}))
     return session
 
 
@@ -643,7 +640,7 @@ def begin(adapter: OpenAIAgentsAdapter, agent: Any, input: Any, kwargs: dict[str
     if existing is not None and not existing.session.ended:
         run = existing
     else:
-        session = rt.sessions.get(run_id) if run_id else None
+        session = rt.session(run_id) if run_id else None
         if session is None or session.ended:
             session = None
             stored = rt.store.get_run(run_id) if run_id and rt.store is not None else None
@@ -700,7 +697,7 @@ async def after_result(run: ActiveRun, result: Any) -> tuple[Any, Any] | None:
             if call_id:
                 adapter._interrupted[call_id] = run.run_id
         session.run.status = "interrupted"
-        session.runtime._save("runs", session.run)
+        session.runtime.save("runs", session.run)
         return None
     if run.rollback is not None:
         target = await _rollback(run)
@@ -738,8 +735,9 @@ async def _rollback(run: ActiveRun) -> tuple[Any, Any] | None:
     else:
         new_input = list(items)
     run.rollbacks += 1
-    if rec is not None and rec.hint and rec.hint not in session.state.hints_pending:
-        session.state.hints_pending.append(rec.hint)
+    if rec is not None and rec.hint:
+        session.discard_hint(rec.hint)  # queued once, however it was queued before
+        session.add_hint(rec.hint, source="rollback")
     session.emit(Event(kind=EventKind.CUSTOM, agent=agent.name,
                        data={"rollback_to": cp.checkpoint_id, "checkpoint_step": cp.step,
                              "session_items_removed": removed, "compensated": compensated,
