@@ -66,6 +66,6 @@ def run_demo(adapter_cls: Any, runtime: Any) -> str:
         adapter.uninstrument()
     runs = [s for s in runtime.sessions.values() if s.run.framework == "crewai"]
     llm = crew.agents[0].llm
-    if not any("[immunity]" in text_of(call) for call in llm.calls):
+    if not any("[immunity]" in text_of(call) for call in getattr(llm, "calls", [])):
         raise RuntimeError("the demo's hint did not reach the model")
     return runs[-1].run.run_id

@@ -234,8 +234,8 @@ class Bridge:
             return
         self.finished.append(run)
         self._release_guardrails(run)
-        for key in list(run.hints):
-            self._drop_hints(run, key)
+        for agent_key in list(run.hints):
+            self._drop_hints(run, agent_key)
         if run.session is None:
             if getattr(ctx, "status", "completed") != "failed":
                 return
