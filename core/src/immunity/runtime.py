@@ -154,6 +154,11 @@ class RunSession:
             self.state.hints_pending.append(text)
         self.runtime._save("interventions", iv)
 
+    @property
+    def pending_hints(self) -> tuple[str, ...]:
+        """The hints queued for the next model call (read-only)."""
+        return tuple(self.state.hints_pending)
+
     def discard_hint(self, text: str) -> bool:
         """Withdraw a queued hint that is no longer true (e.g. a retry already succeeded)."""
         with self._lock:
@@ -162,9 +167,10 @@ class RunSession:
                 return True
         return False
 
-    def pause(self, reason: str = "") -> None:
-        """Mark the run paused (waiting for a human, an interrupt, a resume) in the store."""
-        self.run.status = "paused"
+    def pause(self, reason: str = "", *, status: str = "paused") -> None:
+        """Mark the run paused (waiting for a human, an interrupt, a rollback, a resume) in the
+        store; ``status`` names the kind of pause (``"interrupted"``, ``"rolling_back"``...)."""
+        self.run.status = status
         if reason:
             self.run.metadata["paused_because"] = reason
         self.runtime._save("runs", self.run)
@@ -699,6 +705,7 @@ class Runtime:
             session = RunSession(self, run)
             for step in self.store.steps(run_id):
                 session.state.add_step(step)
+            session.state.tokens, session.state.cost = run.tokens, run.cost  # model calls are not steps
             session.checkpoints = list(self.store.checkpoints(run_id))
             with self._lock:
                 self.sessions[run_id] = session
@@ -824,7 +831,7 @@ class Runtime:
             except Exception as exc:
                 log.warning("uninstrument failed: %s", exc)
         for s in list(self.sessions.values()):
-            if not s.ended:
+            if not s.ended and s.run.status == "running":  # keep "paused", "interrupted", ...
                 s.run.status = "unfinished"
                 self._save("runs", s.run)
         try:

@@ -308,10 +308,12 @@ class SQLiteStore:
                 self._insert(table, batch)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite_utils.Database]:
-        """A transaction on the store's connection, for a plugin's own tables: everything queued
-        is written first, and the block runs alone and atomically."""
-        self.flush()
+    def transaction(self, *, flush: bool = True) -> Iterator[sqlite_utils.Database]:
+        """A transaction on the store's connection, for a plugin's own tables: the block runs alone
+        and atomically; with ``flush`` (the default) everything queued is written first, which a
+        plugin whose tables do not depend on queued rows can skip."""
+        if flush:
+            self.flush()
         with self._lock, self.db.atomic():
             yield self.db
 

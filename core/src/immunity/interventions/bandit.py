@@ -207,11 +207,11 @@ class BanditStore:
 
     def _transaction(self) -> Any:
         """One transaction on the store's connection for the bandit's own tables: the store's
-        :meth:`~immunity.store.SQLiteStore.transaction` (everything queued is written first and the
-        statements run alone, serialised with the store's writer thread), or the connection's own
-        transaction for a store object that has none."""
+        :meth:`~immunity.store.SQLiteStore.transaction` (the statements run alone, serialised with
+        the store's writer thread; queued rows need not be written first, the bandit's tables do not
+        depend on them), or the connection's own transaction for a store object that has none."""
         transaction = getattr(self.store, "transaction", None)
-        return transaction() if callable(transaction) else self.db.conn
+        return transaction(flush=False) if callable(transaction) else self.db.conn
 
     # -------------------------------------------------------------- schema
     def ensure_tables(self) -> None:

@@ -74,7 +74,7 @@ def immunity_intervene(verdicts: list[Verdict], event: Event, run: Run, state: R
                             text=stop_answer(state, v.message, last=getattr(budget, "last_output", None)))
     if v.block and event.kind == EventKind.TOOL_START:
         return Intervention(kind=InterventionKind.BLOCK, text=v.hint or v.message, **base)
-    if v.hint and v.hint in state.hints_pending:
+    if v.hint and v.hint in session.pending_hints:
         return Intervention(kind=InterventionKind.WARN, text=v.hint, **base)
     return Intervention(kind=InterventionKind.HINT, text=v.hint or v.message, **base)
 
