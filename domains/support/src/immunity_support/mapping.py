@@ -50,4 +50,8 @@ RULES: list[Rule] = [
               r"request_confirmation|notify_customer", action="RESPOND"),
     Rule(tool=r"(?i)think|summari[sz]e|plan|note_to_self", action="PLAN"),
     Rule(tool=r"(?i)calculate|calculator|compute", action="EXECUTE"),
+    # plain messages to the customer (no tool): handing over or closing is said in words too
+    Rule(tool="", action="ESCALATE", when=r"\b(transferr?(ing|ed)? you|human agent|hand(ing)? (you )?over)\b",
+         confidence=0.7),
+    Rule(tool="", action="RESPOND", confidence=0.8),
 ]
