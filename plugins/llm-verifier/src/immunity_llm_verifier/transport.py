@@ -8,13 +8,13 @@ plugin turns into a recorded problem and no verdict: the agent's run goes on.
 
 from __future__ import annotations
 
-import email.utils
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from immunity.interventions.recovery import parse_retry_after
 
 from immunity_llm_verifier.options import TierSettings
 
@@ -58,22 +58,6 @@ def _content_text(content: Any) -> str:
         return "".join(p if isinstance(p, str) else str(p.get("text", "")) for p in content
                        if isinstance(p, str | dict))
     return "" if content is None else str(content)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (a number of seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class OpenAITransport:
@@ -121,7 +105,7 @@ class OpenAITransport:
             except httpx.HTTPError as exc:
                 raise VerifierUnavailable(f"cannot reach {self.url}: {type(exc).__name__}: {exc}") from exc
             if resp.status_code in (429, 503) and attempt < self.retries:
-                wait = _retry_after(resp.headers.get("retry-after"))
+                wait = parse_retry_after(resp.headers)
                 left = deadline - time.monotonic()
                 if wait is not None and wait < left:
                     attempt += 1
