@@ -82,3 +82,11 @@ def test_immunity_plugins_lists_every_member():
         dist = f"immunity-{member.name}"
         assert dist in rows, f"immunity plugins does not list {dist}"
         assert rows[dist]["error"] is None, rows[dist]["error"]
+
+
+def test_committed_json_schemas_are_current():
+    from immunity.models import json_schemas
+
+    for name, schema in json_schemas().items():
+        path = ROOT / "docs" / "schemas" / f"{name}.schema.json"
+        assert json.loads(path.read_text()) == schema, f"{path} is stale: run immunity schema --out-dir docs/schemas"

@@ -84,3 +84,12 @@ def test_plugin_commands_are_added_and_a_broken_one_does_not_break_the_cli(monke
     monkeypatch.setattr("immunity.cli.get_plugin_manager", fake)
     res = CliRunner().invoke(build_cli(), ["hello-test"])
     assert "hello from a plugin" in res.output
+
+
+def test_schema_command(tmp_path):
+    res = invoke("schema", "Verdict")
+    assert json.loads(res.output)["title"] == "Verdict"
+    bad = CliRunner().invoke(build_cli(), ["schema", "Nope"])
+    assert bad.exit_code != 0 and "unknown model" in bad.output
+    res = invoke("schema", "--out-dir", str(tmp_path))
+    assert (tmp_path / "Event.schema.json").exists()

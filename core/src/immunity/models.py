@@ -381,3 +381,11 @@ class PatternPack(_Model):
     interventions: dict[str, list[str]] = Field(default_factory=dict)
     model: dict[str, Any] = Field(default_factory=dict)
     content_hash: str | None = None
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON schema of every model, by name (``immunity schema`` prints them; ``docs/schemas/``
+    holds the committed copies, checked by a test)."""
+    models: list[type[BaseModel]] = [Event, Step, Run, Verdict, Intervention, Recovery, Checkpoint, FailurePattern,
+                                     PatternPack]
+    return {m.__name__: m.model_json_schema() for m in models}

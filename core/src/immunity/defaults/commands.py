@@ -32,6 +32,30 @@ def immunity_register_commands(cli: click.Group) -> None:
         click.echo(json.dumps(infos, indent=2))
 
     @cli.command()
+    @click.argument("model", required=False)
+    @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+                  help="Write one <Model>.schema.json per model into this folder instead of printing.")
+    def schema(model: str | None, out_dir: str | None) -> None:
+        """Print the JSON schema of immunity's models (or of one MODEL: Event, Step, Run, ...)."""
+        import os
+
+        from immunity.models import json_schemas
+
+        schemas = json_schemas()
+        if model is not None:
+            if model not in schemas:
+                raise click.BadParameter(f"unknown model {model!r}; known: {', '.join(schemas)}", param_hint="MODEL")
+            schemas = {model: schemas[model]}
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+            for name, sch in schemas.items():
+                with open(os.path.join(out_dir, f"{name}.schema.json"), "w", encoding="utf-8") as fh:
+                    fh.write(json.dumps(sch, indent=2, sort_keys=True) + "\n")
+            click.echo(f"wrote {len(schemas)} schemas to {out_dir}")
+            return
+        click.echo(json.dumps(schemas if model is None else schemas[model], indent=2, sort_keys=True))
+
+    @cli.command()
     def doctor() -> None:
         """Check adapters' frameworks against their supported ranges, and plugins that failed."""
         from immunity.plugins import get_plugin_manager
