@@ -1,4 +1,5 @@
-"""Per-event overhead of the runtime with core's default plugins (no LLM, no framework).
+"""Per-event overhead of the runtime with the installed plugins (core's built-ins alone with
+IMMUNITY_DISABLE_PLUGIN_AUTOLOAD=1); no LLM, no framework.
 
     python bench/bench_runtime.py [--runs 200] [--steps 20] [--store :memory:]
 
@@ -54,7 +55,7 @@ def main() -> None:
     def us(xs: list[float], q: float) -> float:
         return sorted(xs)[int(q * (len(xs) - 1))] * 1e6
 
-    print(f"runtime overhead, core defaults, store={args.store}: {args.runs} runs x {args.steps} steps "
+    print(f"runtime overhead, {len(rt.pm.get_plugins())} plugins, store={args.store}: {args.runs} runs x {args.steps} steps "
           f"({len(per_event)} events)")
     print(f"  per event: p50 {us(per_event, .5):.1f} us   p99 {us(per_event, .99):.1f} us   "
           f"mean {statistics.fmean(per_event) * 1e6:.1f} us")
