@@ -36,23 +36,6 @@ def clean_crewai_globals() -> Iterator[None]:
                 crewai_event_bus.off(event_type, handler)
 
 
-@pytest.fixture
-def make_runtime() -> Iterator[Any]:
-    """``make_runtime(plugins=[...], **kw)``: a Runtime on an in-memory store, closed afterwards."""
-    from immunity.runtime import Runtime
-
-    made: list[Any] = []
-
-    def make(**kw: Any) -> Any:
-        kw.setdefault("store", ":memory:")
-        rt = Runtime(**kw)
-        made.append(rt)
-        return rt
-
-    yield make
-    for rt in made:
-        rt.close()
-
 
 @pytest.fixture
 def kit() -> SimpleNamespace:

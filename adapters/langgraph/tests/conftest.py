@@ -8,25 +8,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from immunity.runtime import Runtime
 from immunity_langgraph import patches
 from immunity_langgraph.demo import build_graph
 from langchain_core.tools import tool
-
-
-@pytest.fixture
-def make_runtime() -> Iterator[Callable[..., Runtime]]:
-    made: list[Runtime] = []
-
-    def make(**kwargs: Any) -> Runtime:
-        kwargs.setdefault("store", ":memory:")
-        rt = Runtime(**kwargs)
-        made.append(rt)
-        return rt
-
-    yield make
-    for rt in made:
-        rt.close()
 
 
 @pytest.fixture(autouse=True)

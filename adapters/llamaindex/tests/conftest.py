@@ -25,22 +25,6 @@ def _dispatcher_left_clean() -> Iterator[None]:
     assert not leftover, f"handlers left on the root dispatcher: {leftover}"
 
 
-@pytest.fixture
-def make_runtime() -> Iterator[Any]:
-    from immunity.runtime import Runtime
-
-    made: list[Any] = []
-
-    def make(**kwargs: Any) -> Any:
-        kwargs.setdefault("store", ":memory:")
-        rt = Runtime(**kwargs)
-        made.append(rt)
-        return rt
-
-    yield make
-    for rt in made:
-        rt.close()
-
 
 @pytest.fixture
 def rt(make_runtime: Any) -> Any:

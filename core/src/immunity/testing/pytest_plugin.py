@@ -1,5 +1,5 @@
 """pytest plugin for immunity plugin authors (loaded automatically through the ``pytest11`` entry
-point): fixtures for an in-memory runtime and fake runs, offline and isolated from ``$HOME``."""
+point): fixtures for in-memory runtimes (``immunity_runtime``, ``make_runtime``) and fake runs."""
 
 from __future__ import annotations
 
@@ -24,6 +24,26 @@ def immunity_runtime(request: pytest.FixtureRequest) -> Iterator[Any]:
     try:
         yield rt
     finally:
+        rt.close()
+
+
+@pytest.fixture
+def make_runtime() -> Iterator[Any]:
+    """A factory: ``make_runtime(plugins=[...], **options)`` returns a
+    :class:`~immunity.runtime.Runtime` on an in-memory store (unless ``store=`` is given); every
+    runtime it made is closed after the test."""
+    from immunity.runtime import Runtime
+
+    made: list[Any] = []
+
+    def make(**kwargs: Any) -> Any:
+        kwargs.setdefault("store", ":memory:")
+        rt = Runtime(**kwargs)
+        made.append(rt)
+        return rt
+
+    yield make
+    for rt in made:
         rt.close()
 
 
