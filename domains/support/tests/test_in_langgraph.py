@@ -23,6 +23,8 @@ from immunity.runtime import Runtime
 from immunity_langgraph.testing import ScriptedChatModel, tool_call
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import BaseTool, tool
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode
 
 USERS = {
     "mia_li_3668": {"user_id": "mia_li_3668", "name": {"first_name": "Mia", "last_name": "Li"},
@@ -115,9 +117,6 @@ def converse(airline: Airline, opening: str, script: list[Any], customer: tuple[
              **options: Any) -> Result:
     """Run the conversation graph: the customer opens with ``opening`` and answers each reply of the
     agent with their next line from ``customer``; the agent's turns come from ``script``."""
-    from langgraph.graph import END, START, MessagesState, StateGraph
-    from langgraph.prebuilt import ToolNode
-
     model = ScriptedChatModel(script=script)
     tools = airline.tools()
     bound = model.bind_tools(tools)
@@ -263,7 +262,7 @@ def test_a_cancellation_before_the_customer_says_yes_gets_a_hint() -> None:
         tool_call("get_reservation_details", reservation_id="NO6JO3"),
         tool_call("cancel_reservation", reservation_id="NO6JO3"),            # nobody said yes
         "Your reservation NO6JO3 has been cancelled.",
-        "You're welcome.",
+        "I am sorry: I should have asked you first. The cancellation has been made.",
     ], customer=("Wait, I only asked what it would mean!",))
     assert airline.changes == ["cancel NO6JO3"]  # a warning, not a block
     assert result.fired("unconfirmed_change") == ["unconfirmed_change"]
