@@ -624,3 +624,25 @@ def test_the_callers_own_drain_still_works_and_pauses_the_run(make_runtime: Any,
     rt.flush()
     (run,) = rt.store.runs()
     assert run.run_id == "langgraph:drain-1" and run.status == "finished"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fallback_model_takes_over_when_the_model_keeps_failing(make_runtime: Any, tool_graph: Any,
+                                                                mode: str) -> None:
+    def overloaded(messages: list[Any]) -> Any:
+        raise RuntimeError("Error code: 503 - the model is overloaded, please retry later")
+
+    rt = make_runtime(recovery={"base_delay": 0.001, "max_delay": 0.01})
+    primary = ScriptedChatModel(script=[overloaded] * 5, model_name="primary")
+    backup = ScriptedChatModel(script=["answer from the backup model"], model_name="backup")
+    graph = tool_graph(primary, [])
+    rt.protect(graph, fallback_model=backup)
+    out = _ask(graph, "hello", mode=mode)
+    assert out["messages"][-1].content == "answer from the backup model"
+    assert len(primary.calls) == 2 and len(backup.calls) == 1  # a retry, then the fallback
+    assert backup.calls[0][-1].content == "hello"  # the same conversation
+    rt.flush()
+    (run,) = rt.store.runs()
+    kinds = [r.kind for r in rt.store.recoveries(run.run_id)]
+    assert kinds == [RecoveryKind.RETRY, RecoveryKind.FALLBACK]
+    assert rt.store.recoveries(run.run_id)[-1].fallback == "backup"

@@ -78,6 +78,11 @@ def _final_text(values: Any) -> str | None:
     return None
 
 
+def model_name(model: Any) -> str:
+    """A chat model's name as the runtime records it."""
+    return str(getattr(model, "model_name", None) or getattr(model, "model", None) or type(model).__name__)
+
+
 class LangGraphAdapter(Adapter):
     """Observe, verify, intervene and recover on LangGraph graphs (``StateGraph`` with a ``ToolNode``,
     ``create_react_agent``, ``langchain.agents.create_agent``) through their own runtime.
@@ -114,6 +119,11 @@ class LangGraphAdapter(Adapter):
         self.node_events: str | bool = "both" if node_events == "both" else ("end" if node_events else False)
         self._patched = False
         self._latest: dict[str, str] = {}
+        #: a chat model to use when the graph's own model keeps failing (``protect(graph,
+        #: fallback_model=ChatX(...))``); the recovery policy decides when (a FALLBACK recovery)
+        self.fallback_model = options.get("fallback_model")
+        if self.fallback_model is not None:
+            runtime.config.options.setdefault("fallback_model", model_name(self.fallback_model))
 
     # ------------------------------------------------------------------ attach / detach
     def instrument(self, target: Any = None) -> None:

@@ -286,14 +286,14 @@ class RunContext:
         self._note(self.session.model_end(text_of(msg.content) or None, tool_calls=calls or None, usage=usage,
                                           model=name))
 
-    def model_failed(self, exc: BaseException) -> Decision:
+    def model_failed(self, exc: BaseException, model: str | None = None) -> Decision:
         if getattr(exc, "_immunity_seen", False):
             return Decision()
         try:
             exc._immunity_seen = True  # type: ignore[attr-defined]
         except Exception:  # pragma: no cover - exceptions without a __dict__
             pass
-        return self._note(self.session.model_end(error=f"{type(exc).__name__}: {exc}"))
+        return self._note(self.session.model_end(error=f"{type(exc).__name__}: {exc}", model=model))
 
     def stopped_reply(self) -> ChatResult:
         """Stands in for a model call once the run is stopped: the final answer, no tool calls, so

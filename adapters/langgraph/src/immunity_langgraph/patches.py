@@ -155,16 +155,25 @@ def _wrap_convert_input(original: Any) -> Any:
     return _convert_input
 
 
-def _retry_plan(ctx: RunContext, exc: BaseException, attempt: int) -> float | None:
-    """Delay before retrying a failed model call, or ``None`` to give up."""
+FALLBACK = -1.0  # _retry_plan's answer: "call the fallback model instead"
+
+
+def _retry_plan(ctx: RunContext, exc: BaseException, attempt: int, model: Any = None) -> float | None:
+    """Delay before retrying a failed model call, :data:`FALLBACK` to call the adapter's fallback
+    model instead, or ``None`` to give up."""
     from immunity.models import RecoveryKind
 
+    from immunity_langgraph.adapter import model_name
+
     try:
-        d = ctx.model_failed(exc)
+        d = ctx.model_failed(exc, model_name(model) if model is not None else None)
     except Exception as inner:
         ctx.fail("model_end", inner)
         return None
     rec = d.recovery
+    if rec is not None and rec.kind == RecoveryKind.FALLBACK and not d.stop:
+        fallback = getattr(ctx.adapter, "fallback_model", None)
+        return FALLBACK if fallback is not None and fallback is not model else None
     if rec is None or rec.kind != RecoveryKind.RETRY or attempt + 1 >= rec.max_attempts or d.stop:
         return None
     return min(max(rec.delay_s, 0.0), 30.0)
@@ -194,11 +203,13 @@ def _wrap_generate(original: Any) -> Any:
             except GraphBubbleUp:
                 raise
             except Exception as exc:
-                delay = _retry_plan(ctx, exc, attempt)
+                delay = _retry_plan(ctx, exc, attempt, self)
                 if ctx.session.stop_requested:
                     return ctx.stopped_reply()
                 if delay is None:
                     raise
+                if delay == FALLBACK:  # the same messages and bound tools, another model
+                    return ctx.adapter.fallback_model._generate_with_cache(messages, stop, run_manager, **kwargs)
                 attempt += 1
                 time.sleep(delay)
                 messages = _with_hints(ctx, messages)
@@ -223,11 +234,14 @@ def _wrap_agenerate(original: Any) -> Any:
             except GraphBubbleUp:
                 raise
             except Exception as exc:
-                delay = _retry_plan(ctx, exc, attempt)
+                delay = _retry_plan(ctx, exc, attempt, self)
                 if ctx.session.stop_requested:
                     return ctx.stopped_reply()
                 if delay is None:
                     raise
+                if delay == FALLBACK:
+                    return await ctx.adapter.fallback_model._agenerate_with_cache(messages, stop, run_manager,
+                                                                                   **kwargs)
                 attempt += 1
                 await asyncio.sleep(delay)
                 messages = _with_hints(ctx, messages)
