@@ -116,3 +116,34 @@ def test_hooks_re_exported_from_a_module_work_as_the_module_plugin() -> None:
     assert memo(run.state)["refunds"] == 1
     assert [v.error_class for v in d.verdicts if not v.ok] == ["policy_violation"]
     rt.close()
+
+
+def test_a_run_resumed_in_a_new_runtime_rebuilds_the_domain_memo(tmp_path):
+
+    from immunity.domain import Domain, Rule
+    from immunity.domain_plugin import make_domain_plugin
+    from immunity.runtime import Runtime
+
+    seen: list[str] = []
+
+    def memo(state):
+        return state.extras.setdefault("toy", {})
+
+    def track(step, run, state):
+        memo(state).setdefault("tools", []).append(step.tool)
+        seen.append(step.tool)
+
+    toy = Domain(name="toy", rules=[Rule(tool="a", action="SEARCH")])
+    plugin = make_domain_plugin(toy, memo=memo, track=track)
+    db = str(tmp_path / "toy.db")
+    rt = Runtime(store=db, plugins=[plugin], domain="toy", toy={"limit": 3})
+    s = rt.start_run(run_id="r")
+    s.tool_start("a", {}, tool_call_id="1")
+    s.tool_end("a", "x", tool_call_id="1")
+    rt.close()
+    rt2 = Runtime(store=db, plugins=[make_domain_plugin(toy, memo=memo, track=track)], domain="toy", toy={"limit": 3})
+    s2 = rt2.resume_run("r")
+    assert memo(s2.state)["tools"] == ["a"]  # rebuilt from the stored step
+    s2.tool_start("a", {"n": 2}, tool_call_id="2")
+    assert memo(s2.state)["opts"] == {"limit": 3}  # options read on the first event after the resume
+    rt2.close()

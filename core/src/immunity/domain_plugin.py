@@ -78,7 +78,8 @@ class DomainPlugin:
         """Read the options once, when a run of this domain starts; pass events on to ``on_event``."""
         if run.domain != self.name:
             return
-        if event.kind == EventKind.RUN_START and self.memo is not None:
+        if self.memo is not None and (event.kind == EventKind.RUN_START or "opts" not in self.memo(state)):
+            # at the start of a run, or on the first event of a run resumed in another process
             self.memo(state)["opts"] = self.options(session)
         if self.on_event is not None:
             self.on_event(event, run, state)

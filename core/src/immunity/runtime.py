@@ -691,9 +691,10 @@ class Runtime:
 
     def resume_run(self, run_id: str) -> RunSession | None:
         """The session of ``run_id``, continuing it: from memory if this process knows it, else
-        reloaded from the store (the run, its steps folded back into the signals, its
-        checkpoints), so a resume in another process goes on where the run stopped and appends
-        new steps after the stored ones. ``None`` if the run is unknown."""
+        reloaded from the store (the run, its steps folded back into the signals and shown again to
+        ``immunity_observe_step`` so plugins rebuild their per-run memos, its checkpoints), so a
+        resume in another process goes on where the run stopped and appends new steps after the
+        stored ones. ``None`` if the run is unknown."""
         with self._lock:
             session = self.sessions.get(run_id)
         if session is None:
@@ -705,6 +706,8 @@ class Runtime:
             session = RunSession(self, run)
             for step in self.store.steps(run_id):
                 session.state.add_step(step)
+                # plugins rebuild what they keep per run (domain memos) from the stored steps
+                session._broadcast("immunity_observe_step", step=step, run=run, state=session.state, session=session)
             session.state.tokens, session.state.cost = run.tokens, run.cost  # model calls are not steps
             session.checkpoints = list(self.store.checkpoints(run_id))
             with self._lock:
