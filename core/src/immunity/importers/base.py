@@ -409,6 +409,16 @@ def iter_records(path: str) -> Iterator[Record | ImportProblem]:
         yield from iter_jsonl(path)
 
 
+def iter_objects(path: str) -> Iterator[Record | ImportProblem]:
+    """Like :func:`iter_records`, but a record that is not a JSON object becomes an
+    :class:`ImportProblem` naming it, so importers only see objects."""
+    for rec in iter_records(path):
+        if isinstance(rec, ImportProblem) or isinstance(rec.value, dict):
+            yield rec
+        else:
+            yield ImportProblem(path, rec.where, f"expected an object, got {type(rec.value).__name__}")
+
+
 def _is_single_json(path: str) -> bool:
     """A file that starts with ``{`` is JSON Lines if its name says so (``.jsonl``, ``.ndjson``) or
     its first line parses alone; otherwise it is one (pretty-printed) JSON object."""

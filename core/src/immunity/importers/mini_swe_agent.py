@@ -41,7 +41,7 @@ from immunity.importers.base import (
     as_text,
     bounded,
     describe,
-    iter_records,
+    iter_objects,
     message_step,
     new_run,
     stable_id,
@@ -163,7 +163,7 @@ class MiniSweAgentImporter:
                                                                      or '"resolved"' in head)
 
     def read(self, path: str) -> Iterator[ImportedRun | ImportProblem]:
-        for rec in iter_records(path):
+        for rec in iter_objects(path):
             if isinstance(rec, ImportProblem):
                 yield rec
                 continue
@@ -171,8 +171,6 @@ class MiniSweAgentImporter:
 
     def _run(self, rec: Record, path: str) -> ImportedRun | ImportProblem:
         value = rec.value
-        if not isinstance(value, dict):
-            return ImportProblem(path, rec.where, f"expected an object, got {type(value).__name__}")
         info = as_dict(value.get("info"))
         instance = value.get("instance_id") or info.get("instance_id")
         if instance is None and rec.where == "file":

@@ -28,7 +28,7 @@ from immunity.importers.base import (
     as_text,
     bounded,
     describe,
-    iter_records,
+    iter_objects,
     message_step,
     new_run,
     stable_id,
@@ -70,14 +70,11 @@ class SweAgentImporter:
         return '"trajectory"' in head and ('"action"' in head or '"observation"' in head or path.endswith(".traj"))
 
     def read(self, path: str) -> Iterator[ImportedRun | ImportProblem]:
-        for rec in iter_records(path):
+        for rec in iter_objects(path):
             if isinstance(rec, ImportProblem):
                 yield rec
                 continue
             value = rec.value
-            if not isinstance(value, dict):
-                yield ImportProblem(path, rec.where, f"expected an object, got {type(value).__name__}")
-                continue
             info = as_dict(value.get("info"))
             instance = value.get("instance_id") or info.get("instance_id")
             if instance is None:

@@ -26,7 +26,7 @@ from immunity.importers.base import (
     as_dict,
     bounded,
     describe,
-    iter_records,
+    iter_objects,
     new_run,
     stable_id,
 )
@@ -63,14 +63,11 @@ class TauBenchImporter:
         return start[:1] in "[{" and '"traj"' in head and ('"reward"' in head or '"task_id"' in head)
 
     def read(self, path: str) -> Iterator[ImportedRun | ImportProblem]:
-        for rec in iter_records(path):
+        for rec in iter_objects(path):
             if isinstance(rec, ImportProblem):
                 yield rec
                 continue
             value = rec.value
-            if not isinstance(value, dict):
-                yield ImportProblem(path, rec.where, f"expected an object, got {type(value).__name__}")
-                continue
             task_id, trial = value.get("task_id"), value.get("trial")
             where = describe(rec, task_id=task_id, trial=trial)
             if not isinstance(value.get("traj"), list):

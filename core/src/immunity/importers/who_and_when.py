@@ -21,7 +21,7 @@ from immunity.importers.base import (
     as_text,
     bounded,
     describe,
-    iter_records,
+    iter_objects,
     message_step,
     new_run,
     stable_id,
@@ -47,14 +47,11 @@ class WhoAndWhenImporter:
         return '"history"' in head and ('"mistake_step"' in head or '"mistake_agent"' in head)
 
     def read(self, path: str) -> Iterator[ImportedRun | ImportProblem]:
-        for rec in iter_records(path):
+        for rec in iter_objects(path):
             if isinstance(rec, ImportProblem):
                 yield rec
                 continue
             value = rec.value
-            if not isinstance(value, dict):
-                yield ImportProblem(path, rec.where, f"expected an object, got {type(value).__name__}")
-                continue
             qid = value.get("question_ID") or value.get("question_id")
             where = describe(rec, question_ID=qid)
             yield self._run(value, path, where, rec.warning, key=str(qid or rec.where))
