@@ -116,6 +116,13 @@ class PluginManager(pluggy.PluginManager):
             self._registries[kind] = self._collect(kind)
         return {name: obj for name, (_, obj) in self._registries[kind].items()}
 
+    def lookup(self, kind: str, name: str) -> Any:
+        """One registered object (or ``None``) without copying the registry: for the per-step path."""
+        if kind not in self._registries:
+            self._registries[kind] = self._collect(kind)
+        entry = self._registries[kind].get(name)
+        return entry[1] if entry else None
+
     def registry_owner(self, kind: str, name: str) -> str | None:
         self.registry(kind)
         entry = self._registries[kind].get(name)

@@ -769,7 +769,7 @@ class Runtime:
         return self._selector
 
     def domain(self, name: str | None) -> Any:
-        return self.pm.registry("domains").get(name) if name else None
+        return self.pm.lookup("domains", name) if name else None
 
     def map_action(self, tool: str | None, arguments: dict[str, Any] | None = None, text: str | None = None,
                    run: Run | None = None, *, domain: str | None = None) -> ActionMapping:
