@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import re
@@ -18,6 +19,7 @@ MEMBERS = sorted(p.parent for kind in ("adapters", "domains", "plugins") for p i
 HOOKS = hookdocs.hook_names()
 
 
+@functools.cache
 def _test_sources() -> str:
     files = [p for p in ROOT.glob("**/tests/**/*.py") if ".venv" not in p.parts and p.name != Path(__file__).name]
     return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
