@@ -1,7 +1,7 @@
 """Per-event overhead of the runtime with the installed plugins (core's built-ins alone with
 IMMUNITY_DISABLE_PLUGIN_AUTOLOAD=1); no LLM, no framework.
 
-    python bench/bench_runtime.py [--runs 200] [--steps 20] [--store :memory:]
+    python bench/bench_runtime.py [--runs 200] [--steps 20] [--store :memory:] [--no-redact]
 
 Each step is a model call (model_start + model_end) and a tool call (tool_start + tool_end): four
 events through observe -> verify -> intervene (-> recover), the rules verifier, the default policy
@@ -24,11 +24,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--store", default=":memory:", help=":memory:, 'file' for a temporary file, or none")
+    ap.add_argument("--no-redact", action="store_true", help="switch the redaction stage off (to measure its cost)")
     args = ap.parse_args()
     store = None if args.store == "none" else args.store
     if args.store == "file":
         store = str(Path(tempfile.mkdtemp()) / "bench.db")
-    rt = Runtime(store=store)
+    rt = Runtime(store=store, **({"redact": {"enabled": False}} if args.no_redact else {}))
     per_event: list[float] = []
     per_step: list[float] = []
     for r in range(args.runs):
@@ -55,7 +56,7 @@ def main() -> None:
     def us(xs: list[float], q: float) -> float:
         return sorted(xs)[int(q * (len(xs) - 1))] * 1e6
 
-    print(f"runtime overhead, {len(rt.pm.get_plugins())} plugins, store={args.store}: {args.runs} runs x {args.steps} steps "
+    print(f"runtime overhead, {len(rt.pm.get_plugins())} plugins, store={args.store}, redaction {'off' if args.no_redact else 'on'}: {args.runs} runs x {args.steps} steps "
           f"({len(per_event)} events)")
     print(f"  per event: p50 {us(per_event, .5):.1f} us   p99 {us(per_event, .99):.1f} us   "
           f"mean {statistics.fmean(per_event) * 1e6:.1f} us")

@@ -253,3 +253,18 @@ def immunity_register_importers(register: Any) -> None:
 @hookspec
 def immunity_register_commands(cli: click.Group) -> None:
     """Add commands to the ``immunity`` command line: ``@cli.command()`` on the given group."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Redaction
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def immunity_register_redaction_patterns(register: Any) -> None:
+    """Register secret detectors: ``register(name, regex)`` where ``regex`` is a pattern string
+    (or a compiled ``re.Pattern``) matching text to mask before anything is stored, exported, quoted
+    in a hint or written into a pack. Every registered pattern is folded with the built-in
+    detectors into one compiled expression (see :mod:`immunity.redact`), so a pattern costs no
+    extra pass; a match becomes ``[REDACTED:plugin_<name>]``. Registration runs once per runtime,
+    never per event."""

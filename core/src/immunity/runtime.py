@@ -241,7 +241,12 @@ class RunSession:
         the runtime is fail-closed; a malformed event is recorded and ignored."""
         t0 = time.perf_counter()
         try:
-            return self._emit(event)
+            decision = self._emit(event)
+            if decision.inject or decision.message:  # the last net: no secret reaches a prompt
+                red = self.runtime.redactor
+                decision.inject = [red.text(h) for h in decision.inject]
+                decision.message = red.text(decision.message) if decision.message else decision.message
+            return decision
         except ImmunityError:
             raise
         except Exception as exc:  # an error in immunity itself: fail open
@@ -610,6 +615,7 @@ class Runtime:
         self.adapters_by_target: dict[int, tuple[Any, Any]] = {}
         self.closed = False
         self.store = self._open_store(store)
+        self.redactor = self._redaction_stage()
         self.pm.hook.immunity_configure(config=self.config)
         _LIVE.add(self)
 
@@ -632,6 +638,26 @@ class Runtime:
 
             return SQLiteStore(":memory:")
 
+    def _redaction_stage(self) -> Any:
+        """The redaction stage between observe and store (see :mod:`immunity.redact`): built from
+        ``Config.options["redact"]`` and plugins' patterns; a store that redacts its rows itself
+        (``store.redactor``) gets it, any other store gets redacted copies from :meth:`_save`."""
+        from immunity.redact import Redactor, from_config
+
+        try:
+            redactor = from_config(self.config, self.pm)
+        except Exception as exc:
+            if self.config.fail_closed:
+                raise
+            log.warning("immunity: bad redaction options (%s); using the built-in detectors", exc)
+            redactor = Redactor()
+        if self.store is not None and hasattr(self.store, "redactor"):
+            self.store.redactor = redactor
+            self._redact_copies = False
+        else:
+            self._redact_copies = self.store is not None and redactor.enabled
+        return redactor
+
     def save(self, table: str, record: Any) -> None:
         """Queue a record for the store (a run, a recovery an adapter carried out, a plugin's own
         row); does nothing when there is no store. Never raises."""
@@ -640,9 +666,18 @@ class Runtime:
     def _save(self, table: str, record: Any) -> None:
         if self.store is not None:
             try:
+                if self._redact_copies:  # a store that does not redact its rows itself
+                    record = self._redacted_copy(record)
                 self.store.save(table, record)
             except Exception as exc:  # pragma: no cover - the store queues; this is a last resort
                 log.warning("immunity store write to %s failed: %s", table, exc)
+
+    def _redacted_copy(self, record: Any) -> Any:
+        from pydantic import BaseModel
+
+        if isinstance(record, BaseModel):
+            return type(record).model_validate(self.redactor.value(record.model_dump(mode="json")))
+        return self.redactor.value(record)
 
     # ------------------------------------------------------------------ runs
     def start_run(self, *, task: str | None = None, framework: str | None = None, domain: str | None = None,

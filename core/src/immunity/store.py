@@ -31,6 +31,7 @@ from sqlite_utils import Migrations
 
 from immunity.errors import StoreError
 from immunity.models import Checkpoint, Event, FailurePattern, Intervention, Recovery, Run, Step, Verdict
+from immunity.redact import default_redactor
 
 log = logging.getLogger("immunity.store")
 
@@ -98,11 +99,37 @@ def _loads(value: Any, default: Any = None) -> Any:
         return default
 
 
-def to_row(table: str, record: Any) -> dict[str, Any]:
-    """A model (or dict) as a row of ``table``."""
+def to_row(table: str, record: Any, redactor: Any = None) -> dict[str, Any]:
+    """A model (or dict) as a row of ``table``; with a ``redactor`` (see :mod:`immunity.redact`)
+    every string in it is redacted before it is JSON-encoded."""
+    if redactor is not None and getattr(redactor, "enabled", True):
+        if isinstance(record, BaseModel):
+            record = _Dumped(record, redactor)
+        elif isinstance(record, dict):
+            return dict(redactor.value(record))
+    return _to_row(table, record)
+
+
+class _Dumped:
+    """A model whose ``model_dump`` returns the redacted dump (what :func:`_to_row` reads)."""
+
+    def __init__(self, model: BaseModel, redactor: Any):
+        self._model, self._redactor = model, redactor
+
+    def model_dump(self, **kw: Any) -> dict[str, Any]:
+        return dict(self._redactor.value(self._model.model_dump(**kw)))
+
+    def model_dump_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), ensure_ascii=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def _to_row(table: str, record: Any) -> dict[str, Any]:
     if isinstance(record, dict):
         return dict(record)
-    if not isinstance(record, BaseModel):
+    if not isinstance(record, BaseModel | _Dumped):
         raise StoreError(f"cannot store a {type(record).__name__} in {table!r}")
     if table == "runs":
         d = record.model_dump(mode="json")
@@ -142,10 +169,10 @@ def to_row(table: str, record: Any) -> dict[str, Any]:
         d["verified"] = int(d["verified"])
         return d
     if table == "patterns":
-        assert isinstance(record, FailurePattern)
+        assert isinstance(record, FailurePattern | _Dumped)
         return {"pattern_id": record.pattern_id, "pack": record.metadata.get("pack"), "error_class": record.error_class,
                 "domain": record.domain, "body": record.model_dump_json()}
-    if isinstance(record, BaseModel):
+    if isinstance(record, BaseModel | _Dumped):
         return record.model_dump(mode="json")
     raise StoreError(f"cannot store a {type(record).__name__} in {table!r}")
 
@@ -163,6 +190,9 @@ class SQLiteStore:
                  linger_ms: float = 20.0):
         self.path = path
         self.linger_s = linger_ms / 1000.0
+        #: the redaction stage every row goes through before it is written (a runtime replaces it
+        #: with one built from its configuration and plugins; see :mod:`immunity.redact`)
+        self.redactor: Any = default_redactor()
         self._lock = threading.RLock()
         self._seq: dict[str, int] = {}
         try:
@@ -197,7 +227,7 @@ class SQLiteStore:
             self._queue.put((table, record))
 
     def _row(self, table: str, record: Any) -> dict[str, Any]:
-        row = to_row(table, record)
+        row = to_row(table, record, self.redactor)
         if table == "events":
             run_id = row["run_id"]
             if run_id not in self._seq:  # a run resumed from an earlier process goes on numbering
@@ -283,15 +313,15 @@ class SQLiteStore:
         nothing is half-written (used by importers)."""
         related = dict(related or {})
         related.setdefault("events", events)
-        rows: list[tuple[str, dict[str, Any]]] = [("runs", to_row("runs", run))]
-        rows += [("steps", to_row("steps", s)) for s in steps]
+        rows: list[tuple[str, dict[str, Any]]] = [("runs", to_row("runs", run, self.redactor))]
+        rows += [("steps", to_row("steps", s, self.redactor)) for s in steps]
         for i, ev in enumerate(related.get("events", ()), 1):
-            r = to_row("events", ev)
+            r = to_row("events", ev, self.redactor)
             r["seq"] = i
             rows.append(("events", r))
         for table in self.RELATED_TABLES[1:]:
             for rec in related.get(table, ()):
-                r = to_row(table, rec)
+                r = to_row(table, rec, self.redactor)
                 r.pop("id", None)
                 r["run_id"] = run.run_id
                 rows.append((table, r))
@@ -454,7 +484,7 @@ class SQLiteStore:
     def update_run(self, run_id: str, **fields: Any) -> None:
         self.flush()
         with self._lock, self.db.conn:
-            self.db.table("runs").update(run_id, fields)
+            self.db.table("runs").update(run_id, self.redactor.value(fields))
 
 
 def open_store(location: str, pm: Any = None) -> Any:

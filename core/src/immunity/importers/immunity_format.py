@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from immunity.importers.base import ImportedRun, ImportProblem, describe, iter_jsonl
 from immunity.models import Checkpoint, Event, Intervention, Recovery, Run, Step, Verdict
+from immunity.redact import default_redactor
 
 FORMAT = "immunity"
 VERSION = 1
@@ -30,9 +31,11 @@ _MODELS: dict[str, Any] = {"events": Event, "verdicts": Verdict, "interventions"
 
 
 def run_record(store: Any, run: Run) -> dict[str, Any]:
-    """Everything the store holds about one run, as one JSON-ready dict."""
+    """Everything the store holds about one run, as one JSON-ready dict, redacted (a store written
+    before redaction existed, or with it switched off, still exports no secrets)."""
     rid = run.run_id
-    return {
+    redactor = getattr(store, "redactor", None) or default_redactor()
+    return redactor.value({
         "format": FORMAT,
         "version": VERSION,
         "run": run.model_dump(mode="json"),
@@ -43,7 +46,7 @@ def run_record(store: Any, run: Run) -> dict[str, Any]:
         "recoveries": [r.model_dump(mode="json") for r in store.recoveries(rid)],
         "checkpoints": [c.model_dump(mode="json") for c in store.checkpoints(rid)],
         "plugin_errors": [{k: v for k, v in e.items() if k != "id"} for e in store.plugin_errors(rid)],
-    }
+    })
 
 
 def _select(store: Any, run_ids: list[str] | None, source: str | None) -> list[Run]:

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from immunity import taxonomy as tx
+from immunity.interventions.quoting import plain, quote
 from immunity.models import ActionType, Event, EventKind, Recovery, RecoveryKind, Run, Severity, Verdict
 from immunity.state import RunState
 
@@ -196,14 +197,14 @@ def recover(event: Event, verdicts: list[Verdict], run: Run, state: RunState, se
             if step.side_effect:
                 return Recovery(kind=RecoveryKind.RETRY, max_attempts=1,
                                 reason=f"transient error on side-effecting {tool}: not retried automatically",
-                                hint=f"[immunity] {tool} failed with a transient error ({err[:200]}). It changes "
+                                hint=f"[immunity] {tool} failed with a transient error {quote(err, 200)}. It changes "
                                      "state, so it was not retried: check whether it took effect before calling it "
                                      "again.")
             delay = backoff_delay(state.tool_failures[tool] - 1, parse_retry_after(err), base=base,
                                   max_delay=max_delay)
             return Recovery(kind=RecoveryKind.RETRY, delay_s=delay, max_attempts=max_attempts,
-                            reason=f"transient error from {tool}: {err[:200]}",
-                            hint=f"[immunity] {tool} failed with a transient error ({err[:200]}). It is safe to "
+                            reason=f"transient error from {tool}: {plain(err, 200)}",
+                            hint=f"[immunity] {tool} failed with a transient error {quote(err, 200)}. It is safe to "
                                  f"call it again with the same arguments.")
 
     damaged = [v for v in verdicts if not v.ok and Severity(v.severity).rank >= Severity.ERROR.rank]
@@ -219,7 +220,7 @@ def recover(event: Event, verdicts: list[Verdict], run: Run, state: RunState, se
         return None
     extras["interventions.rollbacks"] = rollbacks + 1
     cls = damaged[0].error_class if damaged else (tx.REPEATED_TOOL_ERROR if repeated else tx.TOOL_ERROR)
-    why = damaged[0].message if damaged else (step.error or step.result or "a check failed")[:300]
+    why = plain(damaged[0].message) if damaged else quote(step.error or step.result or "a check failed")
     return Recovery(kind=RecoveryKind.ROLLBACK, checkpoint_id=cp.checkpoint_id,
                     reason=f"{cls} at step {step.index}; rolling back to verified step {cp.step}",
                     hint=f"[immunity] Your changes after step {cp.step} were undone because {tool} failed ({cls}): "

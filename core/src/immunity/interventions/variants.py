@@ -15,6 +15,8 @@ Where variants come from:
 - the user: ``Config.options["variants"] = {class: [text | {"id", "text", "domain"}]}``.
 
 Templates are data: ``{name}`` placeholders are replaced by plain text from the verdict
+(redacted and clipped; ``{error}`` and ``{evidence}`` are outside text and go in delimited as data,
+``<tool-output>...</tool-output>``, see :mod:`immunity.interventions.quoting`)
 (``message``, ``evidence``, ``tool``, ``error``, ``count``, ``class_hint``, ``verifier_hint``);
 anything else in braces is left as it is. Nothing is evaluated.
 """
@@ -22,13 +24,13 @@ anything else in braces is left as it is. Nothing is evaluated.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from immunity import taxonomy as tx
+from immunity.interventions.quoting import plain, quote
 from immunity.models import Verdict
 
 __all__ = ["BUILTIN", "DOMAIN", "GENERIC", "Variant", "VariantCatalog", "render", "stable_id"]
@@ -174,15 +176,8 @@ DOMAIN: dict[str, dict[str, dict[str, str]]] = {
 
 
 def _text(value: Any, limit: int = 300) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        try:
-            value = json.dumps(value, default=str, ensure_ascii=False, sort_keys=True)
-        except (TypeError, ValueError):
-            value = str(value)
-    value = " ".join(value.split())
-    return value if len(value) <= limit else value[: limit - 3] + "..."
+    # outside text: redacted, clipped, on one line (see immunity.interventions.quoting)
+    return plain(value, limit)
 
 
 def _evidence(verdict: Verdict) -> str:
@@ -201,9 +196,9 @@ def render(variant: Variant, verdict: Verdict, *, tool: str | None = None, error
     ev = verdict.evidence or {}
     values = {
         "message": _text(verdict.message) or "the last step was flagged",
-        "evidence": _evidence(verdict),
-        "tool": _text(tool or ev.get("tool")) or "the tool",
-        "error": _text(error or ev.get("error")) or _text(verdict.message),
+        "evidence": quote(_evidence(verdict), 600),
+        "tool": _text(tool or ev.get("tool"), 80) or "the tool",
+        "error": quote(error or ev.get("error")) or _text(verdict.message),
         "count": _text(ev.get("count") or ev.get("identical_streak") or ev.get("ping_pong") or ""),
         "class_hint": cls.hint if cls else "Something went wrong in the last step.",
         "verifier_hint": _text(verdict.hint, 600),

@@ -113,9 +113,32 @@ def pack_document(pack: PatternPack) -> dict[str, Any]:
     for p in data["patterns"]:
         p["vector"] = []
     data.pop("content_hash", None)
+    data = _redacted(data)
     doc = {"format": FORMAT, **data, "vectors": encode_array(vectors.reshape(len(pack.patterns), pack.dimension))}
     doc["content_hash"] = content_hash(doc)
     return doc
+
+
+def _redacted(data: dict[str, Any]) -> dict[str, Any]:
+    """The pack's text with secrets masked (examples, descriptions, hints, task ids, provenance);
+    vector blocks are data, not text, and are left as they are."""
+    from immunity.redact import default_redactor
+
+    held: list[tuple[dict[str, Any], Any]] = []
+    for m in (data.get("model") or {}).get("members", []) or []:
+        tasks = m.get("tasks") if isinstance(m, dict) else None
+        if isinstance(tasks, dict) and "vectors" in tasks:
+            held.append((tasks, tasks.pop("vectors")))
+    out = default_redactor().value(data)
+    for tasks, block in held:
+        tasks["vectors"] = block
+    # the original dicts got their blocks back; the redacted copy needs them too
+    for m_out, m_in in zip((out.get("model") or {}).get("members", []) or [],
+                           (data.get("model") or {}).get("members", []) or [], strict=False):
+        if isinstance(m_out, dict) and isinstance(m_out.get("tasks"), dict) and isinstance(m_in, dict):
+            if "vectors" in (m_in.get("tasks") or {}):
+                m_out["tasks"]["vectors"] = m_in["tasks"]["vectors"]
+    return dict(out)
 
 
 def verify_document(doc: Any, *, source: str = "pack") -> PatternPack:

@@ -1,0 +1,267 @@
+"""Redaction: secrets are masked before anything is stored, exported, put in a hint or in a pack.
+
+The redaction stage sits between observe and store: plugins and verifiers see an event as the
+adapter translated it, and what is *written* (the store's rows, ``immunity export``, the text a
+hint quotes, a pack's examples) goes through :class:`Redactor` first. It is on by default.
+
+What it masks (built-in detectors, all folded into **one** compiled regular expression, so a
+string costs one scan however many detectors there are):
+
+- ``private_key``: PEM private key blocks (``-----BEGIN ... PRIVATE KEY-----`` to its end, or to
+  the end of the text when the block was cut);
+- ``aws_key``: AWS access key ids (``AKIA...``/``ASIA...``); ``aws_secret``: a 40-character
+  secret access key in a text that mentions AWS or holds a key id;
+- ``api_key``: common API-key shapes (``sk-...``, ``sk-ant-...``, GitHub ``ghp_...``/``github_pat_...``,
+  Slack ``xox?-...``, Google ``AIza...``, Hugging Face ``hf_...``, Stripe ``sk_live_...``, JWTs);
+- ``bearer``: ``Bearer <token>`` / ``Basic <credentials>`` (Authorization headers);
+- ``secret_field``: the value of ``password=``, ``secret:``, ``"api_key": "..."``, ``token=``,
+  ``aws_secret_access_key=``... fields (the name is kept, the value masked);
+- optional (``emails=True`` / ``phones=True``): e-mail addresses, phone numbers.
+
+Besides text, dictionaries are walked: the value under a key that names a secret (``password``,
+``api_key``, ``token``, ``authorization``...) is masked whatever it looks like. Only strings are
+scanned; numbers, booleans and ``None`` pass through untouched.
+
+Extending it: user patterns (``Config.options["redact"]["patterns"] = [regex, ...]`` or
+``{name: regex}``) and plugins through the ``immunity_register_redaction_patterns`` hook
+(``register(name, regex)``) are folded into the same single expression. Switching it off takes
+``Config.options["redact"] = {"enabled": False}`` (not recommended).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["BUILTIN_PATTERNS", "MASK", "OPTIONAL_PATTERNS", "TRIGGERS", "Redactor", "default_redactor", "redact_text"]
+
+#: What a masked value becomes: ``[REDACTED:<detector>]``.
+MASK = "[REDACTED:{}]"
+
+_SECRET_NAMES = (r"password|passwd|pwd|passphrase|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey|"
+                 r"access[_-]?key|access[_-]?token|auth[_-]?token|refresh[_-]?token|id[_-]?token|session[_-]?token|"
+                 r"token|private[_-]?key|aws_secret_access_key|credentials?")
+
+#: Built-in detectors: name -> regular expression (no capture groups of their own, except
+#: ``secret_field`` whose named groups keep the field's name and quotes).
+BUILTIN_PATTERNS: dict[str, str] = {
+    "private_key": r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY-----(?:[\s\S]{0,20000}?-----END[A-Z0-9 ]{0,40}PRIVATE KEY-----"
+                   r"|(?:[A-Za-z0-9+/=\s]|\\[nr])*)",
+    "aws_key": r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])",
+    "aws_secret": r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])"
+                  r"(?=[A-Za-z0-9/+]{0,39}[0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])",
+    "api_key": r"(?<![A-Za-z0-9_-])(?:sk-(?:ant-|proj-|live-)?[A-Za-z0-9_-]{20,}"
+               r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}"
+               r"|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|hf_[A-Za-z0-9]{30,}"
+               r"|(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}"
+               r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})",
+    "bearer": r"(?i:\b(?:bearer|basic))\s+[A-Za-z0-9._~+/=-]{8,}",
+    "secret_field": r"(?P<sf_key>(?<![A-Za-z0-9_])(?i:" + _SECRET_NAMES + r")[\"'\\]{0,2}\s*[:=]\s*)"
+                    r"(?P<sf_val>\\\"(?:[^\\]|\\[^\"])*?\\\"|\"(?:[^\"\\]|\\.)*\"|'[^']*'|[^\s,;&}\]\"'\\]+)",
+}
+
+#: Detectors that are off unless asked for (``emails=True``, ``phones=True``).
+OPTIONAL_PATTERNS: dict[str, str] = {
+    "email": r"(?<![\w.+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}",
+    "phone": r"(?<![\w+])\+?\d{1,3}[\s.-]?\(?\d{2,4}\)?[\s.-]?\d{3,4}[\s.-]?\d{3,4}(?![\w])",
+}
+
+#: Literals one of which every match of a detector contains: ``(gate, triggers, case)``. A string
+#: holding none of a detector's triggers (or not its cheap ``gate`` character) cannot match it, so
+#: the detector is left out of that string's scan; ``case`` says whether the triggers are looked
+#: for in the original text (``True``) or in its lower-cased copy.
+TRIGGERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
+    "private_key": ((), ("-----BEGIN",), True),
+    "aws_key": (("A",), ("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA"), True),
+    "aws_secret": ((), ("aws", "akia", "asia"), False),
+    "api_key": ((), ("sk-", "gh", "xox", "aiza", "hf_", "_live_", "_test_", "eyj"), False),
+    "bearer": ((), ("bearer", "basic"), False),
+    "secret_field": (("=", ":"), ("pass", "pwd", "secret", "key", "token", "credential"), False),
+    "email": ((), ("@",), True),
+}
+
+#: Keys of a record's top level that immunity fills itself (ids, enums, times): never scanned.
+SKIP_KEYS = frozenset({"event_id", "run_id", "kind", "ts", "tool_call_id", "intervention_id", "recovery_id",
+                       "checkpoint_id", "pattern_id", "action_type", "outcome", "status", "severity", "error_class",
+                       "framework", "started_at", "ended_at", "idx", "index", "seq", "source"})
+
+#: Strings shorter than this are not scanned (no detector matches so little text).
+MIN_LENGTH = 6
+
+_SECRET_KEY = re.compile(r"^(?:[A-Za-z0-9_-]*[_-])?(?i:" + _SECRET_NAMES + r"|authorization|cookie|set-cookie)$")
+
+#: Nesting deeper than this is not walked further (it is replaced by a marker, never recursed into).
+MAX_DEPTH = 64
+
+
+class Redactor:
+    """Masks secrets in text and in JSON-like values.
+
+    Each string costs one lower-casing, a few substring tests (the detectors' :data:`TRIGGERS`)
+    and, only when one of them is present, one pass of a single compiled expression made of the
+    detectors that can match (compiled once per combination and cached). User and plugin patterns
+    have no triggers, so with any of them every string gets that one pass.
+
+    :param patterns: extra detectors, ``{name: regex}`` or a list of regexes (named ``user<i>``).
+    :param emails: also mask e-mail addresses.
+    :param phones: also mask phone numbers.
+    :param enabled: ``False`` makes every method return its input unchanged.
+    """
+
+    def __init__(self, patterns: Mapping[str, str] | Iterable[str] | None = None, *, emails: bool = False,
+                 phones: bool = False, enabled: bool = True):
+        self.enabled = enabled
+        detectors = dict(BUILTIN_PATTERNS)
+        if emails:
+            detectors["email"] = OPTIONAL_PATTERNS["email"]
+        if phones:
+            detectors["phone"] = OPTIONAL_PATTERNS["phone"]
+        extra = dict(patterns) if isinstance(patterns, Mapping) else \
+            {f"user{i}": p for i, p in enumerate(patterns or [])}
+        for name, rx in extra.items():
+            try:
+                re.compile(rx)
+            except (re.error, TypeError) as exc:
+                raise ValueError(f"redaction pattern {name!r} is not a valid regular expression: {exc}") from None
+            detectors[str(name)] = str(rx)
+        self.detectors = detectors
+        self.names: list[str] = list(detectors)
+        self._group_names = {f"d{i}": n for i, n in enumerate(self.names)}
+        self._triggered = [(i, *TRIGGERS[n]) for i, n in enumerate(self.names) if n in TRIGGERS]
+        self._always = tuple(i for i, n in enumerate(self.names) if n not in TRIGGERS)
+        self._compiled: dict[tuple[int, ...], re.Pattern[str] | None] = {}
+        self._keys: dict[str, bool] = {}
+        #: every detector in one expression (for callers that want the whole set)
+        self.pattern = self._expression(tuple(range(len(self.names))))
+
+    def _expression(self, active: tuple[int, ...]) -> re.Pattern[str] | None:
+        rx = self._compiled.get(active, False)
+        if rx is False:
+            # each detector in one named group d<i> (user patterns may contain groups of their own)
+            parts = [f"(?P<d{i}>{self.detectors[self.names[i]]})" for i in active]
+            rx = self._compiled[active] = re.compile("|".join(parts)) if parts else None
+        return rx  # type: ignore[return-value]
+
+    def _sub(self, m: re.Match[str]) -> str:
+        name = self._group_names.get(m.lastgroup or "", "secret")
+        if name == "secret_field":
+            val = m.group("sf_val")
+            if val.startswith('\\"'):
+                q = '\\"'
+            elif val[:1] in "\"'":
+                q = val[0]
+            else:
+                q = ""
+            return f"{m.group('sf_key')}{q}{MASK.format('secret')}{q}"
+        if name == "bearer":
+            word = m.group(0).split(None, 1)[0]
+            return f"{word} {MASK.format('token')}"
+        return MASK.format(name)
+
+    def text(self, value: str) -> str:
+        """``value`` with every detected secret masked."""
+        if not self.enabled or len(value) < MIN_LENGTH:
+            return value
+        low = value.lower()
+        found: list[int] = []
+        for i, gate, trig, case in self._triggered:
+            if gate:
+                for g in gate:
+                    if g in value:
+                        break
+                else:
+                    continue
+            hay = value if case else low
+            for t in trig:
+                if t in hay:
+                    found.append(i)
+                    break
+        if self._always:
+            found = sorted([*self._always, *found])
+        if not found:
+            return value
+        rx = self._expression(tuple(found))
+        return rx.sub(self._sub, value) if rx is not None else value
+
+    def _secret_key(self, key: Any) -> bool:
+        hit = self._keys.get(key)
+        if hit is None:
+            hit = isinstance(key, str) and bool(_SECRET_KEY.match(key))
+            if len(self._keys) < 4096:
+                self._keys[key] = hit
+        return hit
+
+    def value(self, obj: Any, _depth: int = 0) -> Any:
+        """A copy of a JSON-like value with secrets masked (strings scanned, string values under
+        secret keys masked); other types are returned as they are."""
+        if not self.enabled:
+            return obj
+        t = type(obj)
+        if t is str or isinstance(obj, str):
+            return self.text(obj)
+        if t is not dict and t is not list and t is not tuple:
+            return obj
+        if _depth > MAX_DEPTH:
+            return "[too deeply nested]"
+        if t is dict:
+            out = {}
+            for k, v in obj.items():
+                tv = type(v)
+                if tv is str:
+                    if not v or (_depth == 0 and k in SKIP_KEYS):
+                        out[k] = v
+                    elif self._secret_key(k):
+                        out[k] = MASK.format("secret")
+                    else:
+                        out[k] = self.text(v)
+                elif tv is dict or tv is list or tv is tuple:
+                    out[k] = self.value(v, _depth + 1)
+                else:
+                    out[k] = v
+            return out
+        return [self.value(v, _depth + 1) for v in obj]
+
+    def __call__(self, obj: Any) -> Any:
+        return self.value(obj)
+
+
+_DEFAULT: Redactor | None = None
+
+
+def default_redactor() -> Redactor:
+    """The built-in detectors alone (what a store uses when no runtime configured it)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Redactor()
+    return _DEFAULT
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the built-in detectors applied."""
+    return default_redactor().text(text)
+
+
+def from_config(config: Any, pm: Any = None) -> Redactor:
+    """The redactor a runtime uses: built-ins, ``Config.options["redact"]`` and the patterns that
+    plugins register through ``immunity_register_redaction_patterns``."""
+    opts = (getattr(config, "options", None) or {}).get("redact")
+    if opts is False:
+        opts = {"enabled": False}
+    opts = dict(opts or {}) if isinstance(opts, Mapping) else {}
+    patterns: dict[str, str] = {}
+    user = opts.get("patterns") or {}
+    if isinstance(user, str):
+        user = [user]
+    if isinstance(user, Mapping):
+        patterns.update({str(k): str(v) for k, v in user.items()})
+    else:
+        patterns.update({f"user{i}": str(p) for i, p in enumerate(user)})
+    if pm is not None:
+        try:
+            for name, rx in pm.registry("redaction_patterns").items():
+                patterns[f"plugin_{name}"] = rx.pattern if isinstance(rx, re.Pattern) else str(rx)
+        except Exception:  # a broken registration is reported by the plugin manager; keep the rest
+            pass
+    return Redactor(patterns, emails=bool(opts.get("emails")), phones=bool(opts.get("phones")),
+                    enabled=opts.get("enabled", True) is not False)
