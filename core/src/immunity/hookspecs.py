@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from immunity.domain import ActionMapping, Domain
     from immunity.models import Event, Intervention, Recovery, Run, Step, Verdict
     from immunity.runtime import RunSession
+    from immunity.slo import Alert
     from immunity.state import RunState
 
 hookspec = pluggy.HookspecMarker("immunity")
@@ -177,6 +178,28 @@ def immunity_recover(event: Event, verdicts: list[Verdict], run: Run, state: Run
     :param state: the run's signals.
     :param session: the run's :class:`~immunity.runtime.RunSession`.
     :returns: a :class:`~immunity.models.Recovery` or ``None``.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Alerts
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def immunity_deliver_alert(alert: Alert, delivery: dict[str, Any]) -> str | None:
+    """Deliver a burn-rate alert that just started firing (see :mod:`immunity.slo`). Broadcast:
+    every implementation is called, each isolated (one failing delivery does not stop the others);
+    an alert that keeps firing is delivered once.
+
+    Core's built-in (``trylast``) logs the alert and, when ``delivery["webhook"]`` is set, POSTs it
+    as JSON there. Add chat, paging or ticket deliveries in a plugin.
+
+    :param alert: the :class:`~immunity.slo.Alert` (SLO, severity, windows, burn rates, bad runs,
+        message).
+    :param delivery: the ``[alerts]`` table of the SLO file (``webhook``, ``timeout_s`` and any
+        option a delivery plugin reads).
+    :returns: a short status string recorded with the alert, or ``None``.
     """
 
 

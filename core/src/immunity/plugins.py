@@ -47,6 +47,7 @@ OPTIONAL_BUILTINS: tuple[str, ...] = (
     "immunity.learning.plugin",
     "immunity.interventions.plugin",
     "immunity.bench.plugin",
+    "immunity.operate",
 )
 
 
