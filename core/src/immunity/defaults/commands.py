@@ -16,7 +16,7 @@ def _store_option(f: Any) -> Any:
     from immunity.cli import default_store
 
     return click.option("--store", "store_path", default=default_store, show_default="immunity.db or $IMMUNITY_STORE",
-                        help="The SQLite store to read or write.")(f)
+                        help="The store: a SQLite path or a plugin's URL (postgresql://...).")(f)
 
 
 @hookimpl
@@ -164,10 +164,12 @@ def immunity_register_commands(cli: click.Group) -> None:
 
 
 def _open(path: str) -> Any:
-    import os
+    from immunity.errors import StoreError
+    from immunity.locations import open_location
 
-    from immunity.store import SQLiteStore
-
-    if path != ":memory:" and not os.path.exists(path):
-        raise click.ClickException(f"no store at {path} (run an agent with immunity first, or pass --store)")
-    return SQLiteStore(path, background=False)
+    try:
+        return open_location(path)
+    except FileNotFoundError:
+        raise click.ClickException(f"no store at {path} (run an agent with immunity first, or pass --store)") from None
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None

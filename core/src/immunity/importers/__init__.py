@@ -283,10 +283,10 @@ def import_paths(paths: list[str], format: str, store: Any, *, domain: str | Non
     """Import trace files into a store, one transaction per run: a run is written whole or not at
     all (see :func:`immunity.importers.store_io.write_full_run`). ``store`` is a store object or a path. ``progress``, if given, is
     called with the number of bytes read so far (see :func:`total_bytes`)."""
-    from immunity.store import SQLiteStore
+    from immunity.locations import open_location
 
     own = isinstance(store, str)
-    db = SQLiteStore(store, background=False) if own else store
+    db = open_location(store, must_exist=False) if own else store
     _fast_commits(db)
     report = ImportReport()
     seen: dict[str, str] = {}

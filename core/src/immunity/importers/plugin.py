@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -45,7 +46,7 @@ def immunity_register_commands(cli: click.Group) -> None:
                   help=f"The trace format: {', '.join(_formats())} (or one a plugin registers).")
     @click.option("--domain", default=None, help="The domain for runs whose format or record names none.")
     @click.option("--store", "store_path", default=_store_default, show_default="immunity.db or $IMMUNITY_STORE",
-                  help="The SQLite store to write.")
+                  help="The store to write: a SQLite path or a plugin's URL (postgresql://...).")
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
     @click.option("--progress/--no-progress", default=None,
                   help="Show a progress bar on stderr (default: when stderr is a terminal).")
@@ -83,7 +84,7 @@ def immunity_register_commands(cli: click.Group) -> None:
             click.echo(json.dumps(report.as_dict(), indent=2))
         else:
             click.echo(report.summary())
-            click.echo(f"store: {store_path}")
+            click.echo("store: " + re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", store_path))  # no password
         if report.runs == 0:
             click.echo("nothing could be imported" + (f" ({len(report.problems)} problems above)"
                                                        if report.problems else ""), err=True)
@@ -91,7 +92,7 @@ def immunity_register_commands(cli: click.Group) -> None:
 
     @cli.command("export")
     @click.option("--store", "store_path", default=_store_default, show_default="immunity.db or $IMMUNITY_STORE",
-                  help="The SQLite store to read.")
+                  help="The store to read: a SQLite path or a plugin's URL (postgresql://...).")
     @click.option("--run", "run_ids", multiple=True, help="Export only this run (repeat for more; a unique "
                                                            "prefix is enough). Default: every run.")
     @click.option("--source", default=None, help="Export only runs with this source (an import format, ...).")
@@ -100,14 +101,16 @@ def immunity_register_commands(cli: click.Group) -> None:
     def export_cmd(store_path: str, run_ids: tuple[str, ...], source: str | None, output: str) -> None:
         """Write runs with their steps, events, verdicts, interventions, recoveries and checkpoints as
         JSON Lines (immunity's own format; `immunity import --format immunity` reads it back)."""
-        import os
-
+        from immunity.errors import StoreError
         from immunity.importers.immunity_format import export_runs
-        from immunity.store import SQLiteStore
+        from immunity.locations import open_location
 
-        if not os.path.exists(store_path):
-            raise click.ClickException(f"no store at {store_path}")
-        store = SQLiteStore(store_path, background=False)
+        try:
+            store = open_location(store_path)
+        except FileNotFoundError:
+            raise click.ClickException(f"no store at {store_path}") from None
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from None
         try:
             n = export_runs(store, output, run_ids=list(run_ids) or None, source=source)
         except LookupError as exc:

@@ -12,7 +12,6 @@ Switches (all off unless asked for, so loading this plugin changes nothing by it
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -95,15 +94,19 @@ def _store_option(f: Any) -> Any:
     from immunity.cli import default_store
 
     return click.option("--store", "store_path", default=default_store, show_default="immunity.db or $IMMUNITY_STORE",
-                        help="The SQLite store to read.")(f)
+                        help="The store to read: a SQLite path or a plugin's URL (postgresql://...).")(f)
 
 
 def _open(path: str) -> Any:
-    from immunity.store import SQLiteStore
+    from immunity.errors import StoreError
+    from immunity.locations import open_location
 
-    if path != ":memory:" and not os.path.exists(path):
-        raise click.ClickException(f"no store at {path} (run an agent with immunity first, or pass --store)")
-    return SQLiteStore(path, background=False)
+    try:
+        return open_location(path)
+    except FileNotFoundError:
+        raise click.ClickException(f"no store at {path} (run an agent with immunity first, or pass --store)") from None
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _parse_variant(spec: str) -> tuple[str, str]:

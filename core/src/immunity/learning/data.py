@@ -105,14 +105,11 @@ def read_runs(paths: list[str], fmt: str = "auto", *, store: str | None = None, 
 
 
 def _store_runs(path: str) -> Iterator[Any]:
-    import os
 
     from immunity.importers import ImportedRun
-    from immunity.store import SQLiteStore
+    from immunity.locations import open_location
 
-    if path != ":memory:" and not os.path.exists(path):
-        raise FileNotFoundError(f"no store at {path}")
-    st = SQLiteStore(path, background=False)
+    st = open_location(path)
     try:
         for run in st.runs(limit=None):
             steps = st.steps(run.run_id)

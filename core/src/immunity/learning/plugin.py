@@ -62,7 +62,7 @@ def _cfg(target_far: float, folds: int, min_similarity: float, seed: int) -> Any
 
 def _input_options(f: Any) -> Any:
     f = click.option("--domain", default=None, help="Domain of runs that do not name one.")(f)
-    f = click.option("--store", "store", default=None, help="Read runs from this immunity store (SQLite).")(f)
+    f = click.option("--store", "store", default=None, help="Read runs from this immunity store (a SQLite path or postgresql://...).")(f)
     f = click.option("--format", "fmt", default="auto", show_default=True,
                      help="Trace format (tau-bench, mini-swe-agent, who-and-when, chat, immunity, ...).")(f)
     return click.argument("paths", nargs=-1, type=click.Path(exists=True))(f)
