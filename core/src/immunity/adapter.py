@@ -14,7 +14,45 @@ fail-closed.
 from __future__ import annotations
 
 from importlib import metadata
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+from immunity.models import Outcome, Run
+
+
+@runtime_checkable
+class Guard(Protocol):
+    """What ``immunity.protect(agent)`` returns, the same for every framework.
+
+    - ``run_id``: the immunity run id of the latest run this guard saw (``None`` before the first);
+      ``run_ids``: all of them, oldest first. Ids look like ``<framework>-<the framework's own id>``
+      (``langgraph-<thread_id>``, ``crewai-<kickoff id>``...), with ``-<n>`` for a later run that
+      reuses the same native id.
+    - ``set_outcome(run_id, "success" | "failure", reason=...)``: the user's verdict on a run (the
+      bandit learns from it; see :mod:`immunity.outcomes`).
+    - ``resume(run_id)`` / ``aresume(run_id)``: continue a run that paused, stopped or rolled back,
+      through the framework's own resume; returns what the framework's call returns.
+    - ``uninstrument()``: detach, restoring exactly what was there.
+    - ``runtime``: the :class:`~immunity.runtime.Runtime` (store, runs, configuration).
+    """
+
+    name: str
+    runtime: Any
+
+    @property
+    def run_id(self) -> str | None: ...
+
+    @property
+    def run_ids(self) -> list[str]: ...
+
+    def set_outcome(self, run_id: str, outcome: Outcome | str, *, reason: str | None = None) -> Run: ...
+
+    def resume(self, run_id: str | None = None, **kwargs: Any) -> Any: ...
+
+    async def aresume(self, run_id: str | None = None, **kwargs: Any) -> Any: ...
+
+    def instrument(self, target: Any = None) -> None: ...
+
+    def uninstrument(self) -> None: ...
 
 
 class Adapter:
@@ -29,6 +67,48 @@ class Adapter:
         self.runtime = runtime
         self.options = options
         self.instrumented = False
+        self._run_ids: list[str] = []
+
+    # ------------------------------------------------------------------ the Guard surface
+    @property
+    def run_ids(self) -> list[str]:
+        """The immunity run ids of the runs this guard saw, oldest first (a run continued by a
+        resume is listed once)."""
+        return self._run_ids
+
+    @run_ids.setter
+    def run_ids(self, value: list[str]) -> None:
+        self._run_ids = list(value)
+
+    @property
+    def run_id(self) -> str | None:
+        """The immunity run id of the latest run this guard saw (``None`` before the first)."""
+        return self._run_ids[-1] if self._run_ids else None
+
+    def saw_run(self, run_id: str) -> None:
+        """Adapters call this when a run starts or continues, so ``run_id`` names it."""
+        if run_id in self._run_ids:
+            if self._run_ids[-1] == run_id:
+                return
+            self._run_ids.remove(run_id)
+        self._run_ids.append(run_id)
+
+    def set_outcome(self, run_id: str | None, outcome: Outcome | str, *, reason: str | None = None) -> Run:
+        """Your verdict on a run: ``"success"`` or ``"failure"`` (``"unknown"`` takes it back), with an
+        optional ``reason``. It replaces any outcome the framework reported, is saved to the store,
+        and rewards the hints the bandit chose in that run. ``run_id=None`` means the latest run."""
+        from immunity.outcomes import set_outcome
+
+        rid = run_id or self.run_id
+        if rid is None:
+            raise ValueError("this guard has not seen a run yet: pass run_id=")
+        return set_outcome(self.runtime, rid, outcome, reason=reason)
+
+    def resume(self, run_id: str | None = None, **kwargs: Any) -> Any:  # pragma: no cover - per framework
+        raise NotImplementedError(f"{type(self).__name__} does not implement resume()")
+
+    async def aresume(self, run_id: str | None = None, **kwargs: Any) -> Any:  # pragma: no cover
+        raise NotImplementedError(f"{type(self).__name__} does not implement aresume()")
 
     @classmethod
     def matches(cls, obj: Any) -> bool:

@@ -39,10 +39,12 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from immunity.errors import PluginError
+from immunity.outcomes import end_run
 from immunity.models import Event, EventKind, InterventionKind, Recovery, RecoveryKind, Severity
 from immunity.runtime import Decision, RunSession
 
@@ -51,6 +53,20 @@ log = logging.getLogger("immunity.crewai")
 PLUGIN = "immunity_crewai"
 #: the prefix CrewAI puts on a tool result when the tool raised
 TOOL_ERROR_PREFIX = "Error executing tool:"
+#: the crew run and agent role of the task running in this context (CrewAI's forced final-answer
+#: call after ``max_iter`` carries no agent, task or crew: this is how it is attributed)
+_TASK: ContextVar[tuple[Any, str | None] | None] = ContextVar("immunity_crewai_task", default=None)
+
+
+@functools.cache
+def _force_final_text() -> str:
+    """The message CrewAI adds when an agent reached ``max_iter`` (its own i18n text)."""
+    try:
+        from crewai.utilities.i18n import I18N_DEFAULT
+
+        return str(I18N_DEFAULT.errors("force_final_answer"))
+    except Exception:  # pragma: no cover - another CrewAI version: the signal is simply not seen
+        return "\x00"
 
 
 @dataclass
@@ -87,6 +103,8 @@ class CrewRun:
     final_emitted: set[int] = field(default_factory=set)
     rollback: Recovery | None = None
     guarded_tasks: list[tuple[Any, Any]] = field(default_factory=list)
+    #: roles of the agents that reached ``max_iter`` (CrewAI forced their final answer)
+    max_iterations: list[str] = field(default_factory=list)
 
 
 def _usage_of(llm: Any) -> tuple[int, int, int] | None:
@@ -225,6 +243,7 @@ class Bridge:
                 metadata={"crew_id": str(crew.id), "crew_name": getattr(crew, "name", None),
                           "framework_version": self.version})
         run.session = session
+        self.adapter.saw_run(session.run.run_id)
 
     def execution_end(self, ctx: Any) -> None:
         crew = ctx.crew
@@ -253,10 +272,20 @@ class Bridge:
             return
         if ctx.status == "failed":
             err = ctx.error
-            session.end(None, error=f"{type(err).__name__}: {err}" if err is not None else "crew failed")
+            reason = f"raised {type(err).__name__}: {err}" if err is not None else "the crew failed"
+            if err is not None and "guardrail" in str(err).lower():
+                reason = f"a task guardrail failed: {err}"
+            end_run(session, "failure", reason=reason,
+                    error=f"{type(err).__name__}: {err}" if err is not None else "crew failed")
         else:
             output = getattr(ctx.output, "raw", None)
-            session.end(None, output=run.stop_answer or output)
+            if run.stop_answer is not None:
+                end_run(session, "failure", reason=f"stopped by immunity: {run.stop_answer}", output=run.stop_answer)
+            elif run.max_iterations:
+                end_run(session, "failure", reason=f"max iterations reached (max_iter) by {', '.join(run.max_iterations)}",
+                        output=output)
+            else:  # completed: whether it succeeded is the user's call (set_outcome)
+                end_run(session, None, output=output)
 
     def output(self, ctx: Any) -> None:
         run = self._find(ctx)
@@ -286,6 +315,7 @@ class Bridge:
         if run.last_agent is not None and role != run.last_agent:
             session.handoff(run.last_agent, role or "agent")
         run.last_agent = role
+        _TASK.set((run, role))
         task = ctx.task
         session.emit(Event(kind=EventKind.NODE_START, node=ctx.step_name, agent=role,
                            data={"task_id": str(getattr(task, "id", ""))}))
@@ -321,6 +351,12 @@ class Bridge:
     def pre_model_call(self, ctx: Any) -> Any:
         run = self._active(ctx)
         if run is None:
+            current = _TASK.get()
+            messages = getattr(ctx, "messages", None) or []
+            if current is not None and messages and str(messages[-1].get("content")) == _force_final_text():
+                role = current[1] or "agent"
+                if role not in current[0].max_iterations:
+                    current[0].max_iterations.append(role)
             return None
         session = run.session
         assert session is not None

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from immunity.adapter import Adapter
 from immunity.errors import ImmunityError, PluginError
+from immunity.outcomes import end_run
 
 if TYPE_CHECKING:  # pragma: no cover
     from langchain_core.runnables import RunnableConfig
@@ -76,6 +77,13 @@ def _final_text(values: Any) -> str | None:
 
         return text_of(last.content) or None
     return None
+
+
+def _failure_reason(error: BaseException) -> str:
+    """Why a graph run failed, as LangGraph reported it."""
+    if type(error).__name__ == "GraphRecursionError":
+        return f"recursion limit reached (LangGraph's max iterations): {error}"
+    return f"raised {type(error).__name__}: {error}"
 
 
 def model_name(model: Any) -> str:
@@ -178,6 +186,7 @@ class LangGraphAdapter(Adapter):
             checkpointer = getattr(graph, "checkpointer", None)
             checkpoints = thread_id is not None and checkpointer not in (None, False)
             session = self._session_for(graph, input, thread_id)
+            self.saw_run(session.run.run_id)
             ctx = RunContext(self, session, graph, thread_id=thread_id, checkpoints=checkpoints)
             ctx.breakpoints = bool(kwargs.get("interrupt_before") or kwargs.get("interrupt_after")
                                    or getattr(graph, "interrupt_before_nodes", None)
@@ -329,12 +338,17 @@ class LangGraphAdapter(Adapter):
                 session.pause("interrupt" if ctx.interrupted else "breakpoint")
                 return
             if session.stop_requested:
-                session.end(output=ctx.stop_text)
+                end_run(session, "failure", reason=f"stopped by immunity: {session.stop_requested}",
+                        output=ctx.stop_text)
                 return
             final = _final_text(ctx.final_values) if error is None else None
             if final:
                 session.final_answer(final)
-            session.end(output=final, error=None if error is None else f"{type(error).__name__}: {error}")
+            if error is None:  # completed: whether it succeeded is the user's call (set_outcome)
+                end_run(session, None, output=final)
+            else:
+                end_run(session, "failure", reason=_failure_reason(error), output=final,
+                        error=f"{type(error).__name__}: {error}")
         except PluginError:
             raise
         except Exception as exc:

@@ -38,6 +38,7 @@ from typing import Any
 
 from immunity.errors import PluginError
 from immunity.models import Checkpoint, Event, EventKind, Recovery, RecoveryKind, new_id
+from immunity.outcomes import end_run
 from immunity.runtime import Decision, RunSession
 from llama_index.core.agent.workflow.workflow_events import AgentOutput
 from llama_index.core.base.llms.base import BaseLLM
@@ -394,6 +395,7 @@ class Bridge:
                 metadata={"llamaindex_run_id": rid, "workflow": type(workflow).__name__,
                           "framework_version": self._version})
         self.run_ids[rid] = run_id
+        self.adapter.saw_run(run_id)
         for hint in self.pending_hints.pop(run_id, []):
             session.add_hint(hint, source="resume")
         self.runs[rid] = LiveRun(session=session, workflow=workflow, llamaindex_run_id=rid, handler=handler,
@@ -402,18 +404,29 @@ class Bridge:
     def _finish(self, live: LiveRun, result: Any, err: BaseException | None) -> None:
         self.runs.pop(live.llamaindex_run_id, None)
         session = live.session
+        stopped = live.stop_answer is not None or session.stop_requested
         if err is not None:
-            session.end(error=f"{type(err).__name__}: {err}")
+            reason = f"raised {type(err).__name__}: {err}"
+            if "Max iterations of" in str(err):
+                reason = f"max iterations reached (max_iterations): {err}"
+            elif stopped:
+                reason = f"stopped by immunity: {live.stop_answer or session.stop_requested}"
+            end_run(session, "failure", reason=reason, error=f"{type(err).__name__}: {err}")
             return
         if result is None:  # cancelled (handler.cancel_run())
-            session.end(error="cancelled")
+            end_run(session, "failure", reason=f"stopped by immunity: {live.stop_answer or session.stop_requested}"
+                    if stopped else "cancelled (handler.cancel_run())", error="cancelled")
             return
         output = getattr(result, "result", result)
         response = getattr(output, "response", None)
         answer = response.content if isinstance(response, ChatMessage) else _text(output)
         if answer is not None and live.stop_answer is None:
             session.final_answer(answer, agent=live.agent_name)
-        session.end(output=answer)
+        if stopped:
+            end_run(session, "failure", reason=f"stopped by immunity: {live.stop_answer or session.stop_requested}",
+                    output=answer)
+        else:  # completed: whether it succeeded is the user's call (set_outcome)
+            end_run(session, None, output=answer)
 
     # ------------------------------------------------------------------ model calls
     def _model_start(self, live: LiveRun, llm: Any, messages: Any) -> None:

@@ -50,6 +50,7 @@ from agents.tool import default_tool_error_function
 from agents.tracing import get_current_span
 from immunity.errors import PluginError
 from immunity.models import Event, EventKind, RecoveryKind, Run
+from immunity.outcomes import end_run
 from immunity.runtime import Decision, RunSession
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -363,7 +364,8 @@ class GuardHooks(AgentHooks):
                     if hasattr(output, "model_dump") else str(output)
                 run.session.final_answer(text, agent=agent.name)
                 if not run.via_runner:  # nobody else will end it
-                    run.session.end(output=text)
+                    end_run(run.session, "failure" if run.stop else None,
+                            reason=f"stopped by immunity: {run.stop}" if run.stop else None, output=text)
                     self._adapter._fallback.pop(id(getattr(context, "usage", None)), None)
         except Exception as exc:
             _fail(self._adapter, run, "on_end", exc)
@@ -752,11 +754,27 @@ def finish(run: ActiveRun, *, output: str | None = None, error: BaseException | 
         return
     if error is not None:
         if isinstance(error, RunStopped):
-            run.session.end(output=error.reason)
+            end_run(run.session, "failure", reason=f"stopped by immunity: {error.reason}", output=error.reason)
         else:
-            run.session.end("failure", output=output, error=f"{type(error).__name__}: {error}")
-    else:
-        run.session.end(output=output if run.stop is None else run.stop)
+            end_run(run.session, "failure", reason=_failure_reason(error), output=output,
+                    error=f"{type(error).__name__}: {error}")
+    elif run.stop is not None:
+        end_run(run.session, "failure", reason=f"stopped by immunity: {run.stop}", output=run.stop)
+    else:  # completed: whether it succeeded is the user's call (set_outcome)
+        end_run(run.session, None, output=output)
+
+
+def _failure_reason(error: BaseException) -> str:
+    """Why an SDK run failed, as the SDK reported it."""
+    name = type(error).__name__
+    if name == "MaxTurnsExceeded":
+        return f"max turns reached (max_turns): {error}"
+    if "TripwireTriggered" in name:
+        result = getattr(error, "guardrail_result", None)
+        guardrail = getattr(getattr(result, "guardrail", None), "name", None) or \
+            getattr(getattr(result, "guardrail", None), "get_name", lambda: None)()
+        return f"guardrail tripped ({name}{': ' + str(guardrail) if guardrail else ''})"
+    return f"raised {name}: {error}"
 
 
 def _sync_await(coro: Any) -> Any:

@@ -151,6 +151,25 @@ def immunity_register_commands(cli: click.Group) -> None:
         click.echo(render_run(store, run))
         store.close()
 
+    @runs.command("mark")
+    @click.argument("run_id")
+    @click.argument("outcome", type=click.Choice(["success", "failure", "unknown"]))
+    @click.option("--reason", default=None, help="Why (kept with the run).")
+    @click.pass_obj
+    def runs_mark(store_path: str, run_id: str, outcome: str, reason: str | None) -> None:
+        """Give a stored run your verdict (success or failure; unknown takes it back); the hints the
+        bandit chose in that run are rewarded with it. A unique prefix of the id is enough."""
+        from immunity.outcomes import mark_stored
+
+        store = _open(store_path)
+        try:
+            run = mark_stored(store, run_id, outcome, reason=reason)
+        except KeyError as exc:
+            raise click.ClickException(f"no run {run_id!r} in {store_path} (or the prefix is not unique)") from exc
+        finally:
+            store.close()
+        click.echo(f"{run.run_id}: {run.outcome.value}" + (f" ({reason})" if reason else ""))
+
     @cli.command()
     @click.option("--framework", default=None, help="Which framework's demo to run (default: the first installed "
                                                        "of langgraph, openai_agents, llamaindex, crewai).")

@@ -1,0 +1,82 @@
+"""Run outcomes from LangGraph's own signals (an exception, the recursion limit, a stop) and the
+user's verdict (``guard.set_outcome``) rewarding the bandit, through LangGraph's real runtime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from immunity import Event, EventKind, Intervention, InterventionKind, Outcome, Severity, Verdict, hookimpl
+from immunity_langgraph.testing import ScriptedChatModel, tool_call
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.errors import GraphRecursionError
+
+
+class Flag:
+    """Flags every weather result (the bandit picks a hint); stops before ``delete_records``."""
+
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_END and event.tool == "get_weather":
+            return Verdict(ok=False, error_class="wrong_parameters", severity=Severity.WARNING,
+                           message="check the city")
+        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
+            return Verdict(ok=False, error_class="unsafe_action", severity=Severity.ERROR, message="no deletes")
+        return None
+
+    @hookimpl(tryfirst=True)
+    def immunity_intervene(self, event: Event) -> Intervention | None:
+        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
+            return Intervention(kind=InterventionKind.STOP, text="mass deletion requested")
+        return None
+
+
+def stored(rt: Any, run_id: str) -> Any:
+    rt.flush()
+    return rt.store.get_run(run_id)
+
+
+def test_completed_run_is_unknown_until_the_user_says(make_runtime: Any, react_agent: Any,
+                                                      weather_tools: Any) -> None:
+    rt = make_runtime(selector="bandit", seed=1, plugins=[Flag()])
+    model = ScriptedChatModel(script=[tool_call("get_weather", city="Paris"), "Sunny in Paris."])
+    graph = react_agent(model, weather_tools, InMemorySaver())
+    guard = rt.protect(graph)
+    graph.invoke({"messages": [("user", "weather in Paris?")]}, {"configurable": {"thread_id": "t1"}})
+    run_id = guard.run_id
+    assert run_id is not None and guard.run_ids == [run_id]
+    assert stored(rt, run_id).outcome == Outcome.UNKNOWN
+    guard.set_outcome(run_id, "failure", reason="it rains in Paris")
+    run = stored(rt, run_id)
+    assert run.outcome == Outcome.FAILURE and run.metadata["outcome_source"] == "user"
+    pulls = rt.store.db.execute("select reward from bandit_pulls where run_id = ?", [run_id]).fetchall()
+    assert pulls and all(r[0] == 0 for r in pulls)
+
+
+def test_exception_and_recursion_limit_are_failures(make_runtime: Any, tool_graph: Any, weather_tools: Any) -> None:
+    rt = make_runtime()
+    model = ScriptedChatModel(script=[])  # the model raises: its script is empty
+    graph = tool_graph(model, weather_tools)
+    guard = rt.protect(graph)
+    with pytest.raises(RuntimeError):
+        graph.invoke({"messages": [("user", "hi")]})
+    run = stored(rt, guard.run_id)
+    assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("raised ScriptExhausted")
+
+    model.reset([tool_call("get_weather", city=f"city {i}") for i in range(20)])
+    with pytest.raises(GraphRecursionError):
+        graph.invoke({"messages": [("user", "hi")]}, {"recursion_limit": 4})
+    assert len(guard.run_ids) == 2
+    run = stored(rt, guard.run_id)
+    assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("recursion limit reached")
+
+
+def test_stop_is_a_failure(make_runtime: Any, react_agent: Any, weather_tools: Any) -> None:
+    rt = make_runtime(plugins=[Flag()])
+    model = ScriptedChatModel(script=[tool_call("delete_records", table="users"), "never reached"])
+    graph = react_agent(model, weather_tools)
+    guard = rt.protect(graph)
+    graph.invoke({"messages": [("user", "wipe users")]})
+    run = stored(rt, guard.run_id)
+    assert run.status == "stopped" and run.outcome == Outcome.FAILURE
+    assert run.metadata["outcome_reason"] == "stopped by immunity: mass deletion requested"

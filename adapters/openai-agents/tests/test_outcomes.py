@@ -1,0 +1,111 @@
+"""Run outcomes from the SDK's own signals (an exception, ``max_turns``, a guardrail tripwire, a stop)
+and the user's verdict (``guard.set_outcome``) rewarding the bandit, through the real SDK runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from agents import (
+    Agent,
+    GuardrailFunctionOutput,
+    MaxTurnsExceeded,
+    OutputGuardrailTripwireTriggered,
+    Runner,
+    function_tool,
+    output_guardrail,
+)
+from immunity import Event, EventKind, Intervention, InterventionKind, Outcome, Severity, Verdict, hookimpl
+from immunity_openai_agents.testing import ScriptedModel, call
+
+
+@function_tool
+def lookup(key: str) -> str:
+    """Look up the value stored under a key."""
+    return f"value-of-{key}"
+
+
+@function_tool
+def delete_records(table: str) -> str:
+    """Delete every record of a table."""
+    return f"deleted {table}"
+
+
+class Flag:
+    """Flags every ``lookup`` result (the bandit picks a hint); stops before ``delete_records``."""
+
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_END and event.tool == "lookup":
+            return Verdict(ok=False, error_class="wrong_parameters", severity=Severity.WARNING, message="check the key")
+        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
+            return Verdict(ok=False, error_class="unsafe_action", severity=Severity.ERROR, message="no deletes")
+        return None
+
+    @hookimpl(tryfirst=True)
+    def immunity_intervene(self, event: Event) -> Intervention | None:
+        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
+            return Intervention(kind=InterventionKind.STOP, text="deleting records ends this run")
+        return None
+
+
+def stored(rt: Any, run_id: str) -> Any:
+    rt.flush()
+    return rt.store.get_run(run_id)
+
+
+def test_completed_run_is_unknown_until_the_user_says(make_runtime: Any) -> None:
+    rt = make_runtime(Flag(), selector="bandit", seed=1)
+    agent = Agent(name="support", model=ScriptedModel([call("lookup", key="a"), "It is value-of-a."]), tools=[lookup])
+    guard = rt.protect(agent)
+    Runner.run_sync(agent, "What is a?")
+    run_id = guard.run_id
+    assert run_id is not None and guard.run_ids == [run_id]
+    assert stored(rt, run_id).outcome == Outcome.UNKNOWN
+    guard.set_outcome(run_id, "success", reason="right value")
+    assert stored(rt, run_id).outcome == Outcome.SUCCESS
+    pulls = rt.store.db.execute("select reward from bandit_pulls where run_id = ?", [run_id]).fetchall()
+    assert pulls and all(r[0] == 1 for r in pulls)
+
+
+def test_exception_and_max_turns_are_failures(make_runtime: Any) -> None:
+    rt = make_runtime()
+    agent = Agent(name="support", model=ScriptedModel([]), tools=[lookup])  # the model raises: empty script
+    guard = rt.protect(agent)
+    with pytest.raises(Exception):
+        Runner.run_sync(agent, "What is a?")
+    run = stored(rt, guard.run_id)
+    assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("raised ")
+
+    agent2 = Agent(name="looper", model=ScriptedModel([call("lookup", key=f"k{i}") for i in range(9)]), tools=[lookup])
+    guard2 = rt.protect(agent2)
+    with pytest.raises(MaxTurnsExceeded):
+        Runner.run_sync(agent2, "What is a?", max_turns=2)
+    run = stored(rt, guard2.run_id)
+    assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("max turns reached")
+
+
+def test_guardrail_tripwire_is_a_failure(make_runtime: Any) -> None:
+    @output_guardrail
+    async def no_secrets(ctx: Any, agent: Any, output: Any) -> GuardrailFunctionOutput:
+        return GuardrailFunctionOutput(output_info="secret", tripwire_triggered="secret" in str(output))
+
+    rt = make_runtime()
+    agent = Agent(name="support", model=ScriptedModel(["the secret is 42"]), output_guardrails=[no_secrets])
+    guard = rt.protect(agent)
+    with pytest.raises(OutputGuardrailTripwireTriggered):
+        Runner.run_sync(agent, "Tell me the secret")
+    run = stored(rt, guard.run_id)
+    assert run.outcome == Outcome.FAILURE
+    assert run.metadata["outcome_reason"] == "guardrail tripped (OutputGuardrailTripwireTriggered: no_secrets)"
+
+
+def test_stop_is_a_failure(make_runtime: Any) -> None:
+    rt = make_runtime(Flag())
+    agent = Agent(name="support", model=ScriptedModel([call("delete_records", table="users"), "never"]),
+                  tools=[delete_records])
+    guard = rt.protect(agent)
+    result = Runner.run_sync(agent, "wipe users")
+    assert "deleting records ends this run" in str(result.final_output)
+    run = stored(rt, guard.run_id)
+    assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("stopped by immunity")
