@@ -64,7 +64,7 @@ async def test_exception_and_max_iterations_are_failures(make_runtime: Any) -> N
     rt = make_runtime()
     agent = FunctionAgent(tools=[lookup], llm=ScriptedLLM([]))  # the model raises: its script is empty
     guard = rt.protect(agent)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="script"):
         await agent.run(user_msg="What is a?")
     run = stored(rt, guard.run_id)
     assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("raised ")

@@ -72,7 +72,7 @@ def test_exception_and_max_turns_are_failures(make_runtime: Any) -> None:
     rt = make_runtime()
     agent = Agent(name="support", model=ScriptedModel([]), tools=[lookup])  # the model raises: empty script
     guard = rt.protect(agent)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="script"):
         Runner.run_sync(agent, "What is a?")
     run = stored(rt, guard.run_id)
     assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("raised ")

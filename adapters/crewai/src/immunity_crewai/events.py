@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from immunity.errors import PluginError
-from immunity.outcomes import end_run
 from immunity.models import Event, EventKind, InterventionKind, Recovery, RecoveryKind, Severity
+from immunity.outcomes import end_run
 from immunity.runtime import Decision, RunSession
 
 log = logging.getLogger("immunity.crewai")
