@@ -19,6 +19,8 @@ class Config:
     :param verifiers: named verifiers to switch on besides the always-on ``rules``.
     :param selector: the intervention selector to use (``"default"``).
     :param packs: pattern packs to match against (paths or installed pack names).
+    :param trusted_keys: public keys (base64 ed25519) whose signed packs may put their own hint text
+        into prompts; see :mod:`immunity.learning.signing` (``$IMMUNITY_TRUSTED_KEYS`` adds more).
     :param max_interventions: at most this many interventions per run (tolerance layer).
     :param cooldown_steps: at least this many steps between two hints.
     :param max_consecutive_failures: the circuit breaker opens after this many failed steps in a row.
@@ -34,6 +36,7 @@ class Config:
     verifiers: list[str] = field(default_factory=list)
     selector: str = "default"
     packs: list[Any] = field(default_factory=list)
+    trusted_keys: list[str] = field(default_factory=list)
     max_interventions: int = 5
     cooldown_steps: int = 1
     max_consecutive_failures: int = 5

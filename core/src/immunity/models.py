@@ -13,7 +13,7 @@ import time
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 __all__ = [
     "ActionType",
@@ -381,6 +381,14 @@ class PatternPack(_Model):
     interventions: dict[str, list[str]] = Field(default_factory=dict)
     model: dict[str, Any] = Field(default_factory=dict)
     content_hash: str | None = None
+    #: ``{"alg": "ed25519", "key": <public key>, "value": <signature of the content hash>}`` (see
+    #: ``immunity.learning.signing``); not covered by the content hash.
+    signature: dict[str, Any] | None = None
+    #: where the pack came from, set when it is loaded: ``None`` (built in this process by code),
+    #: ``"file"`` (read from a file), ``"plugin"`` (a file an installed plugin ships and registers)
+    _origin: str | None = PrivateAttr(default=None)
+    #: the public key whose signature over the content hash was verified at load, if any
+    _signer: str | None = PrivateAttr(default=None)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

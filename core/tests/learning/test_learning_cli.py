@@ -143,16 +143,30 @@ def test_pack_build_from_a_handwritten_spec(tmp_path: Path) -> None:
     out = tmp_path / "hand.json"
     invoke("pack", "build", str(path), "--out", str(out))
     invoke("pack", "verify", str(out))
-    rt = Runtime(store=None, verifiers=["patterns"], packs=[str(out)])
-    try:
-        run = FakeRun(rt)
-        hints = []
-        for _ in range(3):
-            d = run.tool("run_tests", {"t": 1}, result=None, error="AssertionError: 1 != 2", return_code=1)
-            hints += [v.hint for v in d.verdicts if v.plugin == "verifier:patterns"]
-        assert hints == ["[immunity] Stop re-running the failing test; read its error."]
-    finally:
-        rt.close()
+
+    def hints_of(**kw):
+        rt = Runtime(store=None, verifiers=["patterns"], packs=[str(out)], **kw)
+        try:
+            run = FakeRun(rt)
+            hints = []
+            for _ in range(3):
+                d = run.tool("run_tests", {"t": 1}, result=None, error="AssertionError: 1 != 2", return_code=1)
+                hints += [v.hint for v in d.verdicts if v.plugin == "verifier:patterns"]
+            return hints
+        finally:
+            rt.close()
+
+    # an unsigned pack file still raises the alarm, but its own words are replaced by the class's template
+    from immunity import taxonomy as tx
+
+    assert hints_of() == [f"[immunity] {tx.get('repeated_tool_error').hint}"]
+    pytest.importorskip("cryptography")
+    res = invoke("pack", "keygen", str(tmp_path / "k"))
+    public = res.output.strip().splitlines()[-1]
+    invoke("pack", "sign", str(out), "--key", str(tmp_path / "k"))
+    assert hints_of(trusted_keys=["c29tZW9uZSBlbHNlJ3Mga2V5IG9mIDMyIGJ5dGVzISE="]) != \
+        ["[immunity] Stop re-running the failing test; read its error."]
+    assert hints_of(trusted_keys=[public]) == ["[immunity] Stop re-running the failing test; read its error."]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"name": "x", "patterns": [{"error_class": "loop"}]}))
     res = invoke("pack", "build", str(bad), "--out", str(tmp_path / "b.json"), ok=False)

@@ -11,7 +11,9 @@ Where variants come from:
 - the verifier's own hint for the verdict (variant ``<class>/verifier``), so a hand-written hint
   competes with the templates on equal terms;
 - domain templates (``coding:loop/read-first``...), offered only in runs of that domain;
-- pattern packs: ``PatternPack.interventions`` ``{class: [text, ...]}``;
+- pattern packs: ``PatternPack.interventions`` ``{class: [text, ...]}``, from trusted packs only
+  (signed by a key in ``Config.trusted_keys``, shipped by an installed plugin, or built by code;
+  see :mod:`immunity.learning.signing`);
 - the user: ``Config.options["variants"] = {class: [text | {"id", "text", "domain"}]}``.
 
 Templates are data: ``{name}`` placeholders are replaced by plain text from the verdict
@@ -242,7 +244,11 @@ class VariantCatalog:
             for error_class, styles in classes.items():
                 for style, text in styles.items():
                     cat.add(Variant(f"{domain}:{error_class}/{style}", error_class, text, style=style, domain=domain))
+        from immunity.learning.signing import is_trusted
+
         for pack in packs:
+            if not is_trusted(pack, config):  # an untrusted pack's words never reach a prompt
+                continue
             for error_class, texts in (getattr(pack, "interventions", None) or {}).items():
                 for text in texts or []:
                     if isinstance(text, str) and text.strip():

@@ -24,6 +24,7 @@ from immunity.errors import PackError
 from immunity.learning.features import StepTracker, StepView
 from immunity.learning.model import Member, evidence, member_from_dict
 from immunity.learning.packs import merge_packs, pattern_matrix, resolve_pack
+from immunity.learning.signing import is_trusted
 from immunity.models import Event, EventKind, PatternPack, Run, Severity, Step, Verdict
 from immunity.state import RunState
 
@@ -234,6 +235,7 @@ class PatternsVerifier:
         self.embedder_options = opts.get("embedder_options")
         self._matcher: PackMatcher | None = None
         self._loaded = False
+        self._trusted_ids: set[str] = set()
 
     @property
     def matcher(self) -> PackMatcher | None:
@@ -249,6 +251,11 @@ class PatternsVerifier:
                 registry = pm.registry("pattern_packs")
                 packs = [resolve_pack(r, registry) for r in refs]
                 self._matcher = PackMatcher(packs, pm, index=self.index_name, embedder_options=self.embedder_options)
+                # whose words may reach a prompt: patterns of trusted packs only (an id that an
+                # untrusted pack also uses is not trusted: merging keeps one of the two texts)
+                trusted = [p for p in packs if is_trusted(p, self.config)]
+                untrusted_ids = {pat.pattern_id for p in packs if p not in trusted for pat in p.patterns}
+                self._trusted_ids = {pat.pattern_id for p in trusted for pat in p.patterns} - untrusted_ids
         return self._matcher
 
     def verify(self, event: Event, step: Step | None, run: Run, state: RunState) -> list[Verdict]:
@@ -267,8 +274,12 @@ class PatternsVerifier:
         assert matcher is not None
         pattern = matcher.patterns.get(score.patterns[0]) if score.patterns else None
         cls = score.error_class or LEARNED_RISK
-        hint = (pattern.intervention if pattern is not None else None) or _class_hint(cls)
-        desc = pattern.description if pattern is not None else "the run so far resembles runs that failed"
+        trusted = pattern is not None and pattern.pattern_id in self._trusted_ids
+        # an untrusted pack raises the alarm, but its own words never reach a prompt: the class's
+        # reviewed template stands in for its hint and description
+        hint = (pattern.intervention if trusted and pattern is not None else None) or _class_hint(cls)
+        desc = pattern.description if trusted and pattern is not None else \
+            f"the run so far resembles runs that failed ({cls})"
         return [Verdict(ok=False, error_class=cls, severity=Severity.WARNING,
                         message=f"failure risk {score.risk:.2f} at step {score.step}: {desc}",
                         hint=hint, evidence={"risk": round(score.risk, 4), "pattern_id": score.patterns[0]

@@ -181,16 +181,78 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
 
     @pack.command("verify")
     @click.argument("path")
-    def pack_verify(path: str) -> None:
-        """Check a pack's hash, format version, dimensions and counts (exit 1 if it is refused)."""
+    @click.option("--key", "keys", multiple=True,
+                  help="A public key (base64, or a .pub / private key file) that must have signed the pack; "
+                       "repeat for several. Without it an unsigned pack passes and a signed one is checked.")
+    def pack_verify(path: str, keys: tuple[str, ...]) -> None:
+        """Check a pack's hash, signature, format version, dimensions, counts and numbers (exit 1 if it
+        is refused, or if --key is given and none of the keys signed it)."""
         from immunity.learning.packs import load_pack
+        from immunity.learning.signing import read_public_key
 
         try:
+            wanted = {read_public_key(k) for k in keys}
             p = load_pack(path)
         except PackError as exc:
             raise click.ClickException(f"refused: {exc}") from None
+        if wanted and p._signer not in wanted:
+            why = "it is unsigned" if p.signature is None else \
+                "its signature cannot be checked without the 'cryptography' package" if p._signer is None else \
+                f"it is signed by {p._signer}"
+            raise click.ClickException(f"refused: {path} is not signed by the given key ({why})")
+        signed = f"signed by {p._signer}" if p._signer else "unsigned"
         click.echo(f"ok: {p.name} {p.version}, {len(p.patterns)} patterns, embedder {p.embedder} "
-                   f"(dimension {p.dimension}), {p.content_hash}")
+                   f"(dimension {p.dimension}), {p.content_hash}, {signed}")
+
+    @pack.command("keygen")
+    @click.argument("path")
+    def pack_keygen(path: str) -> None:
+        """Make an ed25519 key pair for signing packs: the private key in PATH (mode 0600), the
+        public key in PATH.pub and on stdout (put it in ``trusted_keys``)."""
+        from immunity.learning.signing import generate_keypair
+
+        try:
+            key, pub = generate_keypair(path)
+        except PackError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+        click.echo(f"private key: {key} (keep it secret); public key ({key}.pub):")
+        click.echo(pub)
+
+    @pack.command("sign")
+    @click.argument("path")
+    @click.option("--key", required=True, help="The private key file (from `immunity pack keygen`).")
+    @click.option("--out", "-o", default=None, help="Write the signed pack here (default: sign PATH in place).")
+    def pack_sign(path: str, key: str, out: str | None) -> None:
+        """Sign a pack: an ed25519 signature over its content hash (the pack is verified first)."""
+        import gzip
+        import os
+
+        from immunity.learning.packs import _read_json, verify_document
+        from immunity.learning.signing import load_private_key, sign_document
+
+        try:
+            private = load_private_key(key)
+            doc = _read_json(Path(path))
+            verify_document(doc, source=path)
+            sign_document(doc, private)
+        except PackError as exc:
+            raise click.ClickException(f"refused: {exc}") from None
+        dest = out or path
+        text = json.dumps(doc, sort_keys=True, indent=1, allow_nan=False)
+        tmp = f"{dest}.part"
+        try:
+            if dest.endswith(".gz"):
+                with gzip.open(tmp, "wt", encoding="utf-8") as fh:
+                    fh.write(text)
+            else:
+                Path(tmp).write_text(text, encoding="utf-8")
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {dest}: {exc.strerror or exc}") from None
+        click.echo(f"signed {doc.get('name')} {doc.get('version')} ({doc['content_hash']}) with key "
+                   f"{doc['signature']['key']}: {dest}")
 
     @pack.command("install")
     @click.argument("path", type=click.Path(exists=True))
