@@ -119,8 +119,12 @@ def test_unwritable_records_are_spilled_not_dropped(tmp_path):
     store.close()
     blocker.rollback()
     blocker.close()
-    spill = (tmp_path / "spill.db.unsaved.jsonl").read_text()
-    assert "spill-1" in spill
+    (spill,) = tmp_path.glob("spill.db.spill.*.jsonl")
+    assert "spill-1" in spill.read_text()
+    again = SQLiteStore(path)  # the next open reads the spill file back and deletes it
+    assert again.get_run("spill-1").task == "spilled"
+    assert not list(tmp_path.glob("spill.db.spill.*"))
+    again.close()
 
 
 def test_write_run_is_all_or_nothing():

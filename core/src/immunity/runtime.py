@@ -287,9 +287,9 @@ class RunSession:
                     call_key = idempotency_key(run.run_id, event.tool, {"call_id": event.tool_call_id}) \
                         if event.tool_call_id else None
                     pending.data["call_key"] = call_key
-                    done = rt.idempotent_result(call_key) if call_key else None
+                    done = rt.idempotent_result(call_key, run.run_id) if call_key else None
                     if done is None and state.extras.get("rolled_back"):
-                        done = rt.idempotent_result(key)
+                        done = rt.idempotent_result(key, run.run_id)
                     if done is not None:
                         decision.cached_result = done
                         self._pending.pop(event.tool_call_id or f"tool:{event.tool}", None)
@@ -608,7 +608,7 @@ class Runtime:
             for p in plugins:
                 self.pm.register(p)
         self.sessions: dict[str, RunSession] = {}
-        self._idem: dict[str, str] = {}
+        self._idem: dict[str, dict[str, str]] = {}  # run id -> idempotency key -> result
         self.compensations: dict[str, Any] = dict(self.config.options.get("compensations", {}))
         self._lock = threading.Lock()
         self.adapters: list[Any] = []
@@ -717,8 +717,13 @@ class Runtime:
         return cache[plugin]
 
     def _stored(self, run_id: str) -> bool:
+        """Whether the store knows ``run_id`` (committed rows only: the hot path never waits for
+        the writer; a run this process started is in :attr:`sessions`)."""
         try:
-            run = self.store.get_run(run_id)
+            try:
+                run = self.store.get_run(run_id, flush=False, prefix=False)
+            except TypeError:  # a store without those options
+                run = self.store.get_run(run_id)
         except Exception as exc:  # fail open: a store that cannot be read starts a new run
             log.warning("immunity could not look up run %s: %s", run_id, exc)
             return False
@@ -764,14 +769,25 @@ class Runtime:
             if len(self.sessions) > 1000:  # keep memory bounded in long-lived processes
                 for rid in [r for r, s in self.sessions.items() if s.ended][:500]:
                     self.sessions.pop(rid, None)
+                    self._idem.pop(rid, None)  # read back from the store if the run is resumed
 
     # ------------------------------------------------------------------ side-effect safety
-    def idempotent_result(self, key: str) -> str | None:
-        """The result of a side-effecting call already made with this idempotency key, if any
-        (kept in memory and in the store's ``idempotency`` table, so it survives a resume in a new
-        process)."""
-        if key in self._idem:
-            return self._idem[key]
+    def idempotent_result(self, key: str, run_id: str | None = None) -> str | None:
+        """The result of a side-effecting call already made with this idempotency key, if any.
+
+        Answered from memory: the keys of ``run_id`` are read from the store's ``idempotency``
+        table once per run (committed rows, without waiting for the writer; this process's own
+        calls are already in memory), so a resume in a new process still never repeats a call, and
+        a side-effecting call costs a dict lookup. Without ``run_id`` (an old caller) a miss asks
+        the store."""
+        if run_id is not None:
+            known = self._idem.get(run_id)
+            if known is None:
+                known = self._load_idempotency(run_id)
+            return known.get(key)
+        for known in list(self._idem.values()):
+            if key in known:
+                return known[key]
         if self.store is not None and hasattr(self.store, "idempotent_result"):
             try:
                 return self.store.idempotent_result(key)
@@ -779,8 +795,24 @@ class Runtime:
                 log.warning("idempotency lookup failed: %s", exc)
         return None
 
+    def _load_idempotency(self, run_id: str) -> dict[str, str]:
+        loaded: dict[str, str] = {}
+        store = self.store
+        if store is not None:
+            try:
+                if hasattr(store, "idempotency_results"):
+                    loaded = dict(store.idempotency_results(run_id))
+            except Exception as exc:  # fail open: a store that cannot be read repeats nothing it knows of
+                log.warning("idempotency lookup for run %s failed: %s", run_id, exc)
+        with self._lock:
+            known = self._idem.setdefault(run_id, {})
+            for k, v in loaded.items():
+                known.setdefault(k, v)
+        return known
+
     def forget_result(self, key: str) -> None:
-        self._idem.pop(key, None)
+        for known in list(self._idem.values()):
+            known.pop(key, None)
         self._save("idempotency", {"key": key, "run_id": None, "tool": None, "result": None, "ts": now()})
 
     def compensate_with(self, tool: str, fn: Any) -> None:
@@ -789,8 +821,12 @@ class Runtime:
         self.compensations[tool] = fn
 
     def remember_result(self, key: str, run_id: str, tool: str, result: str) -> None:
-        self._idem[key] = result
-        self._save("idempotency", {"key": key, "run_id": run_id, "tool": tool, "result": _clip(result), "ts": now()})
+        result = _clip(result)  # what the store keeps too: a resumed run gets the same text
+        known = self._idem.get(run_id)
+        if known is None:
+            known = self._load_idempotency(run_id)
+        known[key] = result
+        self._save("idempotency", {"key": key, "run_id": run_id, "tool": tool, "result": result, "ts": now()})
 
     # ------------------------------------------------------------------ registries
     @property

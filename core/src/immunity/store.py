@@ -1,11 +1,22 @@
 """The SQLite store (sqlite-utils, WAL, ``Migrations``).
 
-Writes from the hot path go into a queue that a background thread drains in batches, so a step
-never waits for the disk. :meth:`SQLiteStore.flush` waits for the queue; :meth:`close` flushes, and
-every open runtime is closed at interpreter exit, so nothing queued is lost at normal exit. If the
-database cannot be written (locked for longer than the busy timeout, disk full), the batch is kept
-and retried; what is still unwritten at close is appended to ``<db>.unsaved.jsonl`` rather than
-dropped.
+Writes from the hot path go into a bounded queue that a background thread drains in batches, each
+batch one ``BEGIN IMMEDIATE`` transaction (so SQLite's busy_timeout applies when several threads
+or processes write one file). The writer cannot die: a record the database refuses is sanitised
+(lone surrogates escaped, huge integers as text) or, failing that, reported as a plugin error of
+its run, and any other exception is logged and the loop goes on; :meth:`SQLiteStore.save`
+restarts a writer thread that stopped anyway. When the database is unavailable (locked for
+longer than the busy timeout, disk full) the backlog is kept and retried in chunks.
+
+When the queue is full, a producer waits up to ``block_ms`` and then appends to a spill file
+next to the database (``<db>.spill.<pid>.<id>.jsonl``); the writer reads it back in order once it
+has caught up, and a spill file left behind by a process that was killed (or ``<db>.unsaved.jsonl``
+from older versions) is read back, in chunks, by the next open. Nothing is dropped silently.
+
+Reads go through a second connection (WAL readers never wait for the writer); the read methods
+flush this process's queue first so a process sees its own writes, and hot-path lookups
+(``get_run(flush=False)``, :meth:`idempotency_results`) do not. ``durability="run"`` (the
+default) makes a run's end durable before ``end`` returns. See ``docs/store.md``.
 
 Core tables (plain plural nouns): ``runs``, ``events``, ``steps``, ``verdicts``, ``interventions``,
 ``recoveries``, ``checkpoints``, ``patterns``, ``plugin_errors``. A plugin's own tables carry its
@@ -22,6 +33,7 @@ import queue
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -82,6 +94,12 @@ def m001_core_tables(db: sqlite_utils.Database) -> None:
     db.table("interventions").create_index(["run_id"])
     db.table("checkpoints").create_index(["run_id"])
     db.table("runs").create_index(["task_id"])
+
+
+@migrations()
+def m002_idempotency_by_run(db: sqlite_utils.Database) -> None:
+    # the runtime reads a run's idempotency keys once per run, by run id
+    db.table("idempotency").create_index(["run_id"], if_not_exists=True)
 
 
 def _json(value: Any) -> str | None:
@@ -182,112 +200,473 @@ _CORE_TABLES = frozenset({"runs", "events", "steps", "verdicts", "interventions"
 _PKS: dict[str, Any] = {"idempotency": "key", "runs": "run_id", "events": "event_id", "steps": ("run_id", "idx"), "interventions": "intervention_id",
         "recoveries": "recovery_id", "checkpoints": "checkpoint_id", "patterns": "pattern_id"}
 
+#: Durability settings: ``"run"`` (default) makes a run's end durable before ``end`` returns;
+#: ``"batch"`` never waits (the loss window on a crash is what is still queued).
+DURABILITY = ("run", "batch")
+_INT64 = (-(2**63), 2**63 - 1)
+_TRANSIENT = ("locked", "busy", "full", "disk i/o", "unable to open", "readonly", "read-only")
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure of the database as a whole (locked, full, I/O), not of one record: retry later."""
+    return isinstance(exc, sqlite3.OperationalError) and any(t in str(exc).lower() for t in _TRANSIENT)
+
+
+def sanitise(value: Any) -> Any:
+    """``value`` (a row) with what SQLite cannot take made storable: lone UTF-16 surrogates (a cut
+    emoji) escaped, integers outside 64 bits dropped to NULL (inside JSON columns they are kept
+    as written), other objects as their ``str``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, bool) or value is None or isinstance(value, float | bytes):
+        return value
+    if isinstance(value, int):  # a column of integers would turn the digits into a float: dropped
+        return value if _INT64[0] <= value <= _INT64[1] else None
+    if isinstance(value, dict):
+        return {str(sanitise(k)): sanitise(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [sanitise(v) for v in value]
+    return sanitise(str(value))
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+try:  # spill files are owned with an advisory lock, so only one process reads one back
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+def _try_lock(fh: Any) -> bool:
+    if fcntl is None:  # pragma: no cover
+        return True
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def is_immunity_db(conn: sqlite3.Connection) -> bool:
+    """Whether the database on ``conn`` is an immunity store (its migrations were applied)."""
+    try:
+        row = conn.execute("select count(*) from _sqlite_migrations where migration_set = 'immunity'").fetchone()
+    except sqlite3.DatabaseError:
+        return False
+    return bool(row and row[0])
+
 
 class SQLiteStore:
-    """The default store. ``SQLiteStore(":memory:")`` for tests; a path for real use."""
+    """The default store. ``SQLiteStore(":memory:")`` for tests; a path for real use.
+
+    :param background: write on a background thread (the default); ``False`` writes in the caller.
+    :param durability: ``"run"`` (default): saving a run that has ended waits until everything
+        queued before it is committed, so a run's end is on disk when ``end`` returns; ``"batch"``:
+        nothing waits. See ``docs/store.md`` for the measured loss window on ``kill -9``.
+    :param max_queue: records the queue holds; a producer that finds it full waits up to
+        ``block_ms``, then the record (and every later one until the writer has caught up) goes to a
+        spill file next to the database, which the writer reads back in order. Nothing is dropped.
+    :param read_only: open with ``mode=ro``: nothing is created or written, and a database that is
+        not immunity's is refused.
+    """
+
+    #: Rows written per transaction when a backlog is retried (so a backlog larger than the freed
+    #: space still lands, chunk by chunk) and when a spill file is read back.
+    CHUNK = 500
 
     def __init__(self, path: str = "immunity.db", *, background: bool = True, busy_timeout_ms: int = 5000,
-                 linger_ms: float = 20.0):
+                 linger_ms: float = 5.0, durability: str = "run", max_queue: int = 10_000, block_ms: float = 50.0,
+                 read_only: bool = False):
+        if durability not in DURABILITY:
+            raise StoreError(f"durability must be one of {DURABILITY}, not {durability!r}")
         self.path = path
         self.linger_s = linger_ms / 1000.0
         #: the redaction stage every row goes through before it is written (a runtime replaces it
         #: with one built from its configuration and plugins; see :mod:`immunity.redact`)
         self.redactor: Any = default_redactor()
-        self._lock = threading.RLock()
+        self.block_s = block_ms / 1000.0
+        self.durability = durability
+        self.read_only = read_only
+        self.busy_timeout_s = busy_timeout_ms / 1000.0
+        self._lock = threading.RLock()       # the writing connection
+        self._rlock = threading.RLock()      # the reading connection
+        self._seq_lock = threading.Lock()
+        self._spill_lock = threading.RLock()
         self._seq: dict[str, int] = {}
+        self._failed: list[tuple[str, dict[str, Any]]] = []
+        self._failing: str | None = None
+        self._spilling = False
+        self._spill_fh: Any = None
+        self._spill_pos = 0
+        self.spilled = 0   #: records that went through this process's spill file
+        self.lost = 0      #: records that could not be written nor spilled (reported in the log)
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        memory = path == ":memory:"
         try:
-            if path != ":memory:":
-                parent = os.path.dirname(os.path.abspath(path))
-                os.makedirs(parent, exist_ok=True)
-            conn = sqlite3.connect(path, check_same_thread=False, timeout=busy_timeout_ms / 1000)
-            self.db = sqlite_utils.Database(conn)
-            if path != ":memory:":
-                self.db.enable_wal()
-            self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            migrations.apply(self.db)
+            if read_only:
+                self._open_read_only(path)
+            else:
+                if not memory:
+                    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                conn = sqlite3.connect(path, check_same_thread=False, timeout=self.busy_timeout_s)
+                conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+                self.db = sqlite_utils.Database(conn)
+                self._migrate(memory)
+                if memory:
+                    self._reader, self._rlock = conn, self._lock
+                else:
+                    self._reader = sqlite3.connect(path, check_same_thread=False, timeout=self.busy_timeout_s)
+                    self._reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {path!r}: {exc} (is it an immunity database? is it locked?)") from exc
-        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
-        self._failed: list[tuple[str, dict[str, Any]]] = []
-        self._closed = False
-        self._idle = threading.Event()
-        self._idle.set()
-        self._thread: threading.Thread | None = None
-        if background:
-            self._thread = threading.Thread(target=self._writer, name=f"immunity-store:{path}", daemon=True)
-            self._thread.start()
+        self._queue: queue.Queue[tuple[str, Any, int | None] | None] = queue.Queue(maxsize=max(1, max_queue))
+        if not read_only and not memory:
+            self.read_back_spills()
+        if background and not read_only:
+            self._start_writer()
+
+    def _open_read_only(self, path: str) -> None:
+        if path == ":memory:" or not os.path.exists(path):
+            raise StoreError(f"no store at {path}")
+        uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=self.busy_timeout_s)
+        try:
+            conn.execute("select count(*) from sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{path} is not an SQLite database ({exc})") from None
+        if not is_immunity_db(conn):
+            conn.close()
+            raise StoreError(f"{path} is not an immunity store (no immunity migrations); refusing to read it")
+        self.db = sqlite_utils.Database(conn)
+        self._reader, self._rlock = conn, self._lock
+
+    def _migrate(self, memory: bool) -> None:
+        """WAL on, then the migrations inside ``BEGIN IMMEDIATE``: processes opening a new store at
+        the same moment take turns (busy_timeout applies), and each sees the others' tables."""
+        deadline = time.monotonic() + max(self.busy_timeout_s, 1.0) * 2
+        conn = self.db.conn
+        while True:
+            try:
+                if not memory and conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = wal")
+                if not memory:
+                    # WAL + NORMAL: a commit survives the process being killed (not a power cut)
+                    conn.execute("PRAGMA synchronous = NORMAL")
+                if not is_immunity_db(conn) or migrations.pending(self.db):
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        migrations.apply(self.db)
+                        conn.commit()
+                    except BaseException:
+                        conn.rollback()
+                        raise
+                return
+            except sqlite3.OperationalError as exc:
+                if not _transient(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     # ------------------------------------------------------------------ writes
     def save(self, table: str, record: Any) -> None:
-        """Queue a record for writing (returns at once; the row is built on the writer thread)."""
+        """Queue a record for writing (the row is built on the writer thread). Never drops it:
+        when the queue is full for ``block_ms`` the record goes to the spill file. With
+        ``durability="run"``, saving a run that has ended waits until it is committed."""
+        if self.read_only:
+            raise StoreError(f"store {self.path} is open read-only")
+        seq = self._next_seq(record) if table == "events" else None
         if self._thread is None or self._closed:
-            self._write([(table, self._row(table, record))])
+            self._write([self._row_or_error(table, record, seq)])
+            return
+        if not self._thread.is_alive():  # watchdog: a writer that died is restarted
+            log.error("immunity store %s: the writer thread had stopped; restarting it", self.path)
+            self._start_writer()
+        if self._spilling:
+            self._spill(table, record, seq)
         else:
-            self._idle.clear()
-            self._queue.put((table, record))
+            try:
+                self._queue.put((table, record, seq), timeout=self.block_s)
+            except queue.Full:
+                self._spill(table, record, seq)
+        if self.durability == "run" and table == "runs" and getattr(record, "ended_at", None) is not None \
+                and self._failing is None:
+            self.flush(timeout=max(self.busy_timeout_s, 1.0) * 2)
 
-    def _row(self, table: str, record: Any) -> dict[str, Any]:
-        row = to_row(table, record, self.redactor)
-        if table == "events":
-            run_id = row["run_id"]
+    def _next_seq(self, record: Any) -> int:
+        run_id = record.get("run_id") if isinstance(record, dict) else getattr(record, "run_id", None)
+        run_id = str(run_id)
+        with self._seq_lock:
             if run_id not in self._seq:  # a run resumed from an earlier process goes on numbering
-                with self._lock:
-                    last = self.db.execute("select max(seq) from events where run_id = ?", [run_id]).fetchone()
+                with self._rlock:
+                    last = self._reader.execute("select max(seq) from events where run_id = ?", [run_id]).fetchone()
                 self._seq[run_id] = int(last[0] or 0) if last else 0
             self._seq[run_id] = seq = self._seq[run_id] + 1
-            row["seq"] = seq
+        return seq
+
+    def _row(self, table: str, record: Any, seq: int | None = None) -> dict[str, Any]:
+        row = to_row(table, record, self.redactor)
+        if table == "events":
+            row["seq"] = seq if seq is not None else self._next_seq(row)
         return row
 
+    def _row_or_error(self, table: str, record: Any, seq: int | None) -> tuple[str, dict[str, Any]]:
+        """The row of a record; one that cannot be turned into a row is reported as a plugin error
+        of its run instead (so it is visible in ``runs show``)."""
+        exc: Exception | None = None
+        for _attempt in range(3):
+            try:
+                return table, self._row(table, record, seq)
+            except RuntimeError as e:  # mutated by the agent's thread while being read: retry
+                exc = e
+            except Exception as e:
+                exc = e
+                break
+        run_id = record.get("run_id") if isinstance(record, dict) else getattr(record, "run_id", None)
+        log.warning("immunity store: cannot store a %s record of run %s: %s", table, run_id, exc)
+        return "plugin_errors", {"run_id": run_id, "plugin": "immunity.store", "hook": f"save:{table}",
+                                 "error": f"{type(exc).__name__}: {exc}", "ts": time.time()}
+
+    def _start_writer(self) -> None:
+        self._thread = threading.Thread(target=self._writer, name=f"immunity-store:{self.path}", daemon=True)
+        self._thread.start()
+
     def _writer(self) -> None:
+        """Drain the queue in batches. Nothing that goes wrong in a batch stops the loop."""
         while True:
-            item = self._queue.get()
-            batch = [] if item is None else [item]
-            stop = item is None
-            if not stop and self.linger_s:
-                # let a batch build up instead of waking for every record: fewer wake-ups, less
-                # contention with the agent's thread for the interpreter
-                time.sleep(self.linger_s)
-            while not stop:
+            taken = 0
+            stop = False
+            try:
+                wait = 0.2 if (self._failed or self._spilling) else None
                 try:
-                    nxt = self._queue.get_nowait()
+                    item = self._queue.get(timeout=wait)
+                    taken = 1
                 except queue.Empty:
-                    break
-                if nxt is None:
+                    item = ()  # type: ignore[assignment]
+                items = []
+                if item is None:
                     stop = True
-                else:
-                    batch.append(nxt)
-            if batch:
-                rows = []
-                for table, record in batch:
-                    for _attempt in range(3):
-                        try:
-                            rows.append((table, self._row(table, record)))
-                            break
-                        except RuntimeError:  # mutated by the agent's thread while being read: retry
-                            continue
-                        except Exception as exc:  # a record that cannot be stored is reported, not fatal
-                            log.warning("immunity store: cannot store a %s record: %s", table, exc)
-                            break
-                self._write(rows)
-            if self._queue.empty():
-                self._idle.set()
+                elif item:
+                    items.append(item)
+                    if self.linger_s:
+                        # let a batch build up instead of waking for every record: fewer wake-ups,
+                        # less contention with the agent's thread for the interpreter
+                        time.sleep(self.linger_s)
+                while not stop and taken < self.CHUNK * 4:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    taken += 1
+                    if nxt is None:
+                        stop = True
+                    else:
+                        items.append(nxt)
+                rows = [self._row_or_error(t, r, s) for t, r, s in items]
+                with self._lock:
+                    self._write(rows)
+                    limit = self._queue.maxsize
+                    if len(self._failed) > limit:  # the database is down: memory stays bounded
+                        self._spill_rows(self._failed[limit:])
+                        del self._failed[limit:]
+                    if self._spilling and not self._failed and self._queue.empty():
+                        self._read_back_own_spill()
+            except BaseException as exc:  # never let the writer die
+                log.error("immunity store %s: writer error (%s: %s); going on", self.path, type(exc).__name__, exc)
+                time.sleep(0.01)
+            finally:
+                for _ in range(taken):
+                    self._queue.task_done()
             if stop:
                 return
 
-    def _write(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        batch = self._failed + batch
-        self._failed = []
+    def _commit(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        """One ``BEGIN IMMEDIATE`` transaction (it takes the write lock first, so busy_timeout
+        applies instead of a deadlock between two readers upgrading)."""
         groups: dict[str, list[dict[str, Any]]] = {}
-        for table, row in batch:
+        for table, row in rows:
             groups.setdefault(table, []).append(row)
-        try:
-            with self._lock, self.db.atomic():
-                for table, rows in groups.items():
-                    self._insert(table, rows)
-        except sqlite3.Error as exc:
-            log.warning("immunity store %s: write of %d records failed (%s); will retry", self.path, len(batch), exc)
-            self._failed = batch
+        conn = self.db.conn
+        with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for table, batch in groups.items():
+                    self._insert(table, batch)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
 
+    def _write(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        """Write ``rows`` after any backlog, in chunks. Never raises: a database-wide failure
+        (locked, disk full) keeps what is unwritten for a retry; a record the database refuses is
+        sanitised, and if still refused, reported as a plugin error of its run."""
+        with self._lock:
+            backlog = self._failed + rows
+            self._failed = []
+            for i in range(0, len(backlog), self.CHUNK):
+                chunk = backlog[i:i + self.CHUNK]
+                try:
+                    self._commit(chunk)
+                    continue
+                except Exception as exc:
+                    if _transient(exc):
+                        self._hold(backlog[i:], exc)
+                        return
+                for j, one in enumerate(chunk):
+                    if not self._write_one(one):
+                        self._hold(backlog[i + j:], None)
+                        return
+            if self._failing is not None:
+                log.warning("immunity store %s: writing again (%s had stopped it)", self.path, self._failing)
+            self._failing = None
+
+    def _hold(self, rows: list[tuple[str, dict[str, Any]]], exc: BaseException | None) -> None:
+        self._failed = rows
+        reason = str(exc) if exc is not None else self._failing or "database unavailable"
+        if self._failing is None:
+            log.warning("immunity store %s: cannot write (%s); %d records kept for retry", self.path, reason,
+                        len(rows))
+        self._failing = reason
+
+    def _write_one(self, item: tuple[str, dict[str, Any]]) -> bool:
+        """Write one record alone; ``False`` if the database as a whole is failing."""
+        table, row = item
+        for attempt in (row, sanitise(row)):
+            try:
+                self._commit([(table, attempt)])
+                return True
+            except Exception as exc:
+                if _transient(exc):
+                    return False
+                err = exc
+        log.warning("immunity store %s: a %s record of run %s cannot be stored: %s", self.path, table,
+                    row.get("run_id"), err)
+        report = {"run_id": sanitise(row.get("run_id")), "plugin": "immunity.store", "hook": f"save:{table}",
+                  "error": sanitise(f"{type(err).__name__}: {err}")[:2000], "ts": time.time()}
+        try:
+            self._commit([("plugin_errors", report)])
+        except Exception as exc:
+            if _transient(exc):
+                return False
+            log.error("immunity store %s: cannot even report it: %s", self.path, exc)
+        return True
+
+    # ------------------------------------------------------------------ spill files
+    def _spill_path(self) -> str:
+        return f"{self.path}.spill.{os.getpid()}.{id(self):x}.jsonl"
+
+    def _spill(self, table: str, record: Any, seq: int | None) -> None:
+        """Append a record to this process's spill file (the queue is full or the store is
+        closing with the database unavailable); the writer reads it back in order."""
+        item = self._row_or_error(table, record, seq)
+        self._spill_rows([item])
+
+    def _spill_rows(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        if self.path == ":memory:":
+            with self._lock:  # nowhere to spill: keep in memory for the writer
+                self._failed.extend(rows)
+            return
+        with self._spill_lock:
+            try:
+                if self._spill_fh is None:
+                    self._spill_fh = open(self._spill_path(), "a+", encoding="utf-8")  # noqa: SIM115
+                    _try_lock(self._spill_fh)
+                    self._spill_pos = 0
+                    log.warning("immunity store %s: the write queue is full; spilling to %s", self.path,
+                                self._spill_fh.name)
+                self._spill_fh.seek(0, os.SEEK_END)
+                for table, row in rows:
+                    self._spill_fh.write(json.dumps({"table": table, "row": row}, default=str) + "\n")
+                self._spill_fh.flush()
+                self._spilling = True
+                self.spilled += len(rows)
+            except OSError as exc:
+                self.lost += len(rows)
+                log.error("immunity store %s: %d records could neither be written nor spilled (%s): lost",
+                          self.path, len(rows), exc)
+
+    def _read_back_own_spill(self) -> None:
+        """Write what this process spilled, in order, in chunks; stop spilling once caught up."""
+        with self._spill_lock:
+            fh = self._spill_fh
+            if fh is None:
+                self._spilling = False
+                return
+            fh.seek(self._spill_pos)
+            lines = [fh.readline() for _ in range(self.CHUNK)]
+            lines = [ln for ln in lines if ln]
+            pos = fh.tell()
+        rows = self._parse_spill(lines, fh.name)
+        self._write(rows)
+        if self._failed:
+            return  # the database is failing again: the rows are held, the file position moves on
+        with self._spill_lock:
+            self._spill_pos = pos
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() == pos:  # caught up: later records go to the queue again
+                fh.seek(0)
+                fh.truncate()
+                self._spill_pos = 0
+                self._spilling = False
+
+    @staticmethod
+    def _parse_spill(lines: list[str], name: str) -> list[tuple[str, dict[str, Any]]]:
+        rows = []
+        for ln in lines:
+            try:
+                d = json.loads(ln)
+                rows.append((str(d["table"]), dict(d["row"])))
+            except (ValueError, KeyError, TypeError):
+                log.warning("immunity store: skipping a damaged line in %s", name)
+        return rows
+
+    def spill_files(self) -> list[str]:
+        """Spill files of this database that no live process owns (what the next open reads back)."""
+        base = os.path.basename(self.path)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        own = self._spill_fh.name if self._spill_fh is not None else None
+        return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                      if (f.startswith(base + ".spill.") and f.endswith(".jsonl") or f == base + ".unsaved.jsonl")
+                      and os.path.join(folder, f) != own)
+
+    def read_back_spills(self, paths: Iterable[str] | None = None) -> int:
+        """Write the records of spill files (left by a process that could not reach the database,
+        or was killed while spilling) into the store, in chunks of :attr:`CHUNK`, and delete each
+        file once written. A file another live process still owns is left alone. Returns the
+        number of records read back."""
+        total = 0
+        for name in list(paths) if paths is not None else self.spill_files():
+            try:
+                fh = open(name, "r+", encoding="utf-8")  # noqa: SIM115
+            except OSError:
+                continue
+            with fh:
+                if not _try_lock(fh):
+                    continue  # its process is alive and still spilling
+                while True:
+                    lines = [ln for ln in (fh.readline() for _ in range(self.CHUNK)) if ln]
+                    if not lines:
+                        break
+                    self._write(self._parse_spill(lines, name))
+                    if self._failed:
+                        log.warning("immunity store %s: cannot read back %s yet (%s)", self.path, name,
+                                    self._failing)
+                        self._failed = []
+                        return total
+                    total += len(lines)
+                os.unlink(name)
+            log.warning("immunity store %s: read back %d records from %s", self.path, total, name)
+        return total
+
+    # ------------------------------------------------------------------ writes, continued
     def _insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         """Insert rows; core tables' columns are known, so sqlite-utils' per-call schema check
         (``alter=True``) is only paid when a row brings a new column or the table is a plugin's."""
@@ -329,56 +708,115 @@ class SQLiteStore:
         for table, row in rows:
             groups.setdefault(table, []).append(row)
         self.flush()
-        with self._lock, self.db.atomic():
+        with self.transaction(flush=False):
             existing = set(self.db.table_names())
             for table in ("steps", *self.RELATED_TABLES):
                 if table in existing:
                     self.db.execute(f"DELETE FROM [{table}] WHERE run_id = ?", [run.run_id])
             for table, batch in groups.items():
                 self._insert(table, batch)
+        with self._seq_lock:
+            self._seq.pop(run.run_id, None)
 
     @contextlib.contextmanager
     def transaction(self, *, flush: bool = True) -> Iterator[sqlite_utils.Database]:
-        """A transaction on the store's connection, for a plugin's own tables: the block runs alone
-        and atomically; with ``flush`` (the default) everything queued is written first, which a
-        plugin whose tables do not depend on queued rows can skip."""
+        """A ``BEGIN IMMEDIATE`` transaction on the store's connection, for a plugin's own tables:
+        the block runs alone and atomically; with ``flush`` (the default) everything queued is
+        written first, which a plugin whose tables do not depend on queued rows can skip."""
+        if self.read_only:
+            raise StoreError(f"store {self.path} is open read-only")
         if flush:
             self.flush()
-        with self._lock, self.db.atomic():
-            yield self.db
+        with self._lock:
+            conn = self.db.conn
+            if conn.in_transaction:  # nested: sqlite-utils' savepoint
+                with self.db.atomic():
+                    yield self.db
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
 
-    def flush(self, timeout: float = 30.0) -> None:
-        """Wait until everything queued is written."""
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait (at most ``timeout`` seconds) until everything queued or spilled is committed;
+        ``True`` if it is."""
+        if self.read_only:
+            return True
+        deadline = time.monotonic() + timeout
+        q = self._queue
         if self._thread is not None and self._thread.is_alive():
-            self._idle.wait(timeout)
-        if self._failed:
-            self._write([])
+            with q.all_tasks_done:
+                while q.unfinished_tasks:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    q.all_tasks_done.wait(min(left, 0.5))
+        while self._spilling or self._failed:
+            with self._lock:
+                if self._failed:
+                    self._write([])
+                if self._failed:
+                    return False
+                if self._spilling:
+                    self._read_back_own_spill()
+            if time.monotonic() > deadline:
+                return False
+        return True
 
     def close(self) -> None:
+        """Flush and close. Never raises for a database that cannot be written: what is left is
+        appended to the spill file, which the next open reads back."""
         if self._closed:
             return
-        self.flush()
+        self.flush(timeout=max(self.busy_timeout_s, 1.0) * 2)
         self._closed = True
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout=30)
-        if self._failed:
-            self._write([])
-        if self._failed and self.path != ":memory:":
-            spill = self.path + ".unsaved.jsonl"
-            with open(spill, "a", encoding="utf-8") as fh:
-                for table, row in self._failed:
-                    fh.write(json.dumps({"table": table, "row": row}, default=str) + "\n")
-            log.error("immunity store %s: %d records could not be written; saved to %s", self.path,
-                      len(self._failed), spill)
+        if not self.read_only:
+            with self._lock:
+                if self._failed:
+                    self._write([])
+                if self._failed:
+                    self._spill_rows(self._failed)
+                    log.error("immunity store %s: %d records could not be written (%s); saved to a spill file "
+                              "that the next open reads back", self.path, len(self._failed), self._failing)
+                    self._failed = []
+            with self._spill_lock:
+                if self._spill_fh is not None:
+                    self._spill_fh.seek(0, os.SEEK_END)
+                    empty = self._spill_fh.tell() == self._spill_pos
+                    name = self._spill_fh.name
+                    if not empty and self._spill_pos:  # keep only what was not read back
+                        self._spill_fh.seek(self._spill_pos)
+                        rest = self._spill_fh.read()
+                        self._spill_fh.seek(0)
+                        self._spill_fh.truncate()
+                        self._spill_fh.write(rest)
+                    self._spill_fh.close()
+                    self._spill_fh = None
+                    if empty:
+                        with contextlib.suppress(OSError):
+                            os.unlink(name)
         if self.path != ":memory:":
-            self.db.conn.close()
+            with contextlib.suppress(Exception):
+                if self._reader is not self.db.conn:
+                    self._reader.close()
+            with contextlib.suppress(Exception):
+                self.db.conn.close()
 
     # ------------------------------------------------------------------ reads
-    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        self.flush()
-        with self._lock:
-            cur = self.db.execute(sql, list(params))
+    def _rows(self, sql: str, params: Iterable[Any] = (), *, flush: bool = True) -> list[dict[str, Any]]:
+        """Run a query on the reading connection (WAL: it never waits for the writer). With
+        ``flush`` (the default) what this process queued is committed first, so it is seen."""
+        if flush:
+            self.flush()
+        with self._rlock:
+            cur = self._reader.execute(sql, list(params))
             cols = [c[0] for c in cur.description]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
@@ -398,9 +836,12 @@ class SQLiteStore:
         yield from self.runs(limit=None, **filters)
 
     def count(self, table: str) -> int:
-        self.flush()
-        with self._lock:
-            return self.db.table(table).count
+        if table not in self.table_names():
+            return 0
+        return int(self._rows(f"select count(*) as n from [{table}]")[0]["n"])
+
+    def table_names(self) -> list[str]:
+        return [r["name"] for r in self._rows("select name from sqlite_master where type = 'table'", flush=False)]
 
     @staticmethod
     def _run(r: dict[str, Any]) -> Run:
@@ -408,10 +849,12 @@ class SQLiteStore:
         r["metadata"] = _loads(r.get("metadata"), {})
         return Run(**{k: v for k, v in r.items() if v is not None or k == "failure_step"})
 
-    def get_run(self, run_id: str) -> Run | None:
-        rows = self._rows("select * from runs where run_id = ?", [run_id])
-        if not rows:
-            rows = self._rows("select * from runs where run_id like ? order by started_at desc limit 2", [run_id + "%"])
+    def get_run(self, run_id: str, *, flush: bool = True, prefix: bool = True) -> Run | None:
+        """The run with this id (or, with ``prefix``, the only run whose id starts with it)."""
+        rows = self._rows("select * from runs where run_id = ?", [run_id], flush=flush)
+        if not rows and prefix:
+            rows = self._rows("select * from runs where run_id like ? order by started_at desc limit 2",
+                              [run_id + "%"], flush=False)
             if len(rows) != 1:
                 return None
         return self._run(rows[0])
@@ -477,13 +920,20 @@ class SQLiteStore:
             sql, params = sql + " where pack = ?", [pack]
         return [FailurePattern.model_validate_json(r["body"]) for r in self._rows(sql, params)]
 
-    def idempotent_result(self, key: str) -> str | None:
-        rows = self._rows("select result from idempotency where key = ? and run_id is not null", [key])
+    def idempotent_result(self, key: str, *, flush: bool = False) -> str | None:
+        """The stored result of a side-effecting call (committed rows only unless ``flush``)."""
+        rows = self._rows("select result from idempotency where key = ? and run_id is not null", [key], flush=flush)
         return rows[0]["result"] if rows else None
+
+    def idempotency_results(self, run_id: str) -> dict[str, str]:
+        """Every committed idempotency key of ``run_id`` with its result (one indexed read, no
+        flush: the runtime answers its own recent calls from memory)."""
+        rows = self._rows("select key, result from idempotency where run_id = ?", [run_id], flush=False)
+        return {r["key"]: r["result"] for r in rows}
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         self.flush()
-        with self._lock, self.db.conn:
+        with self.transaction(flush=False):
             self.db.table("runs").update(run_id, self.redactor.value(fields))
 
 
