@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from immunity.runtime import Runtime
 
 __all__ = [
+    "CONFLICT_POLICIES",
     "FORMATS",
     "ImportProblem",
     "ImportReport",
@@ -91,7 +92,8 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
             found = []
             for root, _dirs, files in os.walk(p):
                 for name in files:
-                    if name.endswith(_SUFFIXES):
+                    # only regular files: a FIFO or a device named like a trace would block the read
+                    if name.endswith(_SUFFIXES) and os.path.isfile(os.path.join(root, name)):
                         found.append(os.path.join(root, name))
             out.extend(sorted(found))
         else:
@@ -148,6 +150,9 @@ def iter_runs(paths: list[str], format: str = "auto", *, runtime: Runtime | None
             continue
         if os.path.isdir(path):
             continue
+        if not os.path.isfile(path):  # a FIFO, a socket, a device: reading it could block forever
+            yield ImportProblem(path, "file", "not a regular file; skipped")
+            continue
         fmt = format if format != "auto" else detect_format(path, registry)
         if fmt is None:
             yield ImportProblem(path, "file", "format not recognised; pass --format "
@@ -199,6 +204,8 @@ class ImportReport:
     unmapped_tools: Counter[str] = field(default_factory=Counter)
     with_failure_step: int = 0
     seconds: float = 0.0
+    #: records whose run id was already taken (skipped with ``on_conflict="skip"``)
+    conflicts: int = 0
 
     @property
     def success(self) -> int:
@@ -237,6 +244,7 @@ class ImportReport:
             "runs": self.runs, "steps": self.steps, "success": self.success, "failure": self.failure,
             "unknown": self.unknown, "unmapped_steps": self.unmapped, "unmapped_rate": round(self.unmapped_rate, 4),
             "with_failure_step": self.with_failure_step, "formats": dict(self.formats),
+            "conflicts": self.conflicts,
             "unmapped_tools": dict(self.unmapped_tools.most_common(10)),
             "problems": [{"source": p.source, "record": p.record, "message": p.message, "skipped": p.skipped}
                          for p in self.problems],
@@ -251,6 +259,9 @@ class ImportReport:
             f"runs with a failure step: {self.with_failure_step}",
             f"unmapped steps: {self.unmapped} of {self.steps} ({self.unmapped_rate:.1%})",
         ]
+        if self.conflicts:
+            lines.append(f"conflicts: {self.conflicts} runs already in the store were kept (skipped; "
+                         "--on-conflict replace or rename to import them)")
         if self.unmapped_tools:
             top = ", ".join(f"{t} ({n})" for t, n in self.unmapped_tools.most_common(8))
             lines.append(f"  most often unmapped: {top}")
@@ -278,11 +289,66 @@ def _fast_commits(store: Any) -> None:
         pass
 
 
+#: What an import does with a run whose id the store (or this import) already has.
+CONFLICT_POLICIES = ("skip", "replace", "rename")
+
+
+def _exists(db: Any, run_id: str) -> bool:
+    try:
+        run = db.get_run(run_id)
+    except Exception:  # a store that cannot say: treat as unknown, never as permission to replace
+        return True
+    return run is not None and run.run_id == run_id
+
+
+def _renamed(db: Any, item: ImportedRun, taken: dict[str, str]) -> str:
+    import hashlib
+
+    base = item.run.run_id
+    salt = hashlib.blake2b(f"{os.path.abspath(item.source)}|{item.record}".encode(), digest_size=4).hexdigest()
+    candidate, n = f"{base}~{salt}", 1
+    while candidate in taken or _exists(db, candidate):
+        n += 1
+        candidate = f"{base}~{salt}-{n}"
+    return candidate
+
+
+_OWN_IDS = ("event_id", "intervention_id", "recovery_id", "checkpoint_id")
+
+
+def _rename(item: ImportedRun, new: str) -> None:
+    """Give an imported run (and every record that belongs to it) a new run id; records with an id
+    of their own (events, interventions, recoveries, checkpoints) get new ones too, so nothing of
+    the run that holds the old id is touched."""
+    suffix = new[len(item.run.run_id):]
+    item.run.run_id = new
+    for st in item.steps:
+        st.run_id = new
+    for records in item.related.values():
+        for rec in records:
+            if isinstance(rec, dict):
+                rec["run_id"] = new
+                continue
+            if hasattr(rec, "run_id"):
+                rec.run_id = new
+            for key in _OWN_IDS:
+                if getattr(rec, key, None):
+                    setattr(rec, key, f"{getattr(rec, key)}{suffix}")
+
+
 def import_paths(paths: list[str], format: str, store: Any, *, domain: str | None = None,  # noqa: A002
-                 progress: Callable[[int], None] | None = None, runtime: Runtime | None = None) -> ImportReport:
+                 progress: Callable[[int], None] | None = None, runtime: Runtime | None = None,
+                 on_conflict: str = "skip") -> ImportReport:
     """Import trace files into a store, one transaction per run: a run is written whole or not at
     all (see :func:`immunity.importers.store_io.write_full_run`). ``store`` is a store object or a path. ``progress``, if given, is
-    called with the number of bytes read so far (see :func:`total_bytes`)."""
+    called with the number of bytes read so far (see :func:`total_bytes`).
+
+    A run whose id the store already holds (a live run, an earlier import, an earlier record of
+    this import) is a conflict, never a silent overwrite: ``on_conflict="skip"`` (default) keeps
+    what is stored and counts the record in ``report.conflicts``; ``"replace"`` writes the imported
+    run over it; ``"rename"`` imports it under a new id (``<id>~<hash of source and record>``)."""
+    if on_conflict not in CONFLICT_POLICIES:
+        raise ValueError(f"on_conflict must be one of {', '.join(CONFLICT_POLICIES)}, not {on_conflict!r}")
     from immunity.locations import open_location
 
     own = isinstance(store, str)
@@ -299,10 +365,27 @@ def import_paths(paths: list[str], format: str, store: Any, *, domain: str | Non
             else:
                 rid = item.run.run_id
                 where = f"{item.source} {item.record}".strip()
-                if rid in seen:
-                    report.problems.append(ImportProblem(item.source, item.record or "record",
-                                                         f"run id {rid!r} repeats {seen[rid]}; this record "
-                                                         "replaced it", skipped=False))
+                if rid in seen or _exists(db, rid):
+                    before = seen.get(rid, "a run already in the store")
+                    if on_conflict == "skip":
+                        report.conflicts += 1
+                        report.problems.append(ImportProblem(item.source, item.record or "record",
+                                                             f"run id {rid!r} is taken by {before}; skipped "
+                                                             "(--on-conflict replace or rename to import it)"))
+                        if progress is not None:
+                            progress(bytes_read())
+                        continue
+                    if on_conflict == "rename":
+                        new = _renamed(db, item, seen)
+                        _rename(item, new)
+                        report.problems.append(ImportProblem(item.source, item.record or "record",
+                                                             f"run id {rid!r} is taken by {before}; imported as "
+                                                             f"{new!r}", skipped=False))
+                        rid = new
+                    else:
+                        report.problems.append(ImportProblem(item.source, item.record or "record",
+                                                             f"run id {rid!r} was taken by {before}; replaced "
+                                                             "(--on-conflict replace)", skipped=False))
                 try:
                     write_full_run(db, item)
                 except Exception as exc:

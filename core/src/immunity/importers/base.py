@@ -13,7 +13,8 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -30,6 +31,10 @@ THOUGHT_LIMIT = 2000
 TASK_LIMIT = 8000
 #: How much of a file :func:`read_head` returns for format detection.
 HEAD_BYTES = 64 * 1024
+#: One JSON Lines record larger than this is skipped (reported), not parsed.
+MAX_RECORD_BYTES = 64 * 2**20
+#: A whole-file JSON document (a list of records) larger than this, uncompressed, is refused.
+MAX_FILE_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -135,9 +140,11 @@ def bounded(value: Any, limit: int = 2000, depth: int = 0) -> Any:
 
 
 def stable_id(fmt: str, source: str, key: str) -> str:
-    """A run id that is the same every time the same record of the same file is imported, so a
-    second import replaces the first instead of duplicating it."""
-    digest = hashlib.blake2b(f"{fmt}|{os.path.basename(source)}|{key}".encode(), digest_size=8).hexdigest()
+    """A run id that is the same every time the same record of the same file is imported (so a
+    second import is recognised as the same run, see ``--on-conflict``). The file's whole path is
+    part of it: ``modelA/results.json`` and ``modelB/results.json`` are different runs."""
+    where = os.path.normpath(os.path.abspath(source))
+    digest = hashlib.blake2b(f"{fmt}|{where}|{key}".encode(), digest_size=8).hexdigest()
     return f"{fmt}-{digest}"
 
 
@@ -315,13 +322,15 @@ def decode(data: bytes) -> tuple[str, str | None]:
 def read_head(path: str, limit: int = HEAD_BYTES) -> str:
     """The start of a file as text (uncompressed), for format detection."""
     try:
-        with open_binary(path) as fh:
-            data = fh.read(limit)
-    except (OSError, EOFError, gzip.BadGzipFile):
+        with open(path, "rb") as fh:
+            data = fh.read(max(limit, 1 << 20))
+        if data[:2] == b"\x1f\x8b":  # what can be uncompressed, even from a file cut short
+            data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, limit)
+    except (OSError, EOFError, zlib.error):
         return ""
     finally:
         _progress.fh = None
-    return data.decode("utf-8", errors="replace")
+    return data[:limit].decode("utf-8", errors="replace")
 
 
 def json_error(exc: json.JSONDecodeError, text: str) -> str:
@@ -343,15 +352,32 @@ class Record:
 def iter_jsonl(path: str) -> Iterator[Record | ImportProblem]:
     """Each line of a JSON Lines file (plain or gzip) as a :class:`Record`; a line that cannot be
     read becomes an :class:`ImportProblem` naming the line, and reading goes on."""
+    n = 0
     with open_binary(path) as fh:
-        for n, raw in enumerate(fh, 1):
+        lines = iter(fh)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                break
+            except (EOFError, OSError, zlib.error) as exc:  # a cut or damaged .gz: keep what came before
+                yield ImportProblem(path, f"line {n + 1}", f"the compressed file is cut or damaged ({exc}); the "
+                                    f"{n} lines before it were read")
+                break
+            n += 1
             if not raw.strip():
+                continue
+            if len(raw) > MAX_RECORD_BYTES:
+                yield ImportProblem(path, f"line {n}", f"longer than {MAX_RECORD_BYTES:,} bytes; skipped")
                 continue
             text, warning = decode(raw)
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
                 yield ImportProblem(path, f"line {n}", json_error(exc, text.rstrip("\n")))
+                continue
+            except RecursionError:
+                yield ImportProblem(path, f"line {n}", "nested too deeply to be read; skipped")
                 continue
             yield Record(value, f"line {n}", warning)
     file_done(path)
@@ -362,12 +388,17 @@ def iter_json_values(path: str) -> Iterator[Record | ImportProblem]:
     top-level object (``file``). A list cut short still yields every complete element before the
     cut, then a problem naming the record where it broke."""
     try:
-        with open_binary(path) as fh:
-            data = fh.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        data, cut = _read_whole(path)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         yield ImportProblem(path, "file", f"cannot read: {exc}")
         file_done(path)
         return
+    except ValueError as exc:  # too large
+        yield ImportProblem(path, "file", str(exc))
+        file_done(path)
+        return
+    if cut is not None:
+        yield ImportProblem(path, "file", f"{cut}; the complete records before the cut are read", skipped=False)
     text, warning = decode(data)
     stripped = text.lstrip()
     if stripped.startswith("["):
@@ -389,15 +420,53 @@ def iter_json_values(path: str) -> Iterator[Record | ImportProblem]:
                 yield ImportProblem(path, f"record {n}", json_error(exc, text) + "; the rest of the file cannot "
                                     "be read")
                 break
+            except RecursionError:
+                yield ImportProblem(path, f"record {n}", "nested too deeply to be read; the rest of the file "
+                                    "cannot be read")
+                break
             yield Record(value, f"record {n}", warning)
     else:
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
             yield ImportProblem(path, "file", json_error(exc, text))
+        except RecursionError:
+            yield ImportProblem(path, "file", "nested too deeply to be read")
         else:
             yield Record(value, "file", warning)
     file_done(path)
+
+
+def _read_whole(path: str) -> tuple[bytes, str | None]:
+    """A whole file's bytes (gzip uncompressed) and, for a gzip file cut short, what is wrong: the
+    bytes that could be uncompressed before the cut are kept, so the complete records in them can
+    still be read."""
+    with open(path, "rb") as raw:
+        _progress.fh = raw
+        data = raw.read(MAX_FILE_BYTES + 1)
+    if data[:2] != b"\x1f\x8b":
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(f"larger than {MAX_FILE_BYTES:,} bytes; split it or use JSON Lines")
+        return data, None
+    out: list[bytes] = []
+    size = 0
+    rest = data
+    while rest:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            chunk = d.decompress(rest, MAX_FILE_BYTES + 1 - size)
+        except zlib.error as exc:
+            if not out:
+                raise
+            return b"".join(out), f"the compressed data is damaged ({exc})"
+        out.append(chunk)
+        size += len(chunk)
+        if size > MAX_FILE_BYTES or d.unconsumed_tail:
+            raise ValueError(f"larger than {MAX_FILE_BYTES:,} bytes uncompressed; split it or use JSON Lines")
+        if not d.eof:
+            return b"".join(out), "the compressed file is cut short (it ends before the end-of-stream marker)"
+        rest = d.unused_data.lstrip(b"\x00")
+    return b"".join(out), None
 
 
 def iter_records(path: str) -> Iterator[Record | ImportProblem]:
@@ -437,6 +506,22 @@ def _is_single_json(path: str) -> bool:
     except ValueError:
         return True
     return False
+
+
+def each_record(path: str, records: Iterable[Record | ImportProblem],
+                convert: Callable[[Record], ImportedRun | ImportProblem]) -> Iterator[ImportedRun | ImportProblem]:
+    """``convert`` each record, isolated: a record that makes it raise (a wrong type deep inside,
+    absurd nesting) becomes an :class:`ImportProblem` naming the record, and the rest go on."""
+    for rec in records:
+        if isinstance(rec, ImportProblem):
+            yield rec
+            continue
+        try:
+            item = convert(rec)
+        except Exception as exc:  # noqa: BLE001 - one bad record never stops the file
+            msg = " ".join(str(exc).split())[:200]
+            item = ImportProblem(path, rec.where, f"cannot be read: {type(exc).__name__}: {msg}")
+        yield item
 
 
 def describe(record: Record, **keys: Any) -> str:

@@ -32,6 +32,7 @@ from immunity.importers.base import (
     as_text,
     bounded,
     describe,
+    each_record,
     iter_records,
     message_step,
     new_run,
@@ -288,11 +289,7 @@ class ChatImporter:
         return first == "{" and '"messages"' in head and ('"outcome"' in head or '"id"' in head)
 
     def read(self, path: str) -> Iterator[ImportedRun | ImportProblem]:
-        for rec in iter_records(path):
-            if isinstance(rec, ImportProblem):
-                yield rec
-                continue
-            yield record_to_run(rec.value, path, rec)
+        yield from each_record(path, iter_records(path), lambda rec: record_to_run(rec.value, path, rec))
 
 
 def schema_path() -> str:

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
-from immunity.importers.base import ImportedRun, ImportProblem, describe, iter_jsonl
+from immunity.importers.base import ImportedRun, ImportProblem, describe, each_record, iter_jsonl
 from immunity.models import Checkpoint, Event, Intervention, Recovery, Run, Step, Verdict
 from immunity.redact import default_redactor
 
@@ -98,7 +98,7 @@ def record_to_run(value: Any, path: str, where: str) -> ImportedRun | ImportProb
         for table, model in _MODELS.items():
             related[table] = [model.model_validate(x) for x in value.get(table) or []]
         related["plugin_errors"] = [dict(x) for x in value.get("plugin_errors") or [] if isinstance(x, dict)]
-    except (KeyError, TypeError, ValidationError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError, ValidationError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return ImportProblem(path, where, f"does not fit immunity's models: {msg}")
     return ImportedRun(run, steps, path, where, mapped=True, related=related)
@@ -113,12 +113,12 @@ class ImmunityImporter:
         return start.startswith("{") and '"format": "immunity"' in start.replace('":"', '": "')
 
     def read(self, path: str) -> Iterator[ImportedRun | ImportProblem]:
-        for rec in iter_jsonl(path):
-            if isinstance(rec, ImportProblem):
-                yield rec
-                continue
-            run_id = (rec.value.get("run") or {}).get("run_id") if isinstance(rec.value, dict) else None
+        def one(rec: Any) -> ImportedRun | ImportProblem:
+            head = rec.value.get("run") if isinstance(rec.value, dict) else None
+            run_id = head.get("run_id") if isinstance(head, dict) else None
             item = record_to_run(rec.value, path, describe(rec, run_id=run_id))
             if isinstance(item, ImportedRun) and rec.warning:
                 item.warnings.append(rec.warning)
-            yield item
+            return item
+
+        yield from each_record(path, iter_jsonl(path), one)

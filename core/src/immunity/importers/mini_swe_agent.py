@@ -41,6 +41,7 @@ from immunity.importers.base import (
     as_text,
     bounded,
     describe,
+    each_record,
     iter_objects,
     message_step,
     new_run,
@@ -163,11 +164,7 @@ class MiniSweAgentImporter:
                                                                      or '"resolved"' in head)
 
     def read(self, path: str) -> Iterator[ImportedRun | ImportProblem]:
-        for rec in iter_objects(path):
-            if isinstance(rec, ImportProblem):
-                yield rec
-                continue
-            yield self._run(rec, path)
+        yield from each_record(path, iter_objects(path), lambda rec: self._run(rec, path))
 
     def _run(self, rec: Record, path: str) -> ImportedRun | ImportProblem:
         value = rec.value

@@ -48,11 +48,14 @@ def immunity_register_commands(cli: click.Group) -> None:
     @click.option("--store", "store_path", default=_store_default, show_default="immunity.db or $IMMUNITY_STORE",
                   help="The store to write: a SQLite path or a plugin's URL (postgresql://...).")
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+    @click.option("--on-conflict", type=click.Choice(["skip", "replace", "rename"]), default="skip",
+                  show_default=True, help="A run whose id is already stored (a live run, an earlier import): keep "
+                                          "the stored one, replace it, or import under a new id.")
     @click.option("--progress/--no-progress", default=None,
                   help="Show a progress bar on stderr (default: when stderr is a terminal).")
     @click.argument("paths", nargs=-1, required=True, type=click.Path())
-    def import_cmd(fmt: str, domain: str | None, store_path: str, as_json: bool, progress: bool | None,
-                   paths: tuple[str, ...]) -> None:
+    def import_cmd(fmt: str, domain: str | None, store_path: str, as_json: bool, on_conflict: str,
+                   progress: bool | None, paths: tuple[str, ...]) -> None:
         """Read agent trajectories (files or folders) into the store as runs with steps and outcomes.
 
         Prints what was imported (runs, steps, outcomes, the share of steps no domain rule mapped)
@@ -75,9 +78,11 @@ def immunity_register_commands(cli: click.Group) -> None:
                     def tick(done: int) -> None:
                         bar.update(max(0, min(done, total) - bar.pos))
 
-                    report = import_paths(list(paths), fmt, store_path, domain=domain, progress=tick, runtime=rt)
+                    report = import_paths(list(paths), fmt, store_path, domain=domain, progress=tick, runtime=rt,
+                                          on_conflict=on_conflict)
             else:
-                report = import_paths(list(paths), fmt, store_path, domain=domain, runtime=rt)
+                report = import_paths(list(paths), fmt, store_path, domain=domain, runtime=rt,
+                                      on_conflict=on_conflict)
         except Exception as exc:
             raise click.ClickException(f"import failed: {type(exc).__name__}: {exc}") from exc
         if as_json:
@@ -85,6 +90,8 @@ def immunity_register_commands(cli: click.Group) -> None:
         else:
             click.echo(report.summary())
             click.echo("store: " + re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", store_path))  # no password
+        if report.runs == 0 and report.conflicts and report.conflicts == len(report.problems):
+            return  # everything was already there: nothing to do is not an error
         if report.runs == 0:
             click.echo("nothing could be imported" + (f" ({len(report.problems)} problems above)"
                                                        if report.problems else ""), err=True)

@@ -24,10 +24,12 @@ from typing import Any
 from immunity.importers.base import (
     ImportedRun,
     ImportProblem,
+    Record,
     as_dict,
     as_text,
     bounded,
     describe,
+    each_record,
     iter_objects,
     message_step,
     new_run,
@@ -70,44 +72,42 @@ class SweAgentImporter:
         return '"trajectory"' in head and ('"action"' in head or '"observation"' in head or path.endswith(".traj"))
 
     def read(self, path: str) -> Iterator[ImportedRun | ImportProblem]:
-        for rec in iter_objects(path):
-            if isinstance(rec, ImportProblem):
-                yield rec
+        yield from each_record(path, iter_objects(path), lambda rec: self._one(rec, path))
+
+    def _one(self, rec: Record, path: str) -> ImportedRun | ImportProblem:
+        value = rec.value
+        info = as_dict(value.get("info"))
+        instance = value.get("instance_id") or info.get("instance_id")
+        if instance is None:
+            base = os.path.basename(path)
+            instance = re.sub(r"(\.traj)?(\.json)?(\.gz)?$", "", base)
+        where = describe(rec, instance_id=instance)
+        traj = value.get("trajectory")
+        if not isinstance(traj, list):
+            return ImportProblem(path, where, "no 'trajectory' list")
+        warnings: list[str] = [rec.warning] if rec.warning else []
+        steps = []
+        for i, item in enumerate(traj):
+            if not isinstance(item, dict):
+                warnings.append(f"trajectory {i}: not an object; left out")
                 continue
-            value = rec.value
-            info = as_dict(value.get("info"))
-            instance = value.get("instance_id") or info.get("instance_id")
-            if instance is None:
-                base = os.path.basename(path)
-                instance = re.sub(r"(\.traj)?(\.json)?(\.gz)?$", "", base)
-            where = describe(rec, instance_id=instance)
-            traj = value.get("trajectory")
-            if not isinstance(traj, list):
-                yield ImportProblem(path, where, "no 'trajectory' list")
-                continue
-            warnings: list[str] = [rec.warning] if rec.warning else []
-            steps = []
-            for i, item in enumerate(traj):
-                if not isinstance(item, dict):
-                    warnings.append(f"trajectory {i}: not an object; left out")
-                    continue
-                action = as_text(item.get("action")) or ""
-                thought = as_text(item.get("thought"))
-                if action.strip():
-                    steps.append(tool_step(command_tool(action), {"command": action.strip()},
-                                           result=as_text(item.get("observation")), thought=thought,
-                                           execution_time=item.get("execution_time")))
-                else:
-                    text = as_text(item.get("response")) or thought or ""
-                    if text.strip():
-                        steps.append(message_step(text, from_model=True))
-            resolved = info.get("resolved", value.get("resolved"))
-            outcome = Outcome.parse(resolved) if isinstance(resolved, bool) else Outcome.UNKNOWN
-            meta = {k: info.get(k) for k in ("exit_status", "submission", "model_stats", "swe_agent_version")
-                    if info.get(k) is not None}
-            if isinstance(value.get("environment"), str):
-                meta["environment"] = value["environment"]
-            run = new_run(self.name, path, where, run_id=stable_id(self.name, path, str(instance)),
-                          task=_task(value.get("history")), task_id=str(instance), outcome=outcome,
-                          metadata=bounded(meta))
-            yield ImportedRun(run, steps, path, where, warnings)
+            action = as_text(item.get("action")) or ""
+            thought = as_text(item.get("thought"))
+            if action.strip():
+                steps.append(tool_step(command_tool(action), {"command": action.strip()},
+                                       result=as_text(item.get("observation")), thought=thought,
+                                       execution_time=item.get("execution_time")))
+            else:
+                text = as_text(item.get("response")) or thought or ""
+                if text.strip():
+                    steps.append(message_step(text, from_model=True))
+        resolved = info.get("resolved", value.get("resolved"))
+        outcome = Outcome.parse(resolved) if isinstance(resolved, bool) else Outcome.UNKNOWN
+        meta = {k: info.get(k) for k in ("exit_status", "submission", "model_stats", "swe_agent_version")
+                if info.get(k) is not None}
+        if isinstance(value.get("environment"), str):
+            meta["environment"] = value["environment"]
+        run = new_run(self.name, path, where, run_id=stable_id(self.name, path, str(instance)),
+                      task=_task(value.get("history")), task_id=str(instance), outcome=outcome,
+                      metadata=bounded(meta))
+        return ImportedRun(run, steps, path, where, warnings)

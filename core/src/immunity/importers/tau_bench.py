@@ -23,9 +23,11 @@ from typing import Any
 from immunity.importers.base import (
     ImportedRun,
     ImportProblem,
+    Record,
     as_dict,
     bounded,
     describe,
+    each_record,
     iter_objects,
     new_run,
     stable_id,
@@ -63,42 +65,39 @@ class TauBenchImporter:
         return start[:1] in "[{" and '"traj"' in head and ('"reward"' in head or '"task_id"' in head)
 
     def read(self, path: str) -> Iterator[ImportedRun | ImportProblem]:
-        for rec in iter_objects(path):
-            if isinstance(rec, ImportProblem):
-                yield rec
-                continue
-            value = rec.value
-            task_id, trial = value.get("task_id"), value.get("trial")
-            where = describe(rec, task_id=task_id, trial=trial)
-            if not isinstance(value.get("traj"), list):
-                yield ImportProblem(path, where, "no 'traj' list of messages")
-                continue
-            try:
-                parsed = chat_steps(value["traj"], error_prefixes=("Error:",))
-            except ValueError as exc:
-                yield ImportProblem(path, where, str(exc))
-                continue
-            info = as_dict(value.get("info"))
-            task = as_dict(info.get("task"))
-            reward = value.get("reward")
-            if isinstance(reward, int | float) and not isinstance(reward, bool):
-                outcome = Outcome.SUCCESS if reward >= 1.0 - 1e-9 else Outcome.FAILURE
-            else:
-                outcome = Outcome.UNKNOWN
-            expected = task.get("actions") if isinstance(task.get("actions"), list) else []
-            meta: dict[str, Any] = {
-                "reward": reward, "trial": trial, "expected_actions": bounded(expected),
-                "instruction": task.get("instruction"), "user_id": task.get("user_id"),
-                "expected_outputs": task.get("outputs"), "system_prompt": parsed.system,
-            }
-            if isinstance(info.get("reward_info"), dict):
-                meta["reward_info"] = bounded({k: v for k, v in info["reward_info"].items() if k != "actions"})
-            key = f"{task_id}/{trial}" if task_id is not None else f"{rec.where}"
-            run = new_run(self.name, path, where, run_id=stable_id(self.name, path, key), task=parsed.task,
-                          task_id=None if task_id is None else str(task_id), outcome=outcome,
-                          metadata=bounded({k: v for k, v in meta.items() if v is not None}))
-            warnings = list(parsed.warnings) + ([rec.warning] if rec.warning else [])
-            yield ImportedRun(run, parsed.steps, path, where, warnings)
+        yield from each_record(path, iter_objects(path), lambda rec: self._one(rec, path))
+
+    def _one(self, rec: Record, path: str) -> ImportedRun | ImportProblem:
+        value = rec.value
+        task_id, trial = value.get("task_id"), value.get("trial")
+        where = describe(rec, task_id=task_id, trial=trial)
+        if not isinstance(value.get("traj"), list):
+            return ImportProblem(path, where, "no 'traj' list of messages")
+        try:
+            parsed = chat_steps(value["traj"], error_prefixes=("Error:",))
+        except ValueError as exc:
+            return ImportProblem(path, where, str(exc))
+        info = as_dict(value.get("info"))
+        task = as_dict(info.get("task"))
+        reward = value.get("reward")
+        if isinstance(reward, int | float) and not isinstance(reward, bool):
+            outcome = Outcome.SUCCESS if reward >= 1.0 - 1e-9 else Outcome.FAILURE
+        else:
+            outcome = Outcome.UNKNOWN
+        expected = task.get("actions") if isinstance(task.get("actions"), list) else []
+        meta: dict[str, Any] = {
+            "reward": reward, "trial": trial, "expected_actions": bounded(expected),
+            "instruction": task.get("instruction"), "user_id": task.get("user_id"),
+            "expected_outputs": task.get("outputs"), "system_prompt": parsed.system,
+        }
+        if isinstance(info.get("reward_info"), dict):
+            meta["reward_info"] = bounded({k: v for k, v in info["reward_info"].items() if k != "actions"})
+        key = f"{task_id}/{trial}" if task_id is not None else f"{rec.where}"
+        run = new_run(self.name, path, where, run_id=stable_id(self.name, path, key), task=parsed.task,
+                      task_id=None if task_id is None else str(task_id), outcome=outcome,
+                      metadata=bounded({k: v for k, v in meta.items() if v is not None}))
+        warnings = list(parsed.warnings) + ([rec.warning] if rec.warning else [])
+        return ImportedRun(run, parsed.steps, path, where, warnings)
 
     def finish(self, imported: ImportedRun) -> None:
         """Derive ``failure_step`` once the steps are mapped (state-changing is the domain's call)."""

@@ -21,6 +21,7 @@ from immunity.importers.base import (
     as_text,
     bounded,
     describe,
+    each_record,
     iter_objects,
     message_step,
     new_run,
@@ -47,14 +48,12 @@ class WhoAndWhenImporter:
         return '"history"' in head and ('"mistake_step"' in head or '"mistake_agent"' in head)
 
     def read(self, path: str) -> Iterator[ImportedRun | ImportProblem]:
-        for rec in iter_objects(path):
-            if isinstance(rec, ImportProblem):
-                yield rec
-                continue
-            value = rec.value
-            qid = value.get("question_ID") or value.get("question_id")
+        def one(rec: Any) -> ImportedRun | ImportProblem:
+            qid = rec.value.get("question_ID") or rec.value.get("question_id")
             where = describe(rec, question_ID=qid)
-            yield self._run(value, path, where, rec.warning, key=str(qid or rec.where))
+            return self._run(rec.value, path, where, rec.warning, key=str(qid or rec.where))
+
+        yield from each_record(path, iter_objects(path), one)
 
     def _run(self, value: dict[str, Any], path: str, where: str, warning: str | None,
              key: str) -> ImportedRun | ImportProblem:
