@@ -45,6 +45,9 @@ _DOWN = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 #: Advisory lock key for plugin transactions (the bandit's counts): they run one at a time.
 TRANSACTION_LOCK = 0x696D6D2D74786E
 
+#: Spill files of the stores open in this process (not to be replayed by another store here).
+_LIVE_SPILLS: set[str] = set()
+
 
 def redact(dsn: str) -> str:
     """The DSN without its password (for messages)."""
@@ -182,13 +185,14 @@ class PostgresStore:
 
     def __init__(self, dsn: str, *, background: bool = True, pool_size: int = 4, queue_max: int = 10_000,
                  batch_max: int = 2000, linger_ms: float = 20.0, spill_dir: str | None = None,
-                 connect_timeout: float = 5.0, retry_max_s: float = 2.0):
+                 connect_timeout: float = 5.0, retry_max_s: float = 2.0, close_timeout: float = 5.0):
         self.dsn = dsn
         self.path = redact(dsn)  # what messages and the CLI show
         self.linger_s = linger_ms / 1000.0
         self.batch_max = batch_max
         self.retry_max_s = retry_max_s
         self.connect_timeout = connect_timeout
+        self.close_timeout = close_timeout
         try:
             with psycopg.connect(dsn, connect_timeout=max(1, int(connect_timeout)), autocommit=True) as conn:
                 migrate(conn)
@@ -224,6 +228,7 @@ class PostgresStore:
         self.spill_path = os.path.join(self.spill_dir, f"pg-{tag}-{os.getpid()}-{id(self):x}.jsonl")
         self._spill_lock = threading.Lock()
         self._spilling = False
+        _LIVE_SPILLS.add(self.spill_path)
         self._claimed: list[str] = self._claim_orphans()
         self._thread: threading.Thread | None = None
         if background:
@@ -295,7 +300,7 @@ class PostgresStore:
                 pid = int(parts[2])
             except (IndexError, ValueError):
                 continue
-            if pid == os.getpid() or _pid_alive(pid):
+            if path in _LIVE_SPILLS or (pid != os.getpid() and _pid_alive(pid)):
                 continue
             mine = f"{path}.replay-{os.getpid()}"
             try:
@@ -401,7 +406,7 @@ class PostgresStore:
                                 type(exc).__name__, len(batch))
                 waited = time.monotonic() - started
                 if (give_up_after is not None and waited >= give_up_after) or (
-                        self._closed and (self._gave_up or waited >= 5.0)):
+                        self._closed and (self._gave_up or waited >= self.close_timeout)):
                     self._gave_up = self._closed
                     if not rows_ready:
                         self._spill(batch)
@@ -617,14 +622,14 @@ class PostgresStore:
     def close(self) -> None:
         if self._closed:
             return
-        self.flush(timeout=10.0)
+        self.flush(timeout=self.close_timeout if self.down_since is not None else 30.0)
         self._closed = True
         if self._thread is not None and self._thread.is_alive():
             try:
                 self._queue.put(None, timeout=10.0)
             except queue.Full:
                 pass
-            self._thread.join(timeout=20)
+            self._thread.join(timeout=self.close_timeout + 2 * self.connect_timeout + 5)
         # whatever is left (the server is still down): to disk, for the next process to replay
         left: list[tuple[str, Any]] = list(self._pending)
         while True:
@@ -642,6 +647,7 @@ class PostgresStore:
             with contextlib.suppress(Exception):
                 self._wconn.close()
         self.pool.close()
+        _LIVE_SPILLS.discard(self.spill_path)
 
     # ------------------------------------------------------------------ reads
     def _reachable(self) -> None:
