@@ -19,7 +19,8 @@ the installed domain plugins decide, exactly as they do for a live run.
     print(report.summary())
 
 Formats: ``chat`` (the interchange format; see ``docs/formats/``), ``tau-bench``,
-``mini-swe-agent``, ``swe-agent``, ``who-and-when`` and ``immunity`` (``immunity export``).
+``mini-swe-agent``, ``swe-agent``, ``who-and-when``, ``otlp-json`` / ``openinference``
+(OpenTelemetry traces, see :mod:`immunity.importers.otlp`) and ``immunity`` (``immunity export``).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ __all__ = [
 ]
 
 #: Built-in formats, in the order ``--format auto`` tries them.
-FORMATS: tuple[str, ...] = ("immunity", "who-and-when", "tau-bench", "swe-agent", "mini-swe-agent", "chat")
+FORMATS: tuple[str, ...] = ("immunity", "otlp-json", "openinference", "who-and-when", "tau-bench", "swe-agent", "mini-swe-agent", "chat")
 
 #: File names a directory walk picks up.
 _SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".traj", ".traj.json", ".gz", ".ndjson")

@@ -18,12 +18,14 @@ def immunity_register_importers(register: Any) -> None:
     from immunity.importers.chat import ChatImporter
     from immunity.importers.immunity_format import ImmunityImporter
     from immunity.importers.mini_swe_agent import MiniSweAgentImporter
+    from immunity.importers.otlp import OtlpImporter
     from immunity.importers.swe_agent import SweAgentImporter
     from immunity.importers.tau_bench import TauBenchImporter
     from immunity.importers.who_and_when import WhoAndWhenImporter
 
     for importer in (ChatImporter(), TauBenchImporter(), MiniSweAgentImporter(), SweAgentImporter(),
-                     WhoAndWhenImporter(), ImmunityImporter()):
+                     WhoAndWhenImporter(), ImmunityImporter(), OtlpImporter("otlp-json"),
+                     OtlpImporter("openinference")):
         register(importer.name, importer)
 
 
@@ -105,11 +107,16 @@ def immunity_register_commands(cli: click.Group) -> None:
     @click.option("--source", default=None, help="Export only runs with this source (an import format, ...).")
     @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
                   help="The JSON Lines file to write ('-' for stdout).")
-    def export_cmd(store_path: str, run_ids: tuple[str, ...], source: str | None, output: str) -> None:
+    @click.option("--format", "fmt", type=click.Choice(["immunity", "otlp-json"]), default="immunity",
+                  show_default=True, help="immunity's own records, or OpenTelemetry traces (OTLP JSON, one "
+                  "trace a line, GenAI semantic conventions).")
+    def export_cmd(store_path: str, run_ids: tuple[str, ...], source: str | None, output: str, fmt: str) -> None:
         """Write runs with their steps, events, verdicts, interventions, recoveries and checkpoints as
-        JSON Lines (immunity's own format; `immunity import --format immunity` reads it back)."""
+        JSON Lines: immunity's own format, or with ``--format otlp-json`` one OpenTelemetry trace per
+        run. `immunity import --format immunity|otlp-json` reads either back."""
         from immunity.errors import StoreError
         from immunity.importers.immunity_format import export_runs
+        from immunity.importers.otlp import export_otlp
         from immunity.locations import open_location
 
         try:
@@ -119,7 +126,8 @@ def immunity_register_commands(cli: click.Group) -> None:
         except StoreError as exc:
             raise click.ClickException(str(exc)) from None
         try:
-            n = export_runs(store, output, run_ids=list(run_ids) or None, source=source)
+            write = export_otlp if fmt == "otlp-json" else export_runs
+            n = write(store, output, run_ids=list(run_ids) or None, source=source)
         except LookupError as exc:
             raise click.ClickException(str(exc)) from exc
         finally:

@@ -265,8 +265,8 @@ class PostgresStore:
                     return
                 except queue.Full:
                     self._spilling = True
-                    log.warning("immunity store %s: %d records queued and the server is not taking them; "
-                                "spilling to %s", self.path, self._queue.maxsize, self.spill_path)
+                    log.warning("immunity store %s: %d records queued (the server is down or slower than "
+                                "the agent); spilling to %s", self.path, self._queue.maxsize, self.spill_path)
             if not self._spill([(table, record)]):
                 self._done(1)
 
