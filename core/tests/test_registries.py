@@ -82,8 +82,12 @@ def test_selector_chosen_by_config_and_updated_at_run_end():
     run.end("failure")
     assert rt.selector.updates == 1
     rt.close()
+    # a typo is a warning plus the default, never an exception into the agent (unless fail-closed)
+    typo = Runtime(store=None, selector="missing")
+    assert typo.config.selector == "default" and typo.selector is not None
+    typo.close()
     with pytest.raises(ImmunityError, match="no intervention selector named 'missing'"):
-        _ = Runtime(store=None, selector="missing").selector
+        Runtime(store=None, selector="missing", fail_closed=True)
 
 
 @pytest.mark.parametrize("kind,name", [("embedders", "test-embedder"), ("vector_indexes", "test-index"),

@@ -27,12 +27,9 @@ def default_store() -> str:
 
 def build_cli() -> click.Group:
     pm = get_plugin_manager()
-    hook = pm.hook.immunity_register_commands
-    for impl in reversed(hook.get_hookimpls()):
-        try:
-            impl.function(cli=cli)
-        except Exception as exc:  # one plugin's broken command does not take the CLI down
-            click.echo(f"warning: plugin {impl.plugin_name} could not add its commands: {exc}", err=True)
+    # one plugin's broken command does not take the CLI down: the hook guard reports it (a warning
+    # on stderr, the error on its `immunity plugins` line) and the other plugins add theirs
+    pm.call("immunity_register_commands", cli=cli)
     cli.pm = pm  # type: ignore[attr-defined]
     return cli
 

@@ -44,6 +44,13 @@ Track = Callable[[Step, Run, RunState], None]
 OnEvent = Callable[[Event, Run, RunState], None]
 
 
+def _inline(fn: Any) -> Any:
+    """Core's own per-event hook code (O(1), never blocks): called on the caller's thread, with
+    no deadline thread hop (see :mod:`immunity.hookcall`); the step budget still measures it."""
+    fn.immunity_inline = True
+    return fn
+
+
 class DomainPlugin:
     """The hooks of one domain; built by :func:`make_domain_plugin`. Every hook other than the
     registrations only acts on runs of this domain."""
@@ -74,6 +81,7 @@ class DomainPlugin:
             register(name, path)
 
     @hookimpl
+    @_inline
     def immunity_observe(self, event: Event, run: Run, state: RunState, session: Any) -> None:
         """Read the options once, when a run of this domain starts; pass events on to ``on_event``."""
         if run.domain != self.name:
@@ -85,6 +93,7 @@ class DomainPlugin:
             self.on_event(event, run, state)
 
     @hookimpl
+    @_inline
     def immunity_observe_step(self, step: Step, run: Run, state: RunState, session: Any) -> None:
         """Keep the per-run memo the checks read (O(1) per step)."""
         if run.domain == self.name and self.track is not None:

@@ -9,6 +9,9 @@ Environment switches:
 - ``IMMUNITY_LOAD_PLUGINS=a,b``: load only these entry points (allow-list; works with autoload off).
 - ``IMMUNITY_TRACE_PLUGINS=1``: log every hook call and its result to the ``immunity.trace`` logger.
 - ``IMMUNITY_STRICT_PLUGINS=1``: a plugin that fails to load raises instead of being skipped.
+
+Every hook is called through :meth:`PluginManager.call`, which goes through pluggy's own call path
+with each implementation isolated (see :mod:`immunity.hookcall`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -25,6 +28,7 @@ import pluggy
 
 from immunity import hookspecs
 from immunity.errors import PluginCollisionError, PluginError
+from immunity.hookcall import CallPolicy, current_plugin, guard, runs_inline, with_policy
 
 log = logging.getLogger("immunity.plugins")
 trace_log = logging.getLogger("immunity.trace")
@@ -94,6 +98,39 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self._registries: dict[str, dict[str, tuple[str, Any]]] = {}
+        #: what a hook call does when no runtime gave it a policy (registries, the CLI)
+        self.default_policy = CallPolicy(self)
+
+    # -- calling hooks ---------------------------------------------------------------------------
+    def call(self, hook_name: str, policy: CallPolicy | None = None, **kwargs: Any) -> Any:
+        """Call a hook through pluggy (wrappers, ``firstresult``, tracing) with every
+        implementation isolated under ``policy`` (see :mod:`immunity.hookcall`): a list of the
+        non-``None`` results, or the first one for a ``firstresult`` hook. Always keyword arguments."""
+        caller = getattr(self.hook, hook_name)
+        if policy is None:
+            return caller(**kwargs)
+        return with_policy(policy, lambda: caller(**kwargs))
+
+    @staticmethod
+    def is_builtin(name: str | None) -> bool:
+        """Core's own defaults: called inline and never skipped by the step budget."""
+        return name in BUILTIN_PLUGINS or name in OPTIONAL_BUILTINS
+
+    def _guard(self, plugin: Any) -> None:
+        """Put the isolating guard around each hook implementation of ``plugin`` (once)."""
+        name = self.get_name(plugin)
+        builtin = self.is_builtin(name)
+        for caller in self.get_hookcallers(plugin) or []:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is not plugin or getattr(impl.function, "__immunity_guarded__", False):
+                    continue
+                inline = runs_inline(plugin, impl.function, impl.plugin_name, builtin)
+                fn = guard(self, caller.name, impl.plugin_name, impl.function, inline=inline,
+                           exempt=bool(getattr(plugin, "immunity_budget_exempt", False)),
+                           wrapper=bool(impl.wrapper or impl.hookwrapper))
+                fn.__immunity_guarded__ = True  # type: ignore[attr-defined]
+                # pluggy calls ``impl.function``; its argument names were read from the original
+                object.__setattr__(impl, "function", fn)
 
     # -- reporting ---------------------------------------------------------------------------
     def plugin_infos(self) -> list[PluginInfo]:
@@ -130,29 +167,20 @@ class PluginManager(pluggy.PluginManager):
         return entry[0] if entry else None
 
     def _collect(self, kind: str) -> dict[str, tuple[str, Any]]:
-        hook = getattr(self.hook, f"immunity_register_{kind}")
         found: dict[str, tuple[str, Any]] = {}
-        # pluggy calls the last registered first; walk in registration order so built-ins come first.
-        for impl in hook.get_hookimpls():
-            owner = impl.plugin_name
+        order = {name: i for i, (name, _) in enumerate(self.list_name_plugin())}
 
-            def register(name: str, obj: Any, _owner: str = owner) -> None:
-                if name in found and found[name][0] != _owner:
-                    raise PluginCollisionError(kind.rstrip("s"), name, found[name][0], _owner)
-                found[name] = (_owner, obj)
+        def register(name: str, obj: Any) -> None:
+            owner = current_plugin() or "?"
+            if name in found and found[name][0] != owner:
+                # name the plugin registered first as the first (pluggy calls the newest first)
+                first, second = sorted((found[name][0], owner), key=lambda n: order.get(n, len(order)))
+                raise PluginCollisionError(kind.rstrip("s"), name, first, second)
+            found[name] = (owner, obj)
 
-            try:
-                impl.function(register=register)
-            except PluginCollisionError:
-                raise
-            except Exception as exc:  # a broken registration is reported, not fatal
-                msg = f"immunity_register_{kind} failed: {type(exc).__name__}: {exc}"
-                log.warning("plugin %s: %s", owner, msg)
-                info = self.infos.get(owner)
-                if info is not None:
-                    info.error = msg
-                if _env_flag("IMMUNITY_STRICT_PLUGINS"):
-                    raise PluginError(owner, msg) from exc
+        # a broken registration is reported (``immunity plugins`` shows it; a runtime also stores
+        # it) and the others go on; a collision names both plugins and raises
+        self.call(f"immunity_register_{kind}", register=register)
         return found
 
     def invalidate(self) -> None:
@@ -165,6 +193,7 @@ class PluginManager(pluggy.PluginManager):
             raise PluginCollisionError("plugin", name or "?", (first.entry_point if first else None) or name or "?",
                                        getattr(plugin, "__name__", repr(plugin)))
         result = super().register(plugin, name)
+        self._guard(plugin)
         self.invalidate()
         return result
 
@@ -274,22 +303,6 @@ def _load_entrypoints(pm: PluginManager, *, allow: list[str] | None, deny: set[s
                 pass
             if strict:
                 raise PluginError(ep.name, info.error) from exc
-
-
-def call_each(pm: PluginManager, hook_name: str, on_error: Callable[[str, BaseException], None],
-              **kwargs: Any) -> list[tuple[str, Any]]:
-    """Call every implementation of a broadcast hook, isolating each; returns ``[(plugin, result)]``."""
-    hook = getattr(pm.hook, hook_name)
-    results: list[tuple[str, Any]] = []
-    for impl in reversed(hook.get_hookimpls()):
-        try:
-            res = impl.function(**{a: kwargs[a] for a in impl.argnames})
-        except Exception as exc:
-            on_error(impl.plugin_name, exc)
-            continue
-        if res is not None:
-            results.append((impl.plugin_name, res))
-    return results
 
 
 def build(factory: Any, *args: Any, runtime: Any = None) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 from immunity.config import Config
 from immunity.domain import ActionMapping, count_unmapped, heuristic_mapping
 from immunity.errors import ImmunityError, PluginError
+from immunity.hookcall import PER_EVENT_HOOKS, CallPolicy
 from immunity.models import (
     ActionType,
     Checkpoint,
@@ -40,7 +41,8 @@ from immunity.state import RunState
 
 log = logging.getLogger("immunity")
 
-#: How many times a plugin may overrun the step budget in one run before it is skipped for the run.
+#: How many times a plugin may overrun the step budget before the runtime skips it for good
+#: (the default of ``Config.max_overruns``).
 MAX_OVERRUNS = 3
 #: Text kept per field when events are stored (raw content is bounded, never unbounded).
 STORE_TEXT_LIMIT = 8000
@@ -102,8 +104,9 @@ class RunSession:
         self.state = RunState(run_id=run.run_id, task=run.task, domain=run.domain)
         self._lock = threading.RLock()
         self._pending: dict[str, Step] = {}
-        self._overruns: dict[str, int] = {}
-        self._skipped: set[str] = set()
+        self._policy = HookPolicy(runtime, self)
+        if runtime.skipped:  # plugins this runtime stopped calling before the run started
+            run.metadata["skipped_plugins"] = dict(runtime.skipped)
         self.checkpoints: list[Checkpoint] = []
         self.ended = False
         self.timings: list[float] = []
@@ -364,11 +367,8 @@ class RunSession:
                 for v in failed:
                     v.block = False
             if failed and not observe_only:
+                # the hook guard drops (and reports) anything that is not an Intervention
                 iv = self._decide("immunity_intervene", verdicts=failed, event=event, run=run, state=state, session=self)
-                if iv is not None and not isinstance(iv, Intervention):
-                    self.record_error("immunity_intervene", "immunity_intervene",
-                                      TypeError(f"returned {type(iv).__name__}, expected Intervention"))
-                    iv = None
                 if iv is not None:
                     self._apply(iv, event, decision)
             if event.kind == EventKind.TOOL_START and any(v.block for v in failed) and not decision.block:
@@ -387,10 +387,6 @@ class RunSession:
             if not observe_only and (event.error or event.failed or decision.block or
                                      (failed and event.kind == EventKind.TOOL_END)):
                 rec = self._decide("immunity_recover", event=event, verdicts=failed, run=run, state=state, session=self)
-                if rec is not None and not isinstance(rec, Recovery):
-                    self.record_error("immunity_recover", "immunity_recover",
-                                      TypeError(f"returned {type(rec).__name__}, expected Recovery"))
-                    rec = None
                 if rec is not None:
                     rec.run_id, rec.step = run.run_id, state.n_steps
                     decision.recovery = rec
@@ -436,15 +432,10 @@ class RunSession:
 
     def _verify(self, event: Event, step: Step | None) -> list[Verdict]:
         verdicts: list[Verdict] = []
-        for plugin, res in self._broadcast("immunity_verify", event=event, step=step, run=self.run,
-                                           state=self.state, session=self):
-            items = res if isinstance(res, list | tuple) else [res]
-            for v in items:
-                if not isinstance(v, Verdict):
-                    self.record_error(plugin, "immunity_verify",
-                                      TypeError(f"returned {type(v).__name__}, expected Verdict or list of Verdict"))
-                    continue
-                v.plugin = v.plugin or plugin
+        # each result is a list of Verdicts already checked and attributed by the hook guard
+        for res in self._broadcast("immunity_verify", event=event, step=step, run=self.run, state=self.state,
+                                   session=self):
+            for v in res:
                 v.run_id = self.run.run_id
                 v.step = step.index if step is not None else self.state.n_steps
                 verdicts.append(v)
@@ -516,68 +507,98 @@ class RunSession:
             self.runtime._run_ended(self)
 
     # ------------------------------------------------------------------ hook calling
-    def _budget_check(self, plugin: str, elapsed: float, cpu: float) -> None:
-        # CPU time decides (a busy machine must not get a plugin skipped); a plugin that blocks
-        # (waits on I/O) for far longer than the budget counts too.
-        budget = self.runtime.config.step_budget_ms / 1000.0
-        if budget and (cpu > budget or elapsed > 4 * budget) and not self.runtime.budget_exempt(plugin):
-            n = self._overruns.get(plugin, 0) + 1
-            self._overruns[plugin] = n
-            log.warning("plugin %s took %.1f ms, over the %.0f ms step budget (%d/%d)", plugin, elapsed * 1000,
-                        budget * 1000, n, MAX_OVERRUNS)
-            if n >= MAX_OVERRUNS:
-                self._skipped.add(plugin)
-                self.record_error(plugin, "budget", TimeoutError(
-                    f"over the step budget {n} times; skipped for the rest of run {self.run.run_id}"))
-
-    def _broadcast(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        hook = getattr(self.runtime.pm.hook, hook_name)
-        out: list[tuple[str, Any]] = []
-        for impl in reversed(hook.get_hookimpls()):
-            name = impl.plugin_name
-            if name in self._skipped:
-                continue
-            t0, c0 = time.perf_counter(), time.thread_time()
-            try:
-                res = impl.function(**{a: kwargs[a] for a in impl.argnames if a in kwargs})
-            except Exception as exc:
-                self.record_error(name, hook_name, exc)
-                continue
-            finally:
-                self._budget_check(name, time.perf_counter() - t0, time.thread_time() - c0)
-            if res is not None:
-                out.append((name, res))
-        return out
+    def _broadcast(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        """Call a broadcast hook (every implementation, each isolated): the non-``None`` results."""
+        return self.runtime.pm.call(hook_name, self._policy, **kwargs)  # type: ignore[no-any-return]
 
     def _decide(self, hook_name: str, **kwargs: Any) -> Any:
-        hook = getattr(self.runtime.pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):
-            name = impl.plugin_name
-            if name in self._skipped:
-                continue
-            t0, c0 = time.perf_counter(), time.thread_time()
-            try:
-                res = impl.function(**{a: kwargs[a] for a in impl.argnames if a in kwargs})
-            except Exception as exc:
-                self.record_error(name, hook_name, exc)
-                continue
-            finally:
-                self._budget_check(name, time.perf_counter() - t0, time.thread_time() - c0)
-            if res is not None:
-                return res
-        return None
+        """Call a ``firstresult`` hook: the first usable result, or ``None``."""
+        return self.runtime.pm.call(hook_name, self._policy, **kwargs)
 
     def record_error(self, plugin: str, hook: str, exc: BaseException) -> None:
-        """Log and store an error raised inside immunity or a plugin; re-raise if fail-closed."""
-        msg = f"{type(exc).__name__}: {exc}"
-        log.warning("immunity plugin %s failed in %s (run %s): %s", plugin, hook, self.run.run_id, msg)
-        errs = self.run.metadata.setdefault("plugin_errors", [])
-        if len(errs) < 50:
-            errs.append({"plugin": plugin, "hook": hook, "error": msg})
-        self.runtime._save("plugin_errors", {"run_id": self.run.run_id, "plugin": plugin, "hook": hook,
+        """Log and store an error raised inside immunity or a plugin; re-raise if fail-closed
+        (never for a timeout: a slow plugin is skipped, not fatal)."""
+        msg = _clip(f"{type(exc).__name__}: {exc}", 2000)
+        run_id = getattr(self.run, "run_id", None)
+        log.warning("immunity plugin %s failed in %s (run %s): %s", plugin, hook, run_id, msg)
+        try:
+            meta = self.run.metadata
+            if not isinstance(meta, dict):  # a plugin replaced it: start a fresh one
+                meta = self.run.metadata = {}
+            errs = meta.get("plugin_errors")
+            if not isinstance(errs, list):
+                errs = meta["plugin_errors"] = []
+            if len(errs) < 50:
+                errs.append({"plugin": plugin, "hook": hook, "error": msg})
+        except Exception as inner:  # pragma: no cover - the run object itself is broken
+            log.warning("could not note the error on run %s: %s", run_id, inner)
+        self.runtime._save("plugin_errors", {"run_id": run_id, "plugin": plugin, "hook": hook,
                                              "error": msg, "ts": now()})
         if self.runtime.config.fail_closed and not isinstance(exc, TimeoutError):
             raise PluginError(plugin, f"{hook}: {msg}") from exc
+
+
+class HookPolicy(CallPolicy):
+    """How a runtime calls plugins: errors recorded (on the run when there is one), per-event
+    hooks under the step budget, configure / unconfigure / registration hooks under
+    ``Config.hook_timeout_ms``, and a plugin over the budget ``max_overruns`` times skipped for
+    the rest of the runtime's life (core's built-ins never are)."""
+
+    def __init__(self, runtime: Runtime, session: RunSession | None = None):
+        super().__init__(runtime.pm, timeout=_seconds(runtime.config.hook_timeout_ms, 10.0))
+        self.runtime, self.session = runtime, session
+
+    def skipped(self, plugin: str) -> bool:
+        return plugin in self.runtime.skipped
+
+    def deadline(self, plugin: str, hook: str) -> float | None:
+        if hook in PER_EVENT_HOOKS:
+            budget = _seconds(self.runtime.config.step_budget_ms, 0.0)
+            if budget > 0:
+                return budget
+        return self.timeout
+
+    def error(self, plugin: str, hook: str, exc: BaseException) -> None:
+        if hook.startswith("immunity_") and hook not in PER_EVENT_HOOKS:
+            # configure / unconfigure / registration: ``immunity plugins`` shows it too
+            info = self.runtime.pm.infos.get(plugin)
+            if info is not None and not info.error:
+                info.error = f"{hook} failed: {type(exc).__name__}: {exc}"
+        if self.session is not None:
+            self.session.record_error(plugin, hook, exc)
+        else:
+            self.runtime.record_error(plugin, hook, exc)
+
+    def charge(self, plugin: str, hook: str, seconds: float, timed_out: bool) -> None:
+        rt = self.runtime
+        budget = _seconds(rt.config.step_budget_ms, 0.0)
+        if not budget or (seconds <= budget and not timed_out):
+            return
+        with rt._lock:
+            n = rt.overruns[plugin] = rt.overruns.get(plugin, 0) + 1
+        limit = rt.config.max_overruns
+        if rt.pm.is_builtin(plugin):  # core's own checks are never switched off
+            if n == 1 or n % 100 == 0:
+                log.warning("built-in %s took %.1f ms in %s, over the %.0f ms step budget (%d times so far; "
+                            "built-ins are never skipped)", plugin, seconds * 1000, hook, budget * 1000, n)
+            return
+        log.warning("plugin %s took %.1f ms in %s, over the %.0f ms step budget (%d/%d)", plugin, seconds * 1000,
+                    hook, budget * 1000, n, limit)
+        if n >= limit and plugin not in rt.skipped:
+            reason = f"over the {budget * 1000:.0f} ms step budget {n} times; skipped for the rest of this runtime"
+            rt.skipped[plugin] = reason
+            if self.session is not None:
+                self.session.run.metadata["skipped_plugins"] = dict(rt.skipped)
+                self.session.runtime._save("runs", self.session.run)
+            self.error(plugin, "budget", TimeoutError(reason))
+
+
+def _seconds(ms: Any, default: float) -> float:
+    try:
+        value = float(ms) / 1000.0
+    except (TypeError, ValueError):
+        return default
+    return value if value == value and value >= 0 else default  # NaN and negatives: the default
 
 
 class Runtime:
@@ -598,10 +619,16 @@ class Runtime:
         if config is None:
             known = {f.name for f in fields(Config)}
             config = Config(domain=domain, store=store if isinstance(store, str) or store is None else None,
-                            fail_closed=fail_closed, step_budget_ms=step_budget_ms, verifiers=list(verifiers or []),
-                            selector=selector, packs=list(packs or []),
+                            fail_closed=fail_closed, step_budget_ms=step_budget_ms, verifiers=verifiers,  # type: ignore[arg-type]
+                            selector=selector, packs=packs,  # type: ignore[arg-type]
                             **{k: v for k, v in options.items() if k in known},
                             options={k: v for k, v in options.items() if k not in known})
+        # bad configuration: a warning and the default, never an exception (unless fail-closed)
+        problems = config.sanitize()
+        if problems and config.fail_closed:
+            raise ImmunityError("invalid configuration: " + "; ".join(problems))
+        for problem in problems:
+            log.warning("immunity configuration: %s", problem)
         self.config = config
         self.pm = pm or get_plugin_manager(extra=list(plugins or []))
         if pm is not None and plugins:
@@ -614,10 +641,49 @@ class Runtime:
         self.adapters: list[Any] = []
         self.adapters_by_target: dict[int, tuple[Any, Any]] = {}
         self.closed = False
+        #: plugins this runtime stopped calling (name -> why); shown on every later run
+        self.skipped: dict[str, str] = {}
+        #: step-budget overruns per plugin, over the runtime's life
+        self.overruns: dict[str, int] = {}
+        #: errors of hook calls outside any run (configure, unconfigure, registrations)
+        self.errors: list[dict[str, Any]] = []
+        self._policy = HookPolicy(self)
         self.store = self._open_store(store)
         self.redactor = self._redaction_stage()
-        self.pm.hook.immunity_configure(config=self.config)
+        self.pm.call("immunity_configure", self._policy, config=self.config)
+        self._check_selector()
         _LIVE.add(self)
+
+    def _check_selector(self) -> None:
+        try:
+            selectors = self._with_policy(lambda: self.pm.registry("selectors"))
+        except ImmunityError as exc:  # a name collision: reported, the default policy still runs
+            self.record_error("immunity.runtime", "immunity_register_selectors", exc)
+            return
+        if self.config.selector not in selectors:
+            msg = (f"no intervention selector named {self.config.selector!r} (installed: {sorted(selectors)}); "
+                   f"using 'default'")
+            if self.config.fail_closed:
+                raise ImmunityError(msg)
+            log.warning("immunity configuration: %s", msg)
+            self.config.selector = "default"
+
+    def _with_policy(self, fn: Any) -> Any:
+        from immunity.hookcall import with_policy
+
+        return with_policy(self._policy, fn)
+
+    def record_error(self, plugin: str, hook: str, exc: BaseException) -> None:
+        """Log and store an error of a hook call outside any run (``run_id`` is empty); re-raise
+        if fail-closed (never for a timeout)."""
+        msg = _clip(f"{type(exc).__name__}: {exc}", 2000)
+        log.warning("immunity plugin %s failed in %s: %s", plugin, hook, msg)
+        row = {"run_id": None, "plugin": plugin, "hook": hook, "error": msg, "ts": now()}
+        if len(self.errors) < 200:
+            self.errors.append(row)
+        self._save("plugin_errors", row)
+        if self.config.fail_closed and not isinstance(exc, TimeoutError):
+            raise PluginError(plugin, f"{hook}: {msg}") from exc
 
     # ------------------------------------------------------------------ store
     def _open_store(self, store: Any) -> Any:
@@ -759,12 +825,12 @@ class Runtime:
         return session
 
     def _run_ended(self, session: RunSession) -> None:
-        selector = self.selector
-        if selector is not None and hasattr(selector, "update"):
-            try:
+        try:
+            selector = self.selector
+            if selector is not None and hasattr(selector, "update"):
                 selector.update(session.run, session)
-            except Exception as exc:
-                log.warning("intervention selector update failed: %s", exc)
+        except Exception as exc:  # fail open: the run has ended either way
+            log.warning("intervention selector update failed: %s", exc)
         with self._lock:
             if len(self.sessions) > 1000:  # keep memory bounded in long-lived processes
                 for rid in [r for r, s in self.sessions.items() if s.ended][:500]:
@@ -846,18 +912,12 @@ class Runtime:
                    run: Run | None = None, *, domain: str | None = None) -> ActionMapping:
         """Map a native action to a universal action type outside a live run (importers, replay)."""
         run = run or Run(domain=domain or self.config.domain)
-        for impl in reversed(self.pm.hook.immunity_map_action.get_hookimpls()):
-            kwargs = {"tool": tool, "arguments": arguments, "text": text, "run": run,
-                      "domain": self.domain(run.domain)}
-            try:
-                res = impl.function(**{a: kwargs[a] for a in impl.argnames})
-            except Exception as exc:
-                log.warning("immunity_map_action in %s failed: %s", impl.plugin_name, exc)
-                continue
-            if isinstance(res, ActionMapping):
-                if res.mapped_by == "heuristic" and tool:
-                    count_unmapped(run.domain, tool)
-                return res
+        res = self.pm.call("immunity_map_action", self._policy, tool=tool, arguments=arguments, text=text, run=run,
+                           domain=self.domain(run.domain))
+        if isinstance(res, ActionMapping):
+            if res.mapped_by == "heuristic" and tool:
+                count_unmapped(run.domain, tool)
+            return res
         return heuristic_mapping(tool, arguments, text)
 
     # ------------------------------------------------------------------ adapters
@@ -909,8 +969,8 @@ class Runtime:
                 s.run.status = "unfinished"
                 self._save("runs", s.run)
         try:
-            self.pm.hook.immunity_unconfigure(config=self.config)
-        except Exception as exc:
+            self.pm.call("immunity_unconfigure", self._policy, config=self.config)
+        except Exception as exc:  # fail-closed re-raised a plugin's error: the store still closes
             log.warning("immunity_unconfigure failed: %s", exc)
         if self.store is not None:
             self.store.close()
