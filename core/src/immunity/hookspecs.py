@@ -8,8 +8,23 @@ Conventions (the same as pytest's and llm's):
   ``run`` a :class:`~immunity.models.Run`, ``state`` the run's :class:`~immunity.state.RunState`,
   ``config`` the :class:`~immunity.config.Config`, ``session`` the run's
   :class:`~immunity.runtime.RunSession`, ``register`` a callback.
-- Broadcast hooks (observe, verify, step) call every implementation, even when one raises: each is
-  isolated, its error is logged and recorded, and the run goes on (unless fail-closed was chosen).
+- Every hook is called through pluggy's own call path (``wrapper=True`` implementations,
+  ``firstresult`` and ``IMMUNITY_TRACE_PLUGINS`` work as in pytest) with each implementation
+  isolated the same way, lifecycle and registration hooks included: whatever it raises (any
+  exception but ``KeyboardInterrupt`` / ``SystemExit``) is logged and recorded (on the run, in the
+  store's ``plugin_errors``, on its ``immunity plugins`` line for lifecycle and registration hooks)
+  and the call goes on as if it had returned ``None`` (unless fail-closed was chosen). A result of
+  the wrong type is reported and dropped, so a decision hook asks the next implementation.
+- Deadlines and budget: a plugin's per-event hook call (observe, observe_step, map_action,
+  verify, intervene, recover) is charged its wall time minus garbage-collection pauses against
+  ``Config.step_budget_ms``. Plugins run on a worker thread and are abandoned for the call when
+  they overrun it (configure / unconfigure / registration hooks: ``Config.hook_timeout_ms``);
+  after ``Config.max_overruns`` overruns a plugin is skipped for the rest of the runtime's life
+  (``run.metadata["skipped_plugins"]``, ``immunity runs show``). Core's built-ins, plugins that set
+  ``immunity_inline = True`` (on the plugin or a hook function) and plugins that carry their own
+  timeout (``immunity_budget_exempt = True``) are called on the caller's thread; built-ins are
+  never skipped. A plugin on a worker thread should not call the session's methods that take its
+  lock (``add_hint``, ``checkpoint``): return a verdict or an intervention instead.
 - Decision hooks (intervene, recover, map_action) stop at the first non-``None`` result. Core's own
   defaults are ``trylast``, so an installed plugin wins.
 - Order per event (guaranteed): ``immunity_observe`` -> ``immunity_observe_step`` (when the event

@@ -507,6 +507,15 @@ class RunSession:
             self.runtime._run_ended(self)
 
     # ------------------------------------------------------------------ hook calling
+    @property
+    def skipped_plugins(self) -> dict[str, str]:
+        """Plugins the runtime stopped calling (name -> why): skips last the runtime's life."""
+        return dict(self.runtime.skipped)
+
+    @property
+    def _skipped(self) -> set[str]:  # the per-run set older callers read
+        return set(self.runtime.skipped)
+
     def _broadcast(self, hook_name: str, **kwargs: Any) -> list[Any]:
         """Call a broadcast hook (every implementation, each isolated): the non-``None`` results."""
         return self.runtime.pm.call(hook_name, self._policy, **kwargs)  # type: ignore[no-any-return]

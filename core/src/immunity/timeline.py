@@ -20,6 +20,9 @@ def render_run(store: Any, run: Run, *, width: int = 100) -> str:
     ]
     if run.task:
         lines.append(f"task: {_short(run.task, width)}")
+    skipped = run.metadata.get("skipped_plugins") if isinstance(run.metadata, dict) else None
+    for name, why in (skipped.items() if isinstance(skipped, dict) else []):
+        lines.append(f"skipped plugin {name}: {_short(why, width - 20)}")
     rows: list[tuple[float, int, str]] = []
     for s in store.steps(run.run_id):
         what = s.tool or "message"
