@@ -293,6 +293,9 @@ def test_a_hanging_hook_costs_at_most_its_budget_and_is_skipped_for_the_runtimes
     second.end("success")
     took = time.perf_counter() - t0
     plugin.release.set()
+    deadline = time.monotonic() + 2
+    while Hangs.calls < 3 and time.monotonic() < deadline:  # an abandoned call may start late
+        time.sleep(0.01)
     assert Hangs.calls == 3  # abandoned three times, then never called again
     assert took < 3 * 0.04 + 1.5  # three budgets plus the runtime's own work on a busy machine
     assert name in rt.skipped

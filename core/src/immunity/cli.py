@@ -9,7 +9,19 @@ import sys
 
 import click
 
+from immunity.hookcall import CallPolicy
 from immunity.plugins import get_plugin_manager
+
+
+class _CommandsPolicy(CallPolicy):
+    """One plugin's broken command does not take the CLI down, strict mode or not: a warning on
+    stderr, the error on its `immunity plugins` line, and the other plugins add theirs."""
+
+    def error(self, plugin: str, hook: str, exc: BaseException) -> None:
+        click.echo(f"warning: plugin {plugin} could not add its commands: {exc}", err=True)
+        info = self.pm.infos.get(plugin) if self.pm is not None else None
+        if info is not None and not info.error:
+            info.error = f"{hook} failed: {type(exc).__name__}: {exc}"
 
 
 @click.group()
@@ -27,9 +39,7 @@ def default_store() -> str:
 
 def build_cli() -> click.Group:
     pm = get_plugin_manager()
-    # one plugin's broken command does not take the CLI down: the hook guard reports it (a warning
-    # on stderr, the error on its `immunity plugins` line) and the other plugins add theirs
-    pm.call("immunity_register_commands", cli=cli)
+    pm.call("immunity_register_commands", _CommandsPolicy(pm), cli=cli)
     cli.pm = pm  # type: ignore[attr-defined]
     return cli
 

@@ -91,6 +91,9 @@ class CallPolicy:
     that run on a worker thread ``timeout`` seconds.
     """
 
+    #: return ``(plugin, result)`` pairs instead of bare results (see :func:`immunity.plugins.call_each`)
+    tag_results = False
+
     def __init__(self, pm: Any = None, *, timeout: float = 10.0):
         self.pm = pm
         self.timeout = timeout
@@ -329,16 +332,18 @@ def guard(pm: Any, hook: str, plugin_name: str, function: Callable[..., Any], *,
         finally:
             if per_event and not exempt:
                 policy.charge(plugin_name, hook, time.perf_counter() - t0 - (GC_CLOCK.total - g0), timed_out)
-        if res is None or check is None:
-            return res
-        try:
-            return check(plugin_name, res)
-        except _Partial as part:
-            policy.error(plugin_name, hook, part.error)
-            return part.keep or None
-        except TypeError as exc:
-            policy.error(plugin_name, hook, exc)
-            return None
+        if res is not None and check is not None:
+            try:
+                res = check(plugin_name, res)
+            except _Partial as part:
+                policy.error(plugin_name, hook, part.error)
+                res = part.keep or None
+            except TypeError as exc:
+                policy.error(plugin_name, hook, exc)
+                return None
+        if res is not None and policy.tag_results:
+            return (plugin_name, res)
+        return res
 
     guarded.__wrapped__ = function  # type: ignore[attr-defined]
     return guarded

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -303,6 +303,24 @@ def _load_entrypoints(pm: PluginManager, *, allow: list[str] | None, deny: set[s
                 pass
             if strict:
                 raise PluginError(ep.name, info.error) from exc
+
+
+class _EachPolicy(CallPolicy):
+    tag_results = True
+
+    def __init__(self, pm: PluginManager, on_error: Callable[[str, BaseException], None]):
+        super().__init__(pm)
+        self.on_error = on_error
+
+    def error(self, plugin: str, hook: str, exc: BaseException) -> None:
+        self.on_error(plugin, exc)
+
+
+def call_each(pm: PluginManager, hook_name: str, on_error: Callable[[str, BaseException], None],
+              **kwargs: Any) -> list[tuple[str, Any]]:
+    """Call a broadcast hook through :meth:`PluginManager.call` with every implementation
+    isolated; ``on_error(plugin, exc)`` hears each failure. Returns ``[(plugin, result)]``."""
+    return pm.call(hook_name, _EachPolicy(pm, on_error), **kwargs)  # type: ignore[no-any-return]
 
 
 def build(factory: Any, *args: Any, runtime: Any = None) -> Any:
