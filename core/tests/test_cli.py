@@ -93,3 +93,36 @@ def test_schema_command(tmp_path):
     assert bad.exit_code != 0 and "unknown model" in bad.output
     res = invoke("schema", "--out-dir", str(tmp_path))
     assert (tmp_path / "Event.schema.json").exists()
+
+
+def test_read_commands_open_read_only_and_refuse_a_foreign_database(tmp_path):
+    import hashlib
+    import os
+    import sqlite3
+
+    other = tmp_path / "other_app.db"
+    conn = sqlite3.connect(other)
+    conn.execute("create table customers (id integer primary key, name text)")
+    conn.commit()
+    conn.close()
+    before = hashlib.sha256(other.read_bytes()).hexdigest()
+    res = CliRunner().invoke(build_cli(), ["runs", "--store", str(other)])
+    assert res.exit_code != 0 and "not an immunity store" in res.output
+    assert len(res.output.strip().splitlines()) == 1  # one line, no traceback
+    assert hashlib.sha256(other.read_bytes()).hexdigest() == before  # nothing added to it
+
+    db = str(tmp_path / "mine.db")
+    rt = Runtime(store=db)
+    run = FakeRun(rt, task="listed read-only")
+    run.end("success")
+    rt.close()
+    os.chmod(db, 0o444)  # a store the user may only read
+    try:
+        size = os.path.getsize(db)
+        res = invoke("runs", "--store", db)
+        assert res.exit_code == 0 and run.run.run_id in res.output
+        res = invoke("runs", "--store", db, "show", run.run.run_id)
+        assert res.exit_code == 0 and "listed read-only" in res.output
+        assert os.path.getsize(db) == size
+    finally:
+        os.chmod(db, 0o644)

@@ -16,11 +16,13 @@ def is_url(location: str) -> bool:
     return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", location))
 
 
-def open_location(location: str, *, must_exist: bool = True, background: bool = False, pm: Any = None) -> Any:
+def open_location(location: str, *, must_exist: bool = True, background: bool = False, pm: Any = None,
+                  read_only: bool = False) -> Any:
     """The store at ``location``. For a SQLite path that does not exist, raise
     :class:`FileNotFoundError` when ``must_exist`` (a read), else create it. ``scheme://`` locations
     are opened by the factory registered for ``scheme`` (:class:`~immunity.errors.StoreError` if
-    none is, naming the installed ones)."""
+    none is, naming the installed ones). ``read_only`` opens a SQLite file with ``mode=ro``: nothing
+    is created or written, and a database that is not immunity's is refused (the read commands)."""
     if is_url(location):
         from immunity.plugins import get_plugin_manager
         from immunity.store import open_store
@@ -30,4 +32,6 @@ def open_location(location: str, *, must_exist: bool = True, background: bool = 
 
     if must_exist and location != ":memory:" and not os.path.exists(location):
         raise FileNotFoundError(f"no store at {location}")
+    if read_only and location != ":memory:":
+        return SQLiteStore(location, read_only=True)
     return SQLiteStore(location, background=background)

@@ -102,7 +102,7 @@ def immunity_register_commands(cli: click.Group) -> None:
             try:
                 from immunity.store import SQLiteStore
 
-                store = SQLiteStore(path, background=False)
+                store = SQLiteStore(path, read_only=True)
                 errs = store.plugin_errors(limit=5)
                 store.close()
                 if errs:
@@ -161,7 +161,7 @@ def immunity_register_commands(cli: click.Group) -> None:
         bandit chose in that run are rewarded with it. A unique prefix of the id is enough."""
         from immunity.outcomes import mark_stored
 
-        store = _open(store_path)
+        store = _open(store_path, read_only=False)
         try:
             run = mark_stored(store, run_id, outcome, reason=reason)
         except KeyError as exc:
@@ -182,12 +182,14 @@ def immunity_register_commands(cli: click.Group) -> None:
         click.echo(run_demo(framework=framework, store=store_path))
 
 
-def _open(path: str) -> Any:
+def _open(path: str, *, read_only: bool = True) -> Any:
+    """The store at ``path``; read commands open it read-only (``mode=ro``), so reading never writes,
+    a read-only file can be listed, and a database that is not immunity's is refused."""
     from immunity.errors import StoreError
     from immunity.locations import open_location
 
     try:
-        return open_location(path)
+        return open_location(path, read_only=read_only)
     except FileNotFoundError:
         raise click.ClickException(f"no store at {path} (run an agent with immunity first, or pass --store)") from None
     except StoreError as exc:

@@ -120,7 +120,7 @@ def immunity_register_commands(cli: click.Group) -> None:
         from immunity.locations import open_location
 
         try:
-            store = open_location(store_path)
+            store = open_location(store_path, read_only=True)
         except FileNotFoundError:
             raise click.ClickException(f"no store at {store_path}") from None
         except StoreError as exc:
