@@ -857,6 +857,8 @@ class SQLiteStore:
                               [run_id + "%"], flush=False)
             if len(rows) != 1:
                 return None
+        if not rows:
+            return None
         return self._run(rows[0])
 
     def steps(self, run_id: str) -> list[Step]:

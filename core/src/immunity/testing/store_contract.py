@@ -215,6 +215,29 @@ class StoreContract:
         store.flush()
         assert store.idempotent_result("k1") is None  # forgotten
 
+    def test_idempotency_results_of_a_run(self, store: Any) -> None:
+        for key, rid in (("a", "run_1"), ("b", "run_1"), ("c", "run_2")):
+            store.save("idempotency", {"key": key, "run_id": rid, "tool": "t", "result": f"r-{key}", "ts": 1.0})
+        store.flush()
+        assert store.idempotency_results("run_1") == {"a": "r-a", "b": "r-b"}
+        assert store.idempotency_results("nope") == {}
+
+    def test_get_run_without_flush_or_prefix(self, store: Any) -> None:
+        run = _run(run_id="run_exact_1")
+        store.save("runs", run)
+        store.flush()
+        assert store.get_run("run_exact_1", flush=False, prefix=False).run_id == "run_exact_1"
+        assert store.get_run("run_exact", flush=False, prefix=False) is None
+
+    def test_secrets_are_masked_before_they_are_stored(self, store: Any) -> None:
+        secret = "sk-" + "A1b2C3d4E5f6G7h8I9j0K1l2"
+        run = _run()
+        store.save("steps", Step(run_id=run.run_id, index=0, tool="http", arguments={"header": f"Bearer {secret}"},
+                                 result=f"using {secret}"))
+        store.flush()
+        (got,) = store.steps(run.run_id)
+        assert secret not in str(got.arguments) and secret not in (got.result or "")
+
     # ------------------------------------------------------------------ whole runs (importers)
     def test_write_run_replaces_everything_about_the_run(self, store: Any) -> None:
         run = _run(outcome="failure")

@@ -71,7 +71,13 @@ def m001_core_tables(cur: Any) -> None:
         cur.execute(f"create index if not exists {_q(name)} on {_q(table)} ({', '.join(_q(c) for c in cols)})")
 
 
-MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [("m001_core_tables", m001_core_tables)]
+def m002_idempotency_by_run(cur: Any) -> None:
+    # the runtime reads a run's idempotency keys once per run, by run id
+    cur.execute('create index if not exists "idempotency_run_id_idx" on "idempotency" ("run_id")')
+
+
+MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = [("m001_core_tables", m001_core_tables),
+                                                       ("m002_idempotency_by_run", m002_idempotency_by_run)]
 
 
 def migrate(conn: Any) -> list[str]:

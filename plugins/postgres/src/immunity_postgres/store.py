@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 from immunity.errors import StoreError
 from immunity.models import Checkpoint, Event, FailurePattern, Intervention, Recovery, Run, Step, Verdict
+from immunity.redact import default_redactor
 from immunity.store import to_row
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -206,6 +207,8 @@ class PostgresStore:
                                    check=ConnectionPool.check_connection, reconnect_timeout=24 * 3600.0)
         self.pool.open(wait=False)
         self.db = PgDatabase(self)
+        #: Masks secrets in every row before it is written (the runtime sets its own).
+        self.redactor: Any = default_redactor()
         self._wconn: Any = None
         self._seq: dict[str, int] = {}
         self._lock = threading.RLock()  # one writer at a time on this store's tables
@@ -283,7 +286,7 @@ class PostgresStore:
         with open(self.spill_path, "a", encoding="utf-8") as fh:
             for table, record in items:
                 try:
-                    row = record if isinstance(record, dict) and table not in TABLES else to_row(table, record)
+                    row = record if isinstance(record, dict) and table not in TABLES else to_row(table, record, self.redactor)
                     fh.write(json.dumps({"table": table, "row": row}, default=str) + "\n")
                     self.spilled += 1
                     n += 1
@@ -427,7 +430,7 @@ class PostgresStore:
                 continue
             for _attempt in range(3):
                 try:
-                    rows.append((table, to_row(table, record)))
+                    rows.append((table, to_row(table, record, self.redactor)))
                     break
                 except RuntimeError:  # mutated by the agent's thread while being read: retry
                     continue
@@ -559,18 +562,18 @@ class PostgresStore:
         recoveries, checkpoints, plugin errors) in one transaction (used by importers)."""
         related = dict(related or {})
         related.setdefault("events", events)
-        groups: dict[str, list[dict[str, Any]]] = {"runs": [to_row("runs", run)],
-                                                   "steps": [to_row("steps", s) for s in steps]}
+        groups: dict[str, list[dict[str, Any]]] = {"runs": [to_row("runs", run, self.redactor)],
+                                                   "steps": [to_row("steps", s, self.redactor) for s in steps]}
         evs = []
         for i, ev in enumerate(related.get("events", ()), 1):
-            r = to_row("events", ev)
+            r = to_row("events", ev, self.redactor)
             r["seq"] = i
             evs.append(r)
         groups["events"] = evs
         for table in self.RELATED_TABLES[1:]:
             out = []
             for rec in related.get(table, ()):
-                r = to_row(table, rec)
+                r = to_row(table, rec, self.redactor)
                 r.pop("id", None)
                 r["run_id"] = run.run_id
                 out.append(r)
@@ -606,13 +609,14 @@ class PostgresStore:
             finally:
                 self.db._local.conn = None
 
-    def flush(self, timeout: float = 30.0) -> None:
+    def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything saved so far is written (queued and spilled records alike), or
-        ``timeout`` passes."""
+        ``timeout`` passes; True if everything was written."""
         thread = self._thread
         if thread is not None and thread.is_alive():
             with self._cond:
-                self._cond.wait_for(lambda: self._outstanding <= 0 or not thread.is_alive(), timeout)
+                return bool(self._cond.wait_for(lambda: self._outstanding <= 0 or not thread.is_alive(), timeout))
+        return True
 
     @property
     def backlog(self) -> int:
@@ -669,8 +673,11 @@ class PostgresStore:
         except PoolTimeout as exc:
             raise StoreError(f"cannot read {self.path}: the server cannot be reached ({exc})") from exc
 
-    def _rows(self, statement: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        self._reachable()
+    def _rows(self, statement: str, params: Iterable[Any] = (), *, flush: bool = True) -> list[dict[str, Any]]:
+        if flush:
+            self._reachable()
+        elif self.down_since is not None:  # never hold the hot path up for a server known to be down
+            raise StoreError(f"cannot read {self.path}: the server is unreachable")
         try:
             with self.pool.connection(timeout=self.connect_timeout) as conn:
                 cur = conn.execute(statement, list(params))  # type: ignore[arg-type]
@@ -707,13 +714,18 @@ class PostgresStore:
         r["metadata"] = _loads(r.get("metadata"), {})
         return Run(**{k: v for k, v in r.items() if v is not None or k == "failure_step"})
 
-    def get_run(self, run_id: str) -> Run | None:
-        rows = self._rows("select * from runs where run_id = %s", [run_id])
-        if not rows:
-            prefix = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            rows = self._rows("select * from runs where run_id like %s order by started_at desc limit 2", [prefix])
+    def get_run(self, run_id: str, *, flush: bool = True, prefix: bool = True) -> Run | None:
+        """The run ``run_id`` (or the one run whose id starts so, with ``prefix``); ``flush=False``
+        reads committed rows only, without waiting for the writer."""
+        rows = self._rows("select * from runs where run_id = %s", [run_id], flush=flush)
+        if not rows and prefix:
+            pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            rows = self._rows("select * from runs where run_id like %s order by started_at desc limit 2", [pattern],
+                              flush=flush)
             if len(rows) != 1:
                 return None
+        if not rows:
+            return None
         return self._run(rows[0])
 
     def steps(self, run_id: str) -> list[Step]:
@@ -779,9 +791,19 @@ class PostgresStore:
             stmt, params = stmt + " where pack = %s", [pack]
         return [FailurePattern.model_validate_json(r["body"]) for r in self._rows(stmt, params)]
 
-    def idempotent_result(self, key: str) -> str | None:
-        rows = self._rows("select result from idempotency where key = %s and run_id is not null", [key])
+    def idempotent_result(self, key: str, *, flush: bool = False) -> str | None:
+        """The stored result of a side-effecting call (committed rows only unless ``flush``)."""
+        rows = self._rows("select result from idempotency where key = %s and run_id is not null", [key],
+                          flush=flush)
         return rows[0]["result"] if rows else None
+
+    def idempotency_results(self, run_id: str) -> dict[str, str]:
+        """Every committed idempotency key of ``run_id`` with its result (no flush)."""
+        rows = self._rows("select key, result from idempotency where run_id = %s", [run_id], flush=False)
+        return {r["key"]: r["result"] for r in rows}
+
+    def table_names(self) -> list[str]:
+        return self.db.table_names()
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         if not fields:
@@ -794,6 +816,6 @@ class PostgresStore:
             sql.SQL("{} = %s").format(sql.Identifier(k)) for k in fields))
         try:
             with self._lock, self.pool.connection(timeout=self.connect_timeout) as conn:
-                conn.execute(stmt, [*(_clean(v) for v in fields.values()), run_id])
+                conn.execute(stmt, [*(_clean(v) for v in self.redactor.value(fields).values()), run_id])
         except psycopg.Error as exc:
             raise StoreError(f"cannot update run {run_id} in {self.path}: {exc}") from exc
