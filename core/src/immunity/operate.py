@@ -86,6 +86,8 @@ def immunity_register_commands(cli: click.Group) -> None:
         if res["incidents"]:
             click.echo(f"incidents opened or updated: {', '.join(res['incidents'])}")
 
+    _chaos_commands(cli)
+
     @cli.group()
     def incident() -> None:
         """Incidents: alerts and repeated verdicts grouped, with a lifecycle and a postmortem."""
@@ -178,3 +180,64 @@ def immunity_register_commands(cli: click.Group) -> None:
             click.echo(f"wrote {out}")
         else:
             sys.stdout.write(text)
+
+
+def _chaos_commands(cli: click.Group) -> None:
+    @cli.group()
+    def chaos() -> None:
+        """Chaos experiments: seeded faults in a protected agent's tool and model calls."""
+
+    @chaos.command("faults")
+    def chaos_faults() -> None:
+        """The fault kinds an experiment can inject."""
+        from immunity.chaos import FAULT_KINDS
+
+        for kind, what in FAULT_KINDS.items():
+            click.echo(f"{kind:<13} {what}")
+
+    @chaos.command("run", context_settings={"ignore_unknown_options": True})
+    @click.argument("experiment", type=click.Path(exists=True, dir_okay=False))
+    @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+    @click.option("--out", "-o", default=None, help="Also write the injections and the report as JSON here.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+    def chaos_run(experiment: str, command: tuple[str, ...], out: str | None, as_json: bool) -> None:
+        """Run COMMAND (after --) with EXPERIMENT's faults switched on, then report which faults the
+        agent and immunity survived, from the runs the agent stored.
+
+        The agent passes its tools and model callables through immunity.chaos.tools() / .model()
+        (no-ops outside chaos): immunity chaos run chaos.toml -- python my_agent.py"""
+        import subprocess
+        import tempfile
+
+        from immunity.chaos import Experiment, format_report, survival
+        from immunity.chaos.experiment import ExperimentError
+        from immunity.store import SQLiteStore
+
+        try:
+            Experiment.load(experiment)
+        except ExperimentError as exc:
+            raise click.ClickException(str(exc)) from None
+        with tempfile.TemporaryDirectory(prefix="immunity-chaos-") as tmp:
+            dump = os.path.join(tmp, "injections.json")
+            env = {**os.environ, "IMMUNITY_CHAOS": os.path.abspath(experiment), "IMMUNITY_CHAOS_OUT": dump}
+            rc = subprocess.call(list(command), env=env)
+            if not os.path.exists(dump):
+                raise click.ClickException(f"the agent (exit {rc}) did not activate the experiment: does it import "
+                                           "immunity.chaos and wrap its tools with chaos.tools()?")
+            with open(dump, encoding="utf-8") as fh:
+                data = json.load(fh)
+        stores = [SQLiteStore(p, background=False) for p in data.get("stores", []) if os.path.exists(p)]
+        try:
+            result = survival(data, stores)
+        finally:
+            for s in stores:
+                s.close()
+        result["agent_exit_code"] = rc
+        if out:
+            with open(out, "w", encoding="utf-8") as fh:
+                json.dump({"report": result, **data}, fh, indent=2)
+        click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
+        if not as_json:
+            click.echo(f"agent process exited with {rc}")
+        if rc:
+            sys.exit(rc)

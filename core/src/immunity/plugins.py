@@ -52,6 +52,7 @@ OPTIONAL_BUILTINS: tuple[str, ...] = (
     "immunity.interventions.plugin",
     "immunity.bench.plugin",
     "immunity.operate",
+    "immunity.chaos.plugin",
 )
 
 

@@ -58,5 +58,25 @@ def fake_run(immunity_runtime: Any) -> Any:
     return make
 
 
+@pytest.fixture
+def immunity_chaos() -> Iterator[Any]:
+    """A factory: ``immunity_chaos(experiment)`` (an :class:`~immunity.chaos.Experiment`, a path to
+    its TOML file or a dict) switches the experiment on and returns the active
+    :class:`~immunity.chaos.Chaos` (wrap tools with ``.tool``/``.tools``, model callables with
+    ``.model``; ``.injections`` says what was injected); it is switched off after the test."""
+    from immunity import chaos
+
+    def start(experiment: Any) -> Any:
+        cm = chaos.activate(experiment)
+        active = cm.__enter__()
+        started.append(cm)
+        return active
+
+    started: list[Any] = []
+    yield start
+    for cm in reversed(started):
+        cm.__exit__(None, None, None)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "immunity(**kwargs): options for the immunity_runtime fixture")

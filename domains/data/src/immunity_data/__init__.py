@@ -17,7 +17,7 @@ from pathlib import Path
 from immunity.domain import Domain
 from immunity.domain_plugin import make_domain_plugin
 
-from immunity_data import checks
+from immunity_data import checks, crosscheck
 from immunity_data.checks import CHECKS, ERROR_CLASSES, ROW_COUNT_DRIFT, SCHEMA_DRIFT, UNVALIDATED_WRITE
 from immunity_data.mapping import RULES
 
@@ -32,9 +32,9 @@ PACK = Path(__file__).parent / "packs" / "data-basics.json"
 DOMAIN = Domain(
     name=NAME,
     rules=RULES,
-    checks=CHECKS,
+    checks=[*CHECKS, *crosscheck.CROSS_CHECKS],
     description="Data agents: SQL, tables, pandas code, validation.",
-    error_classes=ERROR_CLASSES,
+    error_classes={**ERROR_CLASSES, **crosscheck.ERROR_CLASSES},
 )
 
 

@@ -21,7 +21,7 @@ from immunity.domain_plugin import make_domain_plugin
 from immunity.models import Event, EventKind, Run
 from immunity.state import RunState
 
-from immunity_support import checks
+from immunity_support import checks, crosscheck
 from immunity_support.checks import CHECKS, ERROR_CLASSES, REQUIRED_LOOKUPS, UNCONFIRMED_CHANGE
 from immunity_support.mapping import RULES
 
@@ -36,9 +36,9 @@ PACK = Path(__file__).parent / "packs" / "support-basics.json"
 DOMAIN = Domain(
     name=NAME,
     rules=RULES,
-    checks=CHECKS,
+    checks=[*CHECKS, *crosscheck.CROSS_CHECKS],
     description="Customer-support agents: lookups, state-changing calls under a policy, replies, escalation.",
-    error_classes=ERROR_CLASSES,
+    error_classes={**ERROR_CLASSES, **crosscheck.ERROR_CLASSES},
 )
 
 
