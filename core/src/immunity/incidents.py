@@ -75,8 +75,8 @@ def _attach(db: Any, incident: dict[str, Any], items: list[dict[str, Any]]) -> i
     db.table("incident_items").insert_all(fresh)
     iid = incident["incident_id"]
     n, runs, last = next(db.query(
-        "select count(*) as n, count(distinct run_id) as runs, max(ts) as last from incident_items "
-        "where incident_id = ? and kind in ('alert', 'verdict')", [iid])).values()
+        "select sum(kind in ('alert', 'verdict')) as n, count(distinct run_id) as runs, max(ts) as last "
+        "from incident_items where incident_id = ?", [iid])).values()
     db.table("incidents").update(iid, {"items": n, "runs": runs, "updated_at": max(last or 0, incident["updated_at"])})
     incident["updated_at"] = max(last or 0, incident["updated_at"])
     return len(fresh)

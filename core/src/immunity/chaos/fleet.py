@@ -81,9 +81,11 @@ class FleetRun:
 
 
 def run_fleet(runtime: Any, *, runs: int, chaos: Chaos | None = None, framework: str = "langgraph", p: float = 1.0,
-              seed: int = 0, agent: str = "refund-bot") -> list[FleetRun]:
+              seed: int = 0, agent: str = "refund-bot", tasks: int = 4) -> list[FleetRun]:
     """Run ``runs`` agents one after the other through ``runtime`` (already configured with the
-    support domain); returns each run's id and judged outcome (also stored on the run)."""
+    support domain); returns each run's id and judged outcome (also stored on the run). The
+    customers' orders rotate over ``tasks`` orders (the same ones for every seed), so failed runs
+    have successful runs of the same task to be compared with (``immunity explain``)."""
     from immunity.bench.frameworks import DRIVERS
 
     driver_cls = DRIVERS[framework]
@@ -92,7 +94,7 @@ def run_fleet(runtime: Any, *, runs: int, chaos: Chaos | None = None, framework:
     out: list[FleetRun] = []
     keep: list[Any] = []  # the drivers name threads after the model object's id: keep every one alive
     for i in range(runs):
-        task = OrderRefundTask(random.Random(f"fleet:{seed}:{i}"))
+        task = OrderRefundTask(random.Random(f"fleet-order:{i % max(1, tasks)}"))
         scripted = ScriptedAgent(task, FaultPlan("none"), p, seed * 1000 + i)
         model = chaos.model(scripted, name=f"{framework}-scripted") if chaos is not None else scripted
         keep.append(model)

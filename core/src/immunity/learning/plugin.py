@@ -344,7 +344,7 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
                  bootstrap: int) -> None:
         """AUROC of runs alive at steps 5/10/20, recall before failure, false-alarm rate, lead, per-class and
         explain figures with 95% CIs, next to the steps-so-far baseline."""
-        from immunity.learning.evaluate import html_report, mean_curves, table
+        from immunity.learning.evaluate import table
         from immunity.learning.packs import resolve_pack
         from immunity.learning.pipeline import cross_validate, labels_for, score_rows, scores_from_rows
         from immunity.plugins import get_plugin_manager
@@ -387,8 +387,9 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
         if out:
             _write_json(result, out)
         if html_path:
-            Path(html_path).write_text(html_report({"evaluation": result}, {"evaluation": mean_curves(scores, labels)}),
-                                       encoding="utf-8")
+            from immunity.report_html import eval_report
+
+            Path(html_path).write_text(eval_report({"evaluation": result}, scores, labels, seed=seed), encoding="utf-8")
 
     @cli.command()
     @click.argument("run_id")
