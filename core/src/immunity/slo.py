@@ -342,7 +342,8 @@ def check(store: Any, slo_file: SLOFile, *, now: float | None = None, pm: Any = 
     if deliver and new:
         for a in new:
             results = deliver_alert(a, slo_file.delivery, pm=pm)
-            store.db.table("alerts").update(a.alert_id, {"delivered": json.dumps(results)})
+            with store.transaction(flush=False) as db:
+                db.table("alerts").update(a.alert_id, {"delivered": json.dumps(results)})
     return statuses, new, resolved
 
 
