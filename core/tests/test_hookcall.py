@@ -265,8 +265,6 @@ class Hangs:
 
     @hookimpl
     def immunity_verify(self, event):
-        if event.kind != "tool_end":
-            return None
         Hangs.calls += 1
         if self.seconds is None:
             self.release.wait()  # never returns (until the test lets it go)
@@ -276,11 +274,20 @@ class Hangs:
 
 
 @pytest.mark.parametrize("seconds", [30.0, None])
-def test_a_hanging_hook_costs_at_most_its_budget_and_is_skipped_for_the_runtimes_life(seconds):
+def test_a_hanging_hook_costs_at_most_its_budget_and_is_skipped_for_the_runtimes_life(seconds, monkeypatch):
     Hangs.calls = 0
     plugin = Hangs(seconds)
     rt = Runtime(store=":memory:", plugins=[plugin], step_budget_ms=40)
     name = rt.pm.get_name(plugin)
+    charged: list[float] = []
+    real_charge = HookPolicy.charge
+
+    def spy(self, plugin_name, hook, seconds_, timed_out):
+        if plugin_name == name:
+            charged.append(seconds_)
+        return real_charge(self, plugin_name, hook, seconds_, timed_out)
+
+    monkeypatch.setattr(HookPolicy, "charge", spy)
     t0 = time.perf_counter()
     first = FakeRun(rt, task="first")
     for i in range(3):
@@ -297,7 +304,9 @@ def test_a_hanging_hook_costs_at_most_its_budget_and_is_skipped_for_the_runtimes
     while Hangs.calls < 3 and time.monotonic() < deadline:  # an abandoned call may start late
         time.sleep(0.01)
     assert Hangs.calls == 3  # abandoned three times, then never called again
-    assert took < 3 * 0.04 + 1.5  # three budgets plus the runtime's own work on a busy machine
+    # what the hanging plugin cost the agent: three budgets (plus scheduling slack on a busy machine)
+    assert len(charged) == 3 and sum(charged) < 3 * (0.04 + 0.3)
+    assert took < 10  # and the runs finished instead of waiting 30 s or forever
     assert name in rt.skipped
     errs = _errors(rt, first.run.run_id)
     assert sum(1 for e in errs if "abandoned" in e["error"]) == 3
@@ -322,7 +331,7 @@ def test_core_built_ins_are_never_skipped():
     rt.close()
 
 
-def test_garbage_collection_pauses_are_not_charged():
+def test_garbage_collection_pauses_are_not_charged(monkeypatch):
     class Collects:
         immunity_inline = True  # on the caller's thread: the whole pause happens inside the call
 
@@ -340,14 +349,26 @@ def test_garbage_collection_pauses_are_not_charged():
     gc.collect()
     pause = time.perf_counter() - t0
     assert GC_CLOCK.total - g0 > 0.5 * pause
-    budget_ms = max(1.0, pause * 1000 / 3)  # a single collection overruns the budget
-    rt = Runtime(store=None, plugins=[Collects()], step_budget_ms=budget_ms)
+    plugin = Collects()
+    rt = Runtime(store=None, plugins=[plugin], step_budget_ms=10_000)
+    name = rt.pm.get_name(plugin)
+    charged: list[float] = []
+    real_charge = HookPolicy.charge
+
+    def spy(self, plugin_name, hook, seconds, timed_out):
+        if plugin_name == name:
+            charged.append(seconds)
+        return real_charge(self, plugin_name, hook, seconds, timed_out)
+
+    monkeypatch.setattr(HookPolicy, "charge", spy)
     run = FakeRun(rt)
     for i in range(4):
         run.tool("search", {"q": i})
-    assert not rt.skipped, rt.overruns
     rt.close()
     del junk
+    # each call spent about ``pause`` collecting; what it is charged is a small fraction of that
+    charged.sort()
+    assert len(charged) == 9 and charged[len(charged) // 2] < pause / 4
 
 
 def test_fast_third_party_plugins_are_not_abandoned():
