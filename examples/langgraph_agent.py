@@ -132,7 +132,7 @@ def main() -> None:
         left = sorted(FILES)
         print("files left:", ", ".join(left))
         guard.runtime.flush()
-        run = guard.runtime.store.get_run("langgraph:cleanup-1")
+        run = guard.runtime.store.get_run("langgraph-cleanup-1")
         print()
         print(render_run(guard.runtime.store, run))
     finally:

@@ -62,7 +62,7 @@ def test_observes_and_stores_a_run(make_runtime: Any, kit: Any) -> None:
     rt = make_runtime()
     llm = ScriptedLLM(script=[ToolCall("lookup", {"key": "a"}), "The value of a is value-of-a."])
     crew = kit.crew(llm, [kit.Lookup()])
-    rt.protect(crew)
+    rt.protect(crew, node_events="all")
     out = crew.kickoff()
 
     session = only_run(rt)
@@ -90,7 +90,7 @@ def test_observes_and_stores_a_run(make_runtime: Any, kit: Any) -> None:
 def test_handoff_between_agents_of_a_crew(make_runtime: Any, kit: Any) -> None:
     rt = make_runtime()
     crew = kit.crew(None, tasks=2, llms=[ScriptedLLM(script=["first done"]), ScriptedLLM(script=["second done"])])
-    rt.protect(crew)
+    rt.protect(crew, node_events="all")
     out = crew.kickoff()
     run_id = only_run(rt).run.run_id
     events = rt.store.events(run_id) if rt.flush() is None else []

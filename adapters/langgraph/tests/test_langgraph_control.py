@@ -114,7 +114,7 @@ def test_hint_reaches_the_next_model_call_only_and_never_the_history(make_runtim
     for snap in graph.get_state_history(cfg):
         assert all(HINT not in str(m.content) for m in snap.values.get("messages", []))
     rt.flush()
-    ivs = rt.store.interventions("langgraph:h-1")
+    ivs = rt.store.interventions("langgraph-h-1")
     assert ivs and ivs[0].kind == InterventionKind.HINT and ivs[0].delivered
 
 
@@ -272,7 +272,7 @@ def test_rollback_to_the_last_verified_checkpoint_and_resume(make_runtime: Any, 
     sources = [s.metadata["source"] for s in graph.get_state_history(cfg)]
     assert "update" in sources  # the fork made with update_state(as_node=...)
     rt.flush()
-    run = rt.store.get_run(f"langgraph:rb-{mode}")
+    run = rt.store.get_run(f"langgraph-rb-{mode}")
     assert run.status == "finished" and run.final_answer == "Config updated."
     assert undone == ["host=a"]  # the bad write's compensating action ran
     recoveries = rt.store.recoveries(run.run_id)
@@ -322,7 +322,7 @@ def test_clean_stop(make_runtime: Any, react_agent: Any, weather_tools: Any, cal
     assert last.content == "Stopped by immunity: mass deletion requested."
     assert graph.get_state(cfg).next == ()  # the graph ended through its own router
     rt.flush()
-    run = rt.store.get_run(f"langgraph:stop-{mode}")
+    run = rt.store.get_run(f"langgraph-stop-{mode}")
     assert run.status == "stopped" and run.final_answer == "Stopped by immunity: mass deletion requested."
 
 
@@ -382,9 +382,9 @@ def test_ask_human_pauses_with_interrupt_and_resumes(make_runtime: Any, tool_gra
     out = _call(graph, {"messages": [("user", "announce the sale")]}, cfg, mode)
     (question,) = out["__interrupt__"]
     assert question.value["question"] == "Send this email to all customers?"
-    assert question.value["tool"] == "send_email" and question.value["run_id"] == "langgraph:ask-1"
+    assert question.value["tool"] == "send_email" and question.value["run_id"] == "langgraph-ask-1"
     assert sent == []
-    assert rt.session("langgraph:ask-1").ended is False  # paused, not over
+    assert rt.session("langgraph-ask-1").ended is False  # paused, not over
     out = _call(graph, Command(resume=answer), cfg, mode)
     assert out["messages"][-1].content == "done"
     assert sent == (["all"] if expect_sent else [])
@@ -392,7 +392,7 @@ def test_ask_human_pauses_with_interrupt_and_resumes(make_runtime: Any, tool_gra
     assert (tool_msg.content == "sent to all") if expect_sent else ("A human declined this call" in tool_msg.content)
     rt.flush()
     (run,) = rt.store.runs()
-    assert run.run_id == "langgraph:ask-1" and run.status == "finished"  # one run across the pause
+    assert run.run_id == "langgraph-ask-1" and run.status == "finished"  # one run across the pause
 
 
 def test_resume_in_another_process_continues_the_same_run(tmp_path: Any, make_runtime: Any, tool_graph: Any) -> None:
@@ -413,7 +413,7 @@ def test_resume_in_another_process_continues_the_same_run(tmp_path: Any, make_ru
     assert sent == ["all"]
     second.flush()
     (run,) = second.store.runs()
-    assert run.run_id == "langgraph:ask-2" and run.status == "finished" and run.task == "announce"
+    assert run.run_id == "langgraph-ask-2" and run.status == "finished" and run.task == "announce"
 
 
 def test_ask_human_without_a_checkpointer_does_not_run_the_call(make_runtime: Any, tool_graph: Any) -> None:
@@ -477,7 +477,7 @@ def test_side_effect_is_not_repeated_when_langgraph_re_runs_the_node(make_runtim
     results = {m.name: m.content for m in out["messages"] if isinstance(m, ToolMessage)}
     assert results == {"send_payment": "paid 10.0", "send_email": "sent to supplier"}
     rt.flush()
-    steps = [s for s in rt.store.steps("langgraph:pay-1") if s.tool == "send_payment"]
+    steps = [s for s in rt.store.steps("langgraph-pay-1") if s.tool == "send_payment"]
     assert [s.data.get("replayed", False) for s in steps] == [False, True]
 
 
@@ -618,12 +618,12 @@ def test_the_callers_own_drain_still_works_and_pauses_the_run(make_runtime: Any,
     cfg = {"configurable": {"thread_id": "drain-1"}}
     with pytest.raises(GraphDrained, match="deploy in progress"):
         graph.invoke({"messages": [("user", "reindex")]}, cfg, control=control)
-    assert rt.session("langgraph:drain-1").ended is False  # paused by the caller, not over
+    assert rt.session("langgraph-drain-1").ended is False  # paused by the caller, not over
     out = graph.invoke(None, cfg)  # resume: same immunity run
     assert out["messages"][-1].content == "reindex started"
     rt.flush()
     (run,) = rt.store.runs()
-    assert run.run_id == "langgraph:drain-1" and run.status == "finished"
+    assert run.run_id == "langgraph-drain-1" and run.status == "finished"
 
 
 @pytest.mark.parametrize("mode", MODES)

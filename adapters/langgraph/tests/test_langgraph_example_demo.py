@@ -24,7 +24,7 @@ def test_example_runs_offline(tmp_path: Path) -> None:
     lines = out.stdout.splitlines()
     assert lines[0] == "answer: Done: freed 2950 MB by deleting the rotated .gz logs; current logs are kept."
     assert lines[1] == "files left: /var/log/app.log, /var/log/nginx/access.log"  # the current logs survived
-    assert "run langgraph:cleanup-1  langgraph" in out.stdout and "status=finished" in out.stdout
+    assert "run langgraph-cleanup-1  langgraph" in out.stdout and "status=finished" in out.stdout
     assert "verdict unsafe_action [error] by no_recursive_delete" in out.stdout
     assert "> block: [immunity] Blocked: a recursive delete" in out.stdout
     assert db.exists()
@@ -32,7 +32,7 @@ def test_example_runs_offline(tmp_path: Path) -> None:
 
 def test_demo_catches_and_corrects_a_repeated_tool_error(make_runtime: Any) -> None:
     rt = make_runtime()
-    assert LangGraphAdapter.demo(rt).startswith("langgraph:demo-")
+    assert LangGraphAdapter.demo(rt).startswith("langgraph-demo-")
     agent = make_agent()
     model = agent[0]
     run_id = run_demo(rt, agent)

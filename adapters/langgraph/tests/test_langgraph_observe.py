@@ -54,11 +54,11 @@ def test_stategraph_toolnode_invoke(make_runtime: Any, tool_graph: Any, weather_
     rt = make_runtime()
     model = ScriptedChatModel(script=_script(), model_name="scripted-weather")
     graph = tool_graph(model, weather_tools, InMemorySaver())
-    rt.protect(graph)
+    rt.protect(graph, node_events="end")
     out = graph.invoke({"messages": [("user", "Weather in Paris?")]}, {"configurable": {"thread_id": "t-1"}})
     assert out["messages"][-1].content == "It is sunny and 21C in Paris."
-    _check_run(rt, "langgraph:t-1", calls)  # the thread id gives a deterministic run id
-    checkpoints = rt.store.checkpoints("langgraph:t-1")
+    _check_run(rt, "langgraph-t-1", calls)  # the thread id gives a deterministic run id
+    checkpoints = rt.store.checkpoints("langgraph-t-1")
     assert [c.ref["next"] for c in checkpoints] == ["agent", "tools", "agent"]
     assert [c.ref["step"] for c in checkpoints] == [0, 1, 2]
     assert [c.verified for c in checkpoints] == [True, False, True]  # unverified: a tool call not yet checked
@@ -68,7 +68,7 @@ def test_create_react_agent_ainvoke(make_runtime: Any, react_agent: Any, weather
     rt = make_runtime()
     model = ScriptedChatModel(script=_script(), model_name="scripted-weather")
     graph = react_agent(model, weather_tools)
-    rt.protect(graph)
+    rt.protect(graph, node_events="end")
 
     import asyncio
 
@@ -84,17 +84,17 @@ async def test_astream(make_runtime: Any, react_agent: Any, weather_tools: Any, 
     rt = make_runtime()
     graph = react_agent(ScriptedChatModel(script=_script(), model_name="scripted-weather"), weather_tools,
                         InMemorySaver())
-    rt.protect(graph)
+    rt.protect(graph, node_events="end")
     chunks = [c async for c in graph.astream({"messages": [("user", "Weather in Paris?")]},
                                              {"configurable": {"thread_id": "a-1"}}, stream_mode="updates")]
     assert [next(iter(c)) for c in chunks] == ["agent", "tools", "agent"]
-    _check_run(rt, "langgraph:a-1", calls)
+    _check_run(rt, "langgraph-a-1", calls)
 
 
 def test_stream_sync(make_runtime: Any, tool_graph: Any, weather_tools: Any, calls: Any) -> None:
     rt = make_runtime()
     graph = tool_graph(ScriptedChatModel(script=_script(), model_name="scripted-weather"), weather_tools)
-    rt.protect(graph)
+    rt.protect(graph, node_events="end")
     chunks = list(graph.stream({"messages": [("user", "Weather in Paris?")]}, stream_mode="values"))
     assert chunks[-1]["messages"][-1].content == "It is sunny and 21C in Paris."
     rt.flush()
@@ -112,9 +112,9 @@ def test_new_input_on_a_finished_thread_is_a_new_run(make_runtime: Any, tool_gra
     graph.invoke({"messages": [("user", "two")]}, cfg)
     rt.flush()
     runs = {r.run_id: r for r in rt.store.runs()}
-    assert set(runs) == {"langgraph:conv", "langgraph:conv:2"}
-    assert runs["langgraph:conv"].final_answer == "first answer"
-    assert runs["langgraph:conv:2"].final_answer == "second answer"
+    assert set(runs) == {"langgraph-conv", "langgraph-conv-2"}
+    assert runs["langgraph-conv"].final_answer == "first answer"
+    assert runs["langgraph-conv-2"].final_answer == "second answer"
     # the second turn's model saw the whole thread (LangGraph's history), immunity kept them apart
     assert [m["content"] for m in model.seen(1)] == ["one", "first answer", "two"]
 
@@ -134,7 +134,7 @@ def test_unprotected_graph_is_not_observed(make_runtime: Any, tool_graph: Any, w
 def test_node_start_events_on_request(make_runtime: Any, tool_graph: Any, weather_tools: Any) -> None:
     rt = make_runtime()
     graph = tool_graph(ScriptedChatModel(script=_script()), weather_tools)
-    rt.protect(graph, node_events="both")
+    rt.protect(graph, node_events="all")
     graph.invoke({"messages": [("user", "Weather in Paris?")]})
     rt.flush()
     (run,) = rt.store.runs()
@@ -190,13 +190,13 @@ def test_static_breakpoint_pauses_the_run_and_resume_finishes_it(make_runtime: A
     rt.protect(graph)
     cfg = {"configurable": {"thread_id": "bp"}}
     graph.invoke({"messages": [("user", "Weather in Paris?")]}, cfg, interrupt_before=["tools"])
-    assert calls.log == [] and rt.session("langgraph:bp").ended is False
-    assert rt.session("langgraph:bp").run.status == "paused"
+    assert calls.log == [] and rt.session("langgraph-bp").ended is False
+    assert rt.session("langgraph-bp").run.status == "paused"
     out = graph.invoke(None, cfg)
     assert out["messages"][-1].content == "It is sunny and 21C in Paris."
     rt.flush()
     (run,) = rt.store.runs()
-    assert run.run_id == "langgraph:bp" and run.status == "finished" and run.steps == 2
+    assert run.run_id == "langgraph-bp" and run.status == "finished" and run.steps == 2
 
 
 def test_a_paused_run_is_stored_as_paused_until_it_is_resumed(make_runtime: Any, tool_graph: Any,
@@ -207,8 +207,8 @@ def test_a_paused_run_is_stored_as_paused_until_it_is_resumed(make_runtime: Any,
     cfg = {"configurable": {"thread_id": "bp2"}}
     graph.invoke({"messages": [("user", "Weather in Paris?")]}, cfg, interrupt_before=["tools"])
     rt.flush()
-    stored = rt.store.get_run("langgraph:bp2")
+    stored = rt.store.get_run("langgraph-bp2")
     assert stored.status == "paused" and stored.metadata["paused_because"] == "breakpoint"
     graph.invoke(None, cfg)  # the resume finishes the same run
     rt.flush()
-    assert [(r.run_id, r.status) for r in rt.store.runs()] == [("langgraph:bp2", "finished")]
+    assert [(r.run_id, r.status) for r in rt.store.runs()] == [("langgraph-bp2", "finished")]

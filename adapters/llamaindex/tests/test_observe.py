@@ -81,7 +81,7 @@ async def test_function_agent_run_is_observed_and_stored(rt: Any, streaming: boo
     assert run_id == f"llamaindex-{handler.run_id}"
     rt.flush()
     run = rt.store.get_run(run_id)
-    assert run.framework == "llama-index-core" and run.agent == "weather"
+    assert run.framework == "llamaindex" and run.agent == "weather"
     assert run.task == "Weather in Paris?" and run.status == "finished"
     assert run.final_answer == "It is sunny in Paris."
     assert run.tokens > 0 and run.metadata["llamaindex_run_id"] == handler.run_id

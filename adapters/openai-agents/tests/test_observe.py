@@ -236,7 +236,7 @@ def test_supported_range_matches_the_extra() -> None:
     assert OpenAIAgentsAdapter.version_supported() is True
 
 
-@pytest.mark.parametrize("entry", ["openai_agents"])
+@pytest.mark.parametrize("entry", ["openai-agents"])
 def test_registered_through_the_entry_point(rt: Runtime, entry: str) -> None:
     assert rt.pm.registry("adapters")[entry] is OpenAIAgentsAdapter
 

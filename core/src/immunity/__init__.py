@@ -31,12 +31,15 @@ from immunity.models import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from immunity.runtime import Decision, RunSession, Runtime, protect
+    from immunity.adapter import Guard
+    from immunity.errors import RunStopped
+    from immunity.guard import protect
+    from immunity.runtime import Decision, RunSession, Runtime
 
 __all__ = [
-    "ActionType", "Checkpoint", "Decision", "Event", "EventKind", "FailurePattern", "Intervention",
-    "InterventionKind", "Outcome", "PatternPack", "Recovery", "RecoveryKind", "Run", "RunSession", "Runtime",
-    "Severity", "Step", "Verdict", "hookimpl", "protect",
+    "ActionType", "Checkpoint", "Decision", "Event", "EventKind", "FailurePattern", "Guard", "Intervention",
+    "InterventionKind", "Outcome", "PatternPack", "Recovery", "RecoveryKind", "Run", "RunSession", "RunStopped",
+    "Runtime", "Severity", "Step", "Verdict", "hookimpl", "protect",
 ]
 
 import pluggy
@@ -45,8 +48,20 @@ hookimpl = pluggy.HookimplMarker("immunity")
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Runtime", "RunSession", "Decision", "protect"):
+    if name in ("Runtime", "RunSession", "Decision"):
         from immunity import runtime
 
         return getattr(runtime, name)
+    if name == "protect":
+        from immunity.guard import protect
+
+        return protect
+    if name == "Guard":
+        from immunity.adapter import Guard
+
+        return Guard
+    if name == "RunStopped":
+        from immunity.errors import RunStopped
+
+        return RunStopped
     raise AttributeError(f"module 'immunity' has no attribute {name!r}")

@@ -13,10 +13,30 @@ fail-closed.
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from importlib import metadata
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from immunity.models import Outcome, Run
+
+#: The options every adapter accepts, with the same meaning and default in each:
+#:
+#: - ``domain``: the domain of the runs (default: the runtime's);
+#: - ``max_rollbacks`` (2): rollbacks carried out automatically in one run (CrewAI: rollbacks
+#:   requested; each one waits for ``guard.resume()``);
+#: - ``node_events`` (``"none"``): which framework steps (graph nodes, workflow steps, tasks) are
+#:   stored as events: ``"none"``, ``"end"`` (one ``node_end`` per step, with its duration and
+#:   error) or ``"all"`` (``node_start`` and ``node_end``).
+COMMON_OPTIONS: dict[str, Any] = {"domain": None, "max_rollbacks": 2, "node_events": "none"}
+NODE_EVENTS = ("none", "end", "all")
+#: old spellings of ``node_events`` values, still accepted with a DeprecationWarning
+_OLD_NODE_EVENTS: dict[Any, str] = {True: "end", False: "none", None: "none", "both": "all"}
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @runtime_checkable
@@ -62,12 +82,57 @@ class Adapter:
     framework: str = ""
     #: the supported range of the framework, as a version specifier (``">=1.2,<2"``)
     supported: str = ""
+    #: the options this adapter accepts besides :data:`COMMON_OPTIONS`, with their defaults. ``None``
+    #: (an adapter written before options were declared): any option is passed through unchecked.
+    extra_options: ClassVar[dict[str, Any] | None] = None
+    #: ``node_events`` values this adapter accepts besides :data:`NODE_EVENTS`
+    extra_node_events: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, runtime: Any, **options: Any):
         self.runtime = runtime
-        self.options = options
+        self.options = self.check_options(options)
         self.instrumented = False
         self._run_ids: list[str] = []
+
+    # ------------------------------------------------------------------ options
+    @classmethod
+    def accepted_options(cls) -> dict[str, Any] | None:
+        """Every option name this adapter accepts with its default (``None``: not declared)."""
+        if cls.extra_options is None:
+            return None
+        return {**COMMON_OPTIONS, **cls.extra_options}
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The options with their defaults filled in and ``node_events`` normalised; an option this
+        adapter does not know raises ``TypeError`` (it would otherwise be dropped silently)."""
+        accepted = cls.accepted_options()
+        if accepted is None:
+            return dict(options)
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            hints = "".join(_did_you_mean(u, sorted(accepted)) for u in unknown)
+            raise TypeError(f"the {cls.name or cls.__name__} adapter got unknown option(s) {unknown}{hints}; it "
+                            f"accepts: {', '.join(sorted(accepted))}")
+        out = {**accepted, **options}
+        out["node_events"] = cls.node_events_value(out.get("node_events"))
+        if isinstance(out.get("max_rollbacks"), bool) or not isinstance(out.get("max_rollbacks"), int) \
+                or out["max_rollbacks"] < 0:
+            raise TypeError(f"max_rollbacks must be a whole number >= 0, not {out.get('max_rollbacks')!r}")
+        return out
+
+    @classmethod
+    def node_events_value(cls, value: Any) -> str:
+        allowed = (*NODE_EVENTS, *cls.extra_node_events)
+        if isinstance(value, str) and value in allowed:
+            return value
+        if (value is None or isinstance(value, bool | str)) and value in _OLD_NODE_EVENTS:
+            new = _OLD_NODE_EVENTS[value]
+            if value is not None:
+                warnings.warn(f"node_events={value!r} is deprecated: use node_events={new!r}", DeprecationWarning,
+                              stacklevel=4)
+            return new
+        raise ValueError(f"node_events must be one of {', '.join(repr(a) for a in allowed)}, not {value!r}")
 
     # ------------------------------------------------------------------ the Guard surface
     @property

@@ -8,7 +8,7 @@ from typing import Any
 
 from immunity.runtime import Runtime
 
-PREFERRED = ("langgraph", "openai_agents", "llamaindex", "crewai")
+PREFERRED = ("langgraph", "openai-agents", "llamaindex", "crewai")
 
 
 def _fake_demo(runtime: Runtime) -> str:
@@ -44,6 +44,9 @@ def run_demo(*, framework: str | None = None, store: str = "immunity.db") -> str
     rt = Runtime(store=store)
     try:
         adapters = rt.pm.registry("adapters")
+        from immunity.guard import RENAMED_ADAPTERS
+
+        framework = RENAMED_ADAPTERS.get(framework or "", framework)  # the old name still works
         names = [framework] if framework else [n for n in PREFERRED if n in adapters]
         chosen = None
         for name in names:

@@ -27,11 +27,19 @@ class PluginCollisionError(ImmunityError):
 
 
 class RunStopped(ImmunityError):
-    """Raised inside an adapter to end a run cleanly after a stop intervention."""
+    """The one stop exception of every adapter: raised out of the framework's run call when immunity
+    stops a run at a point where the framework cannot end it with an answer (adapters end a run
+    cleanly with ``final_answer`` wherever the framework allows). ``reason`` says why, ``run_id``
+    names the immunity run (resume it with ``guard.resume(run_id)``)."""
 
-    def __init__(self, message: str, final_answer: str | None = None):
+    def __init__(self, message: str, final_answer: str | None = None, *, run_id: str | None = None):
         super().__init__(message)
         self.final_answer = final_answer if final_answer is not None else message
+        self.run_id = run_id
+
+    @property
+    def reason(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class PackError(ImmunityError):

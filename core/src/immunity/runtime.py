@@ -626,6 +626,9 @@ class Runtime:
                  packs: list[Any] | None = None, plugins: list[Any] | None = None,
                  pm: PluginManager | None = None, config: Config | None = None, **options: Any):
         if config is None:
+            from immunity.guard import check_runtime_options
+
+            check_runtime_options(options)
             known = {f.name for f in fields(Config)}
             config = Config(domain=domain, store=store if isinstance(store, str) or store is None else None,
                             fail_closed=fail_closed, step_budget_ms=step_budget_ms, verifiers=verifiers,  # type: ignore[arg-type]
@@ -931,21 +934,16 @@ class Runtime:
 
     # ------------------------------------------------------------------ adapters
     def protect(self, target: Any = None, *, framework: str | None = None, **kwargs: Any) -> Any:
-        """Attach the adapter for ``target`` (or for ``framework`` by name) and return it."""
-        adapters = self.pm.registry("adapters")
-        if framework is not None:
-            if framework not in adapters:
-                raise ImmunityError(f"no adapter named {framework!r}; installed: {sorted(adapters)}")
-            cls = adapters[framework]
-        else:
-            matching = [cls for cls in adapters.values() if target is not None and cls.matches(target)]
-            if not matching:
-                raise ImmunityError(f"no installed adapter recognises {type(target).__name__}; installed adapters: "
-                                    f"{sorted(adapters) or 'none'} (pip install immunity-<framework>)")
-            cls = matching[0]
-        for existing, tgt in self.adapters_by_target.values():
-            if tgt is target and isinstance(existing, cls) and getattr(existing, "instrumented", True):
-                return existing  # protecting the same object twice attaches once
+        """Attach the adapter for ``target`` (or for ``framework`` by name) with its options and
+        return it (the guard). An option the adapter does not accept raises ``TypeError``; an
+        object some live guard already protects gets a warning and that guard back."""
+        from immunity.guard import adapter_class, existing_guard, warn_protected_twice
+
+        existing = existing_guard(target)
+        if existing is not None:
+            warn_protected_twice(target, existing)
+            return existing
+        cls = adapter_class(self.pm, target, framework)
         adapter = cls(self, **kwargs)
         adapter.instrument(target)
         self.adapters.append(adapter)
@@ -1004,14 +1002,8 @@ def _close_all() -> None:  # flush every store at normal exit so nothing is lost
             pass
 
 
-def protect(target: Any = None, *, domain: str | None = None, store: Any = "immunity.db",
-            framework: str | None = None, **options: Any) -> Any:
-    """Attach immunity to an agent, graph or crew you already have; returns the adapter, whose
-    ``runtime`` holds the store and runs and whose ``uninstrument()`` detaches it::
+def protect(target: Any = None, **kwargs: Any) -> Any:
+    """Attach immunity to an agent, graph or crew you already have; see :func:`immunity.guard.protect`."""
+    from immunity.guard import protect as _protect
 
-        guard = immunity.protect(graph, domain="coding")
-        graph.invoke(...)      # unchanged
-    """
-    rt = Runtime(domain=domain, store=store, **options)
-    adapter = rt.protect(target, framework=framework)
-    return adapter
+    return _protect(target, **kwargs)

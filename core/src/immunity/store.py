@@ -102,6 +102,25 @@ def m002_idempotency_by_run(db: sqlite_utils.Database) -> None:
     db.table("idempotency").create_index(["run_id"], if_not_exists=True)
 
 
+#: adapters' old framework names, renamed to one name per adapter (its registry name)
+RENAMED_FRAMEWORKS = {"llama-index-core": "llamaindex", "openai_agents": "openai-agents"}
+
+
+@migrations()
+def m003_one_framework_name_per_adapter(db: sqlite_utils.Database) -> None:
+    """Runs stored under an adapter's old framework name, and the bandit's contexts built from it,
+    take the adapter's one name (so old and new runs of a framework count together)."""
+    tables = set(db.table_names())
+    for old, new in RENAMED_FRAMEWORKS.items():
+        db.execute("update runs set framework = ? where framework = ?", [new, old])
+        if "bandit_arms" in tables:
+            db.execute("update or ignore bandit_arms set context = replace(context, ?, ?) where context like ?",
+                       [f"framework={old}", f"framework={new}", f"%framework={old}"])
+        if "bandit_pulls" in tables:
+            db.execute("update bandit_pulls set context = replace(context, ?, ?) where context like ?",
+                       [f"framework={old}", f"framework={new}", f"%framework={old}"])
+
+
 def _json(value: Any) -> str | None:
     if value is None:
         return None

@@ -122,7 +122,7 @@ def test_side_effect_not_repeated_when_a_new_runtime_resumes_the_run(tmp_path: A
     assert charged == [10.0]  # not paid twice
     second.flush()
     (run,) = second.store.runs()
-    assert run.run_id == "langgraph:pay-1" and run.status == "finished"
+    assert run.run_id == "langgraph-pay-1" and run.status == "finished"
     # the resumed session answered the payment from the first process's record
     pays = [s for s in second.store.steps(run.run_id) if s.tool == "send_payment"]
     assert pays and pays[-1].data.get("replayed") is True and pays[-1].result == "paid 10.0 (receipt r-1)"
@@ -196,7 +196,7 @@ def test_loop_ladder_hint_block_stop_and_learning(tmp_path: Any, runtimes: list[
     final = out["messages"][-1].content
     assert final.startswith("I stopped before finishing this task:") and "status: processing" in final
     rt.flush()
-    run = rt.store.get_run("langgraph:loop-1")
+    run = rt.store.get_run("langgraph-loop-1")
     kinds = [iv.kind for iv in rt.store.interventions(run.run_id) if iv.kind != InterventionKind.WARN]
     assert kinds == [InterventionKind.HINT, InterventionKind.BLOCK, InterventionKind.STOP]
     assert len(log) == 3  # the 4th identical call was blocked, the 5th never ran
@@ -276,6 +276,6 @@ def test_failed_check_rolls_back_to_the_verified_checkpoint_and_compensates(runt
     assert out["messages"][-1].content == "Rolled back; the config stays x = 1."
     assert undone == [{"path": "app.toml", "text": "x = "}]
     rt.flush()
-    recs = [r for r in rt.store.recoveries("langgraph:rb-1") if r.kind == RecoveryKind.ROLLBACK]
+    recs = [r for r in rt.store.recoveries("langgraph-rb-1") if r.kind == RecoveryKind.ROLLBACK]
     assert recs and recs[0].checkpoint_id is not None
-    assert rt.store.get_run("langgraph:rb-1").metadata.get("rollbacks")
+    assert rt.store.get_run("langgraph-rb-1").metadata.get("rollbacks")

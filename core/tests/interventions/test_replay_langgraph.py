@@ -50,14 +50,14 @@ def recorded(tmp_path: Any) -> str:
 
 
 def test_replay_of_a_real_langgraph_run_shows_the_loop_it_would_have_caught(recorded: str) -> None:
-    out = invoke("replay", "langgraph:poll", "--store", recorded)
+    out = invoke("replay", "langgraph-poll", "--store", recorded)
     assert "loop" in out and "get_status" in out
     assert "hint    " in out and "block   " in out  # the default ladder: a hint, then the call blocked
 
 
 def test_a_new_variant_is_tried_on_the_stored_run_before_it_is_enabled(recorded: str) -> None:
     text = "[immunity] The job is slow: wait for its webhook instead of polling."
-    out = invoke("replay", "langgraph:poll", "--store", recorded, "--selector", "bandit", "--variant", f"loop={text}")
+    out = invoke("replay", "langgraph-poll", "--store", recorded, "--selector", "bandit", "--variant", f"loop={text}")
     assert text in out
     summary = invoke("replay", "--all", "--store", recorded, "--selector", "bandit", "--variant", f"loop={text}")
-    assert "langgraph:poll" in summary and "1 runs, 1 flagged, 1 with an intervention" in summary
+    assert "langgraph-poll" in summary and "1 runs, 1 flagged, 1 with an intervention" in summary

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from immunity.adapter import Adapter
 from immunity.errors import ImmunityError
@@ -33,19 +33,22 @@ class CrewAIAdapter(Adapter):
     ``instrument(crew)`` watches that crew (and its checkpoint restores, which keep its id);
     ``instrument()`` with no target watches every crew in the process.
 
-    Options: ``ask_human`` (a callable ``(question, tool_name, tool_input) -> str`` answering an
-    approval question; by default CrewAI's own console prompt is used), ``task_retries`` (how many
-    times a task whose answer failed its checks is re-run through CrewAI's task guardrail retry,
-    default 1; 0 switches it off).
+    Options: the common ones (``domain``, ``max_rollbacks`` (2): rollbacks requested in one run, each
+    waiting for :meth:`resume`; ``node_events`` (``"none"``): ``"end"`` / ``"all"`` record a
+    ``node_end`` / also a ``node_start`` event per task), ``ask_human`` (a callable ``(question,
+    tool_name, tool_input) -> str`` answering an approval question; by default CrewAI's own console
+    prompt is used), ``task_retries`` (how many times a task whose answer failed its checks is re-run
+    through CrewAI's task guardrail retry, default 1; 0 switches it off).
     """
 
     name = "crewai"
     framework = "crewai"
     supported = ">=1.15,<2"
+    extra_options: ClassVar[dict[str, Any] | None] = {"ask_human": None, "task_retries": 1}
 
     def __init__(self, runtime: Any, *, ask_human: Callable[[str, str, dict[str, Any]], str] | None = None,
                  task_retries: int = 1, **options: Any):
-        super().__init__(runtime, **options)
+        super().__init__(runtime, ask_human=ask_human, task_retries=task_retries, **options)
         self._ask_human = ask_human
         self.task_retries = int(task_retries)
         self._crew_ids: set[str] = set()

@@ -239,7 +239,7 @@ class Bridge:
             session = self.adapter.continue_run(run_id, crew)
         if session is None:
             session = self.runtime.start_run(
-                task=task_text, framework="crewai", agent=agent, run_id=run_id,
+                task=task_text, framework="crewai", agent=agent, run_id=run_id, domain=self.adapter.options["domain"],
                 metadata={"crew_id": str(crew.id), "crew_name": getattr(crew, "name", None),
                           "framework_version": self.version})
         run.session = session
@@ -317,8 +317,9 @@ class Bridge:
         run.last_agent = role
         _TASK.set((run, role))
         task = ctx.task
-        session.emit(Event(kind=EventKind.NODE_START, node=ctx.step_name, agent=role,
-                           data={"task_id": str(getattr(task, "id", ""))}))
+        if self.adapter.options["node_events"] == "all":
+            session.emit(Event(kind=EventKind.NODE_START, node=ctx.step_name, agent=role,
+                               data={"task_id": str(getattr(task, "id", ""))}))
         run.task_flagged[str(getattr(task, "id", ""))] = False
 
     def post_step(self, ctx: Any) -> None:
@@ -343,9 +344,10 @@ class Bridge:
         flagged = run.task_flagged.get(task_id, False) or run.stop_answer is not None or run.rollback is not None
         run.task_flagged[task_id] = flagged
         run.task_verified[task_id] = not flagged
-        run.session.emit(Event(kind=EventKind.NODE_END, node=ctx.step_name, agent=ctx.agent_role,
-                               output=None if raw is None else str(raw)[:4000],
-                               data={"task_id": task_id, "verified": not flagged}))
+        if self.adapter.options["node_events"] != "none":
+            run.session.emit(Event(kind=EventKind.NODE_END, node=ctx.step_name, agent=ctx.agent_role,
+                                   output=None if raw is None else str(raw)[:4000],
+                                   data={"task_id": task_id, "verified": not flagged}))
 
     # ------------------------------------------------------------------ model calls
     def pre_model_call(self, ctx: Any) -> Any:
@@ -549,7 +551,9 @@ class Bridge:
         if any(not v.ok and Severity(v.severity).rank >= Severity.ERROR.rank for v in d.verdicts):
             self._flag_task(run, ctx)
         rec = d.recovery
-        if rec is not None and rec.kind == RecoveryKind.ROLLBACK:
+        requested = int(run.session.run.metadata.get("rollbacks_requested", 0))
+        if rec is not None and rec.kind == RecoveryKind.ROLLBACK and requested < self.adapter.options["max_rollbacks"]:
+            run.session.run.metadata["rollbacks_requested"] = requested + 1
             run.rollback = rec
             self._flag_task(run, ctx)
             reason = rec.reason or "rolling back to the last verified checkpoint"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from immunity.adapter import Adapter
 from immunity.errors import ImmunityError, PluginError
@@ -79,6 +79,11 @@ def _final_text(values: Any) -> str | None:
     return None
 
 
+def _exact(run: Any, run_id: str) -> Any:
+    """``run`` if it is the run ``run_id`` itself (the store also answers a unique id prefix)."""
+    return run if run is not None and run.run_id == run_id else None
+
+
 def _failure_reason(error: BaseException) -> str:
     """Why a graph run failed, as LangGraph reported it."""
     if type(error).__name__ == "GraphRecursionError":
@@ -95,20 +100,24 @@ class LangGraphAdapter(Adapter):
     """Observe, verify, intervene and recover on LangGraph graphs (``StateGraph`` with a ``ToolNode``,
     ``create_react_agent``, ``langchain.agents.create_agent``) through their own runtime.
 
-    Options (``immunity.protect(graph, **options)`` or ``runtime.protect(graph, **options)``):
+    Options (``immunity.protect(graph, **options)`` or ``runtime.protect(graph, **options)``); the
+    common ones (``domain``, ``max_rollbacks`` (2), ``node_events`` (``"none"``)) mean the same in
+    every adapter (see :data:`immunity.adapter.COMMON_OPTIONS`):
 
-    - ``domain``: the domain of the runs (defaults to the runtime's);
+    - ``node_events``: ``"end"`` records one ``node_end`` event per node run (with its start time,
+      duration and error), ``"all"`` also ``node_start``; ``"none"`` (default) none. The old values
+      True / ``"both"`` / False still work with a DeprecationWarning;
+    - ``max_rollbacks``: rollbacks allowed per invocation;
     - ``handle_tool_errors`` (True): when a tool raises and immunity has a recovery for it, the
       model receives the error as the tool's result (a ``ToolMessage`` with ``status="error"``)
       instead of the exception crashing the graph; False keeps the graph's own behaviour;
-    - ``node_events`` (True): record one ``node_end`` event per node run (with its start time,
-      duration and error); ``"both"`` also records ``node_start``; False records none;
-    - ``max_rollbacks`` (2): rollbacks allowed per invocation.
+    - ``fallback_model`` (None): a chat model to switch to when a FALLBACK recovery says so.
     """
 
     name = "langgraph"
     framework = "langgraph"
     supported = ">=1.2,<2"
+    extra_options: ClassVar[dict[str, Any] | None] = {"handle_tool_errors": True, "fallback_model": None}
 
     _version: str | None = None
 
@@ -122,14 +131,13 @@ class LangGraphAdapter(Adapter):
     def __init__(self, runtime: Any, **options: Any):
         super().__init__(runtime, **options)
         self.targets: list[Any] = []
-        self.handle_tool_errors = bool(options.get("handle_tool_errors", True))
-        node_events = options.get("node_events", True)
-        self.node_events: str | bool = "both" if node_events == "both" else ("end" if node_events else False)
+        self.handle_tool_errors = bool(self.options["handle_tool_errors"])
+        self.node_events: str | bool = {"none": False, "end": "end", "all": "both"}[self.options["node_events"]]
         self._patched = False
         self._latest: dict[str, str] = {}
         #: a chat model to use when the graph's own model keeps failing (``protect(graph,
         #: fallback_model=ChatX(...))``); the recovery policy decides when (a FALLBACK recovery)
-        self.fallback_model = options.get("fallback_model")
+        self.fallback_model = self.options["fallback_model"]
         if self.fallback_model is not None:
             runtime.config.options.setdefault("fallback_model", model_name(self.fallback_model))
 
@@ -203,8 +211,9 @@ class LangGraphAdapter(Adapter):
 
     def _session_for(self, graph: Any, input: Any, thread_id: str | None) -> Any:
         """The immunity run of this invocation. With a thread id the run id is deterministic: the
-        thread's first run is ``langgraph:<thread_id>``, later ones (new input after a finished run)
-        ``langgraph:<thread_id>:<n>``; a resume (``None`` or ``Command(resume=...)``) or new input on a
+        thread's first run is ``langgraph-<thread_id>``, later ones (new input after a finished run)
+        ``langgraph-<thread_id>-<n>`` (a thread stored with the older ``langgraph:<thread_id>`` ids
+        keeps them); a resume (``None`` or ``Command(resume=...)``) or new input on a
         paused run continues the same run, in this process or another one that shares the store."""
         rt = self.runtime
         resume = input is None or type(input).__name__ == "Command"
@@ -215,18 +224,24 @@ class LangGraphAdapter(Adapter):
             return rt.start_run(task=_task_text(input), framework="langgraph", domain=domain, agent=agent,
                                 metadata=meta)
         meta["thread_id"] = thread_id
-        base = f"langgraph:{thread_id}"
+        base, sep = f"langgraph-{thread_id}", "-"
+        if rt.store is not None and self._latest.get(thread_id) is None and rt.session(base) is None \
+                and rt.store.get_run(base) is None and _exact(rt.store.get_run(f"langgraph:{thread_id}"),
+                                                              f"langgraph:{thread_id}"):
+            base, sep = f"langgraph:{thread_id}", ":"  # a thread stored before run ids took one format
         latest = self._latest.get(thread_id)
         stored = None
         if latest is None and rt.store is not None:
             n = 1
             while True:
-                rid = base if n == 1 else f"{base}:{n}"
+                rid = base if n == 1 else f"{base}{sep}{n}"
                 live = rt.session(rid)
-                run = live.run if live is not None else rt.store.get_run(rid)
+                run = live.run if live is not None else _exact(rt.store.get_run(rid), rid)
                 if run is None:
                     break
-                latest, stored, n = rid, run, n + 1
+                if str(run.metadata.get("thread_id", thread_id)) == thread_id:  # not another thread's id
+                    latest, stored = rid, run
+                n += 1
         if latest is not None:
             live = rt.session(latest)
             if live is not None and not live.ended:
@@ -239,9 +254,12 @@ class LangGraphAdapter(Adapter):
                 session = rt.start_run(task=task, framework="langgraph", domain=domain, run_id=latest, agent=agent,
                                        metadata={**meta, "resumed": True})
                 return session
-            parts = latest.rsplit(":", 1)
-            n = int(parts[1]) + 1 if latest != base and parts[1].isdigit() else 2
-            run_id = f"{base}:{n}"
+            tail = latest[len(base) + 1:] if latest != base else ""
+            n = int(tail) + 1 if tail.isdigit() else 2
+            run_id = f"{base}{sep}{n}"
+            while rt.session(run_id) is not None or (rt.store is not None and _exact(rt.store.get_run(run_id), run_id)):
+                n += 1
+                run_id = f"{base}{sep}{n}"
         else:
             run_id = base
         self._latest[thread_id] = run_id

@@ -3,7 +3,7 @@ imported by :meth:`LlamaIndexAdapter.instrument` (through :mod:`immunity_llamain
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from immunity.adapter import Adapter
 
@@ -15,20 +15,22 @@ class LlamaIndexAdapter(Adapter):
         guard = immunity.protect(agent, domain="support")    # or Runtime(...).protect(agent)
         result = await agent.run(user_msg="...")              # unchanged
 
-    Options (``Runtime.protect(agent, **options)``):
+    Options (``immunity.protect(agent, **options)`` or ``Runtime.protect(agent, **options)``); the
+    common ones mean the same in every adapter (:data:`immunity.adapter.COMMON_OPTIONS`):
 
+    - ``domain``: the domain of the runs (defaults to the runtime's).
+    - ``max_rollbacks`` (default 2): rollbacks allowed in one run.
+    - ``node_events``: which workflow steps are stored as node events: ``"none"`` (default; model
+      and tool events already mark each turn), ``"end"`` (a ``node_end`` per step), ``"all"``
+      (start and end of every step) or ``"turns"`` (start and end of ``run_agent_step`` and
+      ``call_tool`` only).
     - ``checkpoints``: what to record as an immunity checkpoint before each model turn.
       ``"state"`` (default): the context's state store (memory, scratchpad, counters; about 0.15 ms
       a turn), enough to roll back inside a run. ``"full"``: the whole workflow context
       (``handler.ctx.to_dict()``: queues, in-flight step and state; 1-2 ms a turn, growing with the
       run), which :meth:`restore` turns back into a ``Context`` to resume with ``agent.run(ctx=...)``,
       in this process or another. ``False``: none.
-    - ``node_events``: which workflow steps are stored as node start/end events: ``"none"``
-      (default; model and tool events already mark each turn), ``"turns"`` (``run_agent_step``
-      and ``call_tool``) or ``"all"``.
-    - ``max_rollbacks`` (default 3): rollbacks allowed in one run.
     - ``ask_human_timeout`` (seconds, default 600): how long a call waits for a human's answer.
-    - ``domain``: the domain of the runs (defaults to the runtime's).
 
     The immunity run id of a LlamaIndex run is ``"llamaindex-" + <the workflow run id>``; pass
     ``run_id=`` to ``agent.run`` to choose it, and the same ``run_id`` again (or
@@ -38,6 +40,8 @@ class LlamaIndexAdapter(Adapter):
     name = "llamaindex"
     framework = "llama-index-core"
     supported = ">=0.14,<0.15"
+    extra_options: ClassVar[dict[str, Any] | None] = {"checkpoints": "state", "ask_human_timeout": 600.0}
+    extra_node_events: ClassVar[tuple[str, ...]] = ("turns",)
 
     def __init__(self, runtime: Any, **options: Any):
         super().__init__(runtime, **options)

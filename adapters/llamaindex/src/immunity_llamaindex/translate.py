@@ -195,13 +195,10 @@ class Bridge:
         if mode not in ("state", "full", False, None, "none"):
             raise ValueError(f"checkpoints must be 'state', 'full' or False, not {mode!r}")
         self.checkpoints: str | None = mode if mode in ("state", "full") else None
-        nodes = adapter.options.get("node_events", "none")
-        if nodes not in ("turns", "all", "none", False):
-            raise ValueError(f"node_events must be 'turns', 'all' or 'none', not {nodes!r}")
-        self.node_events: str = nodes or "none"
+        self.node_events: str = adapter.options.get("node_events") or "none"  # checked by the adapter
         self._serializer = JsonSerializer()
         self._version = adapter.framework_version()  # once: reading package metadata is slow
-        self.max_rollbacks: int = int(adapter.options.get("max_rollbacks", 3))
+        self.max_rollbacks: int = int(adapter.options.get("max_rollbacks", 2))
         self.ask_human_timeout: float | None = adapter.options.get("ask_human_timeout", 600.0)
         self.domain: str | None = adapter.options.get("domain")
         self.targets: dict[int, Any] = {}
@@ -337,7 +334,7 @@ class Bridge:
             elif "ev" in bound_args.arguments and "ctx" in bound_args.arguments:  # a step of this run's workflow
                 if method == "call_tool":
                     live.tool_events[id_] = bound_args.arguments["ev"]
-                if self._node_event(method):
+                if self._node_event(method, end=False):
                     live.session.emit(Event(kind=EventKind.NODE_START, node=method, agent=live.agent_name))
         except Exception as exc:
             self._error(live, "span_enter", exc)
@@ -364,16 +361,19 @@ class Bridge:
             elif "ev" in bound_args.arguments and "ctx" in bound_args.arguments:
                 method = id_.split("-", 1)[0].rpartition(".")[2]
                 live.tool_events.pop(id_, None)
-                if self._node_event(method) or err is not None:
+                if self._node_event(method, end=True) or err is not None:
                     live.session.emit(Event(kind=EventKind.NODE_END, node=method, agent=live.agent_name,
                                             error=None if err is None else f"{type(err).__name__}: {err}"))
         except Exception as exc:
             self._error(live, "span_end", exc)
 
-    def _node_event(self, method: str) -> bool:
+    def _node_event(self, method: str, *, end: bool) -> bool:
         """Which workflow steps become node events: ``none`` (default: model and tool events already
-        mark every turn), ``turns`` the agent's turn (``run_agent_step``) and tool step
-        (``call_tool``), ``all`` every step. A step that raises is always recorded."""
+        mark every turn), ``end`` a ``node_end`` per step, ``all`` start and end of every step,
+        ``turns`` start and end of the agent's turn (``run_agent_step``) and tool step
+        (``call_tool``). A step that raises is always recorded."""
+        if self.node_events == "end":
+            return end
         if self.node_events == "all":
             return True
         return self.node_events == "turns" and method in ("run_agent_step", "call_tool")
@@ -391,7 +391,7 @@ class Bridge:
             session.emit(Event(kind=EventKind.CUSTOM, agent=name, data={"resumed": True, "llamaindex_run_id": rid}))
         else:
             session = self.runtime.start_run(
-                task=task, framework="llama-index-core", domain=self.domain, run_id=run_id, agent=name,
+                task=task, framework="llamaindex", domain=self.domain, run_id=run_id, agent=name,
                 metadata={"llamaindex_run_id": rid, "workflow": type(workflow).__name__,
                           "framework_version": self._version})
         self.run_ids[rid] = run_id

@@ -21,12 +21,12 @@ hookimpl = pluggy.HookimplMarker("immunity")
 
 @hookimpl
 def immunity_register_adapters(register: Any) -> None:
-    register("openai_agents", OpenAIAgentsAdapter)
+    register("openai-agents", OpenAIAgentsAdapter)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "RunStopped":  # defined next to the SDK code; importing it imports the SDK
-        from immunity_openai_agents.bridge import RunStopped
+    if name == "RunStopped":  # core's one stop exception, kept importable from here
+        from immunity.errors import RunStopped
 
         return RunStopped
     raise AttributeError(f"module 'immunity_openai_agents' has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any
+from typing import Any, ClassVar
 
 from immunity.adapter import Adapter
 
@@ -28,9 +28,12 @@ class OpenAIAgentsAdapter(Adapter):
     instrumented agents. :meth:`uninstrument` puts back the very objects that were there.
     """
 
-    name = "openai_agents"
+    name = "openai-agents"
     framework = "openai-agents"
     supported = ">=0.20,<0.21"
+    #: only the common options: ``domain``, ``max_rollbacks`` (2), ``node_events`` (``"none"``; a node
+    #: is one agent's turn, so ``"end"`` / ``"all"`` mark handoffs between agents too)
+    extra_options: ClassVar[dict[str, Any] | None] = {}
 
     def __init__(self, runtime: Any, **options: Any):
         super().__init__(runtime, **options)

@@ -48,7 +48,7 @@ from agents.run import AgentRunner, get_default_agent_runner, set_default_agent_
 from agents.run_config import ModelInputData
 from agents.tool import default_tool_error_function
 from agents.tracing import get_current_span
-from immunity.errors import PluginError
+from immunity.errors import PluginError, RunStopped
 from immunity.models import Event, EventKind, RecoveryKind, Run
 from immunity.outcomes import end_run
 from immunity.runtime import Decision, RunSession
@@ -62,20 +62,7 @@ log = logging.getLogger("immunity.openai_agents")
 
 PLUGIN = "immunity_openai_agents"
 FRAMEWORK = "openai-agents"
-#: at most this many rollbacks in one run (a rollback that keeps failing must not loop forever)
-MAX_ROLLBACKS = 2
 _ENDED = ("finished", "stopped", "error")
-
-
-class RunStopped(Exception):
-    """Raised out of ``Runner.run`` when immunity stops a run *before a model call* (the SDK has no
-    way to end a run there with a given answer). A stop at a tool boundary, the common case, ends
-    the run cleanly instead, with ``result.final_output`` set to the stop's answer."""
-
-    def __init__(self, reason: str, run_id: str):
-        super().__init__(reason)
-        self.reason = reason
-        self.run_id = run_id
 
 
 def _default_error_prefixes() -> tuple[str, ...]:
@@ -154,7 +141,7 @@ def _lookup(adapter: OpenAIAgentsAdapter, context: Any, agent: Any = None, *, st
     run = adapter._fallback.get(id(usage))
     if run is None and start:
         name = getattr(agent, "name", None)
-        session = adapter.runtime.start_run(task=None, framework=FRAMEWORK, agent=name,
+        session = adapter.runtime.start_run(task=None, framework=FRAMEWORK, agent=name, domain=adapter.options["domain"],
                                             metadata={"entry": "hooks"})
         run = ActiveRun(adapter, session)
         adapter._fallback[id(usage)] = run
@@ -270,7 +257,8 @@ class GuardHooks(AgentHooks):
             run = _lookup(self._adapter, context, agent, start=True)
             if run is not None:
                 run.agent = agent.name
-                run.session.emit(Event(kind=EventKind.NODE_START, agent=agent.name, node=agent.name))
+                if self._adapter.options["node_events"] == "all":  # a "node" is one agent's turn
+                    run.session.emit(Event(kind=EventKind.NODE_START, agent=agent.name, node=agent.name))
         except Exception as exc:
             _fail(self._adapter, run, "on_start", exc)
         await self._inner("on_start", context, agent)
@@ -359,6 +347,8 @@ class GuardHooks(AgentHooks):
         run = None
         try:
             run = _lookup(self._adapter, context, agent)
+            if run is not None and self._adapter.options["node_events"] != "none":
+                run.session.emit(Event(kind=EventKind.NODE_END, agent=agent.name, node=agent.name))
             if run is not None and run.rollback is None:
                 text = output if isinstance(output, str) else json.dumps(_plain(output), default=str) \
                     if hasattr(output, "model_dump") else str(output)
@@ -554,7 +544,7 @@ def make_input_filter(user_filter: Any) -> Callable[..., Any]:
             return md
         try:
             if run.stop is not None or run.session.stop_requested:
-                raise RunStopped(run.stop or run.session.stop_requested or "stopped by immunity", run.run_id)
+                raise RunStopped(run.stop or run.session.stop_requested or "stopped by immunity", run_id=run.run_id)
             items = list(md.input)
             n_session = None
             if run.sdk_session is not None:
@@ -655,6 +645,7 @@ def begin(adapter: OpenAIAgentsAdapter, agent: Any, input: Any, kwargs: dict[str
                 run_id = f"{run_id}-{n}"
         if session is None:
             session = rt.start_run(task=_task_of(input), framework=FRAMEWORK, run_id=run_id, agent=agent.name,
+                                   domain=adapter.options["domain"],
                                    metadata={"run_key": key} if key else None)
         run = ActiveRun(adapter, session)
     run.sdk_session = kwargs.get("session")
@@ -712,8 +703,9 @@ async def after_result(run: ActiveRun, result: Any) -> tuple[Any, Any] | None:
 async def _rollback(run: ActiveRun) -> tuple[Any, Any] | None:
     rec, run.rollback = run.rollback, None
     session = run.session
-    if run.streamed or run.rollbacks >= MAX_ROLLBACKS:
-        why = "streamed run" if run.streamed else f"more than {MAX_ROLLBACKS} rollbacks"
+    limit = int(run.adapter.options["max_rollbacks"])
+    if run.streamed or run.rollbacks >= limit:
+        why = "streamed run" if run.streamed else f"more than {limit} rollbacks"
         session.emit(Event(kind=EventKind.CUSTOM, data={"rollback_skipped": why}))
         return None
     failed_step = session.state.n_steps - 1
