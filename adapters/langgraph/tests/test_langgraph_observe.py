@@ -147,7 +147,7 @@ def test_node_start_events_on_request(make_runtime: Any, tool_graph: Any, weathe
 async def test_astream_events(make_runtime: Any, react_agent: Any, weather_tools: Any, calls: Any) -> None:
     rt = make_runtime()
     graph = react_agent(ScriptedChatModel(script=_script(), model_name="scripted-weather"), weather_tools)
-    rt.protect(graph)
+    rt.protect(graph, node_events="end")
     names = [ev["event"] async for ev in graph.astream_events({"messages": [("user", "Weather in Paris?")]},
                                                                version="v2")]
     assert "on_tool_end" in names and "on_chat_model_end" in names

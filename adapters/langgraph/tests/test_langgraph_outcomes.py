@@ -80,3 +80,34 @@ def test_stop_is_a_failure(make_runtime: Any, react_agent: Any, weather_tools: A
     run = stored(rt, guard.run_id)
     assert run.status == "stopped" and run.outcome == Outcome.FAILURE
     assert run.metadata["outcome_reason"] == "stopped by immunity: mass deletion requested"
+
+
+class AskBeforeDelete:
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
+            return Verdict(ok=False, error_class="policy_violation", severity=Severity.WARNING, message="deletes")
+        return None
+
+    @hookimpl(tryfirst=True)
+    def immunity_intervene(self, event: Event) -> Intervention | None:
+        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
+            return Intervention(kind=InterventionKind.ASK_HUMAN, text="Delete every user?")
+        return None
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_guard_resume_answers_the_interrupt(make_runtime: Any, tool_graph: Any, weather_tools: Any, calls: Any,
+                                           mode: str) -> None:
+    import asyncio
+
+    rt = make_runtime(plugins=[AskBeforeDelete()])
+    model = ScriptedChatModel(script=[tool_call("delete_records", table="users"), "done"])
+    graph = tool_graph(model, weather_tools, InMemorySaver())
+    guard = rt.protect(graph)
+    out = graph.invoke({"messages": [("user", "wipe users")]}, {"configurable": {"thread_id": f"ask-{mode}"}})
+    assert out["__interrupt__"] and calls.count("delete_records") == 0
+    assert guard.run_id == f"langgraph-ask-{mode}"
+    out = guard.resume(value="approve") if mode == "sync" else asyncio.run(guard.aresume(value="approve"))
+    assert out["messages"][-1].content == "done" and calls.count("delete_records") == 1
+    assert guard.run_ids == [f"langgraph-ask-{mode}"] and stored(rt, guard.run_id).status == "finished"

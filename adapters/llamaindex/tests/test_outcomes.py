@@ -88,3 +88,29 @@ async def test_stop_is_a_failure(make_runtime: Any) -> None:
     run = stored(rt, guard.run_id)
     assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("stopped by immunity")
     guard.uninstrument()
+
+
+class StopOnDeleteFile:
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
+            return Verdict(ok=False, error_class="unsafe_action", severity=Severity.CRITICAL, message="no deletes")
+        return None
+
+
+async def test_guard_resume_after_a_stop_and_the_outcome_follows(make_runtime: Any) -> None:
+    rt = make_runtime(plugins=[StopOnDeleteFile()])
+    script = [tool_call("lookup", {"key": "a"}), tool_call("delete_records", {"table": "users"}),
+              lambda msgs: "a is value-of-a; nothing deleted." if any(
+                  "RESUME" in (m.content or "") for m in msgs) else "no hint"]
+    agent = FunctionAgent(tools=[lookup, delete_records], llm=ScriptedLLM(script))
+    guard = rt.protect(agent, checkpoints="full")
+    assert "Stopped by immunity" in str(await agent.run(user_msg="What is a?"))
+    run_id = guard.run_id
+    assert stored(rt, run_id).outcome == Outcome.FAILURE  # stopped
+
+    result = await guard.aresume(hint="[immunity] RESUME: answer from what you read; do not delete.")
+    assert str(result) == "a is value-of-a; nothing deleted." and guard.run_ids == [run_id]
+    run = stored(rt, run_id)
+    assert run.status == "finished" and run.outcome == Outcome.UNKNOWN  # the stop no longer holds
+    guard.uninstrument()

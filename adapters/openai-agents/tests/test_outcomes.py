@@ -109,3 +109,33 @@ def test_stop_is_a_failure(make_runtime: Any) -> None:
     assert "deleting records ends this run" in str(result.final_output)
     run = stored(rt, guard.run_id)
     assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("stopped by immunity")
+
+
+class AskBeforeDelete:
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
+            return Verdict(ok=False, error_class="policy_violation", severity=Severity.WARNING, message="deletes")
+        return None
+
+    @hookimpl(tryfirst=True)
+    def immunity_intervene(self, event: Event) -> Intervention | None:
+        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
+            return Intervention(kind=InterventionKind.ASK_HUMAN, text="Delete every user?")
+        return None
+
+
+@pytest.mark.parametrize("approve", [True, False])
+async def test_guard_resume_after_an_approval_pause(make_runtime: Any, approve: bool) -> None:
+    rt = make_runtime(AskBeforeDelete())
+    model = ScriptedModel([call("delete_records", table="users"), "Done."])
+    agent = Agent(name="admin", model=model, tools=[delete_records])
+    guard = rt.protect(agent)
+    first = await Runner.run(agent, "wipe users")
+    assert first.interruptions and stored(rt, guard.run_id).status == "interrupted"
+    second = await guard.aresume(approve=approve)
+    assert second.final_output == "Done." and len(guard.run_ids) == 1
+    run = stored(rt, guard.run_id)
+    assert run.status == "finished" and run.outcome == Outcome.UNKNOWN
+    outputs = [s.result or s.error for s in rt.store.steps(guard.run_id) if s.tool == "delete_records"]
+    assert ("deleted users" in outputs) is approve

@@ -133,7 +133,7 @@ def test_run_id_follows_the_sdk_session(rt: Any, tmp_path: Any) -> None:
     Runner.run_sync(agent, "hello", session=session)
     Runner.run_sync(agent, "and again", session=session)
     base = run_id_for("session:customer-42")
-    assert base.startswith("oai-customer-42-")
+    assert base.startswith("openai-agents-customer-42-")
     assert guard.run_ids == [base, f"{base}-2"]  # a finished run is not reopened: the next turn is run 2
 
 

@@ -51,12 +51,17 @@ class Guard(Protocol):
       bandit learns from it; see :mod:`immunity.outcomes`).
     - ``resume(run_id)`` / ``aresume(run_id)``: continue a run that paused, stopped or rolled back,
       through the framework's own resume; returns what the framework's call returns.
-    - ``uninstrument()``: detach, restoring exactly what was there.
+    - ``uninstrument()``: detach, restoring exactly what was there (``instrumented`` says whether
+      it is attached).
+    - ``options``: the options it runs with (see :data:`COMMON_OPTIONS` and
+      :meth:`Adapter.accepted_options`).
     - ``runtime``: the :class:`~immunity.runtime.Runtime` (store, runs, configuration).
     """
 
     name: str
     runtime: Any
+    instrumented: bool
+    options: dict[str, Any]
 
     @property
     def run_id(self) -> str | None: ...

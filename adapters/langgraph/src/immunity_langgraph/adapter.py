@@ -172,6 +172,47 @@ class LangGraphAdapter(Adapter):
         self.targets.clear()
         self.instrumented = False
 
+    # ------------------------------------------------------------------ resume
+    def _resume_call(self, run_id: str | None, value: Any, graph: Any, config: Any) -> tuple[Any, Any, Any]:
+        """The graph, input and config that continue ``run_id``'s thread with LangGraph's own
+        resume: ``invoke(None, cfg)``, or ``invoke(Command(resume=value), cfg)`` after an interrupt."""
+        rid = run_id or self.run_id
+        if rid is None:
+            raise ImmunityError("this guard has not seen a run yet: pass run_id=")
+        live = self.runtime.session(rid)
+        run = live.run if live is not None else (self.runtime.store.get_run(rid) if self.runtime.store else None)
+        if run is None:
+            raise ImmunityError(f"no run {rid!r} in this runtime or its store")
+        thread_id = run.metadata.get("thread_id")
+        if thread_id is None:
+            raise ImmunityError(f"run {rid} has no LangGraph thread: only a graph with a checkpointer, invoked with "
+                                "a thread_id, can be resumed")
+        if graph is None:
+            named = [g for g in self.targets if getattr(g, "name", None) == run.metadata.get("graph")]
+            candidates = named or list(self.targets)
+            if len(candidates) != 1:
+                raise ImmunityError(f"this guard protects {len(self.targets)} graphs; pass graph= to resume {rid}")
+            graph = candidates[0]
+        from langgraph.types import Command
+
+        cfg = dict(config or {})
+        cfg["configurable"] = {**(cfg.get("configurable") or {}), "thread_id": thread_id}
+        return graph, (None if value is None else Command(resume=value)), cfg
+
+    def resume(self, run_id: str | None = None, value: Any = None, *, graph: Any = None,
+               config: dict[str, Any] | None = None) -> Any:
+        """Continue a paused run (an interrupt, a breakpoint, a drain) of ``run_id`` (default: the
+        latest) on its thread: ``value`` answers an ``interrupt()`` (``Command(resume=value)``).
+        Returns what ``graph.invoke`` returns; the immunity run goes on under the same id."""
+        graph, inp, cfg = self._resume_call(run_id, value, graph, config)
+        return graph.invoke(inp, cfg)
+
+    async def aresume(self, run_id: str | None = None, value: Any = None, *, graph: Any = None,
+                      config: dict[str, Any] | None = None) -> Any:
+        """:meth:`resume` with ``graph.ainvoke``."""
+        graph, inp, cfg = self._resume_call(run_id, value, graph, config)
+        return await graph.ainvoke(inp, cfg)
+
     # ------------------------------------------------------------------ one invocation
     def _begin(self, graph: Any, input: Any, config: Any, kwargs: dict[str, Any]) -> Any:
         """A run context for this invocation, or ``None`` to let it run unobserved (not attached,

@@ -97,6 +97,41 @@ class LlamaIndexAdapter(Adapter):
         """
         return self.bridge.restore(target, run_id, checkpoint_id=checkpoint_id, hint=hint)
 
+    def _resume_target(self, run_id: str | None, target: Any) -> tuple[str, Any]:
+        from immunity.errors import ImmunityError
+
+        rid = run_id or self.run_id
+        if rid is None:
+            raise ImmunityError("this guard has not seen a run yet: pass run_id=")
+        if target is None:
+            targets = list(self.bridge.targets.values())
+            live = self.runtime.session(rid)
+            run = live.run if live is not None else (self.runtime.store.get_run(rid) if self.runtime.store else None)
+            named = [t for t in targets if run is not None and
+                     (getattr(t, "name", None) or type(t).__name__) == run.agent]
+            candidates = named if len(named) == 1 else targets
+            if len(candidates) != 1:
+                raise ImmunityError(f"this guard protects {len(targets)} agents; pass target= to resume {rid}")
+            target = candidates[0]
+        return rid, target
+
+    async def aresume(self, run_id: str | None = None, *, target: Any = None, hint: str | None = None,
+                      checkpoint_id: str | None = None) -> Any:
+        """Continue ``run_id`` (default: the latest) from its last verified checkpoint (needs
+        ``checkpoints="full"``): :meth:`restore` then ``await target.run(ctx=ctx)``. Returns the
+        run's result; the immunity run goes on under the same id."""
+        rid, target = self._resume_target(run_id, target)
+        ctx = self.restore(target, rid, checkpoint_id=checkpoint_id, hint=hint)
+        return await target.run(ctx=ctx)
+
+    def resume(self, run_id: str | None = None, *, target: Any = None, hint: str | None = None,
+               checkpoint_id: str | None = None) -> Any:
+        """:meth:`aresume` from synchronous code (runs its own event loop; inside a running loop use
+        ``await guard.aresume(...)``)."""
+        import asyncio
+
+        return asyncio.run(self.aresume(run_id, target=target, hint=hint, checkpoint_id=checkpoint_id))
+
     # ------------------------------------------------------------------ demo
     @classmethod
     def demo(cls, runtime: Any) -> str:

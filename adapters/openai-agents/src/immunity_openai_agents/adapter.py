@@ -47,6 +47,8 @@ class OpenAIAgentsAdapter(Adapter):
         self._open: dict[str, Any] = {}
         self._interrupted: dict[str, str] = {}
         self._guardrail: Any = None
+        #: runs paused for a human's approval: run id -> (starting agent, the SDK's result)
+        self._paused: dict[str, tuple[Any, Any]] = {}
 
     @classmethod
     def matches(cls, obj: Any) -> bool:
@@ -111,6 +113,39 @@ class OpenAIAgentsAdapter(Adapter):
     def agents(self) -> list[Any]:
         """The agents this adapter is attached to."""
         return [a for a, _ in self._agents]
+
+    # ------------------------------------------------------------------ resume
+    def _resume_state(self, run_id: str | None, approve: bool | None) -> tuple[Any, Any]:
+        from immunity.errors import ImmunityError
+
+        rid = run_id or self.run_id
+        if rid is None or rid not in self._paused:
+            raise ImmunityError(f"run {rid} is not waiting for an approval in this process: resume a run the "
+                                "SDK interrupted (needs_approval), or call Runner.run(agent, state) yourself")
+        agent, result = self._paused.pop(rid)
+        state = result.to_state()
+        if approve is not None:
+            for item in state.get_interruptions():
+                (state.approve if approve else state.reject)(item)
+        return agent, state
+
+    def resume(self, run_id: str | None = None, *, approve: bool | None = None, **runner_kwargs: Any) -> Any:
+        """Continue ``run_id`` (default: the latest), paused by the SDK for a tool call's approval:
+        ``approve=True`` / ``False`` approves / rejects every pending call (``None``: you already
+        did, on the state), then ``Runner.run_sync(agent, state)``. Returns the SDK's result; the
+        immunity run goes on under the same id."""
+        from agents import Runner
+
+        agent, state = self._resume_state(run_id, approve)
+        return Runner.run_sync(agent, state, **runner_kwargs)
+
+    async def aresume(self, run_id: str | None = None, *, approve: bool | None = None,
+                      **runner_kwargs: Any) -> Any:
+        """:meth:`resume` with ``await Runner.run(agent, state)``."""
+        from agents import Runner
+
+        agent, state = self._resume_state(run_id, approve)
+        return await Runner.run(agent, state, **runner_kwargs)
 
     # ------------------------------------------------------------------ demo
     @classmethod

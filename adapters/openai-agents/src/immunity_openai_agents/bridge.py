@@ -102,6 +102,7 @@ class ActiveRun:
         self.streamed = False
         self.via_runner = False
         self.agent: str | None = None  # the agent running now (set when each agent starts)
+        self.starting_agent: Any = None  # the agent the Runner call started with
 
     @property
     def run_id(self) -> str:
@@ -598,7 +599,18 @@ def run_id_for(key: str) -> str:
     """The deterministic immunity run id of an SDK session / conversation / group id."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", key.split(":", 1)[1])[:40].strip("-")
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-    return f"oai-{slug}-{digest}"
+    return f"{FRAMEWORK}-{slug}-{digest}"
+
+
+def _stored_run_id(rt: Any, key: str) -> str:
+    """``run_id_for(key)``, or the older ``oai-...`` id if the store has this conversation under it."""
+    run_id = run_id_for(key)
+    if rt.store is not None and rt.session(run_id) is None and rt.store.get_run(run_id) is None:
+        old = "oai-" + run_id[len(FRAMEWORK) + 1:]
+        found = rt.store.get_run(old)
+        if found is not None and found.run_id == old:
+            return old
+    return run_id
 
 
 def _resume_session(adapter: OpenAIAgentsAdapter, run: Run) -> RunSession | None:
@@ -627,7 +639,7 @@ def begin(adapter: OpenAIAgentsAdapter, agent: Any, input: Any, kwargs: dict[str
                 run_id = rid
     key = _run_key(input, kwargs)
     if run_id is None and key is not None:
-        run_id = run_id_for(key)
+        run_id = _stored_run_id(rt, key)
     existing = adapter._open.get(run_id) if run_id else None
     if existing is not None and not existing.session.ended:
         run = existing
@@ -649,6 +661,7 @@ def begin(adapter: OpenAIAgentsAdapter, agent: Any, input: Any, kwargs: dict[str
                                    metadata={"run_key": key} if key else None)
         run = ActiveRun(adapter, session)
     run.sdk_session = kwargs.get("session")
+    run.starting_agent = agent
     run.streamed = streamed
     run.via_runner = True
     run.stop = None
@@ -691,6 +704,7 @@ async def after_result(run: ActiveRun, result: Any) -> tuple[Any, Any] | None:
                 adapter._interrupted[call_id] = run.run_id
         session.run.status = "interrupted"
         session.runtime.save("runs", session.run)
+        adapter._paused[run.run_id] = (run.starting_agent, result)  # for guard.resume(run_id)
         return None
     if run.rollback is not None:
         target = await _rollback(run)
