@@ -51,3 +51,25 @@ def test_concurrent_bandit_updates_lose_no_counts(pg_dsn, spill_dir):
         assert (arm.pulls, arm.successes, arm.failures) == (pulls, wins, pulls - wins)
     ctx_pulls = sum(a.pulls for (c, _v), a in arms.items() if c.startswith("domain="))
     assert ctx_pulls == procs * n
+
+
+def test_interventions_report_reads_the_shared_arms(pg_dsn, spill_dir):
+    import json
+
+    from click.testing import CliRunner
+    from immunity.cli import build_cli
+    from immunity.interventions.bandit import BanditStore, Pull
+    from immunity_postgres.store import PostgresStore
+
+    store = PostgresStore(pg_dsn)
+    try:
+        bandit = BanditStore(store)
+        bandit.ensure_tables()
+        bandit.record_pulls([Pull("iv-1", "r1", "v1", "loop", "domain=coding|pos=early", 1)], [])
+        bandit.reward_run("r1", 1)
+    finally:
+        store.close()
+    res = CliRunner().invoke(build_cli(), ["interventions", "--store", pg_dsn, "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    arms = json.loads(res.output)["arms"]
+    assert {(a["variant"], a["level"], a["successes"]) for a in arms} == {("v1", "class", 1), ("v1", "context", 1)}

@@ -86,3 +86,21 @@ def test_closing_while_the_server_is_down_spills_and_the_next_store_replays(pg_c
         store.close()
     assert store.replayed > 0
     assert got["lost_runs"] == 0 and got["lost_steps"] == 0 and got["ended"] == 60
+
+
+def test_a_wrong_dsn_is_one_error_at_start_then_the_agent_goes_on(pg_cluster, caplog):
+    import logging
+
+    from immunity.runtime import Runtime
+    from immunity.testing import FakeRun
+
+    bad = pg_cluster.dsn.rsplit("/", 1)[0] + "/no_such_db"
+    with caplog.at_level(logging.WARNING, logger="immunity"):
+        rt = Runtime(store=bad)
+        run = FakeRun(rt)
+        run.tool("search", {"q": "x"}, result="found")
+        run.session.end("success")
+        rt.close()
+    opened = [r for r in caplog.records if "could not open store" in r.getMessage()]
+    assert len(opened) == 1 and "no_such_db" in opened[0].getMessage()
+    assert run.run.outcome.value == "success"
