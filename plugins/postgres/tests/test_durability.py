@@ -104,3 +104,30 @@ def test_a_wrong_dsn_is_one_error_at_start_then_the_agent_goes_on(pg_cluster, ca
     opened = [r for r in caplog.records if "could not open store" in r.getMessage()]
     assert len(opened) == 1 and "no_such_db" in opened[0].getMessage()
     assert run.run.outcome.value == "success"
+
+
+def test_a_process_that_starts_while_the_server_is_down_keeps_its_runs(pg_cluster, pg_dsn, spill_dir, tmp_path):
+    from immunity_postgres.store import PostgresStore
+
+    import threading
+
+    PostgresStore(pg_dsn).close()  # the tables exist; the server then goes away
+    pg_cluster.stop("fast")
+    lines: list[str] = []
+    try:
+        proc, manifest = _writer(pg_dsn, "late", tmp_path, "--runs", "40", "--steps", "2", "--pause", "0.05")
+        reader = threading.Thread(target=lambda: lines.extend(x.decode(errors="replace") for x in proc.stderr),
+                                  daemon=True)
+        reader.start()
+        deadline = time.time() + 60
+        while not any("cannot be reached" in x for x in lines) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert any("cannot be reached" in x for x in lines), "".join(lines)[-2000:]  # it started while down
+        time.sleep(1.0)
+    finally:
+        pg_cluster.start()
+    assert proc.wait(timeout=60) == 0, "".join(lines)[-2000:]
+    with open(manifest, encoding="utf-8") as fh:
+        result = json.load(fh)
+    got = count_landed(pg_dsn, [result])
+    assert got["lost_runs"] == 0 and got["lost_steps"] == 0 and got["ended"] == 40

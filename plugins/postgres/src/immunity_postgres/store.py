@@ -83,6 +83,15 @@ def _pg_type(value: Any) -> str:
     return "text"
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """A connection error that says the server is not there right now (refused, timed out, starting
+    up or shutting down), as opposed to a wrong database, user or password."""
+    text = str(exc).lower()
+    return any(s in text for s in ("connection refused", "timeout expired", "timed out", "starting up",
+                                   "shutting down", "no such file or directory", "server closed the connection",
+                                   "could not receive data", "connection reset"))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -194,14 +203,22 @@ class PostgresStore:
         self.retry_max_s = retry_max_s
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout
+        self._columns: dict[str, set[str]] = {}
+        self._ready = False  # migrations applied and columns read
+        self.down_since: float | None = None
         try:
             with psycopg.connect(dsn, connect_timeout=max(1, int(connect_timeout)), autocommit=True) as conn:
-                migrate(conn)
-                self._columns = self._read_columns(conn)
+                self._prepare(conn)
         except psycopg.Error as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StoreError(f"cannot open the PostgreSQL store {self.path}: {msg} (is the server running, the "
-                             "database created, and may this user create tables in it?)") from exc
+            if not (background and _unreachable(exc)):
+                raise StoreError(f"cannot open the PostgreSQL store {self.path}: {msg} (is the server running, the "
+                                 "database created, and may this user create tables in it?)") from exc
+            # a server that is down or restarting (not a wrong database or password): the agent
+            # goes on, records queue (then spill) and land when it is back
+            self.down_since = time.time()
+            log.error("immunity store %s: the server cannot be reached (%s); records are kept and written when "
+                      "it is back", self.path, msg)
         self.pool = ConnectionPool(dsn, min_size=1, max_size=max(1, pool_size), open=False, name="immunity",
                                    kwargs={"connect_timeout": max(1, int(connect_timeout))},
                                    check=ConnectionPool.check_connection, reconnect_timeout=24 * 3600.0)
@@ -219,7 +236,6 @@ class PostgresStore:
         self._cond = threading.Condition()
         self._outstanding = 0  # saved, not yet written (queued, in the writer's hands or spilled)
         self._own_replays: set[str] = set()
-        self.down_since: float | None = None
         self.spilled = 0
         self.replayed = 0
         self.rejected = 0
@@ -244,6 +260,18 @@ class PostgresStore:
     def from_location(cls, rest: str) -> PostgresStore:
         """The factory registered for ``postgresql://`` and ``postgres://`` (``rest`` is what follows)."""
         return cls("postgresql://" + rest)
+
+    def _prepare(self, conn: Any) -> None:
+        """Apply the migrations and learn the tables' columns (once, on the first connection)."""
+        if not self._ready:
+            migrate(conn)
+            self._columns = self._read_columns(conn)
+            self._ready = True
+
+    def _ensure_ready(self) -> None:
+        if not self._ready:
+            with self.pool.connection(timeout=self.connect_timeout) as conn:
+                self._prepare(conn)
 
     @staticmethod
     def _read_columns(conn: Any) -> dict[str, set[str]]:
@@ -473,6 +501,7 @@ class PostgresStore:
         if self._wconn is None or self._wconn.closed or self._wconn.broken:
             self._wconn = psycopg.connect(self.dsn, connect_timeout=max(1, int(self.connect_timeout)),
                                           autocommit=True)
+        self._prepare(self._wconn)
         return self._wconn
 
     def _write_one_by_one(self, conn: Any, groups: dict[str, list[dict[str, Any]]]) -> None:
@@ -580,6 +609,7 @@ class PostgresStore:
             groups[table] = out
         self.flush()
         try:
+            self._ensure_ready()
             with self._lock, self.pool.connection(timeout=self.connect_timeout) as conn, conn.transaction():
                 for table in ("steps", *self.RELATED_TABLES):
                     conn.execute(sql.SQL("delete from {} where run_id = %s").format(sql.Identifier(table)),
@@ -601,6 +631,7 @@ class PostgresStore:
         if getattr(self.db._local, "conn", None) is not None:  # nested: part of the outer one
             yield self.db
             return
+        self._ensure_ready()
         with self.pool.connection(timeout=self.connect_timeout) as conn, conn.transaction():
             conn.execute("select pg_advisory_xact_lock(%s)", [TRANSACTION_LOCK])
             self.db._local.conn = conn
