@@ -26,7 +26,7 @@ store.close()
 
 
 def test_concurrent_bandit_updates_lose_no_counts(pg_dsn, spill_dir):
-    n, procs = 60, 3
+    n, procs = 40, 2
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, pg_dsn, f"w{k}", str(n)], stderr=subprocess.PIPE)
                for k in range(procs)]
     for w in workers:
