@@ -107,9 +107,9 @@ def test_a_wrong_dsn_is_one_error_at_start_then_the_agent_goes_on(pg_cluster, ca
 
 
 def test_a_process_that_starts_while_the_server_is_down_keeps_its_runs(pg_cluster, pg_dsn, spill_dir, tmp_path):
-    from immunity_postgres.store import PostgresStore
-
     import threading
+
+    from immunity_postgres.store import PostgresStore
 
     PostgresStore(pg_dsn).close()  # the tables exist; the server then goes away
     pg_cluster.stop("fast")
