@@ -229,7 +229,7 @@ def lane_chart(lanes: list[tuple[str, list[tuple[float, str, str]]]], *, title: 
     row_h = 34
     height = 60 + 60 + row_h * max(1, len(lanes))
     xs = [x for _, items in lanes for x, _, _ in items]
-    x0, x1 = min(xs, default=0.0), max(xs, default=1.0)
+    x0, x1 = min([0.0, *xs]), max(xs, default=1.0)
     if x1 - x0 < 1e-9:
         x1 = x0 + 1.0
     f = _Frame(width, height, (x0, x1), (0.0, float(len(lanes))), left=130, bottom=70)

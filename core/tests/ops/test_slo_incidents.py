@@ -232,3 +232,18 @@ def test_cli_slo_status_and_incident_commands(tmp_path):
     assert res.exit_code == 0
     res = runner.invoke(build_cli(), ["incident", "list", "--store", db, "--status", "resolved"])
     assert slo_inc["incident_id"] in res.output
+
+
+def test_every_indicator_counts_good_and_bad_runs():
+    f = slo.parse_slos({"slo": [
+        {"name": "s", "indicator": "success"}, {"name": "st", "indicator": "steps", "threshold": 5},
+        {"name": "l", "indicator": "latency", "threshold": 2.0}, {"name": "c", "indicator": "cost", "threshold": 0.1},
+        {"name": "n", "indicator": "not_stopped"}]})
+    s, st, lat, cost, ns = f.slos
+    row = {"outcome": "unknown", "status": "finished", "steps": 5, "cost": 0.2, "started_at": 10.0, "ended_at": 12.5,
+           "blocks": 0}
+    assert slo.is_good(s, row) is None            # unknown outcome: not counted
+    assert slo.is_good(st, row) is True and slo.is_good(lat, row) is False and slo.is_good(cost, row) is False
+    assert slo.is_good(ns, row) is True
+    assert slo.is_good(ns, {**row, "blocks": 1}) is False and slo.is_good(ns, {**row, "status": "stopped"}) is False
+    assert "runs take <= 5 steps" in st.describe()
