@@ -107,6 +107,10 @@ class Domain:
     #: optional ``judge_result(step) -> bool | None``: for a VERIFY step that did not error, whether
     #: the check passed, read from its output (``False`` marks it failed; ``None`` = can't tell)
     judge_result: Callable[[Any], bool | None] | None = None
+    #: optional ``signals(step, state) -> dict[str, float]``: the domain's own content signals of
+    #: a step, for learned risk models (a fixed set of names, O(1) per step; see
+    #: :mod:`immunity.learning.signals`)
+    signals: Callable[[Any, Any], dict[str, float]] | None = None
 
     def map_action(self, tool: str | None, arguments: dict[str, Any] | None = None,
                    text: str | None = None) -> ActionMapping | None:

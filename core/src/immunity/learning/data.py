@@ -173,6 +173,8 @@ def collect(items: Iterable[Any], *, split: str = "task", embedder_spec: dict[st
                 task_vec=embed_task(embedder, run.task),
                 failure_step=run.failure_step,
                 source=run.source,
+                extra=[v.extra for v in views],
+                agent=run.agent,
             ))
             if progress:
                 progress(i + 1)

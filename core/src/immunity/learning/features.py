@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from immunity.learning.signals import CONTENT_NAMES, ContentTracker, SignalFn, domain_signals
 from immunity.models import ActionType, Step
 from immunity.state import RunState
 
@@ -53,6 +54,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log_tokens_per_step",
     *(f"frac_{a.lower()}" for a in ACTION_TYPES),
     *(f"last_{a.lower()}" for a in ACTION_TYPES),
+    *CONTENT_NAMES,
 )
 N_FEATURES = len(FEATURE_NAMES)
 
@@ -99,6 +101,8 @@ class StepView:
     numeric: np.ndarray
     signals: dict[str, float]
     signature: str
+    #: the domain's own signals (``Domain.signals``), by name
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,6 +112,9 @@ class StepTracker:
     max_repeat: int = 0
     seen: int = 0
     views: list[StepView] = field(default_factory=list)
+    content: ContentTracker = field(default_factory=ContentTracker)
+    #: the run's domain signal function, if its domain has one
+    domain_fn: SignalFn | None = None
 
     def update(self, state: RunState) -> StepView:
         """Fold the state's latest step in and return the features of the prefix so far."""
@@ -118,11 +125,14 @@ class StepTracker:
         if sig is not None:
             self.max_repeat = max(self.max_repeat, state.signature_counts.get(sig, 0))
         self.seen = state.n_steps
-        view = compute_view(state, step, self.max_repeat)
+        content = self.content.update(step)
+        view = compute_view(state, step, self.max_repeat, content)
+        view.extra = domain_signals(self.domain_fn, step, state)
         return view
 
 
-def compute_view(state: RunState, step: Step, max_repeat: int) -> StepView:
+def compute_view(state: RunState, step: Step, max_repeat: int,
+                 content: dict[str, float] | None = None) -> StepView:
     n = max(state.n_steps, 1)
     failed = step.failed
     repeated_error = state.error_counts.get(state.last_error, 0) if failed and state.last_error else 0
@@ -174,6 +184,10 @@ def compute_view(state: RunState, step: Step, max_repeat: int) -> StepView:
         vec[base + i] = state.action_counts.get(a, 0) / n
     base += len(ACTION_TYPES)
     vec[base + ACTION_TYPES.index(act)] = 1.0
+    base += len(ACTION_TYPES)
+    if content:
+        for i, name in enumerate(CONTENT_NAMES):
+            vec[base + i] = content.get(name, 0.0)
     return StepView(step=state.n_steps - 1, action_type=act, numeric=vec, signals=signals,
                     signature=signature_text(state, step, max_repeat, repeated_error))
 

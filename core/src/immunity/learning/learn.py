@@ -44,10 +44,13 @@ from immunity import taxonomy as tx
 from immunity.learning.features import ACTION_TYPES, SIGNAL_NAMES
 from immunity.learning.model import (
     SIM_TOLERANCE,
+    Logistic,
     Member,
     PatternTable,
     TaskPrior,
+    Trees,
     fit_logistic,
+    fit_trees,
     logit,
 )
 from immunity.models import FailurePattern
@@ -76,10 +79,25 @@ class RunData:
     task_vec: np.ndarray | None = None
     failure_step: int | None = None
     source: str | None = None
+    #: the domain's own signals at each step (``Domain.signals``), by name
+    extra: list[dict[str, float]] = field(default_factory=list)
+    agent: str | None = None
 
     @property
     def n(self) -> int:
         return len(self.actions)
+
+    def extra_matrix(self, names: list[str]) -> np.ndarray:
+        """(n, len(names)): the domain signals in ``names`` order (0 where a step lacks one)."""
+        out = np.zeros((self.n, len(names)))
+        if names and self.extra:
+            col = {name: i for i, name in enumerate(names)}
+            for k, row in enumerate(self.extra[: self.n]):
+                for name, v in row.items():
+                    j = col.get(name)
+                    if j is not None:
+                        out[k, j] = v
+        return out
 
     def signal_dict(self, k: int) -> dict[str, float]:
         return {name: float(self.signals[k, i]) for i, name in enumerate(SIGNAL_NAMES)}
@@ -101,6 +119,9 @@ class LearnConfig:
     seed: int = 0
     min_successes: int = 20
     min_failures: int = 10
+    #: the risk model: "logistic", "trees" (gradient-boosted, needs the ``learn`` extra), or "auto"
+    #: (whichever has the lower cross-validated log loss)
+    model: str = "logistic"
 
 
 @dataclass
@@ -448,17 +469,28 @@ def build_prior(runs: list[RunData], cfg: LearnConfig) -> TaskPrior:
 
 
 # ------------------------------------------------------------------------------------------ model inputs
-def design(run: RunData, ev: np.ndarray, prior: float) -> np.ndarray:
+def design(run: RunData, ev: np.ndarray, prior: float, extra_names: list[str] | None = None) -> np.ndarray:
+    """The model's inputs for every step of a run, in :func:`~immunity.learning.model.model_inputs` order."""
     pl = np.full((run.n, 1), logit(prior))
-    return np.hstack([run.numeric, ev, pl])
+    return np.hstack([run.numeric, run.extra_matrix(list(extra_names or [])), ev, pl])
 
 
-def _rows(runs: list[RunData], evs: dict[str, np.ndarray], priors: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def extra_names_for(runs: list[RunData]) -> list[str]:
+    """The domain-signal names present in these runs (sorted)."""
+    names: set[str] = set()
+    for r in runs:
+        for row in r.extra[:1]:
+            names.update(row)
+    return sorted(names)
+
+
+def _rows(runs: list[RunData], evs: dict[str, np.ndarray], priors: dict[str, float],
+          extra_names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     xs, ys, ws = [], [], []
     for r in runs:
         if r.outcome is None or r.n == 0:
             continue
-        xs.append(design(r, evs[r.run_id], priors[r.run_id]))
+        xs.append(design(r, evs[r.run_id], priors[r.run_id], extra_names))
         ys.append(np.full(r.n, float(r.outcome)))
         ws.append(np.full(r.n, 1.0 / r.n))
     if not xs:
@@ -522,39 +554,54 @@ def learn_model(runs: list[RunData], cfg: LearnConfig, *, name: str = "model",
         for r in test:
             oof[r.run_id] = run_evidence(r, table, comp)
 
-    # regularisation chosen, and the threshold calibrated, on folds scored by models fitted without them
-    best: tuple[float, float, dict[str, np.ndarray]] | None = None
-    for l2 in cfg.l2_grid or (cfg.l2,):
-        risks: dict[str, np.ndarray] = {}
-        for j in range(k):
-            train = [r for r, f in zip(labelled, folds, strict=True) if f != j]
-            test = [r for r, f in zip(labelled, folds, strict=True) if f == j]
-            if not any(r.outcome == 1 for r in train) or not any(r.outcome == 0 for r in train):
-                continue
-            x, y, w = _rows(train, oof, priors)
-            lg = fit_logistic(x, y, w, l2=l2)
-            for r in test:
-                risks[r.run_id] = lg.predict(design(r, oof[r.run_id], priors[r.run_id]))
-        loss = _log_loss(labelled, risks)
-        if best is None or loss < best[0] - 1e-9:
-            best = (loss, l2, risks)
-    assert best is not None
-    cv_loss, chosen_l2, fold_risks = best
+    # the model kind and its regularisation chosen, and the threshold calibrated, on folds scored by
+    # models fitted without them
+    names = extra_names_for(labelled)
+    kinds = ("logistic", "trees") if cfg.model == "auto" else (cfg.model,)
+    tried: list[tuple[float, str, float, dict[str, np.ndarray]]] = []
+    for kind in kinds:
+        grid = (cfg.l2_grid or (cfg.l2,)) if kind == "logistic" else (1.0,)
+        for l2 in grid:
+            risks: dict[str, np.ndarray] = {}
+            for j in range(k):
+                train = [r for r, f in zip(labelled, folds, strict=True) if f != j]
+                test = [r for r, f in zip(labelled, folds, strict=True) if f == j]
+                if not any(r.outcome == 1 for r in train) or not any(r.outcome == 0 for r in train):
+                    continue
+                x, y, w = _rows(train, oof, priors, names)
+                mdl = _fit(kind, x, y, w, l2, cfg.seed)
+                for r in test:
+                    risks[r.run_id] = mdl.predict(design(r, oof[r.run_id], priors[r.run_id], names))
+            tried.append((_log_loss(labelled, risks), kind, l2, risks))
+    best = min(tried, key=lambda t: (round(t[0], 9), t[1] != "logistic"))
+    cv_loss, chosen_kind, chosen_l2, fold_risks = best
     max_success = [float(fold_risks[r.run_id].max()) for r in labelled if r.outcome == 0 and r.run_id in fold_risks]
     threshold = math.ceil(threshold_for_far(max_success, cfg.target_far) * 1e8) / 1e8  # stored with 8 decimals
     base_t = baseline_threshold([r.n for r in labelled if r.outcome == 0], cfg.target_far)
 
-    # the final model: patterns from every run, logistic on the cross-fitted evidence
+    # the final model: patterns from every run, the model on the cross-fitted evidence
     patterns, table = learn_patterns(labelled, cfg, domain)
-    x, y, w = _rows(labelled, oof, priors)
-    final = fit_logistic(x, y, w, l2=chosen_l2)
-    member = Member(name=name, threshold=threshold, table=table, logistic=final, prior=prior_all,
-                    baseline_steps=base_t)
+    x, y, w = _rows(labelled, oof, priors, names)
+    final = _fit(chosen_kind, x, y, w, chosen_l2, cfg.seed)
+    member = Member(name=name, threshold=threshold, table=table,
+                    logistic=final if isinstance(final, Logistic) else None, prior=prior_all,
+                    baseline_steps=base_t, extra_names=names, trees=final if isinstance(final, Trees) else None)
     diag = inner_cv_figures(labelled, fold_risks, threshold, base_t)
-    diag.update({"folds": k, "l2": chosen_l2, "cv_log_loss": round(cv_loss, 5), "failed_runs": n_f,
+    diag.update({"folds": k, "model": chosen_kind, "l2": chosen_l2, "cv_log_loss": round(cv_loss, 5),
+                 "cv_log_loss_by_model": {f"{kd}" + (f"(l2={l2:g})" if kd == "logistic" else ""): round(loss, 5)
+                                          for loss, kd, l2, _r in tried},
+                 "failed_runs": n_f,
                  "successful_runs": n_s, "patterns": len(patterns),
                  "candidates_by_class": dict(Counter(p.error_class for p in patterns))})
     return LearnedModel(member=member, patterns=patterns, diagnostics=diag, warnings=warnings)
+
+
+def _fit(kind: str, x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float, seed: int) -> Logistic | Trees:
+    if kind == "trees":
+        return fit_trees(x, y, w, seed=seed)
+    if kind == "logistic":
+        return fit_logistic(x, y, w, l2=l2)
+    raise ValueError(f"unknown model {kind!r}: use logistic, trees or auto")
 
 
 def _log_loss(runs: list[RunData], risks: dict[str, np.ndarray]) -> float:

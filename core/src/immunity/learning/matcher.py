@@ -151,16 +151,16 @@ class RunScorer:
         if self.matcher is None:
             prev = self.views[-1] if self.views else current
             self.views.append(StepView(step=i, action_type=action, numeric=prev.numeric, signals=dict(prev.signals),
-                                       signature=prev.signature))
+                                       signature=prev.signature, extra=dict(prev.extra)))
             return
         prev_s = self.scores[-1] if self.scores else None
         self.scores.append(StepScore(step=i, risk=prev_s.risk if prev_s else 0.0, alarm=False, action_type=action,
                                      member_risks=list(prev_s.member_risks) if prev_s else []))
 
-    def __init__(self, matcher: PackMatcher | None, task: str | None):
+    def __init__(self, matcher: PackMatcher | None, task: str | None, domain_fn: Any = None):
         self.matcher = matcher
         self.task = task
-        self.tracker = StepTracker()
+        self.tracker = StepTracker(domain_fn=domain_fn)
         self.last = -1
         self.views: list[StepView] = []
         self.scores: list[StepScore] = []
@@ -197,8 +197,8 @@ class RunScorer:
             matched = mem.table.matched(pos[: mem.table.top_k], view.signals, view.action_type)
             e_now, n_now, best_pos = evidence(mem.table, matched)
             self.so_far[j] = max(self.so_far[j], e_now)
-            x = mem.inputs(view.numeric, e_now, self.so_far[j], n_now, self.priors[j])
-            r = float(mem.logistic.predict(x[None, :])[0])
+            x = mem.inputs(view.numeric, e_now, self.so_far[j], n_now, self.priors[j], view.extra)
+            r = float(mem.predict(x[None, :])[0])
             member_risks.append(r)
             fired = r >= mem.threshold
             alarm = alarm or fired
@@ -230,6 +230,7 @@ class PatternsVerifier:
         #: the plugin manager of the runtime that built this verifier (it resolves pack names,
         #: embedders and indexes); one with the installed plugins when built by hand
         self._pm: Any = getattr(runtime, "pm", None)
+        self._runtime = runtime
         opts = dict((getattr(config, "options", None) or {}).get("patterns", {}) or {})
         self.index_name = opts.get("index")
         self.embedder_options = opts.get("embedder_options")
@@ -258,12 +259,22 @@ class PatternsVerifier:
                 self._trusted_ids = {pat.pattern_id for p in trusted for pat in p.patterns} - untrusted_ids
         return self._matcher
 
+    def _domain_fn(self, domain: str | None) -> Any:
+        """The run's domain signal function (``Domain.signals``), if its domain has one."""
+        rt = self._runtime
+        if rt is None or not domain or not callable(getattr(rt, "domain", None)):
+            return None
+        try:
+            return getattr(rt.domain(domain), "signals", None)
+        except Exception:  # an unknown domain has no signals
+            return None
+
     def verify(self, event: Event, step: Step | None, run: Run, state: RunState) -> list[Verdict]:
         if step is None or event.kind == EventKind.TOOL_START:
             return []
         scorer = state.extras.get("patterns")
         if scorer is None:
-            scorer = state.extras["patterns"] = RunScorer(self.matcher, run.task)
+            scorer = state.extras["patterns"] = RunScorer(self.matcher, run.task, self._domain_fn(run.domain))
         score = scorer.update(state)
         if not isinstance(score, StepScore):
             return []

@@ -142,6 +142,24 @@ class TaskPrior:
 
 
 # ------------------------------------------------------------------------------------------ logistic
+def model_inputs(extra_names: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The names of a risk model's inputs, in order: core features, the domain's signals, evidence."""
+    return [*FEATURE_NAMES, *extra_names, *EVIDENCE_NAMES]
+
+
+def extra_names_of(inputs: list[str]) -> list[str]:
+    """The domain-signal names in a model's input list: every name that is not one of core's
+    features or evidence inputs. A pack built by an older version reads a subset of today's core
+    features, by name, so it keeps working."""
+    if not inputs or len(set(inputs)) != len(inputs):
+        from immunity.errors import PackError
+
+        raise PackError(f"the pack's risk model names its inputs {inputs[:3]}... ({len(inputs)}) with none or with "
+                        f"repeats; rebuild the pack with this version")
+    core = set(FEATURE_NAMES) | set(EVIDENCE_NAMES)
+    return [n for n in inputs if n not in core]
+
+
 @dataclass
 class Logistic:
     mean: np.ndarray
@@ -155,18 +173,13 @@ class Logistic:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(sigmoid(self.z(x)))
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"inputs": list(MODEL_INPUTS), "mean": _floats(self.mean), "scale": _floats(self.scale),
+    def as_dict(self, inputs: list[str] | None = None) -> dict[str, Any]:
+        return {"inputs": list(inputs or MODEL_INPUTS), "mean": _floats(self.mean), "scale": _floats(self.scale),
                 "coef": _floats(self.coef), "intercept": round(float(self.intercept), 8)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Logistic:
-        inputs = list(d.get("inputs") or [])
-        if inputs != list(MODEL_INPUTS):
-            from immunity.errors import PackError
-
-            raise PackError(f"the pack's risk model reads inputs {inputs[:3]}... ({len(inputs)}), this immunity "
-                            f"computes {len(MODEL_INPUTS)} different ones; rebuild the pack with this version")
+        extra_names_of(list(d.get("inputs") or []))
         return cls(np.asarray(d["mean"], float), np.asarray(d["scale"], float), np.asarray(d["coef"], float),
                    float(d["intercept"]))
 
@@ -204,6 +217,131 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, *, l2: float = 1.0
     return Logistic(mean=mean, scale=scale, coef=beta[:-1], intercept=float(beta[-1]))
 
 
+# ------------------------------------------------------------------------------------------ trees
+@dataclass
+class Trees:
+    """Gradient-boosted trees held as arrays (one row per tree, padded to the largest tree) and
+    evaluated with numpy: every tree descends one level per iteration, all trees at once. A leaf
+    points to itself, so a shallow tree simply stays at its leaf. ``x[feature] <= threshold`` goes
+    left. The risk is ``sigmoid(baseline + sum of the leaves' values)``. Data only: a pack holds
+    these arrays as JSON lists (no pickle)."""
+
+    feature: np.ndarray  # (T, N) int
+    threshold: np.ndarray  # (T, N) float
+    left: np.ndarray  # (T, N) int
+    right: np.ndarray  # (T, N) int
+    value: np.ndarray  # (T, N) float
+    depth: int
+    baseline: float
+    _rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False)
+
+    def __post_init__(self) -> None:
+        self._rows = np.arange(self.feature.shape[0])
+
+    def z(self, x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(x)
+        t = self._rows
+        if len(t) == 0:
+            return np.full(x.shape[0], self.baseline)
+        if x.shape[0] == 1:  # the per-step case: one row, every tree at once
+            xr = x[0]
+            idx = np.zeros(len(t), dtype=np.intp)
+            for _ in range(self.depth):
+                go = xr[self.feature[t, idx]] <= self.threshold[t, idx]
+                idx = np.where(go, self.left[t, idx], self.right[t, idx])
+            return np.asarray([self.baseline + float(self.value[t, idx].sum())])
+        n = x.shape[0]
+        idx = np.zeros((n, len(t)), dtype=np.intp)
+        rows = np.arange(n)[:, None]
+        tt = t[None, :]
+        for _ in range(self.depth):
+            f = self.feature[tt, idx]
+            go = x[rows, f] <= self.threshold[tt, idx]
+            idx = np.where(go, self.left[tt, idx], self.right[tt, idx])
+        return self.baseline + self.value[tt, idx].sum(axis=1)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(sigmoid(self.z(x)))
+
+    def as_dict(self, inputs: list[str] | None = None) -> dict[str, Any]:
+        return {"inputs": list(inputs or MODEL_INPUTS), "depth": int(self.depth),
+                "baseline": round(float(self.baseline), 8),
+                "feature": self.feature.astype(int).tolist(), "threshold": [_floats(r) for r in self.threshold],
+                "left": self.left.astype(int).tolist(), "right": self.right.astype(int).tolist(),
+                "value": [_floats(r) for r in self.value]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trees:
+        from immunity.errors import PackError
+
+        n_in = len(list(d.get("inputs") or []))
+        extra_names_of(list(d.get("inputs") or []))
+        feature = np.asarray(d.get("feature", []), dtype=np.intp)
+        arrays = [np.asarray(d.get(k, []), dtype=float) for k in ("threshold", "value")]
+        left, right = (np.asarray(d.get(k, []), dtype=np.intp) for k in ("left", "right"))
+        shapes = {a.shape for a in (feature, left, right, *arrays)}
+        if len(shapes) != 1 or feature.ndim != 2:
+            raise PackError(f"the pack's trees have arrays of different shapes: {sorted(shapes)}")
+        n_nodes = feature.shape[1]
+        bad = (feature.size and (feature.min() < 0 or feature.max() >= n_in)) or \
+            (left.size and (min(left.min(), right.min()) < 0 or max(left.max(), right.max()) >= n_nodes))
+        if bad:
+            raise PackError("the pack's trees point at inputs or nodes that do not exist")
+        if not all(np.all(np.isfinite(a)) for a in arrays):
+            raise PackError("the pack's trees hold non-finite numbers")
+        depth = int(d.get("depth", 0))
+        if not 0 <= depth <= 64:
+            raise PackError(f"the pack's trees have an implausible depth {depth}")
+        return cls(feature=feature, threshold=arrays[0], left=left, right=right, value=arrays[1], depth=depth,
+                   baseline=float(d.get("baseline", 0.0)))
+
+
+def fit_trees(x: np.ndarray, y: np.ndarray, w: np.ndarray, *, seed: int = 0, max_iter: int = 150,
+              learning_rate: float = 0.05, max_depth: int = 3, min_samples_leaf: int = 40,
+              l2: float = 1.0) -> Trees:
+    """Gradient-boosted trees (scikit-learn's HistGradientBoostingClassifier, the ``learn`` extra),
+    exported to arrays. Settings are fixed, not searched: shallow trees, a small learning rate and
+    large leaves, because the training sets are a few hundred runs."""
+    try:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ValueError("gradient-boosted trees need scikit-learn: pip install 'immunity[learn]'") from exc
+    clf = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=learning_rate, max_depth=max_depth,
+                                         min_samples_leaf=min_samples_leaf, l2_regularization=l2,
+                                         early_stopping=False, random_state=seed)
+    clf.fit(x, y.astype(int), sample_weight=w * (len(w) / max(float(w.sum()), 1e-12)))
+    return trees_from_sklearn(clf)
+
+
+def trees_from_sklearn(clf: Any) -> Trees:
+    """Arrays of a fitted binary HistGradientBoostingClassifier's trees (numeric splits only)."""
+    preds = [p[0] for p in clf._predictors]
+    n_nodes = max((len(p.nodes) for p in preds), default=1)
+    t = len(preds)
+    feature = np.zeros((t, n_nodes), np.intp)
+    threshold = np.zeros((t, n_nodes))
+    left = np.tile(np.arange(n_nodes), (t, 1))
+    right = left.copy()
+    value = np.zeros((t, n_nodes))
+    depth = 0
+    for i, p in enumerate(preds):
+        nodes = p.nodes
+        for j, node in enumerate(nodes):
+            depth = max(depth, int(node["depth"]))
+            if node["is_leaf"]:
+                value[i, j] = float(node["value"])
+                continue
+            if "is_categorical" in nodes.dtype.names and node["is_categorical"]:
+                raise ValueError("categorical splits are not supported in packs")
+            feature[i, j] = int(node["feature_idx"])
+            threshold[i, j] = float(node["num_threshold"])
+            left[i, j] = int(node["left"])
+            right[i, j] = int(node["right"])
+    baseline = float(np.asarray(clf._baseline_prediction).ravel()[0])
+    return Trees(feature=feature, threshold=threshold, left=left, right=right, value=value, depth=depth,
+                 baseline=baseline)
+
+
 # ------------------------------------------------------------------------------------------ members
 @dataclass
 class Member:
@@ -212,12 +350,45 @@ class Member:
     name: str
     threshold: float
     table: PatternTable
-    logistic: Logistic
+    logistic: Logistic | None
     prior: TaskPrior
     baseline_steps: int | None = None
+    #: the domain signals the model reads (between the core features and the evidence)
+    extra_names: list[str] = field(default_factory=list)
+    #: gradient-boosted trees, when the pack's model is trees (then ``logistic`` is None)
+    trees: Trees | None = None
+    #: the names of the model's inputs, in the model's order (default: this version's layout)
+    input_names: list[str] | None = None
+    _cols: np.ndarray | None = field(default=None, repr=False)
 
-    def inputs(self, numeric: np.ndarray, e_now: float, e_so_far: float, n_now: int, prior: float) -> np.ndarray:
-        return np.concatenate([numeric, [e_now, e_so_far, math.log1p(n_now), logit(prior)]])
+    def __post_init__(self) -> None:
+        names = self.input_names or model_inputs(self.extra_names)
+        self.input_names = list(names)
+        layout = [*FEATURE_NAMES, *EVIDENCE_NAMES, *self.extra_names]
+        where = {n: i for i, n in enumerate(layout)}
+        missing = [n for n in names if n not in where]
+        if missing:
+            from immunity.errors import PackError
+
+            raise PackError(f"risk model {self.name!r} reads inputs this immunity does not compute: {missing[:5]}")
+        self._cols = np.asarray([where[n] for n in names], dtype=np.intp)
+
+    @property
+    def kind(self) -> str:
+        return "trees" if self.trees is not None else "logistic"
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.trees is not None:
+            return self.trees.predict(x)
+        assert self.logistic is not None
+        return self.logistic.predict(x)
+
+    def inputs(self, numeric: np.ndarray, e_now: float, e_so_far: float, n_now: int, prior: float,
+               extra: dict[str, float] | None = None) -> np.ndarray:
+        ex = [(extra or {}).get(n, 0.0) for n in self.extra_names]
+        full = np.concatenate([numeric, [e_now, e_so_far, math.log1p(n_now), logit(prior)], ex])
+        assert self._cols is not None
+        return full[self._cols]
 
 
 def member_from_dict(d: dict[str, Any], patterns: list[Any], vectors: np.ndarray, dimension: int) -> Member:
@@ -246,9 +417,18 @@ def member_from_dict(d: dict[str, Any], patterns: list[Any], vectors: np.ndarray
                       failures=np.asarray(t.get("failures", []), float), keys=list(t.get("keys", [])),
                       base_rate=float(d.get("base_rate", 0.5)), strength=float(t.get("strength", 2.0)),
                       min_similarity=float(t.get("min_similarity", 0.5)), k=int(t.get("k", 5)))
+    logistic = Logistic.from_dict(d["logistic"]) if d.get("logistic") else None
+    trees = Trees.from_dict(d["trees"]) if d.get("trees") else None
+    if logistic is None and trees is None:
+        from immunity.errors import PackError
+
+        raise PackError(f"risk model {d.get('name')!r} has neither a logistic model nor trees")
+    spec = d.get("trees") or d.get("logistic") or {}
+    inputs = list(spec.get("inputs") or [])
+    extra = extra_names_of(inputs)
     return Member(name=str(d.get("name", "model")), threshold=float(d["threshold"]), table=table,
-                  logistic=Logistic.from_dict(d["logistic"]), prior=prior,
-                  baseline_steps=d.get("baseline_steps_threshold"))
+                  logistic=logistic, prior=prior, baseline_steps=d.get("baseline_steps_threshold"),
+                  extra_names=extra, trees=trees, input_names=inputs)
 
 
 def member_to_dict(m: Member, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -266,7 +446,8 @@ def member_to_dict(m: Member, *, extra: dict[str, Any] | None = None) -> dict[st
                   "runs": [int(x) for x in m.prior.runs], "failures": [int(x) for x in m.prior.failures],
                   "keys": list(m.prior.keys), "strength": m.prior.strength,
                   "min_similarity": m.prior.min_similarity, "k": m.prior.k},
-        "logistic": m.logistic.as_dict(),
+        **({"logistic": m.logistic.as_dict(m.input_names)} if m.logistic is not None else {}),
+        **({"trees": m.trees.as_dict(m.input_names)} if m.trees is not None else {}),
         "baseline_steps_threshold": m.baseline_steps,
         **(extra or {}),
     }

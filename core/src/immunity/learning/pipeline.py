@@ -53,11 +53,11 @@ def build_pack(runs: list[RunData], embedder_info: tuple[Any, dict[str, Any], st
                   "folds": learned.diagnostics.get("folds"), "sets": sorted({r.source or "-" for r in runs}),
                   "warnings": learned.warnings},
         metrics={"inner_cv": learned.diagnostics},
-        provenance={"sources": sorted(set(sources or [])), "method": "alignment divergence + cross-fitted logistic",
+        provenance={"sources": sorted(set(sources or [])), "method": f"alignment divergence + cross-fitted {member.kind}",
                     "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}},
         patterns=learned.patterns,
         interventions=interventions,
-        model={"kind": "logistic-v1", "embedder": spec, "signature": mode, "members": [member_to_dict(member)]},
+        model={"kind": "trees-v1" if member.trees is not None else "logistic-v1", "embedder": spec, "signature": mode, "members": [member_to_dict(member)]},
     )
     return pack, learned.warnings
 

@@ -50,14 +50,19 @@ def _read(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | Non
     return items
 
 
-def _cfg(target_far: float, folds: int, min_similarity: float, seed: int) -> Any:
+def _cfg(target_far: float, folds: int, min_similarity: float, seed: int, model: str = "logistic") -> Any:
     from immunity.learning.learn import LearnConfig
 
     if not 0 < target_far < 1:
         raise click.BadParameter("must be between 0 and 1", param_hint="--target-far")
     if folds < 2:
         raise click.BadParameter("must be at least 2", param_hint="--folds")
-    return LearnConfig(target_far=target_far, folds=folds, min_similarity=min_similarity, seed=seed)
+    if model in ("trees", "auto"):
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            raise click.ClickException(f"--model {model} needs scikit-learn: pip install 'immunity[learn]'") from None
+    return LearnConfig(target_far=target_far, folds=folds, min_similarity=min_similarity, seed=seed, model=model)
 
 
 def _input_options(f: Any) -> Any:
@@ -77,6 +82,9 @@ def _learn_options(f: Any) -> Any:
                      help="Target false-alarm rate on successful runs for the threshold.")(f)
     f = click.option("--split", type=click.Choice(["task", "repo"]), default="task", show_default=True,
                      help="Group runs by task, or by repository (SWE-bench style ids), for every split.")(f)
+    f = click.option("--model", type=click.Choice(["logistic", "trees", "auto"]), default="logistic",
+                     show_default=True, help="Risk model: logistic, gradient-boosted trees (needs the `learn` "
+                                             "extra), or auto (the lower cross-validated log loss).")(f)
     return click.option("--embedder", default="hashing", show_default=True, help="Embedder plugin.")(f)
 
 
@@ -99,13 +107,13 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
     @click.option("--version", "pack_version", default="0.1.0", show_default=True)
     def learn(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, embedder: str, split: str,
               target_far: float, folds: int, min_similarity: float, seed: int, out: str, name: str | None,
-              pack_version: str) -> None:
+              pack_version: str, model: str) -> None:
         """Learn failure patterns and a calibrated risk model from runs with outcomes; write a pack."""
         from immunity.learning.data import collect
         from immunity.learning.packs import save_pack
         from immunity.learning.pipeline import build_pack
 
-        cfg = _cfg(target_far, folds, min_similarity, seed)
+        cfg = _cfg(target_far, folds, min_similarity, seed, model)
         items = _read(paths, fmt, store, domain)
         _err(f"replaying {len(items)} runs to collect their features")
         try:
@@ -341,7 +349,7 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
     def eval_cmd(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, embedder: str, split: str,
                  target_far: float, folds: int, min_similarity: float, seed: int, cv: bool, packs: tuple[str, ...],
                  scores_path: str | None, out: str | None, scores_out: str | None, html_path: str | None,
-                 bootstrap: int) -> None:
+                 bootstrap: int, model: str) -> None:
         """AUROC of runs alive at steps 5/10/20, recall before failure, false-alarm rate, lead, per-class and
         explain figures with 95% CIs, next to the steps-so-far baseline."""
         from immunity.learning.evaluate import table
@@ -354,7 +362,7 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
         items = _read(paths, fmt, store, domain)
         try:
             if cv:
-                cfg = _cfg(target_far, folds, min_similarity, seed)
+                cfg = _cfg(target_far, folds, min_similarity, seed, model)
                 res = cross_validate(items, cfg, split=split, folds=folds, embedder_spec={"plugin": embedder},
                                      domain=domain, log=_err)
                 scores, labels = res.scores, res.labels

@@ -18,7 +18,7 @@ from pathlib import Path
 from immunity.domain import Domain
 from immunity.domain_plugin import make_domain_plugin
 
-from immunity_coding import checks
+from immunity_coding import checks, signals
 from immunity_coding.checks import CHECKS, ERROR_CLASSES, REPEATED_FAILING_COMMAND
 from immunity_coding.mapping import RULES
 
@@ -37,6 +37,7 @@ DOMAIN = Domain(
     description="Coding agents: shell commands, editor tools, tests and submits.",
     error_classes=ERROR_CLASSES,
     judge_result=checks.test_output_passed,
+    signals=signals.signals,
 )
 
 

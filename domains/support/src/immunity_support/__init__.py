@@ -21,7 +21,7 @@ from immunity.domain_plugin import make_domain_plugin
 from immunity.models import Event, EventKind, Run
 from immunity.state import RunState
 
-from immunity_support import checks, crosscheck
+from immunity_support import checks, crosscheck, signals
 from immunity_support.checks import CHECKS, ERROR_CLASSES, REQUIRED_LOOKUPS, UNCONFIRMED_CHANGE
 from immunity_support.mapping import RULES
 
@@ -39,6 +39,7 @@ DOMAIN = Domain(
     checks=[*CHECKS, *crosscheck.CROSS_CHECKS],
     description="Customer-support agents: lookups, state-changing calls under a policy, replies, escalation.",
     error_classes={**ERROR_CLASSES, **crosscheck.ERROR_CLASSES},
+    signals=signals.signals,
 )
 
 
