@@ -235,7 +235,10 @@ def postmortem(store: Any, incident_id: str, *, packs: list[str] | None = None, 
              f"{_t(inc.get('acknowledged_at'))}; resolved {_t(inc.get('resolved_at'))}",
              f"- {len(run_ids)} affected run(s); {sum(r.outcome.value == 'failure' for r in runs)} failed, "
              f"{sum(r.outcome.value == 'success' for r in runs)} succeeded", ""]
-    lines += ["## Timeline", "", "| time (UTC) | what | run | step | detail |", "|---|---|---|---|---|"]
+    lines += ["## Timeline", "", "Incident items, and for each affected run its start, failed verdicts, "
+              "interventions, recoveries and end.", "", "| time (UTC) | what | run | step | detail |",
+              "|---|---|---|---|---|"]
+    rows: list[tuple[float, str, str, Any, str]] = []
     for it in items:
         if it["kind"] == "affected":
             continue
@@ -243,8 +246,23 @@ def postmortem(store: Any, incident_id: str, *, packs: list[str] | None = None, 
         text = d.get("message") or d.get("note") or ""
         if it["kind"] == "verdict":
             text = f"{d.get('error_class')}: {d.get('message') or ''} ({d.get('plugin')})"
-        lines.append(f"| {_t(it['ts'])[11:19]} | {it['kind']} | {(it['run_id'] or '')[:16]} | "
-                     f"{'' if it['step'] is None else it['step']} | {_md(text)[:160]} |")
+        rows.append((it["ts"], it["kind"], it["run_id"] or "", it["step"], text))
+    seen = {(it["run_id"], it["step"]) for it in items if it["kind"] == "verdict"}
+    for r in runs[:max_runs]:
+        rows.append((r.started_at, "run started", r.run_id, None, r.task or ""))
+        for v in store.verdicts(r.run_id):
+            if not v.ok and (r.run_id, v.step) not in seen:
+                rows.append((v.ts, "verdict", r.run_id, v.step, f"{v.error_class}: {v.message}"))
+        for iv in store.interventions(r.run_id):
+            rows.append((iv.ts, f"intervention ({iv.kind.value})", r.run_id, iv.step, iv.text))
+        for rc in store.recoveries(r.run_id):
+            rows.append((rc.ts, f"recovery ({rc.kind.value})", r.run_id, rc.step, rc.reason or ""))
+        if r.ended_at:
+            rows.append((r.ended_at, "run ended", r.run_id, None, f"{r.outcome.value}, {r.status}: "
+                                                                   f"{(r.final_answer or '')[:100]}"))
+    for ts, kind, rid, step, text in sorted(rows, key=lambda x: x[0] or 0.0):
+        lines.append(f"| {_t(ts)[11:19]} | {kind} | {rid[-16:]} | {'' if step is None else step} | "
+                     f"{_md(text)[:160]} |")
     lines += ["", "## Affected runs", "", "| run | agent / domain / framework | task | outcome | status | steps |",
               "|---|---|---|---|---|---|"]
     for r in runs:
@@ -261,9 +279,9 @@ def postmortem(store: Any, incident_id: str, *, packs: list[str] | None = None, 
         lines.append(f"- `{rid}`: step {ex['step']} [{ex['action_type']}] {ex.get('tool') or ''} "
                      f"(method: {ex['method']}; class: {ex.get('error_class') or '-'})")
         for ev in ex.get("evidence", [])[:4]:
-            lines.append(f"  - {_md(ev)}")
+            lines.append(f"  - {_line(ev)}")
         if ex.get("snippet"):
-            lines.append(f"  - step content: `{_md(ex['snippet'])[:200]}`")
+            lines.append(f"  - step content: `{_line(ex['snippet'])[:200]}`")
     ivs = [iv for rid in run_ids for iv in store.interventions(rid)]
     lines += ["", "## Patterns matched", ""]
     pats: dict[str, int] = defaultdict(int)
@@ -296,6 +314,10 @@ def postmortem(store: Any, incident_id: str, *, packs: list[str] | None = None, 
             lines.append(f"| {kind} | {cls} | {len(group)} | {sum(iv.delivered for iv in group)} | "
                          f"{sum(outcome.get(r) == 'success' for r in rs)} | {sum(outcome.get(r) == 'failure' for r in rs)} |")
     return "\n".join(lines) + "\n"
+
+
+def _line(text: str) -> str:
+    return str(text).replace("\n", " ").replace("`", "'")
 
 
 def _md(text: str) -> str:

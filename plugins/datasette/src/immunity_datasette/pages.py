@@ -242,7 +242,6 @@ def markdown_html(md: str) -> str:
     """The small Markdown the postmortem uses (headings, bullets, tables, code, bold) as HTML."""
     out: list[str] = []
     table: list[list[str]] = []
-    in_list = False
 
     def inline(s: str) -> str:
         s = _e(s)
@@ -256,6 +255,17 @@ def markdown_html(md: str) -> str:
                 "<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rest) + "</table>")
             table.clear()
 
+    depth = 0
+
+    def set_depth(d: int) -> None:
+        nonlocal depth
+        while depth < d:
+            out.append("<ul>")
+            depth += 1
+        while depth > d:
+            out.append("</ul>")
+            depth -= 1
+
     for line in md.splitlines():
         if line.startswith("|"):
             cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
@@ -263,22 +273,19 @@ def markdown_html(md: str) -> str:
                 table.append(cells)
             continue
         flush_table()
-        if in_list and not line.lstrip().startswith("- "):
-            out.append("</ul>")
-            in_list = False
+        bullet = re.match(r"^( *)- (.*)$", line)
+        if bullet:
+            set_depth(len(bullet.group(1)) // 2 + 1)
+            out.append(f"<li>{inline(bullet.group(2))}</li>")
+            continue
+        set_depth(0)
         if line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
             out.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
-        elif line.lstrip().startswith("- "):
-            if not in_list:
-                out.append("<ul>")
-                in_list = True
-            out.append(f"<li>{inline(line.lstrip()[2:])}</li>")
         elif line.strip():
             out.append(f"<p>{inline(line)}</p>")
     flush_table()
-    if in_list:
-        out.append("</ul>")
+    set_depth(0)
     return "\n".join(out)
 
 
