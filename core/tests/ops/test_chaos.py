@@ -153,3 +153,27 @@ def test_chaos_run_cli_on_a_real_agent_process(tmp_path):
     data = json.loads(out.read_text())
     assert data["stores"] == [str(db)] and data["report"]["faults"]["all"]["injected"] == len(data["injections"]) > 0
     assert data["report"]["faults"]["all"]["runs"] >= 1
+
+
+@pytest.mark.parametrize("framework,module", [("openai_agents", "agents"), ("llamaindex", "llama_index.core")])
+def test_chaos_reaches_tool_and_model_calls_in_other_frameworks(framework, module, immunity_chaos):
+    pytest.importorskip(module)
+    pytest.importorskip("immunity_support")
+    pytest.importorskip(f"immunity_{framework}")
+    from immunity.chaos.fleet import run_fleet
+    from immunity.runtime import Runtime
+
+    c = immunity_chaos(_exp({"kind": "wrong_output", "names": ["get_order_details"], "calls": [0]},
+                            {"kind": "http_429", "names": ["refund"], "calls": [0], "retry_after_s": 0.01},
+                            {"kind": "repeat", "calls": [2]}))
+    rt = Runtime(store=":memory:", domain="support", support={"require_confirmation": False},
+                 recovery={"base_delay": 0.001, "max_delay": 0.01})
+    try:
+        (run,) = run_fleet(rt, runs=1, chaos=c, framework=framework)
+        report = chaos.survival(c, [rt.store])
+    finally:
+        rt.close()
+    assert run.error is None and run.injections == 3
+    assert {i.fault for i in c.injections} == {"wrong_output", "http_429", "repeat"}
+    assert all(i.run_id == run.run_id for i in c.injections)
+    assert report["faults"]["wrong_output"]["detected"] == 1   # the order_totals cross-check
