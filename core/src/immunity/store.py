@@ -319,6 +319,7 @@ class SQLiteStore:
         self._seq_lock = threading.Lock()
         self._spill_lock = threading.RLock()
         self._seq: dict[str, int] = {}
+        self._columns: dict[str, list[str]] = {}
         self._failed: list[tuple[str, dict[str, Any]]] = []
         self._failing: str | None = None
         self._spilling = False
@@ -687,17 +688,24 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ writes, continued
     def _insert(self, table: str, rows: list[dict[str, Any]]) -> None:
-        """Insert rows; core tables' columns are known, so sqlite-utils' per-call schema check
-        (``alter=True``) is only paid when a row brings a new column or the table is a plugin's."""
+        """Insert rows. Core tables' columns are known, so their rows go straight to one
+        ``executemany`` (sqlite-utils' per-call schema introspection costs more than the insert);
+        a row with a new column, or a plugin's table, goes through sqlite-utils with ``alter=True``."""
         pk = _PKS.get(table)
-        kw: dict[str, Any] = {"pk": pk, "replace": True} if pk is not None else {}
         if table in _CORE_TABLES:
-            try:
-                self.db.table(table).insert_all(rows, **kw)
+            cols = self._columns.get(table)
+            if cols is None:
+                cols = self._columns[table] = [r[1] for r in self.db.conn.execute(f"PRAGMA table_info([{table}])")]
+            known = set(cols)
+            if all(known.issuperset(r) for r in rows):
+                verb = "INSERT OR REPLACE" if pk is not None else "INSERT"
+                names = ", ".join(f"[{c}]" for c in cols)
+                marks = ", ".join("?" for _ in cols)
+                self.db.conn.executemany(f"{verb} INTO [{table}] ({names}) VALUES ({marks})",
+                                         [[r.get(c) for c in cols] for r in rows])
                 return
-            except sqlite3.OperationalError as exc:
-                if "no column" not in str(exc) and "has no column" not in str(exc):
-                    raise
+            self._columns.pop(table, None)  # a new column: sqlite-utils adds it
+        kw: dict[str, Any] = {"pk": pk, "replace": True} if pk is not None else {}
         self.db.table(table).insert_all(rows, alter=True, **kw)
 
     #: Per-run tables a whole-run write replaces, besides ``runs`` and ``steps``.

@@ -1,0 +1,261 @@
+"""The SQLite store under load and faults; each part prints one line of figures.
+
+    python bench/bench_store.py load      [--procs 4 --threads 8 --runs 200 --steps 20]
+    python bench/bench_store.py kill      [--kills 10 --durability run|batch]
+    python bench/bench_store.py edits     [--runs 50 --steps 40 --repeats 5]
+    python bench/bench_store.py ingest    [--runs 2000 --steps 20]
+    python bench/bench_store.py all       # everything at full size (a few minutes on 2 busy cores)
+
+- ``load``: P processes x T threads x R runs x S steps (a model call and an edit per step)
+  through real runtimes into one new file: runs / steps on disk vs expected, records spilled
+  and never read back, records lost, wall time.
+- ``kill``: a writer process is killed with SIGKILL at a random moment, 10 times, on one file:
+  ``PRAGMA integrity_check`` after each, runs whose ``end`` had returned but are missing, and the
+  loss window (the age, at the kill, of the oldest record that did not reach the disk).
+- ``edits``: an edit-heavy coding agent (the coding domain; edits, reads and a test run) with a
+  file store vs without a store: seconds per run and the ratio (median of ``repeats``), and the
+  added cost of one side-effecting tool call.
+- ``ingest``: live events per second through the runtime into a file store with edits in the
+  workload, and how many were lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import random
+import signal
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from immunity.models import Run, Step
+from immunity.runtime import Runtime
+from immunity.store import SQLiteStore
+
+FORK = multiprocessing.get_context("fork")
+
+
+def _count(path: str, sql: str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute(sql).fetchone()[0])
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------------------------------ load
+def _agent(s: Any, steps: int) -> None:
+    for i in range(steps):
+        s.model_start([{"role": "user", "content": "fix the bug"}], model="m")
+        s.model_end(None, tool_calls=[{"name": "edit_file", "arguments": {"path": f"f{i}.py"}}],
+                    usage={"input_tokens": 50, "output_tokens": 5})
+        s.tool_start("edit_file", {"path": f"f{i % 7}.py", "text": f"v{i}"}, tool_call_id=f"c{i}")
+        s.tool_end("edit_file", "ok", tool_call_id=f"c{i}")
+
+
+def _load_worker(path: str, tag: str, threads: int, runs: int, steps: int, out: Any) -> None:
+    rt = Runtime(store=path)
+
+    def work(t: int) -> None:
+        for r in range(runs):
+            s = rt.start_run(task="load", run_id=f"{tag}-{t}-{r}")
+            _agent(s, steps)
+            s.end("success")
+
+    ths = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    rt.close()
+    out.put((rt.store.path, rt.store.spilled, rt.store.lost))
+
+
+def bench_load(procs: int, threads: int, runs: int, steps: int) -> None:
+    folder = tempfile.mkdtemp()
+    path = str(Path(folder) / "load.db")
+    results = FORK.Queue()
+    t0 = time.perf_counter()
+    workers = [FORK.Process(target=_load_worker, args=(path, f"p{p}", threads, runs, steps, results))
+               for p in range(procs)]
+    for w in workers:
+        w.start()
+    got = [results.get(timeout=3600) for _ in workers]
+    for w in workers:
+        w.join()
+    wall = time.perf_counter() - t0
+    n = procs * threads * runs
+    on_disk = _count(path, "select count(*) from runs where status = 'finished'")
+    steps_on_disk = _count(path, "select count(*) from steps")
+    memory = sum(1 for p, _, _ in got if p != path)
+    unread = len(list(Path(folder).glob("load.db.spill*")))
+    print(f"load: {procs} procs x {threads} threads x {runs} runs x {steps} steps into one new file: "
+          f"runs {on_disk}/{n}, steps {steps_on_disk}/{n * steps}, lost {n - on_disk}, "
+          f"spilled {sum(s for _, s, _ in got)} (spill files left unread: {unread}), store lost "
+          f"{sum(x for _, _, x in got)}, runtimes fell back to memory {memory}, {wall:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------ kill
+def _kill_worker(path: str, tag: str, durability: str, fd: int) -> None:
+    store = SQLiteStore(path, durability=durability)
+    i = 0
+    while True:
+        run = Run(task="k", run_id=f"{tag}-{i}")
+        store.save("runs", run)
+        for j in range(5):
+            store.save("steps", Step(run_id=run.run_id, index=j, tool="edit", arguments={"j": j}))
+            os.write(fd, f"S {run.run_id} {j} {time.time()!r}\n".encode())
+        run.ended_at, run.status = time.time(), "finished"
+        store.save("runs", run)
+        os.write(fd, f"E {run.run_id} {time.time()!r}\n".encode())
+        i += 1
+
+
+def bench_kill(kills: int, durability: str) -> None:
+    path = str(Path(tempfile.mkdtemp()) / "killed.db")
+    rng = random.Random(1)
+    ok = 0
+    ended_lost = 0
+    windows: list[float] = []
+    saved = 0
+    for k in range(kills):
+        r, w = os.pipe()
+        proc = FORK.Process(target=_kill_worker, args=(path, f"k{k}", durability, w))
+        proc.start()
+        os.close(w)
+        with os.fdopen(r, "rb") as fh:
+            fh.readline()
+            time.sleep(rng.uniform(0.05, 0.5))
+            t_kill = time.time()
+            assert proc.pid is not None
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join()
+            lines = fh.read().decode().splitlines()
+        conn = sqlite3.connect(path)
+        ok += conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        stored_steps = {(a, b) for a, b in conn.execute("select run_id, idx from steps")}
+        ended = {a for (a,) in conn.execute("select run_id from runs where ended_at is not null")}
+        conn.close()
+        lost_ts = []
+        for ln in lines:
+            parts = ln.split()
+            if parts[0] == "S":
+                saved += 1
+                if (parts[1], int(parts[2])) not in stored_steps:
+                    lost_ts.append(float(parts[3]))
+            elif parts[0] == "E" and parts[1] not in ended:
+                ended_lost += 1
+        windows.append(t_kill - min(lost_ts) if lost_ts else 0.0)
+    print(f"kill -9 x{kills} (durability={durability}): integrity_check ok {ok}/{kills}, ended runs lost "
+          f"{ended_lost}, steps saved {saved}, loss window max {max(windows) * 1000:.0f} ms / median "
+          f"{statistics.median(windows) * 1000:.0f} ms (age at the kill of the oldest step not on disk)")
+
+
+# ------------------------------------------------------------------------------------------ edits
+def _coding_run(rt: Runtime, steps: int, r: int) -> None:
+    s = rt.start_run(task="fix the failing test", framework="bench", domain="coding")
+    for i in range(steps):
+        if i % 10 == 9:
+            s.tool_start("bash", {"command": "pytest -q"}, tool_call_id=f"t{i}")
+            s.tool_end("bash", "3 passed", return_code=0, tool_call_id=f"t{i}")
+        elif i % 3 == 0:
+            s.tool_start("read_file", {"path": f"src/m{i % 5}.py"}, tool_call_id=f"r{i}")
+            s.tool_end("read_file", "def f():\n    return 1\n" * 20, tool_call_id=f"r{i}")
+        else:
+            s.tool_start("edit_file", {"path": f"src/m{i % 5}.py", "old": "return 1", "new": f"return {r}{i}"},
+                         tool_call_id=f"e{i}")
+            s.tool_end("edit_file", "edited", tool_call_id=f"e{i}")
+    s.end("success")
+
+
+def _time_agent(store: str | None, runs: int, steps: int, durability: str = "run") -> float:
+    rt = Runtime(store=SQLiteStore(store, durability=durability) if store else None, domain="coding")
+    _coding_run(rt, steps, -1)  # warm up (imports, caches)
+    t0 = time.perf_counter()
+    for r in range(runs):
+        _coding_run(rt, steps, r)
+    dt = time.perf_counter() - t0
+    rt.close()
+    return dt / runs
+
+
+def _side_effect_cost(store: str | None, n: int = 2000) -> float:
+    rt = Runtime(store=store, domain="coding")
+    s = rt.start_run(task="t", domain="coding")
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        s.tool_start("edit_file", {"path": f"a{i}.py", "new": "x"}, tool_call_id=f"e{i}")
+        s.tool_end("edit_file", "edited", tool_call_id=f"e{i}")
+        times.append(time.perf_counter() - t0)
+    s.end("success")
+    rt.close()
+    return statistics.median(times)
+
+
+def bench_edits(runs: int, steps: int, repeats: int, durability: str = "run") -> None:
+    folder = Path(tempfile.mkdtemp())
+    with_store, without = [], []
+    for k in range(repeats):
+        without.append(_time_agent(None, runs, steps))
+        with_store.append(_time_agent(str(folder / f"edits{k}.db"), runs, steps, durability))
+    ratio = statistics.median(w / o for w, o in zip(with_store, without, strict=True))
+    call_file = _side_effect_cost(str(folder / "calls.db"))
+    call_none = _side_effect_cost(None)
+    print(f"edit-heavy coding agent ({runs} runs x {steps} steps, median of {repeats}, durability={durability}): "
+          f"{statistics.median(with_store) * 1000:.1f} ms/run with a file store vs "
+          f"{statistics.median(without) * 1000:.1f} ms/run without: ratio {ratio:.2f}; "
+          f"one side-effecting tool call (start+end) median {call_file * 1000:.3f} ms with the store vs "
+          f"{call_none * 1000:.3f} ms without (+{(call_file - call_none) * 1000:.3f} ms)")
+
+
+# ------------------------------------------------------------------------------------------ ingest
+def bench_ingest(runs: int, steps: int) -> None:
+    path = str(Path(tempfile.mkdtemp()) / "ingest.db")
+    rt = Runtime(store=path)
+    t0 = time.perf_counter()
+    events = 0
+    for r in range(runs):
+        s = rt.start_run(task="ingest", run_id=f"i-{r}")
+        _agent(s, steps)
+        s.end("success")
+        events += 2 + 4 * steps
+    rt.close()
+    dt = time.perf_counter() - t0
+    stored = _count(path, "select count(*) from events")
+    print(f"live ingest: {events} events ({runs} runs x {steps} steps, an edit per step) in {dt:.1f} s = "
+          f"{events / dt:,.0f} events/s through the runtime into a file store; stored {stored}, lost "
+          f"{events - stored}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("part", choices=["load", "kill", "edits", "ingest", "all"])
+    ap.add_argument("--procs", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--runs", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--durability", default=None, choices=["run", "batch"])
+    a = ap.parse_args()
+    if a.part in ("load", "all"):
+        bench_load(a.procs, a.threads, a.runs or 200, a.steps)
+    if a.part in ("kill", "all"):
+        for d in [a.durability] if a.durability else ["run", "batch"]:
+            bench_kill(a.kills, d)
+    if a.part in ("edits", "all"):
+        for d in [a.durability] if a.durability else ["run", "batch"]:
+            bench_edits(a.runs or 50, 40 if a.steps == 20 else a.steps, a.repeats, d)
+    if a.part in ("ingest", "all"):
+        bench_ingest(a.runs or 2000, a.steps)
+
+
+if __name__ == "__main__":
+    main()
