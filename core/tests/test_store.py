@@ -149,3 +149,44 @@ def test_huge_fields_are_bounded():
     (ev,) = [e for e in rt.store.events(run.run.run_id) if e.kind == "tool_end"]
     assert len(ev.result) < 9000
     rt.close()
+
+
+def test_message_history_is_stored_once_with_references_and_clipped(tmp_path):
+    path = str(tmp_path / "m.db")
+    rt = Runtime(store=path)
+    run = rt.start_run(task="chat")
+    history = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "u" * 10_000}]
+    for i in range(20):  # every model call sends the whole history again
+        history.append({"role": "assistant", "content": f"answer {i}"})
+        run.model_start(list(history), model="m")
+    run.end("success")
+    rt.close()
+    store = SQLiteStore(path, read_only=True)
+    assert store.count("messages") == 22  # each message once, not 20 x the history
+    starts = [e for e in store.events(run.run.run_id) if e.kind == "model_start"]
+    assert len(starts) == 20 and len(starts[-1].messages) == 22
+    assert starts[-1].messages[0] == {"role": "system", "content": "be brief"}
+    long = starts[-1].messages[1]
+    assert long["clipped"] == 10_000 and len(long["content"]) < 4100 and "more characters" in long["content"]
+    store.close()
+
+
+def test_a_long_run_keeps_a_window_of_steps_and_whole_run_signals():
+    from immunity.state import STEP_WINDOW
+
+    rt = Runtime(store=None)
+    s = rt.start_run(task="long")
+    n = STEP_WINDOW + 500
+    for i in range(n):
+        s.tool_start("read_file", {"path": f"f{i}.py"}, tool_call_id=f"c{i}")
+        s.tool_end("read_file", f"content {i}", tool_call_id=f"c{i}")
+    st = s.state
+    assert st.n_steps == n and len(list(st.steps)) == STEP_WINDOW
+    assert st.steps[-1].index == n - 1 and st.steps[n - 1] is st.steps[-1]
+    assert [x.index for x in st.steps[n - 3:]] == [n - 3, n - 2, n - 1]
+    assert st.steps[:10] == []  # older steps are in the store, not in memory
+    with pytest.raises(IndexError):
+        _ = st.steps[0]
+    assert st.action_counts.total() == n  # the signals still cover the whole run
+    s.end("success")
+    rt.close()

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -109,7 +110,7 @@ class RunSession:
             run.metadata["skipped_plugins"] = dict(runtime.skipped)
         self.checkpoints: list[Checkpoint] = []
         self.ended = False
-        self.timings: list[float] = []
+        self.timings: deque[float] = deque(maxlen=100_000)  # the latest events' overhead, bounded
 
     # ------------------------------------------------------------------ convenience for adapters
     def model_start(self, messages: list[dict[str, Any]] | None = None, model: str | None = None, **kw: Any) -> Decision:

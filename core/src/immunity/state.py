@@ -9,8 +9,9 @@ import hashlib
 import json
 import re
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from immunity.models import ActionType, Step
 
@@ -60,6 +61,78 @@ def near_signature(step: Step) -> str:
     return _digest([step.tool, body])
 
 
+#: Steps a run keeps in memory (older ones are in the store); the signals cover the whole run.
+STEP_WINDOW = 2000
+#: Distinct signatures / results a run remembers before it forgets the ones seen only once.
+SIGNAL_LIMIT = 50_000
+
+
+class StepWindow:
+    """The steps of a run, indexed by their absolute step index, keeping only the last ``limit``
+    in memory so a long run's memory stays bounded (a million-step run would otherwise hold every
+    step). ``len()`` is the number of steps in the run; an index older than the window raises
+    :class:`IndexError`, slices and iteration give the steps still held."""
+
+    def __init__(self, limit: int = STEP_WINDOW) -> None:
+        self.limit = max(1, int(limit))
+        self._items: deque[Step] = deque()
+        self._offset = 0  # absolute index of self._items[0]
+
+    def append(self, step: Step) -> None:
+        self._items.append(step)
+        if len(self._items) > self.limit:
+            self._items.popleft()
+            self._offset += 1
+
+    @property
+    def offset(self) -> int:
+        """The absolute index of the oldest step still held."""
+        return self._offset
+
+    def __len__(self) -> int:
+        return self._offset + len(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self._items)
+
+    def __reversed__(self) -> Iterator[Step]:
+        return reversed(self._items)
+
+    @overload
+    def __getitem__(self, i: int) -> Step: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Step]: ...
+
+    def __getitem__(self, i: int | slice) -> Step | list[Step]:
+        n = len(self)
+        if isinstance(i, slice):
+            start, stop, stride = i.indices(n)
+            start, stop = max(start, self._offset), max(stop, self._offset)
+            return [self._items[k - self._offset] for k in range(start, stop, stride)]
+        k = i + n if i < 0 else i
+        if not self._offset <= k < n:
+            raise IndexError(f"step {i} is not held in memory (steps {self._offset}..{n - 1} are)")
+        return self._items[k - self._offset]
+
+    def __repr__(self) -> str:
+        return f"StepWindow({len(self)} steps, holding {self._offset}..{len(self) - 1})"
+
+
+def _bound(counter: Counter[str] | dict[str, Any], limit: int = SIGNAL_LIMIT) -> None:
+    """Keep a per-run table of signatures O(1): past ``limit`` entries, forget those seen once
+    (oldest first; a signature that comes back starts again from 1)."""
+    if len(counter) <= limit:
+        return
+    for key in [k for k, v in counter.items() if v == 1][: len(counter) - limit // 2]:
+        del counter[key]
+    while len(counter) > limit:  # everything repeats: drop the oldest
+        del counter[next(iter(counter))]
+
+
 @dataclass
 class RunState:
     """Signals of one run so far. Updated by the runtime with :meth:`add_step` and :meth:`add_usage`."""
@@ -67,7 +140,7 @@ class RunState:
     run_id: str = ""
     task: str | None = None
     domain: str | None = None
-    steps: list[Step] = field(default_factory=list)
+    steps: StepWindow = field(default_factory=StepWindow)
     action_counts: Counter[str] = field(default_factory=Counter)
     ngrams: Counter[str] = field(default_factory=Counter)
     tool_counts: Counter[str] = field(default_factory=Counter)
@@ -86,7 +159,7 @@ class RunState:
     verified_ok: int = 0
     verified_failed: int = 0
     last_verify_ok: bool | None = None
-    results_seen: set[str] = field(default_factory=set)
+    results_seen: dict[str, None] = field(default_factory=dict)  # an ordered set, bounded
     steps_without_new_info: int = 0
     tokens: int = 0
     cost: float = 0.0
@@ -138,6 +211,7 @@ class RunState:
             self.last_error = err
             if err:
                 self.error_counts[err] += 1
+                _bound(self.error_counts)
         else:
             self.consecutive_failures = 0
 
@@ -157,6 +231,9 @@ class RunState:
         step.data["_near"] = near
         self.signature_counts[sig] += 1
         self.near_counts[near] += 1
+        if len(self.signature_counts) > SIGNAL_LIMIT or len(self.near_counts) > SIGNAL_LIMIT:
+            _bound(self.signature_counts)
+            _bound(self.near_counts)
 
         if step.action_type == ActionType.VERIFY:
             self.steps_since_verify = 0
@@ -175,7 +252,9 @@ class RunState:
         if info is None or info in self.results_seen:
             self.steps_without_new_info += 1
         else:
-            self.results_seen.add(info)
+            self.results_seen[info] = None
+            if len(self.results_seen) > SIGNAL_LIMIT:
+                del self.results_seen[next(iter(self.results_seen))]
             self.steps_without_new_info = 0
 
         self.tokens += int(step.tokens or 0)

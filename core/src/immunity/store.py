@@ -26,6 +26,7 @@ name as a prefix (``bandit_arms``) and are created through :attr:`SQLiteStore.db
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -121,10 +122,40 @@ def m003_one_framework_name_per_adapter(db: sqlite_utils.Database) -> None:
                        [f"framework={old}", f"framework={new}", f"%framework={old}"])
 
 
+@migrations()
+def m004_messages(db: sqlite_utils.Database) -> None:
+    # model-call histories, stored once per message; events refer to them by hash
+    db.table("messages").create({"hash": str, "body": str}, pk="hash", if_not_exists=True)
+
+
 def _json(value: Any) -> str | None:
     if value is None:
         return None
     return json.dumps(value, default=str, ensure_ascii=False)
+
+
+#: Messages of a model call's history an event refers to (the latest ones); longer histories
+#: record how many were left out.
+MESSAGE_REFS = 500
+#: Characters of one message's text kept in the store.
+MESSAGE_TEXT_LIMIT = 4000
+
+
+def _message_row(message: Any) -> tuple[str, str]:
+    """``(content hash, JSON)`` of one message, its text clipped to :data:`MESSAGE_TEXT_LIMIT`
+    (``"clipped": <original length>`` records it)."""
+    m = dict(message) if isinstance(message, dict) else {"content": message}
+    content = m.get("content")
+    if not isinstance(content, str) and content is not None:
+        content = json.dumps(content, default=str, ensure_ascii=False)
+        if len(content) > MESSAGE_TEXT_LIMIT:
+            m["content"] = content
+    if isinstance(m.get("content"), str) and len(m["content"]) > MESSAGE_TEXT_LIMIT:
+        m["clipped"] = len(m["content"])
+        m["content"] = m["content"][:MESSAGE_TEXT_LIMIT] + f"... [{m['clipped'] - MESSAGE_TEXT_LIMIT} more characters]"
+    blob = json.dumps(m, sort_keys=True, default=str, ensure_ascii=False)
+    digest = hashlib.blake2b(blob.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+    return digest, blob
 
 
 def _loads(value: Any, default: Any = None) -> Any:
@@ -179,8 +210,16 @@ def _to_row(table: str, record: Any) -> dict[str, Any]:
         for key in ("result", "output", "error"):
             if isinstance(d.get(key), str) and len(d[key]) > 8000:
                 d[key] = d[key][:8000] + f"... [{len(d[key]) - 8000} more characters]"
-        if d.get("messages"):
-            d["messages"] = d["messages"][-50:]
+        msgs = d.pop("messages", None)
+        if msgs:
+            # the history is stored once: each message (clipped, the clip recorded) goes to the
+            # ``messages`` table under its content hash, and the event keeps the hashes in order
+            kept = msgs[-MESSAGE_REFS:]
+            bodies = [_message_row(m) for m in kept]
+            d["message_refs"] = [h for h, _ in bodies]
+            if len(msgs) > len(kept):
+                d["messages_omitted"] = len(msgs) - len(kept)
+            head["_messages"] = bodies
         head["body"] = _json(d)
         return head
     if table == "steps":
@@ -215,9 +254,9 @@ def _to_row(table: str, record: Any) -> dict[str, Any]:
 
 
 _CORE_TABLES = frozenset({"runs", "events", "steps", "verdicts", "interventions", "recoveries", "checkpoints",
-                          "patterns", "plugin_errors", "idempotency"})
+                          "patterns", "plugin_errors", "idempotency", "messages"})
 _PKS: dict[str, Any] = {"idempotency": "key", "runs": "run_id", "events": "event_id", "steps": ("run_id", "idx"), "interventions": "intervention_id",
-        "recoveries": "recovery_id", "checkpoints": "checkpoint_id", "patterns": "pattern_id"}
+        "recoveries": "recovery_id", "checkpoints": "checkpoint_id", "patterns": "pattern_id", "messages": "hash"}
 
 #: Durability settings: ``"run"`` (default) makes a run's end durable before ``end`` returns;
 #: ``"batch"`` never waits (the loss window on a crash is what is still queued).
@@ -320,6 +359,7 @@ class SQLiteStore:
         self._spill_lock = threading.RLock()
         self._seq: dict[str, int] = {}
         self._columns: dict[str, list[str]] = {}
+        self._msg_seen: dict[str, None] = {}  # message hashes written (an ordered set, bounded)
         self._failed: list[tuple[str, dict[str, Any]]] = []
         self._failing: str | None = None
         self._spilling = False
@@ -404,7 +444,7 @@ class SQLiteStore:
             raise StoreError(f"store {self.path} is open read-only")
         seq = self._next_seq(record) if table == "events" else None
         if self._thread is None or self._closed:
-            self._write([self._row_or_error(table, record, seq)])
+            self._write(self._row_or_error(table, record, seq))
             return
         if not self._thread.is_alive():  # watchdog: a writer that died is restarted
             log.error("immunity store %s: the writer thread had stopped; restarting it", self.path)
@@ -437,13 +477,25 @@ class SQLiteStore:
             row["seq"] = seq if seq is not None else self._next_seq(row)
         return row
 
-    def _row_or_error(self, table: str, record: Any, seq: int | None) -> tuple[str, dict[str, Any]]:
-        """The row of a record; one that cannot be turned into a row is reported as a plugin error
+    def _split(self, table: str, row: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """A row plus the rows of the messages it refers to that this store has not written yet."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        for digest, blob in row.pop("_messages", None) or ():
+            if digest not in self._msg_seen:
+                self._msg_seen[digest] = None
+                if len(self._msg_seen) > 100_000:
+                    del self._msg_seen[next(iter(self._msg_seen))]
+                out.append(("messages", {"hash": digest, "body": blob}))
+        out.append((table, row))
+        return out
+
+    def _row_or_error(self, table: str, record: Any, seq: int | None) -> list[tuple[str, dict[str, Any]]]:
+        """The rows of a record; one that cannot be turned into a row is reported as a plugin error
         of its run instead (so it is visible in ``runs show``)."""
         exc: Exception | None = None
         for _attempt in range(3):
             try:
-                return table, self._row(table, record, seq)
+                return self._split(table, self._row(table, record, seq))
             except RuntimeError as e:  # mutated by the agent's thread while being read: retry
                 exc = e
             except Exception as e:
@@ -451,8 +503,8 @@ class SQLiteStore:
                 break
         run_id = record.get("run_id") if isinstance(record, dict) else getattr(record, "run_id", None)
         log.warning("immunity store: cannot store a %s record of run %s: %s", table, run_id, exc)
-        return "plugin_errors", {"run_id": run_id, "plugin": "immunity.store", "hook": f"save:{table}",
-                                 "error": f"{type(exc).__name__}: {exc}", "ts": time.time()}
+        return [("plugin_errors", {"run_id": run_id, "plugin": "immunity.store", "hook": f"save:{table}",
+                                   "error": f"{type(exc).__name__}: {exc}", "ts": time.time()})]
 
     def _start_writer(self) -> None:
         self._thread = threading.Thread(target=self._writer, name=f"immunity-store:{self.path}", daemon=True)
@@ -489,7 +541,7 @@ class SQLiteStore:
                         stop = True
                     else:
                         items.append(nxt)
-                rows = [self._row_or_error(t, r, s) for t, r, s in items]
+                rows = [row for t, r, s in items for row in self._row_or_error(t, r, s)]
                 with self._lock:
                     self._write(rows)
                     limit = self._queue.maxsize
@@ -586,8 +638,7 @@ class SQLiteStore:
     def _spill(self, table: str, record: Any, seq: int | None) -> None:
         """Append a record to this process's spill file (the queue is full or the store is
         closing with the database unavailable); the writer reads it back in order."""
-        item = self._row_or_error(table, record, seq)
-        self._spill_rows([item])
+        self._spill_rows(self._row_or_error(table, record, seq))
 
     def _spill_rows(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
         if self.path == ":memory:":
@@ -724,7 +775,7 @@ class SQLiteStore:
         for i, ev in enumerate(related.get("events", ()), 1):
             r = to_row("events", ev, self.redactor)
             r["seq"] = i
-            rows.append(("events", r))
+            rows += [(t, m) for t, m in self._split("events", r) if t == "messages"] + [("events", r)]
         for table in self.RELATED_TABLES[1:]:
             for rec in related.get(table, ()):
                 r = to_row(table, rec, self.redactor)
@@ -882,9 +933,7 @@ class SQLiteStore:
         if not rows and prefix:
             rows = self._rows("select * from runs where run_id like ? order by started_at desc limit 2",
                               [run_id + "%"], flush=False)
-            if len(rows) != 1:
-                return None
-        if not rows:
+        if len(rows) != 1:
             return None
         return self._run(rows[0])
 
@@ -900,9 +949,21 @@ class SQLiteStore:
 
     def events(self, run_id: str) -> list[Event]:
         out = []
-        for r in self._rows("select * from events where run_id = ? order by seq", [run_id]):
-            body = _loads(r.pop("body"), {})
+        rows = self._rows("select * from events where run_id = ? order by seq", [run_id])
+        bodies = [_loads(r.pop("body"), {}) for r in rows]
+        wanted = sorted({h for b in bodies for h in b.get("message_refs") or ()})
+        messages: dict[str, Any] = {}
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            for m in self._rows(f"select hash, body from messages where hash in ({', '.join('?' * len(part))})",
+                                part, flush=False):
+                messages[m["hash"]] = _loads(m["body"], {})
+        for r, body in zip(rows, bodies, strict=True):
             r.pop("seq", None)
+            refs = body.pop("message_refs", None)
+            body.pop("messages_omitted", None)
+            if refs is not None:
+                body["messages"] = [messages.get(h, {"content": None, "missing": h}) for h in refs]
             out.append(Event(**{k: v for k, v in {**body, **r}.items() if v is not None}))
         return out
 
