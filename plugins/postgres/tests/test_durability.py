@@ -50,7 +50,8 @@ def test_three_processes_lose_nothing(pg_dsn, spill_dir, tmp_path):
 
 def test_server_restart_during_writes_loses_nothing(pg_cluster, pg_dsn, spill_dir, tmp_path):
     # a small in-memory bound, so the outage also goes through the spill file
-    proc, manifest = _writer(pg_dsn, "restart", tmp_path, "--runs", "150", "--steps", "3", "--pause", "0.02",
+    # long enough (150 runs, >= 4.5 s) that the restart falls inside the writes on a fast machine too
+    proc, manifest = _writer(pg_dsn, "restart", tmp_path, "--runs", "150", "--steps", "3", "--pause", "0.03",
                              "--queue-max", "100")
     _started(pg_dsn, "restart", proc)
     pg_cluster.stop("fast")
@@ -66,7 +67,7 @@ def test_closing_while_the_server_is_down_spills_and_the_next_store_replays(pg_c
                                                                            tmp_path):
     from immunity_postgres.store import PostgresStore
 
-    proc, manifest = _writer(pg_dsn, "down", tmp_path, "--runs", "60", "--steps", "2", "--pause", "0.02",
+    proc, manifest = _writer(pg_dsn, "down", tmp_path, "--runs", "150", "--steps", "2", "--pause", "0.02",
                              "--close-timeout", "0.5")
     _started(pg_dsn, "down", proc)
     pg_cluster.stop("fast")
@@ -85,7 +86,7 @@ def test_closing_while_the_server_is_down_spills_and_the_next_store_replays(pg_c
     finally:
         store.close()
     assert store.replayed > 0
-    assert got["lost_runs"] == 0 and got["lost_steps"] == 0 and got["ended"] == 60
+    assert got["lost_runs"] == 0 and got["lost_steps"] == 0 and got["ended"] == 150
 
 
 def test_a_wrong_dsn_is_one_error_at_start_then_the_agent_goes_on(pg_cluster, caplog):

@@ -77,7 +77,8 @@ class TempCluster:
         cmd = [os.path.join(self.bin or "", args[0]), *args[1:]]
         if self.user:
             cmd = ["runuser", "-u", self.user, "--", *cmd]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        # run from the cluster's folder: the postgres user may not be allowed into the caller's
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.root)
         if check and proc.returncode != 0:
             raise ClusterUnavailable(f"{args[0]} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
                                      + self._log_tail())
