@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import sys
 
 import click
@@ -24,7 +25,37 @@ class _CommandsPolicy(CallPolicy):
             info.error = f"{hook} failed: {type(exc).__name__}: {exc}"
 
 
-@click.group()
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """An exception as one line: its message (or its type when it has none), clipped."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    elif isinstance(exc, MemoryError | RecursionError | OverflowError | ValueError | TypeError | KeyError |
+                    LookupError) or type(exc).__module__ not in ("immunity.errors", "builtins"):
+        text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class ImmunityGroup(click.Group):
+    """The command group: any error a command did not turn into a message itself becomes one line
+    on stderr and exit status 1 (``-vv`` logs the traceback), never a traceback on the terminal."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit,
+                KeyboardInterrupt):
+            raise
+        except sqlite3.Error as exc:
+            logging.getLogger("immunity.cli").debug("command failed", exc_info=True)
+            raise click.ClickException(f"the store cannot be used: {one_line(exc)} (is it an immunity database, "
+                                       "and can it be read and written?)") from None
+        except Exception as exc:  # noqa: BLE001 - the last net under every command
+            logging.getLogger("immunity.cli").debug("command failed", exc_info=True)
+            raise click.ClickException(one_line(exc)) from None
+
+
+@click.group(cls=ImmunityGroup)
 @click.version_option(package_name="immunity")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 def cli(verbose: int) -> None:

@@ -192,13 +192,17 @@ class Redactor:
                 self._keys[key] = hit
         return hit
 
-    def value(self, obj: Any, _depth: int = 0) -> Any:
+    def value(self, obj: Any, _depth: int = 0, *, clip: int | None = None) -> Any:
         """A copy of a JSON-like value with secrets masked (strings scanned, string values under
-        secret keys masked); other types are returned as they are."""
+        secret keys masked); other types are returned as they are. With ``clip``, strings longer
+        than that are cut first (``... [N more characters]``), so a 10 MB argument is neither
+        scanned nor kept whole."""
         if not self.enabled:
-            return obj
+            return _clipped(obj, clip) if clip is not None else obj
         t = type(obj)
         if t is str or isinstance(obj, str):
+            if clip is not None and len(obj) > clip:
+                obj = _clip_text(obj, clip)
             return self.text(obj)
         if t is not dict and t is not list and t is not tuple:
             return obj
@@ -214,16 +218,32 @@ class Redactor:
                     elif self._secret_key(k):
                         out[k] = MASK.format("secret")
                     else:
-                        out[k] = self.text(v)
+                        out[k] = self.text(v if clip is None or len(v) <= clip else _clip_text(v, clip))
                 elif tv is dict or tv is list or tv is tuple:
-                    out[k] = self.value(v, _depth + 1)
+                    out[k] = self.value(v, _depth + 1, clip=clip)
                 else:
                     out[k] = v
             return out
-        return [self.value(v, _depth + 1) for v in obj]
+        return [self.value(v, _depth + 1, clip=clip) for v in obj]
 
     def __call__(self, obj: Any) -> Any:
         return self.value(obj)
+
+
+def _clip_text(text: str, limit: int) -> str:
+    return text[:limit] + f"... [{len(text) - limit} more characters]"
+
+
+def _clipped(obj: Any, limit: int, depth: int = 0) -> Any:
+    if isinstance(obj, str):
+        return _clip_text(obj, limit) if len(obj) > limit else obj
+    if depth > MAX_DEPTH:
+        return "[too deeply nested]"
+    if isinstance(obj, dict):
+        return {k: _clipped(v, limit, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clipped(v, limit, depth + 1) for v in obj]
+    return obj
 
 
 _DEFAULT: Redactor | None = None

@@ -167,14 +167,18 @@ def _loads(value: Any, default: Any = None) -> Any:
         return default
 
 
+#: Longest text kept in any field of a stored record (a 10 MB tool argument is clipped to this).
+MAX_STORED_TEXT = 16_000
+
+
 def to_row(table: str, record: Any, redactor: Any = None) -> dict[str, Any]:
     """A model (or dict) as a row of ``table``; with a ``redactor`` (see :mod:`immunity.redact`)
-    every string in it is redacted before it is JSON-encoded."""
-    if redactor is not None and getattr(redactor, "enabled", True):
+    every string in it is redacted, and clipped to :data:`MAX_STORED_TEXT`, before it is JSON-encoded."""
+    if redactor is not None:  # (a disabled redactor still clips)
         if isinstance(record, BaseModel):
             record = _Dumped(record, redactor)
         elif isinstance(record, dict):
-            return dict(redactor.value(record))
+            return dict(redactor.value(record, clip=MAX_STORED_TEXT))
     return _to_row(table, record)
 
 
@@ -185,7 +189,7 @@ class _Dumped:
         self._model, self._redactor = model, redactor
 
     def model_dump(self, **kw: Any) -> dict[str, Any]:
-        return dict(self._redactor.value(self._model.model_dump(**kw)))
+        return dict(self._redactor.value(self._model.model_dump(**kw), clip=MAX_STORED_TEXT))
 
     def model_dump_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), ensure_ascii=False)

@@ -119,7 +119,8 @@ def immunity_register_commands(cli: click.Group) -> None:
 
     @cli.group(invoke_without_command=True)
     @_store_option
-    @click.option("--limit", default=20, show_default=True)
+    @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1_000_000),
+                  help="Show at most this many runs.")
     @click.option("--outcome", type=click.Choice(["success", "failure", "unknown"]), default=None)
     @click.pass_context
     def runs(ctx: click.Context, store_path: str, limit: int, outcome: str | None) -> None:

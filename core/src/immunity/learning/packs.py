@@ -187,8 +187,13 @@ def check_document(doc: dict[str, Any], *, source: str = "pack") -> None:
             raise PackError(f"{source}: model member {i} is not an object")
         _check_numbers(m, f"{source}: model member {i}")
         for part in ("tasks", "logistic"):
+            if m.get(part) is not None and not isinstance(m[part], dict):
+                raise PackError(f"{source}: model member {i}: {part!r} must be an object")
             if isinstance(m.get(part), dict):
                 _check_numbers(m[part], f"{source}: model member {i} {part}")
+        ids = m.get("pattern_ids")
+        if ids is not None and not (isinstance(ids, list) and all(isinstance(x, str) for x in ids)):
+            raise PackError(f"{source}: model member {i}: 'pattern_ids' must be a list of texts")
     _walk({k: v for k, v in doc.items() if k != "vectors"}, source)
 
 
@@ -275,9 +280,19 @@ def verify_document(doc: Any, *, source: str = "pack") -> PatternPack:
         pack = PatternPack.model_validate(body)
     except Exception as exc:
         raise PackError(f"{source}: invalid manifest or patterns: {_short(exc)}") from None
-    pack._origin, pack._signer = "file", signer
     for p, row in zip(pack.patterns, vectors, strict=True):
         p.vector = [float(x) for x in row]
+    try:
+        _check_task_vectors(pack, dim, source)
+    except PackError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        raise PackError(f"{source}: the risk model is malformed ({_short(exc)})") from None
+    pack._origin, pack._signer = "file", signer
+    return pack
+
+
+def _check_task_vectors(pack: PatternPack, dim: Any, source: str) -> None:
     for m in (pack.model or {}).get("members", []):
         tasks = m.get("tasks") or {}
         if tasks.get("vectors") is not None:
@@ -286,7 +301,6 @@ def verify_document(doc: Any, *, source: str = "pack") -> PatternPack:
                 raise PackError(f"{source}: task vectors have dimension {tv.shape[1]} but the manifest says {dim}")
             if tv.shape[0] != len(tasks.get("runs", [])):
                 raise PackError(f"{source}: {tv.shape[0]} task vectors for {len(tasks.get('runs', []))} tasks")
-    return pack
 
 
 def _read_json(path: Path) -> Any:
@@ -327,6 +341,7 @@ def save_pack(pack: PatternPack, path: str | os.PathLike[str]) -> str:
     """Write a pack (``.json`` or ``.json.gz``); returns its content hash."""
     doc = pack_document(pack)
     p = Path(path)
+    check_document(doc, source=str(p))  # never write a pack that would be refused at load
     p.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(doc, sort_keys=True, indent=1, allow_nan=False)
     if p.name.endswith(".gz"):
@@ -509,7 +524,8 @@ def resolve_pack(ref: Any, registry: dict[str, Any] | None = None) -> PatternPac
         if pack._origin == "file" and not _inside(Path(str(value)), packs_dir()):
             pack._origin = "plugin"  # a file an installed plugin ships: as trusted as the plugin's code
         return pack
-    raise PackError(f"no pattern pack {text!r}: not a file, and no installed pack has that name "
+    shown = text if len(text) <= 200 else text[:200] + "..."
+    raise PackError(f"no pattern pack {shown!r}: not a file, and no installed pack has that name "
                     f"(known: {sorted(registry or {}) or 'none'})")
 
 

@@ -57,6 +57,8 @@ def _cfg(target_far: float, folds: int, min_similarity: float, seed: int, model:
         raise click.BadParameter("must be between 0 and 1", param_hint="--target-far")
     if folds < 2:
         raise click.BadParameter("must be at least 2", param_hint="--folds")
+    if not -1.0 <= min_similarity <= 1.0:  # also refuses nan
+        raise click.BadParameter("must be between -1 and 1", param_hint="--min-similarity")
     if model in ("trees", "auto"):
         try:
             import sklearn  # noqa: F401
@@ -75,9 +77,10 @@ def _input_options(f: Any) -> Any:
 
 def _learn_options(f: Any) -> Any:
     f = click.option("--seed", default=0, show_default=True, help="Seed of the fold assignment.")(f)
-    f = click.option("--min-similarity", default=0.8, show_default=True,
+    f = click.option("--min-similarity", default=0.8, show_default=True, type=click.FloatRange(-1.0, 1.0),
                      help="Cosine similarity a step needs to match a pattern.")(f)
-    f = click.option("--folds", default=5, show_default=True, help="Cross-validation folds (split by task).")(f)
+    f = click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 100),
+                     help="Cross-validation folds (split by task).")(f)
     f = click.option("--target-far", default=0.05, show_default=True,
                      help="Target false-alarm rate on successful runs for the threshold.")(f)
     f = click.option("--split", type=click.Choice(["task", "repo"]), default="task", show_default=True,
@@ -345,7 +348,8 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
     @click.option("--out", "-o", default=None, help="Write the figures as JSON here.")
     @click.option("--scores-out", default=None, help="With --cv: write the held-out step scores (JSONL).")
     @click.option("--html", "html_path", default=None, help="Also write an HTML report with a plot.")
-    @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for AUROC CIs.")
+    @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(10, 100_000),
+                  help="Bootstrap resamples for AUROC CIs (10 to 100,000).")
     def eval_cmd(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, embedder: str, split: str,
                  target_far: float, folds: int, min_similarity: float, seed: int, cv: bool, packs: tuple[str, ...],
                  scores_path: str | None, out: str | None, scores_out: str | None, html_path: str | None,
