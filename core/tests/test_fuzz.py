@@ -215,7 +215,7 @@ def test_fuzz_cli_answers_every_input_without_a_traceback(cmd, rest):
 
 # ---------------------------------------------------------------------------------------------- corpus
 CORPUS = [
-    (["runs", "--store", "notdb.txt"], "cannot open store"),
+    (["runs", "--store", "notdb.txt"], "notdb.txt"),
     (["runs", "--store", "."], "store"),
     (["runs", "--store", "s.db", "--limit", "9" * 30], "--limit"),
     (["runs", "--store", "s.db", "--limit", "0"], "--limit"),
