@@ -139,3 +139,23 @@ async def test_guard_resume_after_an_approval_pause(make_runtime: Any, approve: 
     assert run.status == "finished" and run.outcome == Outcome.UNKNOWN
     outputs = [s.result or s.error for s in rt.store.steps(guard.run_id) if s.tool == "delete_records"]
     assert ("deleted users" in outputs) is approve
+
+
+def test_a_tool_shared_by_agents_of_two_guards_is_recorded_once(make_runtime: Any) -> None:
+    calls: list[str] = []
+
+    @function_tool
+    def fetch(url: str) -> str:
+        """Fetch a page."""
+        calls.append(url)
+        raise TimeoutError("the site did not answer")
+
+    first = Agent(name="first", model=ScriptedModel([call("fetch", url="a"), "gave up"]), tools=[fetch])
+    second = Agent(name="second", model=ScriptedModel(["unused"]), tools=[fetch])
+    rt1, rt2 = make_runtime(), make_runtime()
+    guard1, guard2 = rt1.protect(first), rt2.protect(second)
+    Runner.run_sync(first, "get a")
+    assert calls == ["a"] and guard2.run_ids == []
+    rt1.flush()
+    steps = [s for s in rt1.store.steps(guard1.run_id) if s.tool == "fetch"]
+    assert len(steps) == 1 and "did not answer" in (steps[0].error or "")

@@ -110,6 +110,8 @@ class ActiveRun:
 
 
 _CURRENT: ContextVar[ActiveRun | None] = ContextVar("immunity_openai_agents_run", default=None)
+#: set while an immunity tool wrapper runs a tool (so a second wrapper, another guard's, passes through)
+_IN_TOOL: ContextVar[bool] = ContextVar("immunity_openai_agents_in_tool", default=False)
 
 
 def current_run() -> ActiveRun | None:
@@ -419,6 +421,15 @@ def wrap_invoke(adapter: OpenAIAgentsAdapter, tool: FunctionTool, original: Call
     name = tool.name
 
     async def invoke(ctx: Any, input: str) -> Any:
+        if _IN_TOOL.get():  # a tool shared by agents of two guards: the outer wrapper records this call
+            return await original(ctx, input)
+        token = _IN_TOOL.set(True)
+        try:
+            return await _invoke(ctx, input)
+        finally:
+            _IN_TOOL.reset(token)
+
+    async def _invoke(ctx: Any, input: str) -> Any:
         run = None
         arguments: dict[str, Any] | None = None
         call_id = getattr(ctx, "tool_call_id", None)
