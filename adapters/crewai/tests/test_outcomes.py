@@ -113,3 +113,19 @@ def test_stop_is_a_failure(make_runtime: Any, kit: Any) -> None:
     run = stored(rt, guard.run_id)
     assert run.status == "stopped" and run.outcome == Outcome.FAILURE
     assert run.metadata["outcome_reason"].startswith("stopped by immunity")
+
+
+def test_every_step_of_a_two_agent_crew_carries_its_agent(make_runtime: Any, kit: Any) -> None:
+    rt = make_runtime()
+    first = ScriptedLLM(script=[ToolCall("lookup", {"key": "a"}), "a is value-of-a"])
+    second = ScriptedLLM(script=[ToolCall("lookup", {"key": "b"}), "b is value-of-b"])
+    crew = kit.crew(None, tasks=2, llms=[first, second], tools_per_task=[[kit.Lookup()], [kit.Lookup()]])
+    guard = rt.protect(crew)
+    crew.kickoff()
+    rt.flush()
+    steps = rt.store.steps(guard.run_id)
+    assert steps and all(s.agent for s in steps), [(s.index, s.tool, s.agent) for s in steps]
+    by_agent = [(s.agent, s.tool or s.action_type.value) for s in steps]
+    # worker0: its lookup, its answer, then it delegates (a DELEGATE step) to worker1: its lookup, its answer
+    assert by_agent == [("worker0", "lookup"), ("worker0", "DONE"), ("worker0", "DELEGATE"), ("worker1", "lookup"),
+                        ("worker1", "DONE")]

@@ -82,6 +82,7 @@ class _PendingModel:
     model: str | None
     usage_before: tuple[int, int, int] | None
     llm: Any = None
+    agent: str | None = None  # the role of the agent that made the call
 
 
 @dataclass
@@ -375,7 +376,7 @@ class Bridge:
         model = getattr(llm, "model", None) if llm is not None and not isinstance(llm, str) else llm
         d = session.model_start(_plain_messages(ctx.messages), model=model, agent=self._role(ctx.agent))
         run.models[key] = _PendingModel(model=model, usage_before=_usage_of(llm) if llm is not None else None,
-                                        llm=llm)
+                                        llm=llm, agent=self._role(ctx.agent))
         if d.inject:
             hints = [{"role": "user", "content": text} for text in d.inject]
             ctx.messages.extend(hints)  # in place: this list *is* what the model receives
@@ -444,7 +445,7 @@ class Bridge:
             return None
         usage = _delta(pending.usage_before, _usage_of(pending.llm)) if pending.llm is not None else None
         return run.session.model_end(None if tool_calls else output, tool_calls=tool_calls, usage=usage,
-                                     model=pending.model, error=error)
+                                     model=pending.model, error=error, agent=pending.agent)
 
     def _drop_hints(self, run: CrewRun, agent_key: int) -> None:
         """Take this adapter's hint messages out of the executor's history again (the model call
