@@ -159,3 +159,39 @@ def test_a_tool_shared_by_agents_of_two_guards_is_recorded_once(make_runtime: An
     rt1.flush()
     steps = [s for s in rt1.store.steps(guard1.run_id) if s.tool == "fetch"]
     assert len(steps) == 1 and "did not answer" in (steps[0].error or "")
+
+
+class Flaky(ScriptedModel):
+    """A scripted model whose first ``fails`` calls raise a transient provider error."""
+
+    def __init__(self, script: list[Any], fails: int, **kw: Any):
+        super().__init__(script, **kw)
+        self.fails, self.attempts = fails, 0
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> Any:
+        self.attempts += 1
+        if self.attempts <= self.fails:
+            raise TimeoutError("503 Service Unavailable: overloaded, retry-after: 0")
+        return await super().get_response(*args, **kwargs)
+
+
+def test_model_errors_are_retried_with_backoff_then_fall_back(make_runtime: Any) -> None:
+    rt = make_runtime(recovery={"base_delay": 0.0})
+    flaky = Flaky(["recovered"], fails=1, name="flaky")
+    agent = Agent(name="support", model=flaky)
+    guard = rt.protect(agent)
+    assert Runner.run_sync(agent, "hi").final_output == "recovered" and flaky.attempts == 2  # retried once
+    rt.flush()
+    assert [r.kind.value for r in rt.store.recoveries(guard.run_id)] == ["retry"]
+
+    down = Flaky([], fails=99, name="down")
+    backup = ScriptedModel(["from the backup"], name="backup")
+    agent2 = Agent(name="support2", model=down)
+    rt2 = make_runtime(recovery={"base_delay": 0.0})
+    guard2 = rt2.protect(agent2, fallback_model=backup)
+    assert Runner.run_sync(agent2, "hi").final_output == "from the backup"
+    rt2.flush()
+    kinds = [r.kind.value for r in rt2.store.recoveries(guard2.run_id)]
+    assert kinds[-1] == "fallback" and down.attempts == len(kinds)
+    guard2.uninstrument()
+    assert agent2.model is down  # uninstrument puts the agent's own model back

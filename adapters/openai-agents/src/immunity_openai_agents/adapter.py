@@ -31,12 +31,18 @@ class OpenAIAgentsAdapter(Adapter):
     name = "openai-agents"
     framework = "openai-agents"
     supported = ">=0.20,<0.21"
-    #: only the common options: ``domain``, ``max_rollbacks`` (2), ``node_events`` (``"none"``; a node
-    #: is one agent's turn, so ``"end"`` / ``"all"`` mark handoffs between agents too)
-    extra_options: ClassVar[dict[str, Any] | None] = {}
+    #: the common options (``domain``, ``max_rollbacks`` (2), ``node_events`` (``"none"``; a node is one
+    #: agent's turn)) and ``fallback_model``: an ``agents.Model`` to switch to when a FALLBACK
+    #: recovery says so (an agent's model must be a ``Model`` object for retry and fallback)
+    extra_options: ClassVar[dict[str, Any] | None] = {"fallback_model": None}
 
     def __init__(self, runtime: Any, **options: Any):
         super().__init__(runtime, **options)
+        fallback = self.options["fallback_model"]
+        if fallback is not None:  # the recovery policy offers FALLBACK once a fallback is configured
+            runtime.config.options.setdefault("fallback_model", str(getattr(fallback, "name", None) or
+                                                                    getattr(fallback, "model", None) or
+                                                                    type(fallback).__name__))
         self._agents: list[tuple[Any, dict[str, Any]]] = []
         self._tools: list[tuple[Any, dict[str, Any]]] = []
         self._guarded_tools: set[int] = set()
@@ -75,6 +81,9 @@ class OpenAIAgentsAdapter(Adapter):
             saved = {"hooks": agent.hooks, "tool_use_behavior": agent.tool_use_behavior}
             agent.hooks = bridge.GuardHooks(self, agent.hooks)
             agent.tool_use_behavior = bridge.wrap_tool_use_behavior(self, saved["tool_use_behavior"])
+            if bridge.is_model(agent.model):  # a Model object: model errors get retry / fallback
+                saved["model"] = agent.model
+                agent.model = bridge.GuardedModel(self, agent.model)
             self._agents.append((agent, saved))
             for tool in agent.tools or []:
                 if bridge.is_function_tool(tool) and id(tool) not in self._guarded_tools:

@@ -38,6 +38,7 @@ from agents import (
     Agent,
     AgentHooks,
     FunctionTool,
+    Model,
     RunConfig,
     RunState,
     ToolGuardrailFunctionOutput,
@@ -199,6 +200,95 @@ def _model_name(agent: Any) -> str | None:
     if model is None or isinstance(model, str):
         return model
     return str(getattr(model, "model", None) or getattr(model, "name", None) or type(model).__name__)
+
+
+class GuardedModel(Model):
+    """An agent's own model while instrumented: a model call that raises is reported to the runtime
+    (``model_end`` with the error), whose recovery decides: RETRY (after the backoff it computed,
+    honouring ``Retry-After``; the hints queued meanwhile go into the retried call through the input
+    filter) or FALLBACK to the adapter's ``fallback_model``; otherwise the error goes on to the SDK.
+    A streamed call is retried only when it failed before its first event."""
+
+    def __init__(self, adapter: OpenAIAgentsAdapter, inner: Any):
+        self.adapter, self.inner = adapter, inner
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.inner, "name", None) or getattr(self.inner, "model", None) or type(self.inner).__name__)
+
+    async def _cleanup_on_run_end(self, owner: object) -> None:
+        await self.inner._cleanup_on_run_end(owner)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def get_retry_advice(self, request: Any) -> Any:
+        return self.inner.get_retry_advice(request)
+
+    def __getattr__(self, name: str) -> Any:  # anything else the SDK or the user reads: the real model's
+        if name in ("adapter", "inner"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _plan(self, exc: BaseException, model: Any, attempt: int) -> tuple[str, float] | None:
+        run = current_run()
+        if run is None:
+            return None
+        try:
+            name = str(getattr(model, "name", None) or getattr(model, "model", None) or type(model).__name__)
+            d = run.session.model_end(None, error=f"{type(exc).__name__}: {exc}", model=name, agent=run.agent)
+        except PluginError:
+            raise
+        except Exception as inner:
+            _fail(self.adapter, run, "model_error", inner)
+            return None
+        rec = d.recovery
+        fallback = self.adapter.options.get("fallback_model")
+        if d.stop or rec is None:
+            return None
+        if rec.kind == RecoveryKind.FALLBACK and fallback is not None and model is not fallback:
+            return "fallback", 0.0
+        if rec.kind == RecoveryKind.RETRY and attempt + 1 < rec.max_attempts:
+            return "retry", min(max(rec.delay_s, 0.0), 30.0)
+        return None
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> Any:
+        model, attempt = self.inner, 0
+        while True:
+            try:
+                return await model.get_response(*args, **kwargs)
+            except Exception as exc:
+                plan = self._plan(exc, model, attempt)
+                if plan is None:
+                    raise
+                if plan[0] == "fallback":
+                    model = self.adapter.options["fallback_model"]
+                else:
+                    attempt += 1
+                    await asyncio.sleep(plan[1])
+
+    async def stream_response(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        model, attempt = self.inner, 0
+        while True:
+            started = False
+            try:
+                async for event in model.stream_response(*args, **kwargs):
+                    started = True
+                    yield event
+                return
+            except Exception as exc:
+                plan = None if started else self._plan(exc, model, attempt)
+                if plan is None:
+                    raise
+                if plan[0] == "fallback":
+                    model = self.adapter.options["fallback_model"]
+                else:
+                    attempt += 1
+                    await asyncio.sleep(plan[1])
+
+
+def is_model(obj: Any) -> bool:
+    return isinstance(obj, Model) and not isinstance(obj, GuardedModel)
 
 
 def _parse_args(text: str | None) -> dict[str, Any]:
