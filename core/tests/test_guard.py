@@ -97,3 +97,11 @@ def test_one_run_stopped() -> None:
     assert exc.reason == "deleting records ends this run" and exc.final_answer == exc.reason
     assert exc.run_id == "toy-1" and immunity.RunStopped is RunStopped
     assert isinstance(exc, immunity.errors.ImmunityError)
+
+
+def test_a_plugins_option_that_shares_a_word_with_an_argument_is_not_a_typo():
+    from immunity.guard import check_runtime_options
+
+    check_runtime_options({"llm_verifier": {"model": "m"}, "otel": True})  # immunity-llm-verifier's, immunity-otel's
+    with pytest.raises(TypeError, match="did you mean 'store'"):
+        check_runtime_options({"stroe": "x.db"})

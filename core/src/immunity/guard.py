@@ -37,7 +37,9 @@ def check_runtime_options(options: dict[str, Any]) -> None:
     (``Runtime(domian="coding")``): it would otherwise be kept as a plugin option and do nothing."""
     known = sorted(runtime_parameters())
     for name in options:
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        # 0.8: typos (domian 0.83, stroe 0.8, selecter 0.88) are caught; a plugin's own option that
+        # merely shares a word with an argument (llm_verifier vs verifiers, 0.76) is not
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         if close and close[0] != name:
             raise TypeError(f"Runtime() got an unexpected keyword argument {name!r} (did you mean {close[0]!r}?)")
 
