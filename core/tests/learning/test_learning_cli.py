@@ -171,3 +171,24 @@ def test_pack_build_from_a_handwritten_spec(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"name": "x", "patterns": [{"error_class": "loop"}]}))
     res = invoke("pack", "build", str(bad), "--out", str(tmp_path / "b.json"), ok=False)
     assert res.exit_code == 1 and "signature" in res.output
+
+
+def test_score_scores_every_step_of_a_long_repetitive_run(pack: str, tmp_path: Path) -> None:
+    """A run repeating one failing call 94 times (the shape that used to stop being scored part
+    way) gets a score for each of its steps, and the command says so."""
+    from immunity.importers import ImportedRun
+    from immunity.models import Run, Step
+
+    db = str(tmp_path / "rep.db")
+    for dom in ("coding", "support"):
+        run = Run(run_id=f"rep-{dom}", task="t", outcome="failure", domain=dom)
+        tool, args = (("bash", {"command": "python -m pytest -x"}) if dom == "coding"
+                      else ("cancel_reservation", {"reservation_id": "A"}))
+        steps = [Step(tool=tool, arguments=args, error="Error: boom", return_code=1, index=i, run_id=run.run_id)
+                 for i in range(94)]
+        write_store(db, [ImportedRun(run=run, steps=steps, source="x")])
+    out = tmp_path / "rep.jsonl"
+    res = invoke("score", "--pack", pack, "--store", db, "--out", str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 * 94 and "188 of 188 imported steps (every step)" in res.output
+    assert sorted(r["step"] for r in rows if r["run_id"] == "rep-coding") == list(range(94))

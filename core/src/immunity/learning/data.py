@@ -183,6 +183,19 @@ def collect(items: Iterable[Any], *, split: str = "task", embedder_spec: dict[st
         rt.close()
 
 
+def _why_not(item: Any, session: Any, scores: list[StepScore]) -> str | None:
+    """Why a replayed run has fewer scores than imported steps (None when it has them all)."""
+    n_in, n_scored = len(item.steps), len(scores)
+    if n_scored >= n_in:
+        return None
+    n_state = session.state.n_steps
+    errs = [e.get("error") for e in (session.run.metadata.get("plugin_errors") or [])]
+    if n_state < n_in:
+        return (f"scored {n_scored} of {n_in} steps: the runtime recorded {n_state} steps (a blocked call or a "
+                f"step the replay could not feed)" + (f"; plugin error: {errs[0]}" if errs else ""))
+    return f"scored {n_scored} of {n_in} steps" + (f"; plugin error: {errs[0]}" if errs else "")
+
+
 class ScoringError(ImmunityError):
     """The patterns verifier failed while scoring a run."""
 
@@ -191,6 +204,9 @@ class ScoringError(ImmunityError):
 class ScoredRun:
     run_id: str
     scores: list[StepScore]
+    #: imported steps, and why fewer were scored (None when every imported step has a score)
+    steps: int = 0
+    why_not: str | None = None
 
 
 def score_items(items: Iterable[Any], packs: list[Any], *, domain: str | None = None,
@@ -212,6 +228,6 @@ def score_items(items: Iterable[Any], packs: list[Any], *, domain: str | None = 
                 if "patterns" in err.get("plugin", "") or "patterns" in err.get("error", ""):
                     raise ScoringError(f"scoring run {item.run.run_id} failed in the patterns verifier: "
                                        f"{err['error']}")
-            yield ScoredRun(item.run.run_id, scores)
+            yield ScoredRun(item.run.run_id, scores, len(item.steps), _why_not(item, session, scores))
     finally:
         rt.close()

@@ -325,19 +325,24 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
         items = _read(paths, fmt, store, domain)
         options = {"patterns": {"index": index}} if index else None
         fh = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
-        n = 0
+        n = n_in = short = 0
         try:
             for scored in score_items(items, list(packs), domain=domain, options=options):
                 for s in scored.scores:
                     fh.write(json.dumps(s.row(scored.run_id)) + "\n")
                     n += 1
+                n_in += scored.steps
+                if scored.why_not:
+                    short += 1
+                    _err(f"warning: run {scored.run_id}: {scored.why_not}")
         except (ImmunityError, ScoringError) as exc:
             raise click.ClickException(str(exc)) from None
         finally:
             if out:
                 fh.close()
-        if out:
-            _err(f"scored {len(items)} runs, {n} steps -> {out}")
+        _err(f"scored {len(items)} runs, {n} of {n_in} imported steps"
+             + (f" ({short} runs not fully scored, see the warnings above)" if short else " (every step)")
+             + (f" -> {out}" if out else ""))
 
     @cli.command("eval")
     @_input_options
