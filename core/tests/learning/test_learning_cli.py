@@ -108,8 +108,16 @@ def test_explain_by_alignment_and_by_risk(pack: str, store: str) -> None:
     write_store(only, [r for r in population() if r.run.run_id == "run-1-0"])
     res = invoke("explain", "run-1-0", "--store", only, "--pack", pack)
     assert "method: risk" in res.output and "decisive step" in res.output
-    res = invoke("explain", "run-1-0", "--store", only, ok=False)
-    assert res.exit_code == 1 and "needs a pack" in res.output
+    # without a pack, the run's own signals: the repeated failing test is the effect, the edit before it the cause
+    res = invoke("explain", "run-1-0", "--store", only, "--json")
+    rep = json.loads(res.output)
+    assert rep["method"] == "signals" and rep["step"] < rep["effect_step"]
+    assert rep["action_type"] == "EDIT" and rep["cause_effect"] == [rep["step"], rep["effect_step"]]
+    # every failed run of the input, the input read once
+    res = invoke("explain", "all", "--store", store, "--json")
+    reps = [json.loads(line) for line in res.output.splitlines()]
+    assert len(reps) == sum(r.run.outcome == "failure" for r in population())
+    assert all(r["outcome"] == "failure" and r["step"] <= r["effect_step"] for r in reps)
     res = invoke("explain", "nope", "--store", store, ok=False)
     assert "no run 'nope'" in res.output
 

@@ -155,3 +155,19 @@ def test_a_pack_reads_its_inputs_by_name() -> None:
     numeric = np.arange(len(FEATURE_NAMES), dtype=float) + 100
     x = m.inputs(numeric, 1.0, 2.0, 0, 0.5, {"coding_syntax_error": 7.0})
     assert list(x) == [100.0, 101.0, 1.0, 2.0, 0.0, 0.0, 7.0]
+
+
+def test_explain_figures_sit_next_to_last_step_and_first_failing_step() -> None:
+    from immunity.learning.evaluate import RunLabel, RunScores, evaluate, table
+
+    scores, labels = {}, {}
+    for i in range(12):
+        risk = np.asarray([0.1, 0.1, 0.6, 0.7, 0.7])  # the largest rise is at step 2
+        failed = np.asarray([False, False, False, True, False])  # the first failing step is 3
+        scores[f"r{i}"] = RunScores(f"r{i}", risk, risk > 0.9, [None] * 5, ["SEARCH"] * 5, failed)
+        labels[f"r{i}"] = RunLabel(f"r{i}", 1, f"g{i}", failure_step=2 if i < 6 else 4)
+    res = evaluate(scores, labels, reps=20)
+    e = res["explain"]
+    assert e["exact"]["k"] == 6 and e["baseline_last_step_exact"]["k"] == 6
+    assert e["baseline_first_failing_step_exact"]["k"] == 0 and e["baseline_first_failing_step_within_one"]["k"] == 12
+    assert "first failing step" in table(res)

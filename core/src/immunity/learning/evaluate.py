@@ -43,6 +43,8 @@ class RunScores:
     alarm: np.ndarray
     classes: list[str | None] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    #: which steps failed (an error or a failed check); empty when the scores did not say
+    failed: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
 
 @dataclass
@@ -221,8 +223,16 @@ def evaluate(scores: dict[str, RunScores], labels: dict[str, RunLabel], *, ks: t
                        if labels[r].outcome == 1 and labels[r].failure_step is not None]
         first_edit = [(next((i for i, a in enumerate(scores[r].actions) if a == "EDIT"), None), labels[r].failure_step)
                       for r in common if labels[r].outcome == 1 and labels[r].failure_step is not None]
+        lab_scores: list[tuple[RunScores, int]] = [(scores[r], int(labels[r].failure_step or 0)) for r in common
+               if labels[r].outcome == 1 and labels[r].failure_step is not None]
+        last = [(len(sc.risk) - 1, fs) for sc, fs in lab_scores]
+        first_fail = [(next((i for i, f in enumerate(sc.failed) if f), len(sc.risk) - 1), fs) for sc, fs in lab_scores]
         result["explain"] = {
             "runs": len(ex),
+            "baseline_last_step_exact": _prop(sum(a == fs for a, fs in last), len(ex)),
+            "baseline_last_step_within_one": _prop(sum(abs(a - fs) <= 1 for a, fs in last), len(ex)),
+            "baseline_first_failing_step_exact": _prop(sum(a == fs for a, fs in first_fail), len(ex)),
+            "baseline_first_failing_step_within_one": _prop(sum(abs(a - fs) <= 1 for a, fs in first_fail), len(ex)),
             "baseline_first_edit_exact": _prop(sum(a == fs for a, fs in first_edit if a is not None), len(ex)),
             "exact": _prop(exact, len(ex)),
             "within_one": _prop(near, len(ex)),
@@ -287,6 +297,11 @@ def table(result: dict[str, Any], title: str = "") -> str:
                      f"{_fmt(e['baseline_first_step_exact'])}; first alarm exact "
                      f"{_fmt(e['baseline_first_alarm_exact'])}; uniform random exact "
                      f"{e['baseline_uniform_random_exact']:.3f}, within one {e['baseline_uniform_random_within_one']:.3f}")
+        if "baseline_last_step_exact" in e:
+            lines.append(f"  baselines: last step exact {_fmt(e['baseline_last_step_exact'])}, within one "
+                         f"{_fmt(e['baseline_last_step_within_one'])}; first failing step (else the last) exact "
+                         f"{_fmt(e['baseline_first_failing_step_exact'])}, within one "
+                         f"{_fmt(e['baseline_first_failing_step_within_one'])}")
     return "\n".join(lines)
 
 

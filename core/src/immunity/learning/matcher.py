@@ -138,10 +138,13 @@ class StepScore:
     patterns: list[str] = field(default_factory=list)
     error_class: str | None = None
     member_risks: list[float] = field(default_factory=list)
+    #: the step itself failed (an error or a failed check), as the runtime recorded it
+    failed: bool = False
 
     def row(self, run_id: str) -> dict[str, Any]:
         return {"run_id": run_id, "step": self.step, "risk": round(self.risk, 6), "alarm": self.alarm,
-                "patterns": self.patterns, "action_type": self.action_type, "error_class": self.error_class}
+                "patterns": self.patterns, "action_type": self.action_type, "error_class": self.error_class,
+                "failed": self.failed}
 
 
 class RunScorer:
@@ -214,7 +217,7 @@ class RunScorer:
             matched_ids.insert(0, best[2])
         cls = best[3] if best is not None else (LEARNED_RISK if alarm else None)
         score = StepScore(step=k, risk=risk, alarm=alarm, action_type=view.action_type, patterns=matched_ids,
-                          error_class=cls, member_risks=member_risks)
+                          error_class=cls, member_risks=member_risks, failed=bool(view.signals.get("last_failed")))
         self.scores.append(score)
         return score
 

@@ -83,7 +83,8 @@ def scores_from_rows(rows: list[dict[str, Any]]) -> dict[str, RunScores]:
     for rid, rs in by_run.items():
         rs.sort(key=lambda r: int(r["step"]))
         out[rid] = RunScores(rid, np.asarray([float(r["risk"]) for r in rs]), np.asarray([bool(r["alarm"]) for r in rs]),
-                             [r.get("error_class") for r in rs], [str(r.get("action_type", "")) for r in rs])
+                             [r.get("error_class") for r in rs], [str(r.get("action_type", "")) for r in rs],
+                             np.asarray([bool(r.get("failed", False)) for r in rs]))
     return out
 
 

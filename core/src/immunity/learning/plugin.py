@@ -416,22 +416,35 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
     @click.option("--json", "as_json", is_flag=True)
     def explain(run_id: str, paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None,
                 packs: tuple[str, ...], as_json: bool) -> None:
-        """The step most likely to be the decisive error of a failed run, with the evidence."""
+        """The step most likely to be the decisive error of a failed run, with the evidence and the
+        step where its effect showed (cause -> effect). RUN_ID ``all`` explains every failed run of the
+        input (read once); with ``--json`` one JSON object a line."""
+        from immunity.learning.data import outcome_label
         from immunity.learning.explain import explain_run
 
         items = _read(paths, fmt, store, domain)
-        try:
-            report = explain_run(run_id, items, list(packs), domain=domain)
-        except (ValueError, LookupError, ImmunityError) as exc:
-            raise click.ClickException(str(exc)) from None
-        if as_json:
-            _write_json(report, None)
-            return
-        click.echo(f"run {report['run_id']} ({report['outcome']}, {report['steps']} steps), method: {report['method']}")
-        click.echo(f"decisive step: {report['step']} [{report['action_type']}] {report.get('tool') or ''}")
-        if report.get("error_class"):
-            click.echo(f"class: {report['error_class']}")
-        for line in report.get("evidence", []):
-            click.echo(f"  - {line}")
-        if report.get("snippet"):
-            click.echo(f"  step content: {report['snippet']}")
+        ids = [it.run.run_id for it in items if outcome_label(it.run) == 1] if run_id == "all" else [run_id]
+        if not ids:
+            raise click.ClickException("no failed run in the input to explain")
+        for rid in ids:
+            try:
+                report = explain_run(rid, items, list(packs), domain=domain)
+            except (ValueError, LookupError, ImmunityError) as exc:
+                if run_id != "all":
+                    raise click.ClickException(str(exc)) from None
+                _err(f"warning: run {rid}: {exc}")
+                continue
+            if as_json:
+                click.echo(json.dumps(report, default=str) if run_id == "all" else json.dumps(report, indent=2,
+                                                                                            default=str))
+                continue
+            click.echo(f"run {report['run_id']} ({report['outcome']}, {report['steps']} steps), method: "
+                       f"{report['method']}")
+            click.echo(f"decisive step: {report['step']} [{report['action_type']}] {report.get('tool') or ''}; "
+                       f"effect shows at step {report['effect_step']}")
+            if report.get("error_class"):
+                click.echo(f"class: {report['error_class']}")
+            for line in report.get("evidence", []):
+                click.echo(f"  - {line}")
+            if report.get("snippet"):
+                click.echo(f"  step content: {report['snippet']}")
