@@ -236,7 +236,7 @@ class CrewAIAdapter(Adapter):
         self._crew_ids.add(str(restored.id))
         return restored
 
-    def resume(self, run_id: str | None = None, *, checkpoint: Checkpoint | None = None,
+    def resume(self, run_id: str | None = None, *, checkpoint: Checkpoint | None = None,  # type: ignore[override]
                llms: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None) -> Any:
         """Roll back to the last verified CrewAI checkpoint of ``run_id`` (default: the last run
         stopped for a rollback) and resume it: tasks completed before the checkpoint are not run
@@ -246,7 +246,7 @@ class CrewAIAdapter(Adapter):
         restored = self._restore(run_id, checkpoint, llms)
         return restored.kickoff(inputs=inputs)
 
-    async def aresume(self, run_id: str | None = None, *, checkpoint: Checkpoint | None = None,
+    async def aresume(self, run_id: str | None = None, *, checkpoint: Checkpoint | None = None,  # type: ignore[override]
                       llms: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None) -> Any:
         """:meth:`resume` with CrewAI's native async kickoff."""
         restored = self._restore(run_id, checkpoint, llms)

@@ -132,7 +132,8 @@ class LangGraphAdapter(Adapter):
         super().__init__(runtime, **options)
         self.targets: list[Any] = []
         self.handle_tool_errors = bool(self.options["handle_tool_errors"])
-        self.node_events: str | bool = {"none": False, "end": "end", "all": "both"}[self.options["node_events"]]
+        modes: dict[str, str | bool] = {"none": False, "end": "end", "all": "both"}
+        self.node_events: str | bool = modes[self.options["node_events"]]
         self._patched = False
         self._latest: dict[str, str] = {}
         #: a chat model to use when the graph's own model keeps failing (``protect(graph,
@@ -199,7 +200,7 @@ class LangGraphAdapter(Adapter):
         cfg["configurable"] = {**(cfg.get("configurable") or {}), "thread_id": thread_id}
         return graph, (None if value is None else Command(resume=value)), cfg
 
-    def resume(self, run_id: str | None = None, value: Any = None, *, graph: Any = None,
+    def resume(self, run_id: str | None = None, value: Any = None, *, graph: Any = None,  # type: ignore[override]
                config: dict[str, Any] | None = None) -> Any:
         """Continue a paused run (an interrupt, a breakpoint, a drain) of ``run_id`` (default: the
         latest) on its thread: ``value`` answers an ``interrupt()`` (``Command(resume=value)``).
@@ -207,7 +208,7 @@ class LangGraphAdapter(Adapter):
         graph, inp, cfg = self._resume_call(run_id, value, graph, config)
         return graph.invoke(inp, cfg)
 
-    async def aresume(self, run_id: str | None = None, value: Any = None, *, graph: Any = None,
+    async def aresume(self, run_id: str | None = None, value: Any = None, *, graph: Any = None,  # type: ignore[override]
                       config: dict[str, Any] | None = None) -> Any:
         """:meth:`resume` with ``graph.ainvoke``."""
         graph, inp, cfg = self._resume_call(run_id, value, graph, config)

@@ -115,7 +115,7 @@ class LlamaIndexAdapter(Adapter):
             target = candidates[0]
         return rid, target
 
-    async def aresume(self, run_id: str | None = None, *, target: Any = None, hint: str | None = None,
+    async def aresume(self, run_id: str | None = None, *, target: Any = None, hint: str | None = None,  # type: ignore[override]
                       checkpoint_id: str | None = None) -> Any:
         """Continue ``run_id`` (default: the latest) from its last verified checkpoint (needs
         ``checkpoints="full"``): :meth:`restore` then ``await target.run(ctx=ctx)``. Returns the
@@ -124,7 +124,7 @@ class LlamaIndexAdapter(Adapter):
         ctx = self.restore(target, rid, checkpoint_id=checkpoint_id, hint=hint)
         return await target.run(ctx=ctx)
 
-    def resume(self, run_id: str | None = None, *, target: Any = None, hint: str | None = None,
+    def resume(self, run_id: str | None = None, *, target: Any = None, hint: str | None = None,  # type: ignore[override]
                checkpoint_id: str | None = None) -> Any:
         """:meth:`aresume` from synchronous code (runs its own event loop; inside a running loop use
         ``await guard.aresume(...)``)."""

@@ -86,8 +86,9 @@ def signals(step: Step, state: Any) -> dict[str, float]:
         for path in _EDIT_PATH.findall(cmd[:2000])[:5]:
             if len(m["files"]) < 1000:
                 m["files"].add(path)
-        if not _EDIT_PATH.search(cmd[:2000]) and (step.arguments or {}).get("path"):
-            m["files"].add(str(step.arguments["path"])[:200])
+        path_arg = (step.arguments or {}).get("path")
+        if not _EDIT_PATH.search(cmd[:2000]) and path_arg:
+            m["files"].add(str(path_arg)[:200])
     counts = runner_counts(output)
     if counts is not None:
         failed, passed = counts

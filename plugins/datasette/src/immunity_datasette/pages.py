@@ -170,8 +170,8 @@ async def overview(datasette: Any, request: Any) -> Response:
                                 "order by opened_at desc limit 20")
     for a in alerts:
         a["fired"] = _t(a.pop("fired_at"))
-    for i in incidents:
-        i["opened"] = _t(i.pop("opened_at"))
+    for inc in incidents:
+        inc["opened"] = _t(inc.pop("opened_at"))
     cards = "".join(f"<div class='card'>{_e(k)}<b>{v}</b></div>" for k, v in
                     [("runs", n), ("succeeded", by_outcome.get("success", 0)), ("failed", by_outcome.get("failure", 0)),
                      ("firing alerts", sum(a["status"] == "firing" for a in alerts)),

@@ -104,7 +104,7 @@ class OtelExporter:
             self._buffer(run.run_id).events.append(event.model_copy())
         elif event.kind is EventKind.RUN_END:
             with self._lock:
-                buf = self._runs.pop(run.run_id, None) or _Buffer()
+                buf = self._runs.pop(run.run_id, None) or _Buffer()  # type: ignore[arg-type]
             snapshot = run.model_copy(deep=True)
             snapshot.ended_at = snapshot.ended_at or event.ts
             if event.outcome is not None:

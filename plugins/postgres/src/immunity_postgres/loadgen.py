@@ -54,7 +54,7 @@ def count_landed(location: str, manifests: list[dict[str, Any]]) -> dict[str, in
     with psycopg.connect(location) as conn:
         have_runs = {r[0]: r[1] for r in conn.execute(
             "select run_id, status from runs where run_id = any(%s)", [list(want_runs)]).fetchall()}
-        have_steps = dict(conn.execute("select run_id, count(*) from steps where run_id = any(%s) group by run_id",
+        have_steps: dict[str, int] = dict(conn.execute("select run_id, count(*) from steps where run_id = any(%s) group by run_id",
                                        [list(want_runs)]).fetchall())
         ended = sum(1 for s in have_runs.values() if s == "finished")
     missing_runs = sum(1 for rid in want_runs if rid not in have_runs)

@@ -66,9 +66,9 @@ def m001_core_tables(cur: Any) -> None:
         if pk:
             body += f", primary key ({', '.join(_q(c) for c in pk)})"
         cur.execute(f"create table if not exists {_q(table)} ({body})")
-    for table, cols in INDEXES:
-        name = f"{table}_{'_'.join(cols)}_idx"
-        cur.execute(f"create index if not exists {_q(name)} on {_q(table)} ({', '.join(_q(c) for c in cols)})")
+    for table, idx_cols in INDEXES:
+        name = f"{table}_{'_'.join(idx_cols)}_idx"
+        cur.execute(f"create index if not exists {_q(name)} on {_q(table)} ({', '.join(_q(c) for c in idx_cols)})")
 
 
 def m002_idempotency_by_run(cur: Any) -> None:

@@ -362,7 +362,7 @@ class PostgresStore:
                     self._replay_spill()
                 continue
             stop = item is None
-            batch = [] if stop else [item]
+            batch: list[Any] = [] if stop else [item]
             if not stop and self.linger_s:
                 time.sleep(self.linger_s)  # let a batch build up instead of waking for every record
             while not stop and len(batch) < self.batch_max:
@@ -527,7 +527,7 @@ class PostgresStore:
         for row in rows:
             if row.get("seq") is not None:
                 continue
-            run_id = row.get("run_id")
+            run_id: Any = row.get("run_id")
             if run_id not in self._seq:  # a run resumed from an earlier process goes on numbering
                 last = conn.execute("select max(seq) from events where run_id = %s", [run_id]).fetchone()
                 self._seq[run_id] = int(last[0] or 0) if last else 0
