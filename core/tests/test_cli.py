@@ -29,6 +29,9 @@ def test_runs_list_and_show(tmp_path):
     rt.close()
     res = invoke("runs", "--store", db)
     assert run.run.run_id in res.output and "failure" in res.output
+    header, row = res.output.splitlines()[:2]
+    assert header.split() == ["RUN", "FRAMEWORK", "DOMAIN", "OUTCOME", "STATUS", "STEPS", "TASK"]
+    assert row.split()[0] == run.run.run_id and row.split()[5] == str(run.run.steps)
     res = invoke("runs", "--store", db, "show", run.run.run_id[:12])
     assert res.exit_code == 0
     out = res.output

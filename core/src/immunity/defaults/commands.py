@@ -132,9 +132,11 @@ def immunity_register_commands(cli: click.Group) -> None:
         rows = store.runs(limit=limit, outcome=outcome)
         if not rows:
             click.echo(f"no runs in {store_path}")
+        else:
+            click.echo(f"{'RUN':<36} {'FRAMEWORK':<14} {'DOMAIN':<9} {'OUTCOME':<8} {'STATUS':<10} {'STEPS':>5}  TASK")
         for r in rows:
             click.echo(f"{r.run_id:<36} {r.framework or '-':<14} {r.domain or '-':<9} {r.outcome.value:<8} "
-                       f"{r.status:<10} steps={r.steps:<4} {(r.task or '')[:40]}")
+                       f"{r.status:<10} {r.steps:>5}  {(r.task or '')[:40]}")
         store.close()
 
     @runs.command("show")
