@@ -200,3 +200,40 @@ def test_score_scores_every_step_of_a_long_repetitive_run(pack: str, tmp_path: P
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 * 94 and "188 of 188 imported steps (every step)" in res.output
     assert sorted(r["step"] for r in rows if r["run_id"] == "rep-coding") == list(range(94))
+
+
+def _mixed_store(tmp_path: Path) -> str:
+    """Two sources of the synthetic population (tasks 0-7 coding from 'a', 8-15 support from 'b') and
+    a third source with only failed runs."""
+    items = population()
+    for it in items:
+        t = int(it.run.task_id.split("-")[1])
+        it.run.source, it.run.domain = ("a", "coding") if t < 8 else ("b", "support")
+    extra = [it for it in population(n_tasks=4, seed=11) if it.run.outcome == "failure"]
+    for it in extra:
+        it.run.run_id, it.run.source, it.run.domain = "c-" + it.run.run_id, "c", "coding"
+        for s in it.steps:
+            s.run_id = it.run.run_id
+    db = str(tmp_path / "mixed.db")
+    write_store(db, items + extra)
+    return db
+
+
+def test_learn_domain_filters_runs_and_warns_on_a_single_outcome_source(tmp_path: Path) -> None:
+    db = _mixed_store(tmp_path)
+    res = invoke("learn", "--store", db, "--domain", "coding", "--folds", "3", "--out", str(tmp_path / "c.json"))
+    assert "learning from" in res.output and "domains ['support']" in res.output
+    pack = json.loads((tmp_path / "c.json").read_text())
+    assert sorted(pack["training"]["sets"]) == ["a", "c"]
+    assert "WARNING: source 'c' has only failed runs" in res.output
+    assert any("source 'c'" in w for w in pack["training"]["warnings"])
+    res = invoke("learn", "--store", db, "--domain", "data", "--out", str(tmp_path / "d.json"), ok=False)
+    assert res.exit_code == 1 and "no run of domain 'data'" in res.output
+
+
+def test_eval_leave_one_source_out(tmp_path: Path) -> None:
+    db = _mixed_store(tmp_path)
+    out = tmp_path / "loso.json"
+    invoke("eval", "--cv", "--store", db, "--split", "source", "--folds", "3", "--bootstrap", "20", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["split"] == "source" and data["groups"] == 3 and len(data["folds"]) == 3

@@ -71,9 +71,22 @@ def repo_of(key: str) -> str:
     return m.group("repo") if m else key
 
 
+#: How runs can be grouped for every split (cross-validation folds, calibration folds).
+SPLITS: tuple[str, ...] = ("task", "repo", "source", "agent")
+
+
 def group_of(run: Any, split: str) -> str:
+    """The run's group for ``split``: its task, its repository (SWE-bench style ids), the source
+    it was read from (``source``: leave-one-source-out with as many folds as sources), or the
+    agent/model that ran it (``agent``)."""
     key = task_key(run)
-    return repo_of(key) if split == "repo" else key
+    if split == "repo":
+        return repo_of(key)
+    if split == "source":
+        return str(run.source or "-")
+    if split == "agent":
+        return str(run.agent or run.metadata.get("model") or run.framework or "-")
+    return key
 
 
 def outcome_label(run: Any) -> int | None:

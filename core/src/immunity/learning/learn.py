@@ -536,6 +536,7 @@ def learn_model(runs: list[RunData], cfg: LearnConfig, *, name: str = "model",
     if n_f < cfg.min_failures:
         warnings.append(f"only {n_f} failed runs: too few to learn reliable patterns (needs at least "
                         f"{cfg.min_failures})")
+    warnings.extend(single_outcome_sources(labelled))
     groups = [r.group for r in labelled]
     k = max(2, min(cfg.folds, len(set(groups))))
     if len(set(groups)) < 2:
@@ -594,6 +595,25 @@ def learn_model(runs: list[RunData], cfg: LearnConfig, *, name: str = "model",
                  "successful_runs": n_s, "patterns": len(patterns),
                  "candidates_by_class": dict(Counter(p.error_class for p in patterns))})
     return LearnedModel(member=member, patterns=patterns, diagnostics=diag, warnings=warnings)
+
+
+def single_outcome_sources(runs: list[RunData]) -> list[str]:
+    """Warnings for sources whose labelled runs all have one outcome: mixed with other sources,
+    such a set teaches "this source = failure" (or success) instead of what precedes a failure."""
+    by: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in runs:
+        if r.outcome is not None:
+            by[r.source or "-"][int(r.outcome)] += 1
+    if len(by) < 2:
+        return []
+    out = []
+    for src, (ok, bad) in sorted(by.items()):
+        if ok == 0 or bad == 0:
+            only = "failed" if ok == 0 else "successful"
+            out.append(f"source {src!r} has only {only} runs ({ok + bad}): mixed with other sources it teaches "
+                       f"'this source = {'failure' if ok == 0 else 'success'}'; leave it out of training (use it "
+                       f"to check alarms at the decisive step) or add runs with the other outcome")
+    return out
 
 
 def _fit(kind: str, x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float, seed: int) -> Logistic | Trees:

@@ -83,8 +83,9 @@ def _learn_options(f: Any) -> Any:
                      help="Cross-validation folds (split by task).")(f)
     f = click.option("--target-far", default=0.05, show_default=True,
                      help="Target false-alarm rate on successful runs for the threshold.")(f)
-    f = click.option("--split", type=click.Choice(["task", "repo"]), default="task", show_default=True,
-                     help="Group runs by task, or by repository (SWE-bench style ids), for every split.")(f)
+    f = click.option("--split", type=click.Choice(["task", "repo", "source", "agent"]), default="task",
+                     show_default=True, help="Group runs by task, by repository (SWE-bench style ids), by source "
+                                             "(leave-one-source-out) or by agent/model, for every split.")(f)
     f = click.option("--model", type=click.Choice(["logistic", "trees", "auto"]), default="logistic",
                      show_default=True, help="Risk model: logistic, gradient-boosted trees (needs the `learn` "
                                              "extra), or auto (the lower cross-validated log loss).")(f)
@@ -118,6 +119,14 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
 
         cfg = _cfg(target_far, folds, min_similarity, seed, model)
         items = _read(paths, fmt, store, domain)
+        if domain:
+            kept = [it for it in items if (it.run.domain or domain) == domain]
+            if len(kept) < len(items):
+                _err(f"--domain {domain}: learning from {len(kept)} of {len(items)} runs (the others are of "
+                     f"domains {sorted({str(it.run.domain) for it in items if it not in kept})})")
+            if not kept:
+                raise click.ClickException(f"no run of domain {domain!r} in the input")
+            items = kept
         _err(f"replaying {len(items)} runs to collect their features")
         try:
             runs, emb = collect(items, split=split, embedder_spec={"plugin": embedder}, domain=domain)
