@@ -114,3 +114,26 @@ async def test_guard_resume_after_a_stop_and_the_outcome_follows(make_runtime: A
     run = stored(rt, run_id)
     assert run.status == "finished" and run.outcome == Outcome.UNKNOWN  # the stop no longer holds
     guard.uninstrument()
+
+
+async def test_model_errors_are_retried_with_backoff_then_fall_back(make_runtime: Any) -> None:
+    def overloaded(messages: Any) -> Any:
+        raise TimeoutError("503 Service Unavailable: overloaded")
+
+    rt = make_runtime(recovery={"base_delay": 0.0})
+    agent = FunctionAgent(tools=[lookup], llm=ScriptedLLM([overloaded, "recovered"]))
+    guard = rt.protect(agent)
+    assert str(await agent.run(user_msg="What is a?")) == "recovered"
+    rt.flush()
+    assert [r.kind.value for r in rt.store.recoveries(guard.run_id)] == ["retry"]
+    guard.uninstrument()
+
+    rt2 = make_runtime(recovery={"base_delay": 0.0})
+    down = ScriptedLLM([overloaded] * 9)
+    agent2 = FunctionAgent(tools=[lookup], llm=down)
+    guard2 = rt2.protect(agent2, fallback_model=ScriptedLLM(["from the backup"]))
+    assert str(await agent2.run(user_msg="What is a?")) == "from the backup"
+    rt2.flush()
+    assert [r.kind.value for r in rt2.store.recoveries(guard2.run_id)][-1] == "fallback"
+    assert agent2.llm is down  # the agent keeps its own model
+    guard2.uninstrument()

@@ -31,6 +31,8 @@ class LlamaIndexAdapter(Adapter):
       run), which :meth:`restore` turns back into a ``Context`` to resume with ``agent.run(ctx=...)``,
       in this process or another. ``False``: none.
     - ``ask_human_timeout`` (seconds, default 600): how long a call waits for a human's answer.
+    - ``fallback_model``: a LlamaIndex LLM to call instead when a FALLBACK recovery says so (a model
+      error is retried with the recovery policy's backoff first).
 
     The immunity run id of a LlamaIndex run is ``"llamaindex-" + <the workflow run id>``; pass
     ``run_id=`` to ``agent.run`` to choose it, and the same ``run_id`` again (or
@@ -40,12 +42,17 @@ class LlamaIndexAdapter(Adapter):
     name = "llamaindex"
     framework = "llama-index-core"
     supported = ">=0.14,<0.15"
-    extra_options: ClassVar[dict[str, Any] | None] = {"checkpoints": "state", "ask_human_timeout": 600.0}
+    extra_options: ClassVar[dict[str, Any] | None] = {"checkpoints": "state", "ask_human_timeout": 600.0,
+                                                       "fallback_model": None}
     extra_node_events: ClassVar[tuple[str, ...]] = ("turns",)
 
     def __init__(self, runtime: Any, **options: Any):
         super().__init__(runtime, **options)
         self._bridge: Any = None
+        fallback = self.options["fallback_model"]
+        if fallback is not None:  # the recovery policy offers FALLBACK once a fallback is configured
+            name = getattr(getattr(fallback, "metadata", None), "model_name", None) or type(fallback).__name__
+            runtime.config.options.setdefault("fallback_model", str(name))
 
     @classmethod
     def matches(cls, obj: Any) -> bool:

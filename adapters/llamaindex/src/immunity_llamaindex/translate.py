@@ -134,6 +134,8 @@ class LiveRun:
     asked: dict[str, dict[str, Any]] = field(default_factory=dict)
     turns: int = 0
     fatal: BaseException | None = None
+    #: the decision on the last model call that raised (set by the span handler, read by take_step)
+    model_failure: Decision | None = None
 
 
 class _SpanHandler(BaseSpanHandler[SimpleSpan]):
@@ -354,8 +356,8 @@ class Bridge:
             if id_ in live.llm_spans:
                 if err is not None:  # the model call raised: there will be no end event
                     live.llm_spans.pop(id_, None)
-                    live.session.model_end(None, error=f"{type(err).__name__}: {err}", model=_model_name(instance),
-                                           agent=live.agent_name)
+                    live.model_failure = live.session.model_end(None, error=f"{type(err).__name__}: {err}",
+                                                                model=_model_name(instance), agent=live.agent_name)
             elif instance is live.workflow and "init_state" in bound_args.arguments:
                 self._finish(live, result, err)
             elif "ev" in bound_args.arguments and "ctx" in bound_args.arguments:
@@ -505,10 +507,46 @@ class Bridge:
                     # end the run the framework's way: an agent output with no tool calls is final
                     return AgentOutput(response=ChatMessage(role="assistant", content=stop), tool_calls=[],
                                        raw=None, current_agent_name=agent.name)
-            return await original(ctx, llm_input, tools, memory, *args, **kwargs)
+            if live is None:
+                return await original(ctx, llm_input, tools, memory, *args, **kwargs)
+            attempt, fallback = 0, False
+            while True:
+                live.model_failure = None
+                try:
+                    if not fallback:
+                        return await original(ctx, llm_input, tools, memory, *args, **kwargs)
+                    own = agent.__dict__.get("llm")
+                    object.__setattr__(agent, "llm", bridge.adapter.options["fallback_model"])
+                    try:
+                        return await original(ctx, llm_input, tools, memory, *args, **kwargs)
+                    finally:
+                        object.__setattr__(agent, "llm", own)
+                except Exception:
+                    plan = bridge._model_retry(live, attempt, fallback)
+                    if plan is None:
+                        raise
+                    if plan == "fallback":
+                        fallback = True
+                    else:
+                        attempt += 1
+                        await asyncio.sleep(plan)
 
         take_step.__wrapped__ = original  # type: ignore[attr-defined]
         return take_step
+
+    def _model_retry(self, live: LiveRun, attempt: int, fallback: bool) -> float | str | None:
+        """After a turn raised: ``"fallback"`` (call the adapter's ``fallback_model`` instead), a
+        delay before calling the model again, or ``None`` (the error goes on), as the recovery
+        policy decided on the failed model call. Not a model error (a tool, the workflow): ``None``."""
+        d, live.model_failure = live.model_failure, None
+        if d is None or d.stop or d.recovery is None:
+            return None
+        rec = d.recovery
+        if rec.kind == RecoveryKind.FALLBACK and not fallback and self.adapter.options["fallback_model"] is not None:
+            return "fallback"
+        if rec.kind == RecoveryKind.RETRY and attempt + 1 < rec.max_attempts:
+            return float(min(max(rec.delay_s, 0.0), 30.0))
+        return None
 
     async def _before_turn(self, live: LiveRun, agent: Any, ctx: Any) -> str | None:
         session = live.session
