@@ -525,7 +525,7 @@ class Bridge:
                     plan = bridge._model_retry(live, attempt, fallback)
                     if plan is None:
                         raise
-                    if plan == "fallback":
+                    if isinstance(plan, str):  # "fallback"
                         fallback = True
                     else:
                         attempt += 1
