@@ -15,7 +15,8 @@ string costs one scan however many detectors there are):
   Slack ``xox?-...``, Google ``AIza...``, Hugging Face ``hf_...``, Stripe ``sk_live_...``, JWTs);
 - ``bearer``: ``Bearer <token>`` / ``Basic <credentials>`` (Authorization headers);
 - ``secret_field``: the value of ``password=``, ``secret:``, ``"api_key": "..."``, ``token=``,
-  ``aws_secret_access_key=``... fields (the name is kept, the value masked);
+  ``aws_secret_access_key=``... fields (the name is kept, the value masked); ``secret_phrase``:
+  the word after "password is" / "api key was" in prose;
 - optional (``emails=True`` / ``phones=True``): e-mail addresses, phone numbers.
 
 Besides text, dictionaries are walked: the value under a key that names a secret (``password``,
@@ -59,6 +60,8 @@ BUILTIN_PATTERNS: dict[str, str] = {
     "bearer": r"(?i:\b(?:bearer|basic))\s+[A-Za-z0-9._~+/=-]{8,}",
     "secret_field": r"(?P<sf_key>(?<![A-Za-z0-9_])(?i:" + _SECRET_NAMES + r")[\"'\\]{0,2}\s*[:=]\s*)"
                     r"(?P<sf_val>\\\"(?:[^\\]|\\[^\"])*?\\\"|\"(?:[^\"\\]|\\.)*\"|'[^']*'|[^\s,;&}\]\"'\\]+)",
+    "secret_phrase": r"(?P<sp_key>(?i:\b(?:password|passwd|passphrase|api key|secret key)\s+(?:is|was)\s+))"
+                     r"(?P<sp_val>[^\s,;]+)",
 }
 
 #: Detectors that are off unless asked for (``emails=True``, ``phones=True``).
@@ -78,6 +81,7 @@ TRIGGERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
     "api_key": ((), ("sk-", "gh", "xox", "aiza", "hf_", "_live_", "_test_", "eyj"), False),
     "bearer": ((), ("bearer", "basic"), False),
     "secret_field": (("=", ":"), ("pass", "pwd", "secret", "key", "token", "credential"), False),
+    "secret_phrase": ((" is ", " was "), ("passw", "passphrase", "api key", "secret key"), False),
     "email": ((), ("@",), True),
 }
 
@@ -154,6 +158,8 @@ class Redactor:
             else:
                 q = ""
             return f"{m.group('sf_key')}{q}{MASK.format('secret')}{q}"
+        if name == "secret_phrase":
+            return f"{m.group('sp_key')}{MASK.format('secret')}"
         if name == "bearer":
             word = m.group(0).split(None, 1)[0]
             return f"{word} {MASK.format('token')}"

@@ -96,7 +96,9 @@ def immunity_recover(event: Event, verdicts: list[Verdict], run: Run, state: Run
                                f"(last error: {state.last_error or event.error})")
     if event.kind == EventKind.TOOL_END and event.failed:
         cls = verdicts[0].error_class if verdicts else tx.TOOL_ERROR
-        err = (event.error or event.result or "")[:300]
+        from immunity.interventions.quoting import quote  # tool output enters a hint only as delimited data
+
+        err = quote(event.error or event.result or "", 300)
         return Recovery(kind=RecoveryKind.RETRY, reason=cls or tx.TOOL_ERROR,
                         hint=f"[immunity] {event.tool} failed ({cls}): {err}. "
                              f"{tx.hint(cls, '')}".strip())

@@ -8,6 +8,7 @@ from typing import Any
 import pluggy
 
 from immunity import taxonomy as tx
+from immunity.interventions.quoting import quote
 from immunity.models import ActionType, Event, EventKind, Run, Severity, Step, Verdict
 from immunity.plugins import build
 from immunity.state import RunState, action_signature
@@ -74,7 +75,7 @@ class RulesVerifier:
                 out.append(Verdict(ok=False, error_class=tx.REPEATED_TOOL_ERROR,
                                    severity=Severity.ERROR if n >= 3 else Severity.WARNING,
                                    message=f"the same error happened {n} times: {state.last_error}",
-                                   hint=f"[immunity] This error has happened {n} times: {state.last_error!r}. "
+                                   hint=f"[immunity] This error has happened {n} times: {quote(state.last_error)}. "
                                         "Do not retry the same way; change the arguments or the approach.",
                                    evidence={"error": state.last_error, "count": n}))
             if state.steps_without_new_info >= self.no_progress and not out:
