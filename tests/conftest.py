@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +21,24 @@ class Venv:
     bin: Path
 
     def install(self, *paths: Path | str) -> None:
-        """``pip install`` the given paths (plain pip, as a user would)."""
-        subprocess.run([str(self.bin / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        *[str(p) for p in paths]], check=True, timeout=600)
+        """``pip install`` the given paths (plain pip, as a user would), each from a copy, so that
+        no build artefact (``build/``, ``*.egg-info``) is left in the repository."""
+        with tempfile.TemporaryDirectory(prefix="immunity-install-") as tmp:
+            subprocess.run([str(self.bin / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                            *[str(source_copy(Path(p), Path(tmp))) for p in paths]], check=True, timeout=600)
 
     def run(self, *args: str) -> str:
         return subprocess.run([str(self.bin / args[0]), *args[1:]], capture_output=True, text=True,
                               check=True).stdout
+
+
+def source_copy(path: Path, into: Path) -> Path:
+    """A copy of a project folder to build from (anything else is returned as it is)."""
+    if not path.is_dir():
+        return path
+    dest = into / path.name
+    shutil.copytree(path, dest, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", ".venv", "__pycache__"))
+    return dest
 
 
 @pytest.fixture(scope="session")
