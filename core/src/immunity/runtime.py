@@ -557,6 +557,7 @@ class HookPolicy(CallPolicy):
     def __init__(self, runtime: Runtime, session: RunSession | None = None):
         super().__init__(runtime.pm, timeout=_seconds(runtime.config.hook_timeout_ms, 10.0))
         self.runtime, self.session = runtime, session
+        self.budget = _seconds(runtime.config.step_budget_ms, 0.0)
 
     def skipped(self, plugin: str) -> bool:
         return plugin in self.runtime.skipped
