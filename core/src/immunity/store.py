@@ -171,7 +171,7 @@ def _loads(value: Any, default: Any = None) -> Any:
 MAX_STORED_TEXT = 16_000
 
 
-def to_row(table: str, record: Any, redactor: Any = None) -> dict[str, Any]:
+def to_row(table: str, record: Any, redactor: Any = None, *, message_refs: bool = False) -> dict[str, Any]:
     """A model (or dict) as a row of ``table``; with a ``redactor`` (see :mod:`immunity.redact`)
     every string in it is redacted, and clipped to :data:`MAX_STORED_TEXT`, before it is JSON-encoded."""
     if redactor is not None:  # (a disabled redactor still clips)
@@ -179,7 +179,7 @@ def to_row(table: str, record: Any, redactor: Any = None) -> dict[str, Any]:
             record = _Dumped(record, redactor)
         elif isinstance(record, dict):
             return dict(redactor.value(record, clip=MAX_STORED_TEXT))
-    return _to_row(table, record)
+    return _to_row(table, record, message_refs)
 
 
 class _Dumped:
@@ -198,7 +198,7 @@ class _Dumped:
         return getattr(self._model, name)
 
 
-def _to_row(table: str, record: Any) -> dict[str, Any]:
+def _to_row(table: str, record: Any, message_refs: bool = False) -> dict[str, Any]:
     if isinstance(record, dict):
         return dict(record)
     if not isinstance(record, BaseModel | _Dumped):
@@ -216,14 +216,17 @@ def _to_row(table: str, record: Any) -> dict[str, Any]:
                 d[key] = d[key][:8000] + f"... [{len(d[key]) - 8000} more characters]"
         msgs = d.pop("messages", None)
         if msgs:
-            # the history is stored once: each message (clipped, the clip recorded) goes to the
-            # ``messages`` table under its content hash, and the event keeps the hashes in order
-            kept = msgs[-MESSAGE_REFS:]
+            kept = msgs[-MESSAGE_REFS:] if message_refs else msgs[-50:]
             bodies = [_message_row(m) for m in kept]
-            d["message_refs"] = [h for h, _ in bodies]
+            if message_refs:
+                # the history is stored once: each message (clipped, the clip recorded) goes to the
+                # ``messages`` table under its content hash, and the event keeps the hashes in order
+                d["message_refs"] = [h for h, _ in bodies]
+                head["_messages"] = bodies
+            else:  # a store without a messages table: the latest messages inline, clipped
+                d["messages"] = [json.loads(b) for _, b in bodies]
             if len(msgs) > len(kept):
                 d["messages_omitted"] = len(msgs) - len(kept)
-            head["_messages"] = bodies
         head["body"] = _json(d)
         return head
     if table == "steps":
@@ -476,7 +479,7 @@ class SQLiteStore:
         return seq
 
     def _row(self, table: str, record: Any, seq: int | None = None) -> dict[str, Any]:
-        row = to_row(table, record, self.redactor)
+        row = to_row(table, record, self.redactor, message_refs=True)
         if table == "events":
             row["seq"] = seq if seq is not None else self._next_seq(row)
         return row
@@ -777,7 +780,7 @@ class SQLiteStore:
         rows: list[tuple[str, dict[str, Any]]] = [("runs", to_row("runs", run, self.redactor))]
         rows += [("steps", to_row("steps", s, self.redactor)) for s in steps]
         for i, ev in enumerate(related.get("events", ()), 1):
-            r = to_row("events", ev, self.redactor)
+            r = to_row("events", ev, self.redactor, message_refs=True)
             r["seq"] = i
             rows += [(t, m) for t, m in self._split("events", r) if t == "messages"] + [("events", r)]
         for table in self.RELATED_TABLES[1:]:

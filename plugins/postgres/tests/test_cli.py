@@ -54,7 +54,7 @@ def test_import_runs_export_learn_and_score_on_postgres(pg_dsn, spill_dir, tmp_p
     res = invoke("import", "--format", "immunity", "--store", pg_dsn, dump)
     assert "imported 48 runs" in res.output and "store: postgresql://" in res.output
     res = invoke("runs", "--store", pg_dsn, "--limit", "100")
-    assert len(res.output.strip().splitlines()) == 48 and "run-11-3" in res.output
+    assert len(res.output.strip().splitlines()) == 1 + 48 and "run-11-3" in res.output
     res = invoke("runs", "--store", pg_dsn, "show", "run-5-1")
     assert "Fix check 5" in res.output
 
