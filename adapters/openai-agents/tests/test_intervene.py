@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from agents import Agent, Runner, RunState, SQLiteSession, function_tool
+from agents import Agent, RunConfig, Runner, RunState, SQLiteSession, function_tool
 from immunity import (
     EventKind,
     Intervention,
@@ -21,7 +21,7 @@ from immunity import (
 from immunity.errors import PluginError
 from immunity.runtime import RunSession
 from immunity_openai_agents import RunStopped
-from immunity_openai_agents.testing import ScriptedModel, call
+from immunity_openai_agents.testing import ScriptedModel, ScriptedModelProvider, call
 
 HINT = "[immunity] Check the refund policy before refunding."
 
@@ -265,7 +265,7 @@ async def test_circuit_breaker_stops_a_run_whose_steps_keep_failing(rt: Runtime)
     assert rt.store.recoveries(run.run_id)[-1].kind.value == "abort"
 
 
-def test_stop_before_a_model_call_raises_run_stopped(make_runtime: Any, plugin: Any) -> None:
+def test_stop_before_a_model_call_answers_with_the_stop(make_runtime: Any, plugin: Any) -> None:
     def no_handoffs(event: Any, step: Any) -> list[Verdict] | None:
         if event.kind == EventKind.HANDOFF:
             return [Verdict(ok=False, error_class="policy_violation", severity=Severity.CRITICAL,
@@ -277,8 +277,29 @@ def test_stop_before_a_model_call_raises_run_stopped(make_runtime: Any, plugin: 
     other = Agent(name="other", model=model)
     agent = Agent(name="first", model=model, handoffs=[other])
     guard = rt.protect(agent)
+    result = Runner.run_sync(agent, "go")  # no exception: the agent's wrapped model answers with the stop
+    assert result.final_output == "Stopped by immunity: handoffs are disabled."
+    assert len(model.calls) == 1  # the other agent's model was never called
+    rt.flush()
+    run = rt.store.get_run(guard.run_id)
+    assert run.status == "stopped" and run.final_answer == result.final_output
+    assert run.metadata["outcome_reason"].startswith("stopped by immunity")
+
+
+def test_stop_before_a_model_call_raises_run_stopped_with_a_model_name(make_runtime: Any, plugin: Any) -> None:
+    def no_handoffs(event: Any, step: Any) -> list[Verdict] | None:
+        if event.kind == EventKind.HANDOFF:
+            return [Verdict(ok=False, error_class="policy_violation", severity=Severity.CRITICAL,
+                            message="handoffs are disabled")]
+        return None
+
+    rt = make_runtime(plugin(verify=no_handoffs))
+    model = ScriptedModel([call("transfer_to_other"), "other agent answer"])
+    other = Agent(name="other", model="scripted")  # a model name: resolved by the SDK's provider
+    agent = Agent(name="first", model=model, handoffs=[other])
+    guard = rt.protect(agent)
     with pytest.raises(RunStopped) as info:
-        Runner.run_sync(agent, "go")
+        Runner.run_sync(agent, "go", run_config=RunConfig(model_provider=ScriptedModelProvider(model)))
     assert info.value.reason == "Stopped by immunity: handoffs are disabled."
     assert len(model.calls) == 1  # the other agent's model was never called
     rt.flush()

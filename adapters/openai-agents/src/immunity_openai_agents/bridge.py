@@ -104,6 +104,7 @@ class ActiveRun:
         self.via_runner = False
         self.agent: str | None = None  # the agent running now (set when each agent starts)
         self.starting_agent: Any = None  # the agent the Runner call started with
+        self.answer_stop: str | None = None  # the stop answer the agent's wrapped model gives next
 
     @property
     def run_id(self) -> str:
@@ -253,6 +254,10 @@ class GuardedModel(Model):
         return None
 
     async def get_response(self, *args: Any, **kwargs: Any) -> Any:
+        run = current_run()
+        if run is not None and run.answer_stop is not None:  # stopped before this call: answer with the stop
+            text, run.answer_stop = run.answer_stop, None
+            return _text_response(text)
         model, attempt = self.inner, 0
         while True:
             try:
@@ -285,6 +290,16 @@ class GuardedModel(Model):
                 else:
                     attempt += 1
                     await asyncio.sleep(plan[1])
+
+
+def _text_response(text: str) -> Any:
+    """A model response that is this final text (no model was called)."""
+    from agents import ModelResponse, Usage
+    from openai.types.responses import ResponseOutputMessage, ResponseOutputText
+
+    message = ResponseOutputMessage(type="message", id="immunity_stop", role="assistant", status="completed",
+                                    content=[ResponseOutputText(type="output_text", text=text, annotations=[])])
+    return ModelResponse(output=[message], usage=Usage(), response_id=None)
 
 
 def is_model(obj: Any) -> bool:
@@ -646,7 +661,13 @@ def make_input_filter(user_filter: Any) -> Callable[..., Any]:
             return md
         try:
             if run.stop is not None or run.session.stop_requested:
-                raise RunStopped(run.stop or run.session.stop_requested or "stopped by immunity", run_id=run.run_id)
+                text = run.stop or run.session.stop_requested or "stopped by immunity"
+                if isinstance(data.agent.model, GuardedModel) and not run.streamed and \
+                        getattr(data.agent, "output_type", None) in (None, str):
+                    # the agent's own model answers with the stop (no model call): a clean final answer
+                    run.stop, run.answer_stop = text, text
+                    return md
+                raise RunStopped(text, run_id=run.run_id)
             items = list(md.input)
             n_session = None
             if run.sdk_session is not None:
