@@ -1,4 +1,4 @@
-"""Plugin: the ``immunity bench closed-loop`` command."""
+"""Plugin: the ``immunity bench closed-loop`` and ``immunity bench precision`` commands."""
 
 from __future__ import annotations
 
@@ -108,6 +108,61 @@ def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, s
     _print(summary, as_json, markdown, render, render_markdown, _header(summary["config"]))
 
 
+@click.command("precision")
+@click.option("--data", "data_dir", type=click.Path(exists=True), default=None,
+              help="The shared dev-data folder: its tau-bench and SWE-bench trace files are used.")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
+@click.option("--format", "fmt", default="auto", show_default=True, help="Trace format of PATHS.")
+@click.option("--selector", default="default", show_default=True, help="The intervention selector.")
+@click.option("--sample", type=click.IntRange(1), default=None,
+              help="A seeded random sample of this many successful runs per dataset (default: all).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+@click.option("--budget", type=click.FloatRange(0, 1), default=None,
+              help="The share of successful runs any check may flag (default 0.05); exit 1 if exceeded or "
+                   "if any run is stopped, with --check.")
+@click.option("--check", "enforce", is_flag=True, help="Exit with status 1 when the budget is not met.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--markdown", is_flag=True, help="Print the results as Markdown tables.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the results and every run's record to this JSON file.")
+def precision(data_dir: str | None, paths: tuple[str, ...], fmt: str, selector: str, sample: int | None, seed: int,
+              budget: float | None, enforce: bool, as_json: bool, markdown: bool, out: str | None) -> None:
+    """False alarms on real successes: replay every successful run through the default runtime of
+    its domain and report, per check, the runs flagged, blocked and stopped and the hints sent.
+
+    Give trace files as PATHS, or --data DIR for the dev-data layout (tau-bench and SWE-bench)."""
+    from immunity.bench.precision import FLAG_BUDGET, dev_datasets, precision_report
+
+    groups: dict[str, list[str]] = {}
+    if data_dir:
+        groups.update(dev_datasets(data_dir))
+        if not groups:
+            raise click.ClickException(f"no tau-bench or SWE-bench trace files under {data_dir}")
+    for p in paths:
+        groups.setdefault(os.path.basename(os.path.normpath(p)), []).append(p)
+    if not groups:
+        raise click.UsageError("give trace files or --data DIR")
+    t0 = time.perf_counter()
+
+    def tick(n: int) -> None:
+        if n % 100 == 0:
+            click.echo(f"  {n} runs ({time.perf_counter() - t0:.0f} s)", err=True)
+
+    report = precision_report(groups, fmt, selector=selector, sample=sample, seed=seed, progress=tick)
+    report.budget = FLAG_BUDGET if budget is None else budget
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            json.dump(report.as_dict(runs=True), fh, indent=1, default=str)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=1, default=str))
+    else:
+        click.echo(f"immunity bench precision: selector {selector}, {len(report.runs)} successful runs in "
+                   f"{report.config['seconds']:.0f} s\n")
+        click.echo(report.render(markdown=markdown))
+    if enforce and not report.within_budget():
+        sys.exit(1)
+
+
 def _header(cfg: dict[str, Any]) -> str:
     if not cfg:
         return "immunity bench closed-loop"
@@ -151,3 +206,4 @@ def immunity_register_commands(cli: click.Group) -> None:
 
         group = bench
     group.add_command(closed_loop)
+    group.add_command(precision)

@@ -34,14 +34,15 @@ class ReplayedStep:
 
 
 def replay(imported: ImportedRun, session: RunSession, *, end: bool = False,
-           stop_on_block: bool = False) -> list[ReplayedStep]:
+           stop_on_block: bool = False, stop_on_stop: bool = False) -> list[ReplayedStep]:
     """Feed ``imported``'s steps through ``session`` in order and return each step's decisions.
 
     The session makes its own steps as it goes (``session.state.steps``); they equal the imported
     steps (action types, tools, arguments, results, errors, return codes) unless a plugin blocks a
     call: a blocked call is recorded as the runtime records it and its result is not fed in, as a
-    live adapter would not run it. With ``stop_on_block`` the replay stops there. ``end`` ends the
-    session with the imported outcome.
+    live adapter would not run it. With ``stop_on_block`` the replay stops there (and at a stop);
+    with ``stop_on_stop`` it stops only where the runtime stopped the run, as a live adapter would
+    have ended it. ``end`` ends the session with the imported outcome.
     """
     out: list[ReplayedStep] = []
     for step in imported.steps:
@@ -70,7 +71,7 @@ def replay(imported: ImportedRun, session: RunSession, *, end: bool = False,
                 fed.decisions.append(session.model_end(text, agent=step.agent))
             else:
                 fed.decisions.append(session.message(text, agent=step.agent))
-        if session.stop_requested and stop_on_block:
+        if session.stop_requested and (stop_on_block or stop_on_stop):
             break
     if end:
         session.end(imported.run.outcome)
