@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, overload
 
+from immunity.error_identity import benign_exit, step_error_identity
 from immunity.models import ActionType, Step
 
 _NUM = re.compile(r"0x[0-9a-f]+|\d+(\.\d+)?", re.I)
@@ -23,8 +24,9 @@ _WS = re.compile(r"\s+")
 
 
 def normalise_error(text: str | None, limit: int = 160) -> str:
-    """An error message with the specifics (numbers, paths, quoted names, ids) taken out, so the
-    same error in different places compares equal."""
+    """An error message with the specifics (numbers, paths, quoted names, ids) taken out and
+    lower-cased: a coarse form for features. The runtime's error identity (what counts as "the
+    same error") is :func:`immunity.error_identity.error_identity`, which keeps far more."""
     if not text:
         return ""
     lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
@@ -148,7 +150,9 @@ class RunState:
     errors: int = 0
     consecutive_failures: int = 0
     error_counts: Counter[str] = field(default_factory=Counter)
+    error_repeats: Counter[str] = field(default_factory=Counter)
     last_error: str = ""
+    last_error_text: str = ""
     signature_counts: Counter[str] = field(default_factory=Counter)
     near_counts: Counter[str] = field(default_factory=Counter)
     identical_streak: int = 0
@@ -170,6 +174,7 @@ class RunState:
     hints_pending: list[str] = field(default_factory=list)
     stop_requested: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    _failing_program: dict[str, str] = field(default_factory=dict)
     _recent: deque[str] = field(default_factory=lambda: deque(maxlen=4))
     _last_actions: deque[str] = field(default_factory=lambda: deque(maxlen=3))
 
@@ -202,32 +207,60 @@ class RunState:
             self.tool_counts[step.tool] += 1
 
         failed = step.failed
+        if failed and step.tool and benign_exit(step.arguments, step.return_code, step.error or step.result):
+            # grep found nothing, diff found a difference: an answer, not a failure
+            failed = False
+            step.data["benign_exit"] = True
+        ident = step_error_identity(step) if failed else None
         if step.tool and not step.data.get("blocked"):
-            self.tool_failures[step.tool] = self.tool_failures[step.tool] + 1 if failed else 0
+            # a tool's circuit is about the program that fails: for a shell, ``pytest`` failing
+            # after ``grep`` failed is not the same thing failing twice
+            program = (ident.program or step.tool) if ident else step.tool
+            same = self._failing_program.get(step.tool) == program
+            self.tool_failures[step.tool] = (self.tool_failures[step.tool] + 1 if same else 1) if failed else 0
+            self._failing_program[step.tool] = program if failed else ""
         if failed:
             self.errors += 1
             self.consecutive_failures += 1
-            err = normalise_error(step.error or step.result)
-            self.last_error = err
-            if err:
-                self.error_counts[err] += 1
+            self.last_error = ident.key if ident else ""
+            self.last_error_text = ident.text if ident else ""
+            if ident:
+                step.data["_error"] = ident.key
+                self.error_counts[ident.key] += 1
+                self.error_repeats[ident.key] += 1
                 _bound(self.error_counts)
+                _bound(self.error_repeats)
         else:
             self.consecutive_failures = 0
+            if step.tool and not step.data.get("blocked") and \
+                    (step.side_effect or step.action_type in (ActionType.EDIT, ActionType.EXECUTE)):
+                # something may have changed (a file, an install, a booking): the same error seen
+                # again is a new attempt, not the same one repeated
+                self.error_repeats.clear()
 
         sig = action_signature(step)
         near = near_signature(step)
+        prev_step = self.steps[-2] if len(self.steps) >= 2 else None
+        prev_near = prev_step.data.get("_near") if prev_step is not None else None
+        # A repeat is the same call *with the same result*: the same call answering something new
+        # (a status that moved, a file that changed) is not a loop. A blocked repeat carries on the
+        # streak of the call it repeats.
+        if step.data.get("blocked") and prev_step is not None and prev_step.data.get("_sig") == sig:
+            rsig = prev_step.data.get("_rsig", sig)
+        else:
+            outcome = step.data.get("_error") or (step.error or step.result or "")[:2000]
+            rsig = _digest([sig, outcome]) if step.tool else sig
         prev = self._recent[-1] if self._recent else None
-        prev_near = self.steps[-2].data.get("_near") if len(self.steps) >= 2 else None
-        self.identical_streak = self.identical_streak + 1 if sig == prev else 1
+        self.identical_streak = self.identical_streak + 1 if rsig == prev else 1
         self.near_streak = self.near_streak + 1 if near == prev_near else 1
         # A<->B ping-pong: this step equals the one two back and differs from the last one
-        if len(self._recent) >= 2 and sig == self._recent[-2] and sig != prev:
+        if len(self._recent) >= 2 and rsig == self._recent[-2] and rsig != prev:
             self.ping_pong += 1
-        elif sig != prev:
+        elif rsig != prev:
             self.ping_pong = 0
-        self._recent.append(sig)
+        self._recent.append(rsig)
         step.data["_sig"] = sig
+        step.data["_rsig"] = rsig
         step.data["_near"] = near
         self.signature_counts[sig] += 1
         self.near_counts[near] += 1
@@ -248,8 +281,20 @@ class RunState:
             if step.action_type == ActionType.EDIT:
                 self.edits_since_verify += 1
 
-        info = _digest((step.result or "")[:2000]) if (step.result or step.error) else None
-        if info is None or info in self.results_seen:
+        # New information: a tool's output not seen before in this run. A change that succeeded
+        # (an edit) is progress too; a model's own message neither brings nor withholds any.
+        info = _digest((step.error or step.result or "")[:2000]) if (step.result or step.error) else None
+        if info is not None and info in self.results_seen and step.tool:
+            step.data["_seen"] = True  # the same answer again
+        if not step.tool:
+            pass
+        elif step.data.get("blocked"):
+            self.steps_without_new_info += 1  # it did not run: it told nothing new
+        elif step.action_type == ActionType.EDIT and not failed and not step.data.get("blocked"):
+            self.steps_without_new_info = 0
+            if info is not None:
+                self.results_seen[info] = None
+        elif info is None or info in self.results_seen:
             self.steps_without_new_info += 1
         else:
             self.results_seen[info] = None
@@ -289,6 +334,7 @@ class RunState:
             "tokens": self.tokens,
             "cost": round(self.cost, 6),
             "last_error": self.last_error,
+            "last_error_text": self.last_error_text,
             "repeated_error": max(self.error_counts.values(), default=0),
             "max_tool_failures": max(self.tool_failures.values(), default=0),
         }

@@ -164,13 +164,17 @@ def test_near_identical_repeats_and_polling_escalate() -> None:
         run = FakeRun(rt)
         got, msgs = [], []
         for i in range(6):
-            d = run.tool("read_log", {"offset": 100 + i}, result=f"page {i}")
+            d = run.tool("read_log", {"offset": 100 + i}, result="no new entries")
             got.append(d.intervention.kind.value if d.intervention else None)
             msgs += [v.message for v in d.verdicts if not v.ok]
             if d.stop:
                 break
         assert got == [None, None, "hint", "block", "stop"]
         assert msgs[0] == "nearly the same read_log call 3 times in a row (only numbers or spacing change)"
+        # paging through with a new answer each time is reading, not looping
+        pager = FakeRun(rt)
+        paged = [pager.tool("read_log", {"offset": 100 + i}, result=f"page {i}") for i in range(6)]
+        assert not [v for d in paged for v in d.verdicts if not v.ok]
         run2 = FakeRun(rt)
         run2.tool("job_status", {"job": "nightly"}, result="running")
         verdicts = [run2.tool("job_status", {"job": "nightly", "why": w}, result="running").verdicts

@@ -163,7 +163,8 @@ class PrecisionReport:
         lines: list[str] = []
         for ds, d in self.summary().items():
             lo, hi = d["flagged_ci95"]
-            head = (f"{ds}: {d['runs']} successful runs ({d['steps']} steps); flagged by any check "
+            kind = "successful" if self.config.get("outcome", "success") == "success" else self.config["outcome"]
+            head = (f"{ds}: {d['runs']} {kind} runs ({d['steps']} steps); flagged by any check "
                     f"{d['flagged']} ({100 * d['flagged_rate']:.1f}%, 95% CI {100 * lo:.1f}-{100 * hi:.1f}), "
                     f"blocked {d['blocked']}, stopped {d['stopped']}, hinted {d['hinted']} ({d['hints']} hints); "
                     f"budget <= {100 * self.budget:.0f}% flagged and 0 stopped: "
@@ -186,8 +187,8 @@ class PrecisionReport:
 
 
 def successful_runs(paths: list[str], fmt: str = "auto", *, runtime: Any = None,
-                    problems: list[Any] | None = None) -> Iterable[Any]:
-    """The imported runs of ``paths`` whose recorded outcome is a success."""
+                    problems: list[Any] | None = None, outcome: Outcome = Outcome.SUCCESS) -> Iterable[Any]:
+    """The imported runs of ``paths`` whose recorded outcome is a success (or ``outcome``)."""
     from immunity.importers import ImportProblem, iter_runs
 
     for item in iter_runs(paths, fmt, runtime=runtime):
@@ -195,16 +196,19 @@ def successful_runs(paths: list[str], fmt: str = "auto", *, runtime: Any = None,
             if problems is not None:
                 problems.append(item)
             continue
-        if item.run.outcome == Outcome.SUCCESS:
+        if item.run.outcome == outcome:
             yield item
 
 
 def precision_report(paths: list[str] | dict[str, list[str]], fmt: str = "auto", *, selector: str = "default",
                      sample: int | None = None, seed: int = 0, options: dict[str, Any] | None = None,
-                     progress: Callable[[int], None] | None = None) -> PrecisionReport:
+                     progress: Callable[[int], None] | None = None,
+                     outcome: Outcome = Outcome.SUCCESS) -> PrecisionReport:
     """Replay the successful runs of ``paths`` (a list, or ``{dataset: [paths]}``) through a fresh
     default runtime each, and report per check. ``sample`` keeps a seeded random sample of that many
-    successful runs per dataset (all of them when ``None``)."""
+    successful runs per dataset (all of them when ``None``). ``outcome=Outcome.FAILURE`` replays the
+    failed runs instead: the same counts, read as how often the checks fire where something did go
+    wrong (for context; the budget is about successes)."""
     from immunity.runtime import Runtime
 
     groups = paths if isinstance(paths, dict) else {_dataset_name(p): [p] for p in paths}
@@ -217,7 +221,7 @@ def precision_report(paths: list[str] | dict[str, list[str]], fmt: str = "auto",
     runtime = Runtime(store=None, selector=selector, step_budget_ms=0.0, **dict(options or {}))
     try:
         for ds, ds_paths in groups.items():
-            items = list(successful_runs(list(ds_paths), fmt, runtime=reader, problems=problems))
+            items = list(successful_runs(list(ds_paths), fmt, runtime=reader, problems=problems, outcome=outcome))
             if sample is not None and sample < len(items):
                 items = random.Random(seed).sample(items, sample)
             for item in items:
@@ -228,6 +232,7 @@ def precision_report(paths: list[str] | dict[str, list[str]], fmt: str = "auto",
         runtime.close()
         reader.close()
     config = {"datasets": {k: list(v) for k, v in groups.items()}, "selector": selector, "sample": sample,
+              "outcome": outcome.value,
               "seed": seed, "problems": len(problems), "seconds": round(time.perf_counter() - t0, 1)}
     return PrecisionReport(results, config)
 

@@ -8,7 +8,7 @@ from typing import Any
 import pluggy
 
 from immunity import taxonomy as tx
-from immunity.interventions.quoting import quote
+from immunity.error_identity import quote_error
 from immunity.models import ActionType, Event, EventKind, Run, Severity, Step, Verdict
 from immunity.plugins import build
 from immunity.state import RunState, action_signature
@@ -16,8 +16,20 @@ from immunity.state import RunState, action_signature
 hookimpl = pluggy.HookimplMarker("immunity")
 
 
+def repeated_error_hint(n: int, error_text: str) -> str:
+    """The hint for an error seen ``n`` times: it quotes the error as the tool reported it."""
+    return (f"[immunity] This error has happened {n} times: \"{quote_error(error_text)}\". "
+            "Do not retry the same way; change the arguments or the approach.")
+
+
 class RulesVerifier:
     """Loop, repeated-error, no-progress and unverified-finish rules on the run's signals.
+
+    What each rule means (see docs/verification.md): a *loop* is the same call with the same result
+    again; a *repeated error* is the same failure (:mod:`immunity.error_identity`) again with no
+    change (edit) made since it last happened; *no progress* is tool calls that keep answering
+    nothing new, with no change made; an *unverified finish* is finishing right after a failed
+    check with nothing changed since.
 
     Thresholds (``Config.options["rules"]``): ``repeat`` (identical calls in a row before a hint,
     default 3), ``block_repeat`` (before the call is blocked, 4), ``stop_repeat`` (before the run is
@@ -70,20 +82,20 @@ class RulesVerifier:
                                    message=f"alternating between two actions ({state.ping_pong} times)",
                                    hint="[immunity] You are alternating between the same two actions. Break the cycle.",
                                    evidence={"ping_pong": state.ping_pong}))
-            if step.failed and state.last_error and state.error_counts[state.last_error] >= 2:
-                n = state.error_counts[state.last_error]
+            n = state.error_repeats[state.last_error] if state.last_error else 0
+            if step.failed and not step.data.get("benign_exit") and n >= 2:
                 out.append(Verdict(ok=False, error_class=tx.REPEATED_TOOL_ERROR,
                                    severity=Severity.ERROR if n >= 3 else Severity.WARNING,
-                                   message=f"the same error happened {n} times: {state.last_error}",
-                                   hint=f"[immunity] This error has happened {n} times: {quote(state.last_error)}. "
-                                        "Do not retry the same way; change the arguments or the approach.",
-                                   evidence={"error": state.last_error, "count": n}))
+                                   message=f"the same error happened {n} times: {state.last_error_text}",
+                                   hint=repeated_error_hint(n, state.last_error_text),
+                                   evidence={"error": state.last_error, "text": state.last_error_text, "count": n}))
             if state.steps_without_new_info >= self.no_progress and not out:
                 out.append(Verdict(ok=False, error_class=tx.NO_PROGRESS, severity=Severity.WARNING,
                                    message=f"{state.steps_without_new_info} steps without new information",
                                    hint=tx.hint(tx.NO_PROGRESS),
                                    evidence={"steps_without_new_info": state.steps_without_new_info}))
-        if step.action_type == ActionType.DONE and state.last_verify_ok is False:
+        if step.action_type == ActionType.DONE and state.last_verify_ok is False and state.edits_since_verify == 0:
+            # the check failed and nothing was changed since: the agent saw it fail and finished
             out.append(Verdict(ok=False, error_class=tx.PREMATURE_DONE, severity=Severity.ERROR,
                                message="finishing right after a failed verification",
                                hint="[immunity] Your last check failed. Fix it and verify again before finishing.",

@@ -4,10 +4,15 @@ Core's rules verifier flags identical repeats, A<->B ping-pong and long stretche
 information. This verifier adds, from the same incremental signals of :class:`~immunity.state.RunState`:
 
 - **near-identical repeats**: the same tool with arguments that differ only in numbers or
-  whitespace (``near_streak``), ``near_repeat`` times in a row (3) while the exact calls differ;
-  once flagged, the next such call is flagged before it runs (so the ladder can block it);
-- **polling**: the same tool ``poll`` times in a row (3) returning nothing new
-  (``steps_without_new_info``), before the rules' no-progress threshold is reached.
+  whitespace (``near_streak``), ``near_repeat`` times in a row (3) while the exact calls differ,
+  *and* answering nothing new (paging through a file with ``sed -n '10,20p'``, ``'20,30p'`` is
+  reading, not looping); once flagged, the next such call is flagged before it runs (so the
+  ladder can block it);
+- **polling**: the same tool ``poll`` times in a row (3), each call answering with an output it
+  already gave earlier in the run (asking again and getting the same answer), before the rules'
+  no-progress threshold is reached. Empty outputs do not count: a shell command that prints
+  nothing (an edit, a ``cd``) gave no answer, not the same one; and "the same tool" alone means
+  nothing for an agent whose only tool is a shell.
 
 Each firing feeds the class's escalation ladder in the ``bandit`` selector (hint, then block, then
 stop for ``loop``). Switched on with ``verifiers=["loops"]``, and automatically with
@@ -42,7 +47,8 @@ class LoopsVerifier:
             return self._before(step, state)
         if event.kind != EventKind.TOOL_END:
             return []
-        if state.near_streak >= self.near_repeat and state.identical_streak < self.identical:
+        if state.near_streak >= self.near_repeat and state.identical_streak < self.identical and \
+                state.steps_without_new_info >= self.near_repeat - 1:
             return [Verdict(ok=False, error_class=tx.LOOP, severity=Severity.WARNING, plugin="loops",
                             message=f"nearly the same {step.tool} call {state.near_streak} times in a row "
                                     "(only numbers or spacing change)",
@@ -51,7 +57,7 @@ class LoopsVerifier:
                                  "something different.",
                             evidence={"near_streak": state.near_streak, "tool": step.tool})]
         recent = state.steps[-self.poll:]
-        if len(recent) == self.poll and all(s.tool == step.tool for s in recent) and \
+        if len(recent) == self.poll and all(s.tool == step.tool and s.data.get("_seen") for s in recent) and \
                 self.poll <= state.steps_without_new_info < self.no_progress and \
                 state.identical_streak < self.identical:
             return [Verdict(ok=False, error_class=tx.NO_PROGRESS, severity=Severity.WARNING, plugin="loops",
@@ -66,7 +72,8 @@ class LoopsVerifier:
         """A pending call that would extend a near-identical streak that was already flagged: a
         verdict *before* it runs, so the ladder can block it."""
         last = state.last_step
-        if last is None or state.near_streak < self.near_repeat or near_signature(step) != last.data.get("_near"):
+        if last is None or state.near_streak < self.near_repeat or near_signature(step) != last.data.get("_near") \
+                or state.steps_without_new_info < self.near_repeat - 1:
             return []
         if action_signature(step) == last.data.get("_sig"):
             return []  # an identical repeat: the rules verifier's

@@ -5,13 +5,17 @@ date once per completed step (so every check is O(1) in the length of the run):
 
 - ``source_edits_since_check``: edits to files that are not the agent's own scratch files, since the
   last passing check (a test run, a linter, or a run of a check script such as ``reproduce.py``);
+  putting a file back (``git checkout FILE``) and editing documentation (``docs/``, ``*.rst``,
+  ``*.md``...) are not such edits: neither can break what the tests check;
 - ``created`` / ``dirs``: files and directories the agent created in this run (its scratch files);
 - ``failed``: normalised command -> the count of changes (writes, runs) when it last failed.
 
 Options come from ``Runtime(..., coding={...})`` (``Config.options["coding"]``) or the run's
 metadata: ``allow_destructive`` (bool: warn instead of block), ``root`` (the repository's absolute
 path, e.g. ``/testbed``), ``scope`` (globs of the paths the task may change), ``protect`` (globs it
-must not change), ``block_unverified_finish`` (bool: block a submit that follows unverified edits).
+must not change), ``block_unverified_finish`` (bool: block a submit that follows unverified edits),
+``strict_finish`` (bool: flag a finish after *any* edit since the last passing check; by default only
+a finish whose source changes were never followed by a passing check is flagged).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def memo(state: RunState) -> dict[str, Any]:
 
 def options(state: RunState, run: Run) -> dict[str, Any]:
     opts = dict(memo(state)["opts"])
-    for key in ("allow_destructive", "root", "scope", "protect", "block_unverified_finish"):
+    for key in ("allow_destructive", "root", "scope", "protect", "block_unverified_finish", "strict_finish"):
         if key in run.metadata:
             opts[key] = run.metadata[key]
     return opts
@@ -115,6 +119,9 @@ def track(step: Step, run: Run, state: RunState) -> None:
         return
     written, created, removed, reverted = step_paths(step)
     command = sh.command_of(step.arguments) if is_shell(step.tool) else ""
+    if not step.failed and command and re.search(r"(?:^|[;&|\n]\s*)mkdir\b", command):
+        for path in created:  # a directory made in this very step holds scratch files written in it
+            m["dirs"].add(sh.relative(path, root))
     source = 0
     for path in written:
         rel = sh.relative(path, root)
@@ -122,8 +129,10 @@ def track(step: Step, run: Run, state: RunState) -> None:
             continue  # the agent's own scratch files
         if path in removed and (rel in m["created"] or "/" not in rel):
             continue  # cleaning up: removing what it created, or a top-level leftover
-        if path in reverted and rel not in m["edited"]:
-            continue  # putting back a file it never edited (e.g. one a build step touched)
+        if path in reverted:
+            continue  # putting a file back to its committed state removes a change, adds none
+        if sh.is_doc_path(rel):
+            continue  # documentation: changing it cannot break what the tests check
         source += 1
         if len(m["edited"]) < _LIMIT:
             m["edited"][rel] = m["edited"].get(rel, 0) + 1
@@ -144,6 +153,8 @@ def track(step: Step, run: Run, state: RunState) -> None:
     checking = step.action_type == ActionType.VERIFY or (command and sh.runs_check(command))
     if checking and _passed(step):
         m["passing_checks"] += 1
+        if m["source_edits"]:
+            m["verified_edits"] = True  # a check passed after the source was changed
         m["source_edits_since_check"] = 0
     if command and step.failed and step.action_type in (ActionType.VERIFY, ActionType.EXECUTE):
         failed = m["failed"]
@@ -175,8 +186,9 @@ def destructive_command(event: Event, step: Step | None, run: Run, state: RunSta
 
 
 def unverified_finish(event: Event, step: Step | None, run: Run, state: RunState) -> Verdict | None:
-    """``premature_done``: finishing (a submit command, a ``submit`` tool, a final answer) while
-    source files were edited after the last passing test run or check script."""
+    """``premature_done``: finishing (a submit command, a ``submit`` tool, a final answer) with
+    source edits that no passing test run or check script ever followed. Edits after a check passed
+    on changed source are left alone unless ``strict_finish`` is set."""
     if step is None or step.action_type != ActionType.DONE:
         return None
     if event.kind not in (EventKind.TOOL_START, EventKind.FINAL_ANSWER, EventKind.MODEL_END, EventKind.MESSAGE):
@@ -184,10 +196,17 @@ def unverified_finish(event: Event, step: Step | None, run: Run, state: RunState
     m = memo(state)
     pending = m["source_edits_since_check"]
     if event.kind == EventKind.TOOL_START:  # the submit itself may carry a last edit
-        written, created, _, _ = step_paths(step)
+        written, created, _, reverted = step_paths(step)
         root = options(state, run).get("root")
-        pending += sum(1 for p in written if not is_scratch(p, m, root) and not (p in created and "/" not in p))
+        pending += sum(1 for p in written if not is_scratch(p, m, root) and not (p in created and "/" not in p)
+                       and p not in reverted and not sh.is_doc_path(sh.relative(p, root)))
     if pending <= 0:
+        return None
+    if m.get("verified_edits") and not options(state, run).get("strict_finish"):
+        # A check passed after the source was changed, then more edits came (a clean-up, a
+        # docstring, a removed debug print): the agent has shown it verifies its change. Finishing
+        # without ever seeing a check pass on changed source is the case worth flagging.
+        # ``strict_finish`` flags any edit after the last passing check.
         return None
     block = bool(options(state, run).get("block_unverified_finish")) and event.kind == EventKind.TOOL_START
     never = m["passing_checks"] == 0

@@ -27,6 +27,11 @@ _TEST_PATH = re.compile(r"(?:^|/)(?:tests?|testing)/|(?:^|/)test_[^/]*\.py$|_tes
 _CONFIG_PATH = re.compile(r"(?:^|/)(?:pyproject\.toml|setup\.cfg|setup\.py|tox\.ini|pytest\.ini|\.coveragerc|"
                           r"requirements[^/]*\.txt|package\.json|Makefile)$")
 
+#: Documentation and other prose: changing it cannot change what a program does, so it needs no test run.
+_DOC_PATH = re.compile(r"(?:^|/)(?:docs?|documentation)/|\.(?:md|rst|txt|adoc|asciidoc|rdoc|textile)$|"
+                       r"(?:^|/)(?:CHANGES|CHANGELOG|HISTORY|NEWS|AUTHORS|CONTRIBUTORS|README|LICENSE|NOTICE)[^/]*$",
+                       re.I)
+
 MAX_TEXT = 20000
 
 
@@ -130,8 +135,23 @@ def written_paths(command: str) -> Writes:
     created: list[str] = []
     removed: list[str] = []
     reverted: list[str] = []
+    cwd = ""  # after ``cd DIR`` in the same command line, relative paths are under DIR
+
+    def here(path: str) -> str:
+        path = _clean(path)
+        if not cwd or not path or path.startswith(("/", "~", "$", "<")):
+            return path
+        return posixpath.normpath(posixpath.join(cwd, path))
+
     for line in command_lines(command):
         for toks in simple_commands(line):
+            if toks[0] in ("cd", "pushd") and len(toks) <= 2:
+                target = toks[1] if len(toks) == 2 else "~"
+                if target in ("-", "~") or target.startswith(("~", "$")):
+                    cwd = ""
+                else:
+                    cwd = posixpath.normpath(posixpath.join(cwd, _clean(target))) if cwd else _clean(target)
+                continue
             # redirects first: ``cat <<EOF > f``, ``echo x >> f``
             for i, tok in enumerate(toks):
                 target = None
@@ -140,7 +160,7 @@ def written_paths(command: str) -> Writes:
                 elif tok.startswith(">") and not tok.startswith(">&") and len(tok.lstrip(">")) > 0:
                     target = tok.lstrip(">")
                 if target and not target.startswith(("&", "/dev/")):
-                    p = _clean(target)
+                    p = here(target)
                     written.append(p)
                     created.append(p)
             while toks and re.fullmatch(r"[A-Za-z_]\w*=\S*|sudo|timeout|\d+s?|env|time", toks[0]):
@@ -152,46 +172,46 @@ def written_paths(command: str) -> Writes:
             if cmd in ("sed", "perl") and any(a.startswith("-i") or a == "--in-place" for a in args):
                 has_e = any(a in ("-e", "--expression") for a in args)
                 files = plain if has_e else plain[1:]
-                written.extend(_clean(f) for f in files)
+                written.extend(here(f) for f in files)
             elif cmd == "tee":
-                files = [_clean(f) for f in plain]
+                files = [here(f) for f in plain]
                 written.extend(files)
                 created.extend(files)
             elif cmd in ("touch", "mkdir"):
-                files = [_clean(f) for f in plain]
+                files = [here(f) for f in plain]
                 written.extend(files)
                 created.extend(files)
             elif cmd in ("rm", "rmdir", "unlink"):
-                files = [_clean(f) for f in plain]
+                files = [here(f) for f in plain]
                 written.extend(files)
                 removed.extend(files)
             elif cmd in ("cp", "mv") and len(plain) >= 2:
-                dest = _clean(plain[-1])
+                dest = here(plain[-1])
                 written.append(dest)
                 created.append(dest)
                 if cmd == "mv":
-                    srcs = [_clean(f) for f in plain[:-1]]
+                    srcs = [here(f) for f in plain[:-1]]
                     written.extend(srcs)
                     removed.extend(srcs)
             elif cmd == "truncate":
-                written.extend(_clean(f) for f in plain if not f.isdigit())
+                written.extend(here(f) for f in plain if not f.isdigit())
             elif cmd == "git" and args:
                 sub = args[0]
                 if sub in ("checkout", "restore"):
-                    files = [_clean(f) for f in plain[1:] if f != "--"]
+                    files = [here(f) for f in plain[1:] if f != "--"]
                     written.extend(files)
                     reverted.extend(files)
                 elif sub in ("apply", "am", "stash", "cherry-pick", "revert", "merge"):
                     written.append("<patch>")
                 elif sub == "rm":
-                    files = [_clean(f) for f in plain[1:]]
+                    files = [here(f) for f in plain[1:]]
                     written.extend(files)
                     removed.extend(files)
             elif cmd == "patch":
                 written.append("<patch>")
     for rx in (_OPEN_WRITE, _PATH_WRITE):
         for m in rx.finditer(command):
-            p = _clean(m.group(1))
+            p = here(m.group(1))
             written.append(p)
             created.append(p)
     dedup = lambda xs: list(dict.fromkeys(x for x in xs if x and x != "."))  # noqa: E731
@@ -219,6 +239,12 @@ def destructive_reason(command: str) -> str | None:
 
 def is_test_path(path: str) -> bool:
     return bool(_TEST_PATH.search(path))
+
+
+def is_doc_path(path: str) -> bool:
+    """Documentation or prose (``docs/``, ``*.rst``, ``*.md``, ``CHANGES``...), except requirement
+    lists, which are configuration."""
+    return bool(_DOC_PATH.search(path)) and not is_config_path(path)
 
 
 def is_config_path(path: str) -> bool:
