@@ -222,7 +222,7 @@ def error_identity(tool: str | None, arguments: Any, error: str | None, result: 
     text = str(error or "")
     if not text.strip() and return_code in (None, 0):
         return None
-    if re.fullmatch(r"\s*return code -?\d+\s*", text):  # an importer's placeholder: no text at all
+    if _PLACEHOLDER.fullmatch(text):  # an importer's placeholder: no text at all
         text = ""
     if not text.strip():
         text = str(result or "")
@@ -251,8 +251,31 @@ def step_error_identity(step: Any) -> ErrorIdentity | None:
     return error_identity(step.tool, step.arguments, step.error, step.result, step.return_code)
 
 
+_PLACEHOLDER = re.compile(r"\s*return code -?\d+\s*")
+
+
+def output_of(step: Any) -> str:
+    """What a step answered: its error text or result, without the importers' ``return code N``
+    placeholder for a command that printed nothing."""
+    text = step.error or step.result or ""
+    if text and step.error and _PLACEHOLDER.fullmatch(text):
+        text = step.result or ""
+    return str(text)
+
+
+def question_of(step: Any) -> str:
+    """What a tool call asks: for a shell-like tool, its command (a shell is a general tool; two
+    different commands are two different questions); for any other tool, the tool itself."""
+    command = command_text(step.arguments)
+    if command is not None:
+        return f"{step.tool}:{_WS.sub(' ', _NUM.sub('<n>', command)).strip()[:500]}"
+    return str(step.tool)
+
+
 def quote_error(text: str | None, limit: int = 200) -> str:
-    """The original error text as hints quote it: one line, cut at ``limit`` characters. The one
-    place hints take tool output from, so that it can be delimited or redacted in one place."""
-    line = _WS.sub(" ", _ANSI.sub("", str(text or ""))).strip()
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    """The original error text as a hint quotes it: through
+    :func:`immunity.interventions.quoting.quote` (redacted, on one line, clipped at ``limit``
+    characters, delimited as data), so that every hint takes tool output from one place."""
+    from immunity.interventions.quoting import quote
+
+    return quote(text or "", limit)

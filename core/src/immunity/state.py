@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-from immunity.error_identity import benign_exit, step_error_identity
+from immunity.error_identity import benign_exit, output_of, step_error_identity
 from immunity.models import ActionType, Step
 
 _NUM = re.compile(r"0x[0-9a-f]+|\d+(\.\d+)?", re.I)
@@ -283,7 +283,8 @@ class RunState:
 
         # New information: a tool's output not seen before in this run. A change that succeeded
         # (an edit) is progress too; a model's own message neither brings nor withholds any.
-        info = _digest((step.error or step.result or "")[:2000]) if (step.result or step.error) else None
+        answer = output_of(step)
+        info = _digest(answer[:2000]) if answer else None
         if info is not None and info in self.results_seen and step.tool:
             step.data["_seen"] = True  # the same answer again
         if not step.tool:

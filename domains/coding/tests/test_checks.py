@@ -103,6 +103,32 @@ def test_submit_after_a_passing_test_run_is_quiet(rt: Runtime) -> None:
     assert classes(d, "coding:unverified_finish") == []
 
 
+def test_a_finishing_touch_after_the_fix_was_verified_is_quiet_unless_strict() -> None:
+    for strict, fires in ((False, False), (True, True)):
+        with make(coding={"strict_finish": strict}) as rt:
+            run = FakeRun(rt, task=SWE_TASK, domain="coding")
+            bash(run, "sed -i 's/= 1/= right/' astropy/modeling/separable.py")
+            bash(run, "pytest astropy/modeling/tests/test_separable.py", "13 passed in 0.3s")
+            bash(run, "sed -i '/print(.DEBUG/d' astropy/modeling/separable.py")  # removes a debug print
+            d = bash(run, SUBMIT, "diff --git ...")
+            assert ("premature_done" in classes(d, "coding:unverified_finish")) is fires
+
+
+def test_docs_reverts_and_scratch_files_after_cd_are_not_edits_to_verify() -> None:
+    with make(coding={"strict_finish": True}) as rt:
+        run = FakeRun(rt, task=SWE_TASK, domain="coding")
+        bash(run, "sed -i 's/= 1/= right/' astropy/modeling/separable.py")
+        bash(run, "sed -i 's/= 1/= 2/' astropy/modeling/tests/test_separable.py")
+        bash(run, "pytest astropy/modeling/tests/test_separable.py", "13 passed in 0.3s")
+        bash(run, "sed -i 's/returns None/returns a list/' docs/modeling/index.rst")
+        bash(run, "echo '- fixed nested models' >> CHANGES.rst")
+        bash(run, "git checkout astropy/modeling/tests/test_separable.py", "Updated 1 path from the index")
+        bash(run, "mkdir -p scratch && cd scratch && cat <<'EOF' > conf.py\nx = 1\nEOF")
+        bash(run, "cd scratch && cat <<'EOF' > run.py\nprint(1)\nEOF")
+        d = bash(run, SUBMIT, "diff --git ...")
+        assert classes(d, "coding:unverified_finish") == [], [v.message for v in d.verdicts]
+
+
 def test_a_test_run_whose_output_shows_failures_does_not_count(rt: Runtime) -> None:
     run = FakeRun(rt, task=SWE_TASK, domain="coding")
     bash(run, "sed -i 's/= 1/= right/' astropy/modeling/separable.py")

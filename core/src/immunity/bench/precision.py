@@ -17,7 +17,9 @@ For each check (``<plugin>/<error class>``, e.g. ``verifier:rules/loop`` or
 
 A blocked call is replayed as the runtime records it (not run, its result not fed in), and the
 replay goes on with the run's next step, since the real agent went on; a stop ends the replay there,
-as it would have ended the live run. Rates carry 95% Wilson intervals.
+as it would have ended the live run. Rates carry 95% Wilson intervals. A command the data lost
+(a message cut short before its command; the importer marks it ``command_missing``) is replayed as
+an unknown command of its own, never as the same call as another lost one.
 
 ::
 
@@ -71,6 +73,11 @@ def replay_success(imported: Any, runtime: Any, dataset: str) -> RunPrecision:
     from immunity.importers.replay import replay
 
     run = imported.run
+    for i, step in enumerate(imported.steps):
+        if step.data.get("command_missing") and isinstance(step.arguments, dict):
+            # the data lost this command (a message cut short): it is unknown, so it must not count as
+            # the same call as another lost one
+            step.arguments = {**step.arguments, "command": f"<command lost in the data, step {i}>"}
     session = runtime.start_run(task=run.task, framework=run.framework, domain=run.domain,
                                 run_id=f"precision-{run.run_id}", agent=run.agent, task_id=run.task_id,
                                 source=run.source)

@@ -15,6 +15,7 @@ from typing import Any
 import pluggy
 
 from immunity import taxonomy as tx
+from immunity.error_identity import quote_error
 from immunity.models import (
     Event,
     EventKind,
@@ -95,12 +96,14 @@ def immunity_recover(event: Event, verdicts: list[Verdict], run: Run, state: Run
                         reason=f"circuit breaker: {state.consecutive_failures} failed steps in a row "
                                f"(last error: {state.last_error or event.error})")
     if event.kind == EventKind.TOOL_END and event.failed:
+        last = state.last_step
+        if last is not None and last.data.get("benign_exit"):
+            return None  # grep found nothing, diff found a difference: an answer, not a failure
         cls = verdicts[0].error_class if verdicts else tx.TOOL_ERROR
-        from immunity.interventions.quoting import quote  # tool output enters a hint only as delimited data
-
-        err = quote(event.error or event.result or "", 300)
+        text = state.last_error_text if last is not None and last.failed and state.last_error_text else \
+            (event.error or event.result or "")
         return Recovery(kind=RecoveryKind.RETRY, reason=cls or tx.TOOL_ERROR,
-                        hint=f"[immunity] {event.tool} failed ({cls}): {err}. "
+                        hint=f"[immunity] {event.tool} failed ({cls}): {quote_error(text, 300)}. "
                              f"{tx.hint(cls, '')}".strip())
     if event.kind == EventKind.MODEL_END and event.error:
         return Recovery(kind=RecoveryKind.RETRY, reason="model_error", delay_s=1.0, max_attempts=3)

@@ -18,7 +18,7 @@ hookimpl = pluggy.HookimplMarker("immunity")
 
 def repeated_error_hint(n: int, error_text: str) -> str:
     """The hint for an error seen ``n`` times: it quotes the error as the tool reported it."""
-    return (f"[immunity] This error has happened {n} times: \"{quote_error(error_text)}\". "
+    return (f"[immunity] This error has happened {n} times: {quote_error(error_text)}. "
             "Do not retry the same way; change the arguments or the approach.")
 
 

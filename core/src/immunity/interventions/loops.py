@@ -8,11 +8,12 @@ information. This verifier adds, from the same incremental signals of :class:`~i
   *and* answering nothing new (paging through a file with ``sed -n '10,20p'``, ``'20,30p'`` is
   reading, not looping); once flagged, the next such call is flagged before it runs (so the
   ladder can block it);
-- **polling**: the same tool ``poll`` times in a row (3), each call answering with an output it
-  already gave earlier in the run (asking again and getting the same answer), before the rules'
-  no-progress threshold is reached. Empty outputs do not count: a shell command that prints
-  nothing (an edit, a ``cd``) gave no answer, not the same one; and "the same tool" alone means
-  nothing for an agent whose only tool is a shell.
+- **polling**: the same question ``poll`` times in a row (3), each call answering with an output
+  already given earlier in the run (asking again and getting the same answer), before the rules'
+  no-progress threshold is reached. The question is the tool for a dedicated tool
+  (``job_status``), and the command for a shell-like tool: "the same tool" means nothing for an
+  agent whose only tool is a shell. Empty outputs do not count: a command that prints nothing
+  (an edit, a ``cd``) gave no answer, not the same one.
 
 Each firing feeds the class's escalation ladder in the ``bandit`` selector (hint, then block, then
 stop for ``loop``). Switched on with ``verifiers=["loops"]``, and automatically with
@@ -24,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from immunity import taxonomy as tx
+from immunity.error_identity import question_of
 from immunity.models import Event, EventKind, Run, Severity, Step, Verdict
 from immunity.state import RunState, action_signature, near_signature
 
@@ -57,7 +59,8 @@ class LoopsVerifier:
                                  "something different.",
                             evidence={"near_streak": state.near_streak, "tool": step.tool})]
         recent = state.steps[-self.poll:]
-        if len(recent) == self.poll and all(s.tool == step.tool and s.data.get("_seen") for s in recent) and \
+        asks = question_of(step)
+        if len(recent) == self.poll and all(question_of(s) == asks and s.data.get("_seen") for s in recent) and \
                 self.poll <= state.steps_without_new_info < self.no_progress and \
                 state.identical_streak < self.identical:
             return [Verdict(ok=False, error_class=tx.NO_PROGRESS, severity=Severity.WARNING, plugin="loops",

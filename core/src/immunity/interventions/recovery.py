@@ -185,6 +185,8 @@ def recover(event: Event, verdicts: list[Verdict], run: Run, state: RunState, se
         return None
     step = state.last_step
     tool = step.tool or event.tool or "?"
+    if step.data.get("benign_exit"):
+        return None  # grep found nothing, diff found a difference: an answer, nothing to recover
     if step.failed:
         breaker = int(opts.get("tool_breaker", 3))
         if state.tool_failures[tool] >= breaker:
@@ -209,7 +211,7 @@ def recover(event: Event, verdicts: list[Verdict], run: Run, state: RunState, se
 
     damaged = [v for v in verdicts if not v.ok and Severity(v.severity).rank >= Severity.ERROR.rank]
     failed_check = step.failed and step.action_type == ActionType.VERIFY
-    repeated = step.failed and state.error_counts.get(state.last_error, 0) >= 2
+    repeated = step.failed and state.error_repeats.get(state.last_error, 0) >= 2
     if not (damaged or failed_check or repeated):
         return None
     rollbacks = int(extras.get("interventions.rollbacks", 0))

@@ -5,7 +5,9 @@ For the first failed verdict of an event (blocking verdicts first, then by sever
 
 1. **Ladder.** The class's ladder (``Config.options["ladder"]``, merged over :data:`DEFAULT_LADDER`)
    gives the kind for the n-th time this class fires in the run (counted once per step; the last
-   rung repeats). The verdict sets a floor: a critical verdict stops, a blocking one blocks a
+   rung repeats). A class that has not fired for more than ``ladder_reset`` steps (5) starts again
+   from the first rung: escalation is for a problem that persists, and a loop the agent broke out
+   of long ago says nothing about a new one. The verdict sets a floor: a critical verdict stops, a blocking one blocks a
    pending tool call. ``block`` and ``ask_human`` only apply before a tool call; elsewhere they
    become a hint (there is nothing to block, and adapters ask humans before actions).
 2. **Wording.** For a hint, the variants of the class (see :mod:`immunity.interventions.variants`)
@@ -22,7 +24,7 @@ the outcome (success 1, failure 0; unknown: no update) on its context and class 
 
 Options (``Config.options``): ``seed`` (deterministic draws), ``ladder`` ({class: [kinds]}, ``"*"`` for
 every other class), ``variants`` (user variants), ``bandit`` = {``min_context_pulls`` (10), ``borrow``
-(10), ``disable_after`` (30 rewarded pulls), ``disable_below`` (posterior mean 0.15), ``only``
+(10), ``ladder_reset`` (5 steps), ``disable_after`` (30 rewarded pulls), ``disable_below`` (posterior mean 0.15), ``only``
 (variant ids to restrict to)}.
 """
 
@@ -137,6 +139,7 @@ class BanditSelector:
         self.disable_below = float(bandit_opts.get("disable_below", 0.15))
         self.only = set(bandit_opts.get("only") or [])
         self.ladder = parse_ladder(options.get("ladder"))
+        self.ladder_reset = int(bandit_opts.get("ladder_reset", 5))
         self.rng = random.Random(options.get("seed"))
         self.store = store
         self.bandit = BanditStore(store)
@@ -218,6 +221,8 @@ class BanditSelector:
         index = state.n_steps if event.kind in (EventKind.TOOL_START, EventKind.MODEL_START) else state.n_steps - 1
         count, last = fired.get(cls, [0, -1])
         if last != index:
+            if last >= 0 and index - last > self.ladder_reset:
+                count = 0  # the class went quiet for a while: this is a new episode, not the same one going on
             count, last = count + 1, index
             fired[cls] = [count, last]
         return max(0, count - 1)
