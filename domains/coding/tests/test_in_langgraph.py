@@ -200,21 +200,22 @@ def test_submitting_after_a_passing_check_is_quiet(tmp_path: Path) -> None:
 TASK_NON_TEST = "add(2, 3) returns -1. Make the minimal change to non-test files to fix it."
 
 
-def test_editing_an_existing_test_file_gets_a_hint(tmp_path: Path) -> None:
+def test_submitting_with_an_existing_test_file_changed_gets_a_hint(tmp_path: Path) -> None:
     repo = make_repo(tmp_path)
-    weakened = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == -1\n"
+    extended = ("from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n\n\n"
+                "def test_add_negative():\n    assert add(-2, -3) == -5\n")
     result = run_agent(repo_tools(repo, [], []), [
-        tool_call("write_file", path="tests/test_calc.py", content=weakened),
-        tool_call("write_file", path="tests/test_calc.py",
-                  content="from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"),
+        tool_call("write_file", path="tests/test_calc.py", content=extended),
         tool_call("write_file", path="calc.py", content=FIXED),
-        "Fixed add() and put the test back.",
+        tool_call("bash", command="python -m pytest -q tests"),
+        tool_call("submit"),
+        "Fixed add().",
     ], TASK_NON_TEST, coding={"root": str(tmp_path / "repo")})
     fired = [v for v in result.verdicts if v.plugin == "coding:out_of_scope_edit"]
     assert fired and all(v.error_class == "scope_creep" for v in fired)
     assert {v.evidence["paths"][0] for v in fired} == {"tests/test_calc.py"}  # calc.py is in scope
-    (hint,) = result.hints(1)
-    assert "tests/test_calc.py" in hint and "an existing test file" in hint
+    hints = [h for h in result.hints(4) if "tests/test_calc.py" in h]
+    assert hints and "an existing test file" in hints[0] and "git checkout tests/test_calc.py" in hints[0]
 
 
 def test_editing_the_source_file_is_in_scope(tmp_path: Path) -> None:

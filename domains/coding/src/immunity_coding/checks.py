@@ -49,7 +49,7 @@ def memo(state: RunState) -> dict[str, Any]:
     if m is None:
         m = state.extras["coding"] = {"opts": {}, "created": set(), "dirs": set(), "failed": {},
                                       "changes": 0, "source_edits": 0, "source_edits_since_check": 0, "passing_checks": 0,
-                                      "edited": {}}
+                                      "edited": {}, "task_edits": {}}
     return m
 
 
@@ -122,9 +122,18 @@ def track(step: Step, run: Run, state: RunState) -> None:
     if not step.failed and command and re.search(r"(?:^|[;&|\n]\s*)mkdir\b", command):
         for path in created:  # a directory made in this very step holds scratch files written in it
             m["dirs"].add(sh.relative(path, root))
+    kinds = m.get("task_protects")
+    if kinds is None:
+        kinds = m["task_protects"] = _protected_by_task(run.task)
     source = 0
     for path in written:
         rel = sh.relative(path, root)
+        if path in reverted or (path in removed and rel in m["created"]):
+            m["task_edits"].pop(rel, None)  # put back: the deliverable no longer holds that change
+        elif kinds and not is_scratch(path, m, root) and rel not in m["created"] and not path.startswith("<"):
+            why = _task_protected(rel, kinds)
+            if why and len(m["task_edits"]) < _LIMIT:
+                m["task_edits"][rel] = why
         if is_scratch(path, m, root) or (path in created and "/" not in rel):
             continue  # the agent's own scratch files
         if path in removed and (rel in m["created"] or "/" not in rel):
@@ -233,10 +242,32 @@ def _protected_by_task(task: str | None) -> set[str]:
     return kinds
 
 
+def _task_protected(rel: str, kinds: set[str]) -> str | None:
+    if "tests" in kinds and sh.is_test_path(rel):
+        return "an existing test file (the task asks for changes to non-test files)"
+    if "config" in kinds and sh.is_config_path(rel):
+        return "a configuration file the task says not to change"
+    return None
+
+
 def out_of_scope_edit(event: Event, step: Step | None, run: Run, state: RunState) -> Verdict | None:
     """``scope_creep``: an edit to a path the task does not cover: installed packages, system or git
-    internals, outside ``root``; outside the ``scope`` globs or inside the ``protect`` globs; an
-    existing test or configuration file when the task says to change non-test files only."""
+    internals, outside ``root``; outside the ``scope`` globs or inside the ``protect`` globs (when
+    the edit is about to run). And, when the run finishes, existing test or configuration files
+    still changed although the task says to change non-test files only (or not to touch the
+    configuration): that instruction is about what is delivered, so changing a test file to try
+    something and putting it back (``git checkout``) is fine."""
+    if step is not None and step.action_type == ActionType.DONE and \
+            event.kind in (EventKind.TOOL_START, EventKind.FINAL_ANSWER, EventKind.MODEL_END, EventKind.MESSAGE):
+        left = memo(state)["task_edits"]
+        if not left:
+            return None
+        path, why = sorted(left.items())[0]
+        return Verdict(ok=False, error_class=tx.SCOPE_CREEP, severity=Severity.WARNING,
+                       message=f"finishing with a change to {path}: {why}",
+                       hint=f"[immunity] `{path}` is {why}. Put it back before finishing "
+                            f"(`git checkout {path}`), and keep your changes to the files the task is about.",
+                       evidence={"paths": sorted(left)[:10], "reasons": [left[p] for p in sorted(left)[:10]]})
     if event.kind != EventKind.TOOL_START or step is None or step.action_type != ActionType.EDIT:
         return None
     written, created, _, _ = step_paths(step)
@@ -247,7 +278,6 @@ def out_of_scope_edit(event: Event, step: Step | None, run: Run, state: RunState
     root = opts.get("root")
     scope = list(opts.get("scope") or [])
     protect = list(opts.get("protect") or [])
-    kinds = m.setdefault("task_protects", _protected_by_task(run.task))
     bad: list[tuple[str, str]] = []
     for path in written:
         if path.startswith("<"):
@@ -261,10 +291,6 @@ def out_of_scope_edit(event: Event, step: Step | None, run: Run, state: RunState
             bad.append((rel, "a protected path"))
         elif scope and not _matches(rel, scope):
             bad.append((rel, "outside the task's scope"))
-        elif "tests" in kinds and sh.is_test_path(rel):
-            bad.append((rel, "an existing test file (the task asks for changes to non-test files)"))
-        elif "config" in kinds and sh.is_config_path(rel):
-            bad.append((rel, "a configuration file the task says not to change"))
     if not bad:
         return None
     path, why = bad[0]
@@ -302,8 +328,8 @@ ERROR_CLASSES = {
     tx.UNSAFE_ACTION: "destructive_command: rm -rf on /, ~, ., *, system dirs or .git; git reset --hard; "
                       "git clean -f; git push --force; git checkout .; mkfs; dd to a device (blocked)",
     tx.PREMATURE_DONE: "unverified_finish: submit / final answer with source edits after the last passing check",
-    tx.SCOPE_CREEP: "out_of_scope_edit: an edit outside the repository, the scope globs, or to existing tests "
-                    "or config when the task says not to",
+    tx.SCOPE_CREEP: "out_of_scope_edit: an edit outside the repository or the scope globs; finishing with existing "
+                    "tests or config still changed when the task says not to change them",
     REPEATED_FAILING_COMMAND: "repeated_failing_command: a failed command re-run with no edit since",
 }
 
