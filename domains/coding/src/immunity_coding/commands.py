@@ -146,11 +146,11 @@ def written_paths(command: str) -> Writes:
     for line in command_lines(command):
         for toks in simple_commands(line):
             if toks[0] in ("cd", "pushd") and len(toks) <= 2:
-                target = toks[1] if len(toks) == 2 else "~"
-                if target in ("-", "~") or target.startswith(("~", "$")):
+                where = toks[1] if len(toks) == 2 else "~"
+                if where in ("-", "~") or where.startswith(("~", "$")):
                     cwd = ""
                 else:
-                    cwd = posixpath.normpath(posixpath.join(cwd, _clean(target))) if cwd else _clean(target)
+                    cwd = posixpath.normpath(posixpath.join(cwd, _clean(where))) if cwd else _clean(where)
                 continue
             # redirects first: ``cat <<EOF > f``, ``echo x >> f``
             for i, tok in enumerate(toks):
