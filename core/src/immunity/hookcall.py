@@ -203,7 +203,7 @@ class HookTimeout(TimeoutError):
 
 
 class _Job:
-    __slots__ = ("fn", "args", "kwargs", "plugin", "done", "result", "exc", "abandoned")
+    __slots__ = ("fn", "args", "kwargs", "plugin", "done", "result", "exc", "abandoned", "started", "ended")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], plugin: str):
         self.fn, self.args, self.kwargs, self.plugin = fn, args, kwargs, plugin
@@ -212,6 +212,8 @@ class _Job:
         self.result: Any = None
         self.exc: BaseException | None = None
         self.abandoned = False
+        self.started = 0.0  # perf_counter when the worker began the call (0: not yet)
+        self.ended = 0.0
 
 
 class _Worker:
@@ -227,11 +229,13 @@ class _Worker:
         while True:
             job = self.inbox.get()
             token = _PLUGIN.set(job.plugin)
+            job.started = time.perf_counter()
             try:
                 job.result = job.fn(*job.args, **job.kwargs)
             except BaseException as exc:  # handed to the caller, which decides
                 job.exc = exc
             finally:
+                job.ended = time.perf_counter()
                 _PLUGIN.reset(token)
             abandoned = job.abandoned
             job.done.release()
@@ -262,17 +266,27 @@ class _Pool:
         # never more than a few exist, since a worker only idles after a call returned.
 
     def run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], plugin: str,
-            deadline: float) -> Any:
+            deadline: float) -> _Job:
+        """Run ``fn`` on a worker; wait at most ``deadline`` seconds of its running time (the wait
+        for a busy machine to start the worker and garbage-collection pauses do not count, up to
+        a cap). Returns the finished job; raises :class:`HookTimeout` when abandoned."""
         job = _Job(fn, args, kwargs, plugin)
         worker = self.take()
-        g0 = GC_CLOCK.total
+        g0, t_submit = GC_CLOCK.total, time.perf_counter()
+        cap = t_submit + max(20 * deadline, 1.0)  # never wait longer than this for a worker to start
         worker.inbox.put(job)
-        finished = job.done.acquire(timeout=max(deadline, 0.0))
-        for _ in range(3):  # garbage-collection pauses while waiting do not count against the plugin
-            paused, g0 = GC_CLOCK.total - g0, GC_CLOCK.total
-            if finished or paused <= 0:
+        finished = False
+        while not finished:
+            started = job.started
+            base = started if started else time.perf_counter()
+            end = base + max(deadline, 0.0) + (GC_CLOCK.total - g0)
+            if not started:
+                end = min(end, cap)
+            remaining = end - time.perf_counter()
+            if remaining <= 0:
+                finished = job.done.acquire(blocking=False)
                 break
-            finished = job.done.acquire(timeout=paused)
+            finished = job.done.acquire(timeout=remaining)
         if not finished:
             job.abandoned = True
             if job.done.acquire(blocking=False):  # it finished just now after all
@@ -281,7 +295,7 @@ class _Pool:
                 raise HookTimeout(f"did not return within {deadline * 1000:.0f} ms; abandoned for this call")
         if job.exc is not None:
             raise job.exc
-        return job.result
+        return job
 
 
 POOL = _Pool()
@@ -313,6 +327,7 @@ def guard(pm: Any, hook: str, plugin_name: str, function: Callable[..., Any], *,
         deadline = None if inline else policy.deadline(plugin_name, hook)
         g0, t0 = GC_CLOCK.total, time.perf_counter()
         timed_out = False
+        ran: float | None = None
         try:
             if deadline is None:
                 token = _PLUGIN.set(plugin_name) if register_hook else None
@@ -322,7 +337,9 @@ def guard(pm: Any, hook: str, plugin_name: str, function: Callable[..., Any], *,
                     if token is not None:
                         _PLUGIN.reset(token)
             else:
-                res = POOL.run(function, args, kwargs, plugin_name, deadline)
+                job = POOL.run(function, args, kwargs, plugin_name, deadline)
+                res = job.result
+                ran = job.ended - job.started  # the wait for the worker to start is not the plugin's time
         except PASS_THROUGH:
             raise
         except (PluginCollisionError, PluginError):
@@ -333,7 +350,7 @@ def guard(pm: Any, hook: str, plugin_name: str, function: Callable[..., Any], *,
             return None
         finally:
             if per_event and not exempt:
-                spent = time.perf_counter() - t0 - (GC_CLOCK.total - g0)
+                spent = (time.perf_counter() - t0 if ran is None else ran) - (GC_CLOCK.total - g0)
                 if spent > policy.budget or timed_out:  # the common case costs no call
                     policy.charge(plugin_name, hook, spent, timed_out)
         if res is not None and check is not None:
