@@ -59,23 +59,42 @@ CONTENT_NAMES: tuple[str, ...] = (
     "c_w_edit_rate",
 )
 
-_TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\s*\w+(?:\.\w+)*(?:Error|Exception): ", re.M)
-_HTTP = re.compile(r"\b(?:HTTP(?:/\d(?:\.\d)?)?\s*|status(?: code)?[:= ]+)([45]\d\d)\b", re.I)
-_EMPTY = re.compile(r"^\s*(?:\[\s*\]|\{\s*\}|null|none|no results?(?: found)?\.?|0 rows?|empty)\s*$", re.I)
-_NOT_FOUND = re.compile(r"not found|no such file|does not exist|doesn't exist|cannot find|could not find|"
-                        r"unknown (?:user|id|reservation|order|command)|no matching|is not defined|"
-                        r"modulenotfounderror|no module named", re.I)
-_PERMISSION = re.compile(r"permission denied|forbidden|unauthori[sz]ed|access denied|not allowed|"
-                         r"operation not permitted", re.I)
-_ERROR_WORD = re.compile(r"\b(?:error|failed|failure|exception|invalid)\b", re.I)
-_HEDGE = re.compile(r"\b(?:maybe|perhaps|might|not sure|unsure|it seems|seems to|appears to|i think|"
-                    r"i believe|possibly|probably|hopefully|let me try|try again)\b", re.I)
-_APOLOGY = re.compile(r"\b(?:sorry|apologi[sz]e|apologies|unfortunately|regret)\b", re.I)
-_CANNOT = re.compile(r"\b(?:i (?:cannot|can't|can not|am unable|'m unable|am not able)|unable to|"
-                     r"not (?:able|possible) to|isn't possible|is not possible)\b", re.I)
-_PLAN_CHANGE = re.compile(r"\b(?:instead|actually|alternatively|different approach|another approach|"
-                          r"let me (?:reconsider|rethink|revert|undo|go back)|wait,|on second thought|"
-                          r"that didn't work|that did not work|doesn't work|did not work)\b", re.I)
+# Phrases are looked for in the lower-cased text with ``in`` (a C-speed substring search); the two
+# regular expressions only run when a cheap substring check says they may match.
+_TRACEBACK_LINE = re.compile(r"^\s*[\w.]{1,200}(?:Error|Exception): ", re.M)
+_HTTP = re.compile(r"\b(?:http(?:/\d(?:\.\d)?)?\s*|status(?: code)?[:= ]+)([45]\d\d)\b")
+_EMPTY = {"[]", "{}", "null", "none", "no results", "no results found", "no result", "0 rows", "empty", ""}
+_NOT_FOUND = ("not found", "no such file", "does not exist", "doesn't exist", "cannot find", "could not find",
+              "unknown user", "unknown id", "unknown reservation", "unknown order", "unknown command",
+              "no matching", "is not defined", "modulenotfounderror", "no module named")
+_PERMISSION = ("permission denied", "forbidden", "unauthorized", "unauthorised", "access denied", "not allowed",
+               "operation not permitted")
+_ERROR_WORD = ("error", "failed", "failure", "exception", "invalid")
+_HEDGE = ("maybe", "perhaps", " might ", "not sure", "unsure", "it seems", "seems to", "appears to", "i think",
+          "i believe", "possibly", "probably", "hopefully", "let me try", "try again")
+_APOLOGY = ("sorry", "apologi", "unfortunately", "regret")
+_CANNOT = ("i cannot", "i can't", "i can not", "i am unable", "i'm unable", "i am not able", "unable to",
+           "not able to", "not possible to", "isn't possible", "is not possible")
+_PLAN_CHANGE = ("instead", "actually", "alternatively", "different approach", "another approach",
+                "let me reconsider", "let me rethink", "let me revert", "let me undo", "let me go back", "wait,",
+                "on second thought", "that didn't work", "that did not work", "doesn't work", "did not work")
+
+
+def _has(low: str, phrases: tuple[str, ...]) -> float:
+    return 1.0 if low and any(p in low for p in phrases) else 0.0
+
+
+def _traceback(text: str, low: str) -> float:
+    if "traceback (most recent call last)" in low:
+        return 1.0
+    if ("Error: " in text or "Exception: " in text) and _TRACEBACK_LINE.search(text):
+        return 1.0
+    return 0.0
+
+
+def _http(low: str) -> float:
+    return 1.0 if ("http" in low or "status" in low) and _HTTP.search(low) else 0.0
+
 
 _LOOKUP = {ActionType.SEARCH.value}
 _MESSAGE_ACTS = {ActionType.RESPOND.value, ActionType.PLAN.value, ActionType.DONE.value,
@@ -89,10 +108,6 @@ def bounded(text: str | None) -> str:
     if len(text) <= HEAD + TAIL:
         return text
     return text[:HEAD] + "\n" + text[-TAIL:]
-
-
-def _flag(rx: re.Pattern[str], text: str) -> float:
-    return 1.0 if text and rx.search(text) else 0.0
 
 
 @dataclass
@@ -115,19 +130,19 @@ class ContentTracker:
         thought = step.data.get("thought") if isinstance(step.data.get("thought"), str) else None
         if thought:
             words = (words + "\n" + bounded(thought)) if words else bounded(thought)
-        tb = _flag(_TRACEBACK, output)
-        http = _flag(_HTTP, output)
-        empty = 1.0 if step.tool and not step.failed and _EMPTY.match(output or "") is not None else 0.0
-        if step.tool and not step.failed and not (output or "").strip():
-            empty = 1.0
-        nf = _flag(_NOT_FOUND, output)
-        perm = _flag(_PERMISSION, output)
-        errw = _flag(_ERROR_WORD, output)
+        low = output.lower()
+        wlow = words.lower()
+        tb = _traceback(output, low)
+        http = _http(low)
+        empty = 1.0 if step.tool and not step.failed and low.strip().rstrip(".") in _EMPTY else 0.0
+        nf = _has(low, _NOT_FOUND)
+        perm = _has(low, _PERMISSION)
+        errw = _has(low, _ERROR_WORD)
         problem = float(bool(tb or http or nf or perm or step.failed))
-        hedge = _flag(_HEDGE, words)
-        apology = _flag(_APOLOGY, words)
-        cannot = _flag(_CANNOT, words)
-        plan = _flag(_PLAN_CHANGE, words)
+        hedge = _has(wlow, _HEDGE)
+        apology = _has(wlow, _APOLOGY)
+        cannot = _has(wlow, _CANNOT)
+        plan = _has(wlow, _PLAN_CHANGE)
         negative = float(bool(apology or cannot or plan))
         self.tracebacks += int(tb)
         self.output_problems += int(problem)
