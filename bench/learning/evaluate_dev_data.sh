@@ -25,3 +25,13 @@ PACK="${TMPDIR:-/tmp}/immunity-dev-tau-swe.json"  # derived from the data: not k
 $IMMUNITY learn "$TAU" "$SWE" --out "$PACK" --name dev-tau-swe | tee "$OUT/dev-pack.txt"
 $IMMUNITY eval --pack "$PACK" --format who-and-when "$WW" --out "$OUT/who-and-when.json" \
   | tee "$OUT/who-and-when.txt"
+
+# Issue 15: content signals and models (logistic, trees), leave-one-source-out, explain baselines.
+$IMMUNITY eval --cv --format tau-bench "$TAU" --split task --model logistic --out "$OUT/tau-bench-content-logistic.json" \
+  | tee "$OUT/tau-bench-content-logistic.txt"
+$IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split task --model auto \
+  --out "$OUT/swebench-by-task-content-auto.json" | tee "$OUT/swebench-by-task-content-auto.txt"
+$IMMUNITY eval --cv "$TAU" "$SWE" --split source --out "$OUT/leave-one-source-out.json" \
+  | tee "$OUT/leave-one-source-out.txt"
+${PYTHON:-python} "$(dirname "$0")/explain_baselines.py" --format who-and-when "$WW" \
+  | tee "$OUT/who-and-when-explain-signals.txt"
