@@ -237,3 +237,16 @@ def test_eval_leave_one_source_out(tmp_path: Path) -> None:
     invoke("eval", "--cv", "--store", db, "--split", "source", "--folds", "3", "--bootstrap", "20", "--out", str(out))
     data = json.loads(out.read_text())
     assert data["split"] == "source" and data["groups"] == 3 and len(data["folds"]) == 3
+
+
+def test_leave_one_source_out_with_two_sources_calibrates_across_tasks(tmp_path: Path) -> None:
+    """Each fold trains on a single source; its threshold is then calibrated across that source's tasks."""
+    items = population()
+    for it in items:
+        it.run.source = "a" if int(it.run.task_id.split("-")[1]) < 8 else "b"
+    db = str(tmp_path / "two.db")
+    write_store(db, items)
+    out = tmp_path / "loso2.json"
+    invoke("eval", "--cv", "--store", db, "--split", "source", "--folds", "2", "--bootstrap", "20", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["groups"] == 2 and [f["train_runs"] for f in data["folds"]] == [32, 32]

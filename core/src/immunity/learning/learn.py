@@ -538,6 +538,9 @@ def learn_model(runs: list[RunData], cfg: LearnConfig, *, name: str = "model",
                         f"{cfg.min_failures})")
     warnings.extend(single_outcome_sources(labelled))
     groups = [r.group for r in labelled]
+    if len(set(groups)) < 2 and len({r.task_key for r in labelled}) >= 2:
+        # one group (e.g. leave-one-source-out trains on a single source): calibrate across its tasks
+        groups = [r.task_key for r in labelled]
     k = max(2, min(cfg.folds, len(set(groups))))
     if len(set(groups)) < 2:
         raise ValueError("cross-validation needs runs of at least two different tasks/groups")
