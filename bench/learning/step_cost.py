@@ -17,13 +17,13 @@ from immunity.learning.signals import ContentTracker
 from immunity.models import ActionType, Step
 
 
-def _times(fn, n: int = 5000) -> tuple[float, float]:
+def _times(fn, n: int = 5000) -> str:
     out = []
     for _ in range(n):
         t = time.perf_counter()
         fn()
         out.append((time.perf_counter() - t) * 1000)
-    return float(np.median(out)), float(np.percentile(out, 95))
+    return f"median {float(np.median(out)):.4f} ms, p95 {float(np.percentile(out, 95)):.4f} ms"
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
            "==== 2 failed, 118 passed in 3.1s ====")
     step = Step(action_type=ActionType.VERIFY, tool="bash", arguments={"command": "pytest"}, result=out)
     ct = ContentTracker()
-    print("content signals, 50 KB output: median %.4f ms, p95 %.4f ms" % _times(lambda: ct.update(step)))
+    print(f"content signals, 50 KB output: {_times(lambda: ct.update(step))}")
     try:
         from immunity_coding.signals import signals as coding
 
@@ -39,7 +39,7 @@ def main() -> None:
             extras: dict = {}
 
         st = _S()
-        print("coding signals, 50 KB output:  median %.4f ms, p95 %.4f ms" % _times(lambda: coding(step, st)))
+        print(f"coding signals, 50 KB output:  {_times(lambda: coding(step, st))}")
     except ImportError:
         pass
     rng = np.random.default_rng(0)
@@ -49,9 +49,8 @@ def main() -> None:
     trees = fit_trees(x, y, w)
     lg = fit_logistic(x, y, w)
     row = x[:1]
-    print(f"trees ({trees.feature.shape[0]} trees, depth {trees.depth}), one row: median %.4f ms, p95 %.4f ms"
-          % _times(lambda: trees.predict(row)))
-    print("logistic, one row:             median %.4f ms, p95 %.4f ms" % _times(lambda: lg.predict(row)))
+    print(f"trees ({trees.feature.shape[0]} trees, depth {trees.depth}), one row: {_times(lambda: trees.predict(row))}")
+    print(f"logistic, one row:             {_times(lambda: lg.predict(row))}")
 
 
 if __name__ == "__main__":
