@@ -65,6 +65,14 @@ def test_unknown_keywords_are_rejected_with_a_suggestion() -> None:
     rt.close()
 
 
+def test_plugin_options_as_one_mapping_and_as_keywords() -> None:
+    rt = Runtime(store=None, options={"seed": 3, "mode": "a"}, mode="b")
+    assert rt.config.options == {"seed": 3, "mode": "b"}  # a keyword wins over the mapping
+    rt.close()
+    with pytest.raises(TypeError, match="takes a mapping"):
+        Runtime(store=None, options=["seed"])
+
+
 def test_common_options_are_checked_and_old_spellings_still_work(make_runtime: Any) -> None:
     rt = make_runtime(plugins=[ToyPlugin()])
     with pytest.warns(DeprecationWarning, match="node_events=True is deprecated"):

@@ -630,13 +630,17 @@ class Runtime:
         if config is None:
             from immunity.guard import check_runtime_options
 
+            # plugin options may come as keywords or as one ``options={...}`` mapping (or both)
+            extra = options.pop("options", None)
+            if extra is not None and not isinstance(extra, dict):
+                raise TypeError(f"Runtime(options=...) takes a mapping, not {type(extra).__name__}")
             check_runtime_options(options)
-            known = {f.name for f in fields(Config)}
+            known = {f.name for f in fields(Config)} - {"options"}
             config = Config(domain=domain, store=store if isinstance(store, str) or store is None else None,
                             fail_closed=fail_closed, step_budget_ms=step_budget_ms, verifiers=verifiers,  # type: ignore[arg-type]
                             selector=selector, packs=packs,  # type: ignore[arg-type]
                             **{k: v for k, v in options.items() if k in known},
-                            options={k: v for k, v in options.items() if k not in known})
+                            options={**(extra or {}), **{k: v for k, v in options.items() if k not in known}})
         # bad configuration: a warning and the default, never an exception (unless fail-closed)
         problems = config.sanitize()
         if problems and config.fail_closed:
