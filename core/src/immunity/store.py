@@ -328,7 +328,123 @@ def is_immunity_db(conn: sqlite3.Connection) -> bool:
     return bool(row and row[0])
 
 
-class SQLiteStore:
+class StoreReads:
+    """The read methods both of immunity's SQL stores share (SQLite here, PostgreSQL in
+    immunity-postgres): the same queries and row-to-model conversion, with the driver's parameter
+    placeholder (``_ph``). A store provides ``_rows(statement, params, flush=...)`` returning dicts;
+    ``events`` stays per store (SQLite keeps message bodies in a table of their own)."""
+
+    _ph = "?"
+
+    def _rows(self, statement: str, params: Iterable[Any] = (), *, flush: bool = True) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _model(model: Any, r: dict[str, Any]) -> Any:
+        return model(**{k: v for k, v in r.items() if v is not None and k in model.model_fields})
+
+    def runs(self, *, limit: int | None = 50, outcome: str | None = None, domain: str | None = None,
+             source: str | None = None) -> list[Run]:
+        where, params = [], []
+        for col, val in (("outcome", outcome), ("domain", domain), ("source", source)):
+            if val is not None:
+                where.append(f"{col} = {self._ph}")
+                params.append(val)
+        stmt = "select * from runs" + (" where " + " and ".join(where) if where else "")
+        stmt += " order by started_at desc, run_id"
+        if limit:
+            stmt += f" limit {int(limit)}"
+        return [self._run(r) for r in self._rows(stmt, params)]
+
+    def iter_runs(self, **filters: Any) -> Iterator[Run]:
+        yield from self.runs(limit=None, **filters)
+
+    @staticmethod
+    def _run(r: dict[str, Any]) -> Run:
+        r = dict(r)
+        r["metadata"] = _loads(r.get("metadata"), {})
+        return Run(**{k: v for k, v in r.items() if v is not None or k == "failure_step"})
+
+    def get_run(self, run_id: str, *, flush: bool = True, prefix: bool = True) -> Run | None:
+        """The run ``run_id`` (or, with ``prefix``, the only run whose id starts with it);
+        ``flush=False`` reads committed rows only, without waiting for the writer."""
+        rows = self._rows(f"select * from runs where run_id = {self._ph}", [run_id], flush=flush)
+        if not rows and prefix:
+            pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            rows = self._rows(f"select * from runs where run_id like {self._ph} escape '\\' "
+                              "order by started_at desc limit 2", [pattern], flush=False)
+        if len(rows) != 1:
+            return None
+        return self._run(rows[0])
+
+    def steps(self, run_id: str) -> list[Step]:
+        out = []
+        for r in self._rows(f"select * from steps where run_id = {self._ph} order by idx", [run_id]):
+            r["index"] = r.pop("idx")
+            r["arguments"] = _loads(r["arguments"])
+            r["data"] = _loads(r["data"], {})
+            r["side_effect"] = bool(r["side_effect"])
+            out.append(self._model(Step, r))
+        return out
+
+    def verdicts(self, run_id: str) -> list[Verdict]:
+        out = []
+        for r in self._rows(f"select * from verdicts where run_id = {self._ph} order by id", [run_id]):
+            r.pop("id", None)
+            r["evidence"] = _loads(r["evidence"], {})
+            r["ok"], r["block"] = bool(r["ok"]), bool(r["block"])
+            out.append(self._model(Verdict, r))
+        return out
+
+    def interventions(self, run_id: str | None = None) -> list[Intervention]:
+        stmt, params = "select * from interventions", []
+        if run_id:
+            stmt, params = stmt + f" where run_id = {self._ph}", [run_id]
+        out = []
+        for r in self._rows(stmt + " order by ts, intervention_id", params):
+            r["arguments"] = _loads(r["arguments"])
+            r["delivered"] = bool(r["delivered"])
+            out.append(self._model(Intervention, r))
+        return out
+
+    def recoveries(self, run_id: str) -> list[Recovery]:
+        rows = self._rows(f"select * from recoveries where run_id = {self._ph} order by ts, recovery_id", [run_id])
+        return [self._model(Recovery, r) for r in rows]
+
+    def checkpoints(self, run_id: str) -> list[Checkpoint]:
+        out = []
+        for r in self._rows(f"select * from checkpoints where run_id = {self._ph} order by ts, checkpoint_id",
+                            [run_id]):
+            r["ref"] = _loads(r["ref"], {})
+            r["verified"] = bool(r["verified"])
+            out.append(Checkpoint(**{k: v for k, v in r.items() if k in Checkpoint.model_fields}))
+        return out
+
+    def plugin_errors(self, run_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if run_id:
+            return self._rows(f"select * from plugin_errors where run_id = {self._ph} order by id", [run_id])
+        return self._rows(f"select * from plugin_errors order by id desc limit {int(limit)}")
+
+    def patterns(self, pack: str | None = None) -> list[FailurePattern]:
+        stmt, params = "select body from patterns", []
+        if pack:
+            stmt, params = stmt + f" where pack = {self._ph}", [pack]
+        return [FailurePattern.model_validate_json(r["body"]) for r in self._rows(stmt, params)]
+
+    def idempotent_result(self, key: str, *, flush: bool = False) -> str | None:
+        """The stored result of a side-effecting call (committed rows only unless ``flush``)."""
+        rows = self._rows(f"select result from idempotency where key = {self._ph} and run_id is not null", [key],
+                          flush=flush)
+        return rows[0]["result"] if rows else None
+
+    def idempotency_results(self, run_id: str) -> dict[str, str]:
+        """Every committed idempotency key of ``run_id`` with its result (one indexed read, no
+        flush: the runtime answers its own recent calls from memory)."""
+        rows = self._rows(f"select key, result from idempotency where run_id = {self._ph}", [run_id], flush=False)
+        return {r["key"]: r["result"] for r in rows}
+
+
+class SQLiteStore(StoreReads):
     """The default store. ``SQLiteStore(":memory:")`` for tests; a path for real use.
 
     :param background: write on a background thread (the default); ``False`` writes in the caller.
@@ -905,21 +1021,6 @@ class SQLiteStore:
             cols = [c[0] for c in cur.description]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
-    def runs(self, *, limit: int | None = 50, outcome: str | None = None, domain: str | None = None,
-             source: str | None = None) -> list[Run]:
-        where, params = [], []
-        for col, val in (("outcome", outcome), ("domain", domain), ("source", source)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                params.append(val)
-        sql = "select * from runs" + (" where " + " and ".join(where) if where else "") + " order by started_at desc"
-        if limit:
-            sql += f" limit {int(limit)}"
-        return [self._run(r) for r in self._rows(sql, params)]
-
-    def iter_runs(self, **filters: Any) -> Iterator[Run]:
-        yield from self.runs(limit=None, **filters)
-
     def count(self, table: str) -> int:
         if table not in self.table_names():
             return 0
@@ -927,32 +1028,6 @@ class SQLiteStore:
 
     def table_names(self) -> list[str]:
         return [r["name"] for r in self._rows("select name from sqlite_master where type = 'table'", flush=False)]
-
-    @staticmethod
-    def _run(r: dict[str, Any]) -> Run:
-        r = dict(r)
-        r["metadata"] = _loads(r.get("metadata"), {})
-        return Run(**{k: v for k, v in r.items() if v is not None or k == "failure_step"})
-
-    def get_run(self, run_id: str, *, flush: bool = True, prefix: bool = True) -> Run | None:
-        """The run with this id (or, with ``prefix``, the only run whose id starts with it)."""
-        rows = self._rows("select * from runs where run_id = ?", [run_id], flush=flush)
-        if not rows and prefix:
-            rows = self._rows("select * from runs where run_id like ? order by started_at desc limit 2",
-                              [run_id + "%"], flush=False)
-        if len(rows) != 1:
-            return None
-        return self._run(rows[0])
-
-    def steps(self, run_id: str) -> list[Step]:
-        out = []
-        for r in self._rows("select * from steps where run_id = ? order by idx", [run_id]):
-            r["index"] = r.pop("idx")
-            r["arguments"] = _loads(r["arguments"])
-            r["data"] = _loads(r["data"], {})
-            r["side_effect"] = bool(r["side_effect"])
-            out.append(Step(**{k: v for k, v in r.items() if v is not None}))
-        return out
 
     def events(self, run_id: str) -> list[Event]:
         out = []
@@ -973,60 +1048,6 @@ class SQLiteStore:
                 body["messages"] = [messages.get(h, {"content": None, "missing": h}) for h in refs]
             out.append(Event(**{k: v for k, v in {**body, **r}.items() if v is not None}))
         return out
-
-    def verdicts(self, run_id: str) -> list[Verdict]:
-        out = []
-        for r in self._rows("select * from verdicts where run_id = ? order by id", [run_id]):
-            r.pop("id", None)
-            r["evidence"] = _loads(r["evidence"], {})
-            r["ok"], r["block"] = bool(r["ok"]), bool(r["block"])
-            out.append(Verdict(**{k: v for k, v in r.items() if v is not None}))
-        return out
-
-    def interventions(self, run_id: str | None = None) -> list[Intervention]:
-        sql, params = "select * from interventions", []
-        if run_id:
-            sql, params = sql + " where run_id = ?", [run_id]
-        out = []
-        for r in self._rows(sql + " order by ts", params):
-            r["arguments"] = _loads(r["arguments"])
-            r["delivered"] = bool(r["delivered"])
-            out.append(Intervention(**{k: v for k, v in r.items() if v is not None}))
-        return out
-
-    def recoveries(self, run_id: str) -> list[Recovery]:
-        return [Recovery(**{k: v for k, v in r.items() if v is not None})
-                for r in self._rows("select * from recoveries where run_id = ? order by ts", [run_id])]
-
-    def checkpoints(self, run_id: str) -> list[Checkpoint]:
-        out = []
-        for r in self._rows("select * from checkpoints where run_id = ? order by ts", [run_id]):
-            r["ref"] = _loads(r["ref"], {})
-            r["verified"] = bool(r["verified"])
-            out.append(Checkpoint(**r))
-        return out
-
-    def plugin_errors(self, run_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        if run_id:
-            return self._rows("select * from plugin_errors where run_id = ? order by id", [run_id])
-        return self._rows(f"select * from plugin_errors order by id desc limit {int(limit)}")
-
-    def patterns(self, pack: str | None = None) -> list[FailurePattern]:
-        sql, params = "select body from patterns", []
-        if pack:
-            sql, params = sql + " where pack = ?", [pack]
-        return [FailurePattern.model_validate_json(r["body"]) for r in self._rows(sql, params)]
-
-    def idempotent_result(self, key: str, *, flush: bool = False) -> str | None:
-        """The stored result of a side-effecting call (committed rows only unless ``flush``)."""
-        rows = self._rows("select result from idempotency where key = ? and run_id is not null", [key], flush=flush)
-        return rows[0]["result"] if rows else None
-
-    def idempotency_results(self, run_id: str) -> dict[str, str]:
-        """Every committed idempotency key of ``run_id`` with its result (one indexed read, no
-        flush: the runtime answers its own recent calls from memory)."""
-        rows = self._rows("select key, result from idempotency where run_id = ?", [run_id], flush=False)
-        return {r["key"]: r["result"] for r in rows}
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         self.flush()

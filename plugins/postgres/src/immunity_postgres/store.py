@@ -28,9 +28,10 @@ from typing import Any
 
 import psycopg
 from immunity.errors import StoreError
-from immunity.models import Checkpoint, Event, FailurePattern, Intervention, Recovery, Run, Step, Verdict
+from immunity.models import Event, Run, Step
 from immunity.redact import default_redactor
-from immunity.store import to_row
+from immunity.store import StoreReads, to_row
+from immunity.store import _loads as _loads  # the same JSON reading as core's store
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -53,15 +54,6 @@ _LIVE_SPILLS: set[str] = set()
 def redact(dsn: str) -> str:
     """The DSN without its password (for messages)."""
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", re.sub(r"password=\S+", "password=***", dsn))
-
-
-def _loads(value: Any, default: Any = None) -> Any:
-    if value in (None, ""):
-        return default
-    try:
-        return json.loads(value)
-    except (TypeError, ValueError):
-        return default
 
 
 def _clean(value: Any) -> Any:
@@ -183,12 +175,14 @@ class PgDatabase:
             "select table_name from information_schema.tables where table_schema = current_schema()", flush=False)]
 
 
-class PostgresStore:
+class PostgresStore(StoreReads):
     """``PostgresStore("postgresql://user@host/db")``; ``immunity ... --store postgresql://...``.
 
     ``queue_max`` bounds the records held in memory while the server cannot be reached; past it they
     go to a spill file in ``spill_dir`` (``$IMMUNITY_SPILL_DIR``, default
     ``~/.cache/immunity/spill``)."""
+
+    _ph = "%s"  # psycopg's placeholder for the shared reads (immunity.store.StoreReads)
 
     RELATED_TABLES: tuple[str, ...] = ("events", "verdicts", "interventions", "recoveries", "checkpoints",
                                        "plugin_errors")
@@ -719,55 +713,9 @@ class PostgresStore:
         except PoolTimeout as exc:
             raise StoreError(f"cannot read {self.path}: the server cannot be reached ({exc})") from exc
 
-    def runs(self, *, limit: int | None = 50, outcome: str | None = None, domain: str | None = None,
-             source: str | None = None) -> list[Run]:
-        where, params = [], []
-        for col, val in (("outcome", outcome), ("domain", domain), ("source", source)):
-            if val is not None:
-                where.append(f"{col} = %s")
-                params.append(val)
-        stmt = "select * from runs" + (" where " + " and ".join(where) if where else "")
-        stmt += " order by started_at desc, run_id"
-        if limit:
-            stmt += f" limit {int(limit)}"
-        return [self._run(r) for r in self._rows(stmt, params)]
-
-    def iter_runs(self, **filters: Any) -> Iterator[Run]:
-        yield from self.runs(limit=None, **filters)
-
     def count(self, table: str) -> int:
         rows = self._query(sql.SQL("select count(*) from {}").format(sql.Identifier(table)).as_string(None))
         return int(rows[0][0])
-
-    @staticmethod
-    def _run(r: dict[str, Any]) -> Run:
-        r = dict(r)
-        r["metadata"] = _loads(r.get("metadata"), {})
-        return Run(**{k: v for k, v in r.items() if v is not None or k == "failure_step"})
-
-    def get_run(self, run_id: str, *, flush: bool = True, prefix: bool = True) -> Run | None:
-        """The run ``run_id`` (or the one run whose id starts so, with ``prefix``); ``flush=False``
-        reads committed rows only, without waiting for the writer."""
-        rows = self._rows("select * from runs where run_id = %s", [run_id], flush=flush)
-        if not rows and prefix:
-            pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            rows = self._rows("select * from runs where run_id like %s order by started_at desc limit 2", [pattern],
-                              flush=flush)
-            if len(rows) != 1:
-                return None
-        if not rows:
-            return None
-        return self._run(rows[0])
-
-    def steps(self, run_id: str) -> list[Step]:
-        out = []
-        for r in self._rows("select * from steps where run_id = %s order by idx", [run_id]):
-            r["index"] = r.pop("idx")
-            r["arguments"] = _loads(r["arguments"])
-            r["data"] = _loads(r["data"], {})
-            r["side_effect"] = bool(r["side_effect"])
-            out.append(Step(**{k: v for k, v in r.items() if v is not None and k in Step.model_fields}))
-        return out
 
     def events(self, run_id: str) -> list[Event]:
         out = []
@@ -776,62 +724,6 @@ class PostgresStore:
             r.pop("seq", None)
             out.append(Event(**{k: v for k, v in {**body, **r}.items() if v is not None and k in Event.model_fields}))
         return out
-
-    def verdicts(self, run_id: str) -> list[Verdict]:
-        out = []
-        for r in self._rows("select * from verdicts where run_id = %s order by id", [run_id]):
-            r.pop("id", None)
-            r["evidence"] = _loads(r["evidence"], {})
-            r["ok"], r["block"] = bool(r["ok"]), bool(r["block"])
-            out.append(Verdict(**{k: v for k, v in r.items() if v is not None and k in Verdict.model_fields}))
-        return out
-
-    def interventions(self, run_id: str | None = None) -> list[Intervention]:
-        stmt, params = "select * from interventions", []
-        if run_id:
-            stmt, params = stmt + " where run_id = %s", [run_id]
-        out = []
-        for r in self._rows(stmt + " order by ts, intervention_id", params):
-            r["arguments"] = _loads(r["arguments"])
-            r["delivered"] = bool(r["delivered"])
-            out.append(Intervention(**{k: v for k, v in r.items() if v is not None
-                                       and k in Intervention.model_fields}))
-        return out
-
-    def recoveries(self, run_id: str) -> list[Recovery]:
-        return [Recovery(**{k: v for k, v in r.items() if v is not None and k in Recovery.model_fields})
-                for r in self._rows("select * from recoveries where run_id = %s order by ts, recovery_id",
-                                    [run_id])]
-
-    def checkpoints(self, run_id: str) -> list[Checkpoint]:
-        out = []
-        for r in self._rows("select * from checkpoints where run_id = %s order by ts, checkpoint_id", [run_id]):
-            r["ref"] = _loads(r["ref"], {})
-            r["verified"] = bool(r["verified"])
-            out.append(Checkpoint(**{k: v for k, v in r.items() if k in Checkpoint.model_fields}))
-        return out
-
-    def plugin_errors(self, run_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        if run_id:
-            return self._rows("select * from plugin_errors where run_id = %s order by id", [run_id])
-        return self._rows(f"select * from plugin_errors order by id desc limit {int(limit)}")
-
-    def patterns(self, pack: str | None = None) -> list[FailurePattern]:
-        stmt, params = "select body from patterns", []
-        if pack:
-            stmt, params = stmt + " where pack = %s", [pack]
-        return [FailurePattern.model_validate_json(r["body"]) for r in self._rows(stmt, params)]
-
-    def idempotent_result(self, key: str, *, flush: bool = False) -> str | None:
-        """The stored result of a side-effecting call (committed rows only unless ``flush``)."""
-        rows = self._rows("select result from idempotency where key = %s and run_id is not null", [key],
-                          flush=flush)
-        return rows[0]["result"] if rows else None
-
-    def idempotency_results(self, run_id: str) -> dict[str, str]:
-        """Every committed idempotency key of ``run_id`` with its result (no flush)."""
-        rows = self._rows("select key, result from idempotency where run_id = %s", [run_id], flush=False)
-        return {r["key"]: r["result"] for r in rows}
 
     def table_names(self) -> list[str]:
         return self.db.table_names()
