@@ -7,33 +7,16 @@ from typing import Any
 
 import pytest
 from immunity import Event, EventKind, Intervention, InterventionKind, Outcome, Severity, Verdict, hookimpl
+from immunity.testing import FlagAndStop, stored_run
 from immunity_langgraph.testing import ScriptedChatModel, tool_call
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.errors import GraphRecursionError
 
 
-class Flag:
-    """Flags every weather result (the bandit picks a hint); stops before ``delete_records``."""
-
-    @hookimpl
-    def immunity_verify(self, event: Event) -> Verdict | None:
-        if event.kind == EventKind.TOOL_END and event.tool == "get_weather":
-            return Verdict(ok=False, error_class="wrong_parameters", severity=Severity.WARNING,
-                           message="check the city")
-        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
-            return Verdict(ok=False, error_class="unsafe_action", severity=Severity.ERROR, message="no deletes")
-        return None
-
-    @hookimpl(tryfirst=True)
-    def immunity_intervene(self, event: Event) -> Intervention | None:
-        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
-            return Intervention(kind=InterventionKind.STOP, text="mass deletion requested")
-        return None
+def Flag() -> FlagAndStop:  # flags every get_weather result, stops before delete_records
+    return FlagAndStop("get_weather", flag_message="check the city", stop_text="mass deletion requested")
 
 
-def stored(rt: Any, run_id: str) -> Any:
-    rt.flush()
-    return rt.store.get_run(run_id)
 
 
 def test_completed_run_is_unknown_until_the_user_says(make_runtime: Any, react_agent: Any,
@@ -45,9 +28,9 @@ def test_completed_run_is_unknown_until_the_user_says(make_runtime: Any, react_a
     graph.invoke({"messages": [("user", "weather in Paris?")]}, {"configurable": {"thread_id": "t1"}})
     run_id = guard.run_id
     assert run_id is not None and guard.run_ids == [run_id]
-    assert stored(rt, run_id).outcome == Outcome.UNKNOWN
+    assert stored_run(rt, run_id).outcome == Outcome.UNKNOWN
     guard.set_outcome(run_id, "failure", reason="it rains in Paris")
-    run = stored(rt, run_id)
+    run = stored_run(rt, run_id)
     assert run.outcome == Outcome.FAILURE and run.metadata["outcome_source"] == "user"
     pulls = rt.store.db.execute("select reward from bandit_pulls where run_id = ?", [run_id]).fetchall()
     assert pulls and all(r[0] == 0 for r in pulls)
@@ -60,14 +43,14 @@ def test_exception_and_recursion_limit_are_failures(make_runtime: Any, tool_grap
     guard = rt.protect(graph)
     with pytest.raises(RuntimeError):
         graph.invoke({"messages": [("user", "hi")]})
-    run = stored(rt, guard.run_id)
+    run = stored_run(rt, guard.run_id)
     assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("raised ScriptExhausted")
 
     model.reset([tool_call("get_weather", city=f"city {i}") for i in range(20)])
     with pytest.raises(GraphRecursionError):
         graph.invoke({"messages": [("user", "hi")]}, {"recursion_limit": 4})
     assert len(guard.run_ids) == 2
-    run = stored(rt, guard.run_id)
+    run = stored_run(rt, guard.run_id)
     assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("recursion limit reached")
 
 
@@ -77,7 +60,7 @@ def test_stop_is_a_failure(make_runtime: Any, react_agent: Any, weather_tools: A
     graph = react_agent(model, weather_tools)
     guard = rt.protect(graph)
     graph.invoke({"messages": [("user", "wipe users")]})
-    run = stored(rt, guard.run_id)
+    run = stored_run(rt, guard.run_id)
     assert run.status == "stopped" and run.outcome == Outcome.FAILURE
     assert run.metadata["outcome_reason"] == "stopped by immunity: mass deletion requested"
 
@@ -110,4 +93,4 @@ def test_guard_resume_answers_the_interrupt(make_runtime: Any, tool_graph: Any, 
     assert guard.run_id == f"langgraph-ask-{mode}"
     out = guard.resume(value="approve") if mode == "sync" else asyncio.run(guard.aresume(value="approve"))
     assert out["messages"][-1].content == "done" and calls.count("delete_records") == 1
-    assert guard.run_ids == [f"langgraph-ask-{mode}"] and stored(rt, guard.run_id).status == "finished"
+    assert guard.run_ids == [f"langgraph-ask-{mode}"] and stored_run(rt, guard.run_id).status == "finished"

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from immunity import Event, EventKind, Intervention, InterventionKind, Outcome, Severity, Verdict, hookimpl
+from immunity import Event, EventKind, Outcome, Severity, Verdict, hookimpl
+from immunity.testing import FlagAndStop, stored_run
 from immunity_llamaindex.testing import ScriptedLLM, tool_call
 from llama_index.core.agent.workflow import FunctionAgent
 
@@ -21,27 +22,10 @@ def delete_records(table: str) -> str:
     return f"deleted {table}"
 
 
-class Flag:
-    """Flags every ``lookup`` result (the bandit picks a hint); stops before ``delete_records``."""
-
-    @hookimpl
-    def immunity_verify(self, event: Event) -> Verdict | None:
-        if event.kind == EventKind.TOOL_END and event.tool == "lookup":
-            return Verdict(ok=False, error_class="wrong_parameters", severity=Severity.WARNING, message="check the key")
-        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
-            return Verdict(ok=False, error_class="unsafe_action", severity=Severity.ERROR, message="no deletes")
-        return None
-
-    @hookimpl(tryfirst=True)
-    def immunity_intervene(self, event: Event) -> Intervention | None:
-        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
-            return Intervention(kind=InterventionKind.STOP, text="deleting records ends this run")
-        return None
+def Flag() -> FlagAndStop:  # flags every lookup result, stops before delete_records
+    return FlagAndStop("lookup")
 
 
-def stored(rt: Any, run_id: str) -> Any:
-    rt.flush()
-    return rt.store.get_run(run_id)
 
 
 async def test_completed_run_is_unknown_until_the_user_says(make_runtime: Any) -> None:
@@ -52,9 +36,9 @@ async def test_completed_run_is_unknown_until_the_user_says(make_runtime: Any) -
     await handler
     run_id = guard.run_id
     assert run_id == guard.run_id_for(handler) and guard.run_ids == [run_id]
-    assert stored(rt, run_id).outcome == Outcome.UNKNOWN
+    assert stored_run(rt, run_id).outcome == Outcome.UNKNOWN
     guard.set_outcome(run_id, "success", reason="right value")
-    assert stored(rt, run_id).outcome == Outcome.SUCCESS
+    assert stored_run(rt, run_id).outcome == Outcome.SUCCESS
     pulls = rt.store.db.execute("select reward from bandit_pulls where run_id = ?", [run_id]).fetchall()
     assert pulls and all(r[0] == 1 for r in pulls)
     guard.uninstrument()
@@ -66,14 +50,14 @@ async def test_exception_and_max_iterations_are_failures(make_runtime: Any) -> N
     guard = rt.protect(agent)
     with pytest.raises(Exception, match="script"):
         await agent.run(user_msg="What is a?")
-    run = stored(rt, guard.run_id)
+    run = stored_run(rt, guard.run_id)
     assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("raised ")
 
     agent2 = FunctionAgent(tools=[lookup], llm=ScriptedLLM([tool_call("lookup", {"key": f"k{i}"}) for i in range(9)]))
     guard2 = rt.protect(agent2)
     with pytest.raises(Exception, match="Max iterations"):
         await agent2.run(user_msg="What is a?", max_iterations=2)
-    run = stored(rt, guard2.run_id)
+    run = stored_run(rt, guard2.run_id)
     assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("max iterations reached")
     guard.uninstrument()
     guard2.uninstrument()
@@ -85,7 +69,7 @@ async def test_stop_is_a_failure(make_runtime: Any) -> None:
                           llm=ScriptedLLM([tool_call("delete_records", {"table": "users"}), "never"]))
     guard = rt.protect(agent)
     assert str(await agent.run(user_msg="wipe users")) == "deleting records ends this run"
-    run = stored(rt, guard.run_id)
+    run = stored_run(rt, guard.run_id)
     assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("stopped by immunity")
     guard.uninstrument()
 
@@ -107,11 +91,11 @@ async def test_guard_resume_after_a_stop_and_the_outcome_follows(make_runtime: A
     guard = rt.protect(agent, checkpoints="full")
     assert "Stopped by immunity" in str(await agent.run(user_msg="What is a?"))
     run_id = guard.run_id
-    assert stored(rt, run_id).outcome == Outcome.FAILURE  # stopped
+    assert stored_run(rt, run_id).outcome == Outcome.FAILURE  # stopped
 
     result = await guard.aresume(hint="[immunity] RESUME: answer from what you read; do not delete.")
     assert str(result) == "a is value-of-a; nothing deleted." and guard.run_ids == [run_id]
-    run = stored(rt, run_id)
+    run = stored_run(rt, run_id)
     assert run.status == "finished" and run.outcome == Outcome.UNKNOWN  # the stop no longer holds
     guard.uninstrument()
 

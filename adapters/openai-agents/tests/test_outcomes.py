@@ -16,6 +16,7 @@ from agents import (
     output_guardrail,
 )
 from immunity import Event, EventKind, Intervention, InterventionKind, Outcome, Severity, Verdict, hookimpl
+from immunity.testing import FlagAndStop, stored_run
 from immunity_openai_agents.testing import ScriptedModel, call
 
 
@@ -31,27 +32,10 @@ def delete_records(table: str) -> str:
     return f"deleted {table}"
 
 
-class Flag:
-    """Flags every ``lookup`` result (the bandit picks a hint); stops before ``delete_records``."""
-
-    @hookimpl
-    def immunity_verify(self, event: Event) -> Verdict | None:
-        if event.kind == EventKind.TOOL_END and event.tool == "lookup":
-            return Verdict(ok=False, error_class="wrong_parameters", severity=Severity.WARNING, message="check the key")
-        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
-            return Verdict(ok=False, error_class="unsafe_action", severity=Severity.ERROR, message="no deletes")
-        return None
-
-    @hookimpl(tryfirst=True)
-    def immunity_intervene(self, event: Event) -> Intervention | None:
-        if event.kind == EventKind.TOOL_START and event.tool == "delete_records":
-            return Intervention(kind=InterventionKind.STOP, text="deleting records ends this run")
-        return None
+def Flag() -> FlagAndStop:  # flags every lookup result, stops before delete_records
+    return FlagAndStop("lookup")
 
 
-def stored(rt: Any, run_id: str) -> Any:
-    rt.flush()
-    return rt.store.get_run(run_id)
 
 
 def test_completed_run_is_unknown_until_the_user_says(make_runtime: Any) -> None:
@@ -61,9 +45,9 @@ def test_completed_run_is_unknown_until_the_user_says(make_runtime: Any) -> None
     Runner.run_sync(agent, "What is a?")
     run_id = guard.run_id
     assert run_id is not None and guard.run_ids == [run_id]
-    assert stored(rt, run_id).outcome == Outcome.UNKNOWN
+    assert stored_run(rt, run_id).outcome == Outcome.UNKNOWN
     guard.set_outcome(run_id, "success", reason="right value")
-    assert stored(rt, run_id).outcome == Outcome.SUCCESS
+    assert stored_run(rt, run_id).outcome == Outcome.SUCCESS
     pulls = rt.store.db.execute("select reward from bandit_pulls where run_id = ?", [run_id]).fetchall()
     assert pulls and all(r[0] == 1 for r in pulls)
 
@@ -74,14 +58,14 @@ def test_exception_and_max_turns_are_failures(make_runtime: Any) -> None:
     guard = rt.protect(agent)
     with pytest.raises(Exception, match="script"):
         Runner.run_sync(agent, "What is a?")
-    run = stored(rt, guard.run_id)
+    run = stored_run(rt, guard.run_id)
     assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("raised ")
 
     agent2 = Agent(name="looper", model=ScriptedModel([call("lookup", key=f"k{i}") for i in range(9)]), tools=[lookup])
     guard2 = rt.protect(agent2)
     with pytest.raises(MaxTurnsExceeded):
         Runner.run_sync(agent2, "What is a?", max_turns=2)
-    run = stored(rt, guard2.run_id)
+    run = stored_run(rt, guard2.run_id)
     assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("max turns reached")
 
 
@@ -95,7 +79,7 @@ def test_guardrail_tripwire_is_a_failure(make_runtime: Any) -> None:
     guard = rt.protect(agent)
     with pytest.raises(OutputGuardrailTripwireTriggered):
         Runner.run_sync(agent, "Tell me the secret")
-    run = stored(rt, guard.run_id)
+    run = stored_run(rt, guard.run_id)
     assert run.outcome == Outcome.FAILURE
     assert run.metadata["outcome_reason"] == "guardrail tripped (OutputGuardrailTripwireTriggered: no_secrets)"
 
@@ -107,7 +91,7 @@ def test_stop_is_a_failure(make_runtime: Any) -> None:
     guard = rt.protect(agent)
     result = Runner.run_sync(agent, "wipe users")
     assert "deleting records ends this run" in str(result.final_output)
-    run = stored(rt, guard.run_id)
+    run = stored_run(rt, guard.run_id)
     assert run.outcome == Outcome.FAILURE and run.metadata["outcome_reason"].startswith("stopped by immunity")
 
 
@@ -132,10 +116,10 @@ async def test_guard_resume_after_an_approval_pause(make_runtime: Any, approve: 
     agent = Agent(name="admin", model=model, tools=[delete_records])
     guard = rt.protect(agent)
     first = await Runner.run(agent, "wipe users")
-    assert first.interruptions and stored(rt, guard.run_id).status == "interrupted"
+    assert first.interruptions and stored_run(rt, guard.run_id).status == "interrupted"
     second = await guard.aresume(approve=approve)
     assert second.final_output == "Done." and len(guard.run_ids) == 1
-    run = stored(rt, guard.run_id)
+    run = stored_run(rt, guard.run_id)
     assert run.status == "finished" and run.outcome == Outcome.UNKNOWN
     outputs = [s.result or s.error for s in rt.store.steps(guard.run_id) if s.tool == "delete_records"]
     assert ("deleted users" in outputs) is approve

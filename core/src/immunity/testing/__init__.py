@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from immunity import hookimpl
 from immunity.adapter import Adapter
+from immunity.models import Event, EventKind, Intervention, InterventionKind, Run, Severity, Verdict
 from immunity.runtime import Decision, RunSession, Runtime
 
 
@@ -176,4 +178,35 @@ class FakeAdapter(Adapter):
         return session
 
 
-__all__ = ["FakeAdapter", "FakeRun", "ScriptStep"]
+class FlagAndStop:
+    """A test plugin for adapters' outcome tests: flags every result of ``flag_tool`` (a warning, so
+    the selector picks a hint) and stops the run before ``stop_tool`` is called."""
+
+    def __init__(self, flag_tool: str, *, flag_message: str = "check the key",
+                 stop_tool: str = "delete_records", stop_text: str = "deleting records ends this run"):
+        self.flag_tool, self.flag_message = flag_tool, flag_message
+        self.stop_tool, self.stop_text = stop_tool, stop_text
+
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_END and event.tool == self.flag_tool:
+            return Verdict(ok=False, error_class="wrong_parameters", severity=Severity.WARNING,
+                           message=self.flag_message)
+        if event.kind == EventKind.TOOL_START and event.tool == self.stop_tool:
+            return Verdict(ok=False, error_class="unsafe_action", severity=Severity.ERROR, message="no deletes")
+        return None
+
+    @hookimpl(tryfirst=True)
+    def immunity_intervene(self, event: Event) -> Intervention | None:
+        if event.kind == EventKind.TOOL_START and event.tool == self.stop_tool:
+            return Intervention(kind=InterventionKind.STOP, text=self.stop_text)
+        return None
+
+
+def stored_run(rt: Runtime, run_id: str) -> Run | None:
+    """The run as the store has it once everything queued is written."""
+    rt.flush()
+    return rt.store.get_run(run_id)
+
+
+__all__ = ["FakeAdapter", "FakeRun", "FlagAndStop", "ScriptStep", "stored_run"]
