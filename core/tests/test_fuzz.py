@@ -15,6 +15,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -246,15 +247,34 @@ def test_corpus_of_bad_cli_input_gives_one_line_errors(args, says):
         assert _steps(str(d / "s.db"), live) == n
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write a read-only file")
+@contextlib.contextmanager
+def _read_only(path: Path):
+    """``path`` made unwritable for this process: a mode bit for a user; root ignores mode bits, so
+    for root the file is made immutable (``chattr +i``), which binds root too."""
+    if os.geteuid() != 0:
+        os.chmod(path, stat.S_IRUSR)
+        yield
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("running as root without chattr +i: a file cannot be made read-only for root")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], capture_output=True)
+
+
 def test_a_read_only_store_is_a_one_line_error():
     with _workdir() as d:
         _cli_dir(d)
         (d / "in2.jsonl").write_text('{"id": "y", "messages": [{"role": "user", "content": "hi"}]}\n')
-        os.chmod(d / "s.db", stat.S_IRUSR)
-        res = _invoke(["import", "--store", "s.db", "in2.jsonl"])
+        before = (d / "s.db").read_bytes()
+        with _read_only(d / "s.db"):
+            res = _invoke(["import", "--store", "s.db", "in2.jsonl"])
         _clean(res)
         assert res.exit_code != 0
+        assert len(res.output.strip().splitlines()) == 1, res.output
+        assert (d / "s.db").read_bytes() == before
 
 
 def test_ten_megabyte_arguments_are_clipped_in_the_store():

@@ -498,6 +498,8 @@ class SQLiteStore(StoreReads):
                 self._open_read_only(path)
             else:
                 if not memory:
+                    if os.path.exists(path) and not os.access(path, os.W_OK):  # sqlite would open it, then fail per write
+                        raise StoreError(f"store {path!r} cannot be written: the file is read-only")
                     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
                 conn = sqlite3.connect(path, check_same_thread=False, timeout=self.busy_timeout_s)
                 conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
