@@ -24,11 +24,13 @@ import random
 import time
 
 from immunity import chaos
-from immunity.bench.frameworks import DRIVERS
+from immunity.bench.drivers import bench_drivers
 from immunity.bench.tasks import FaultPlan, ScriptedAgent
 from immunity.chaos.fleet import OrderRefundTask
 from immunity.report_html import wilson
 from immunity.runtime import Runtime
+
+LANGGRAPH = bench_drivers()["langgraph"]  # registered by immunity-langgraph
 
 
 def one(i: int, arm: str, p: float) -> tuple[bool, bool]:
@@ -44,11 +46,11 @@ def one(i: int, arm: str, p: float) -> tuple[bool, bool]:
     try:
         if arm == "clean":
             tools = [(s, s.fn) for s in task.tools()]
-            res = DRIVERS["langgraph"]().run(task, tools, agent, runtime=rt)
+            res = LANGGRAPH().run(task, tools, agent, runtime=rt)
         else:
             with chaos.activate(exp) as c:
                 tools = [(s, c.tool(s.fn, s.name)) for s in task.tools()]
-                res = DRIVERS["langgraph"]().run(task, tools, agent, runtime=rt)
+                res = LANGGRAPH().run(task, tools, agent, runtime=rt)
                 assert len(c.injections) == 1
         flagged = False
         if rt is not None:

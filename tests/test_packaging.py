@@ -3,7 +3,9 @@ version bounds on immunity, and its import package checked by mypy; a top-level 
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -41,3 +43,37 @@ def test_mypy_checks_every_member_and_the_changelog_exists() -> None:
         for pkg in _packages(member):
             assert pkg.name in mypy["packages"], pkg.name
     assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text()
+
+
+ADAPTER_PACKAGES = ("immunity_langgraph", "immunity_crewai", "immunity_llamaindex", "immunity_openai_agents")
+
+
+def test_core_imports_no_adapter() -> None:
+    """Core's wheel depends on no adapter: nothing under core/src names an adapter package (the
+    benchmark drivers are registered by the adapters through ``immunity_register_bench_drivers``)."""
+    pattern = re.compile("|".join(ADAPTER_PACKAGES))
+    found = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for p in sorted((ROOT / "core" / "src").rglob("*"))
+             if p.is_file() and p.suffix in (".py", ".toml", ".json", ".txt", ".md", ".cfg")
+             for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+             if pattern.search(line)]
+    assert not found, "core names an adapter package:\n" + "\n".join(found)
+
+
+def test_every_adapter_registers_its_bench_driver() -> None:
+    """Each installed adapter's plugin registers a driver through the hook, and core finds them
+    only through the plugin manager."""
+    from immunity.bench.drivers import Driver, bench_drivers
+    from immunity.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    drivers = bench_drivers(pm)
+    expected = {"langgraph": "immunity_langgraph", "crewai": "immunity_crewai", "llamaindex": "immunity_llamaindex",
+                "openai_agents": "immunity_openai_agents"}
+    for name, package in expected.items():
+        if importlib.util.find_spec(package) is None:
+            continue  # that adapter is not installed in this environment
+        assert name in drivers, f"{package} registers no bench driver"
+        driver = drivers[name]
+        assert issubclass(driver, Driver) and driver.name == name
+        assert driver.__module__ == f"{package}.bench"
+        assert pm.registry_owner("bench_drivers", name) == pm.get_name(sys.modules[package])

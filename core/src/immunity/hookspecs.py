@@ -289,6 +289,17 @@ def immunity_register_importers(register: Any) -> None:
 
 
 @hookspec
+def immunity_register_bench_drivers(register: Any) -> None:
+    """Register benchmark drivers: ``register(name, driver_class)``. A driver class subclasses
+    :class:`immunity.bench.drivers.Driver`: ``name``, ``available() -> bool`` (is the framework
+    installed) and ``run(task, tools, agent, runtime=None, real=False) -> RunResult``, which builds
+    the framework's agent around a scripted model, protects it with ``runtime`` when given, runs
+    it once and never raises. ``immunity bench closed-loop``, the chaos fleet and
+    ``bench/bench_overhead.py`` run every registered driver; each adapter registers its own, so
+    core imports no adapter."""
+
+
+@hookspec
 def immunity_register_commands(cli: click.Group) -> None:
     """Add commands to the ``immunity`` command line: ``@cli.command()`` on the given group."""
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 hookimpl = pluggy.HookimplMarker("immunity")
 
-__all__ = ["CrewAIAdapter", "hookimpl", "immunity_register_adapters"]
+__all__ = ["CrewAIAdapter", "hookimpl", "immunity_register_adapters", "immunity_register_bench_drivers"]
 
 
 @hookimpl
@@ -29,6 +29,14 @@ def immunity_register_adapters(register: Any) -> None:
     from immunity_crewai.adapter import CrewAIAdapter
 
     register("crewai", CrewAIAdapter)
+
+
+@hookimpl
+def immunity_register_bench_drivers(register: Any) -> None:
+    """The closed-loop benchmark's driver for this framework (``immunity bench closed-loop``)."""
+    from immunity_crewai.bench import CrewAIDriver
+
+    register("crewai", CrewAIDriver)
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ import pluggy
 
 hookimpl = pluggy.HookimplMarker("immunity")
 
-__all__ = ["LangGraphAdapter", "hookimpl", "immunity_register_adapters"]
+__all__ = ["LangGraphAdapter", "hookimpl", "immunity_register_adapters", "immunity_register_bench_drivers"]
 
 
 @hookimpl
@@ -25,6 +25,14 @@ def immunity_register_adapters(register: Any) -> None:
     from immunity_langgraph.adapter import LangGraphAdapter
 
     register("langgraph", LangGraphAdapter)
+
+
+@hookimpl
+def immunity_register_bench_drivers(register: Any) -> None:
+    """The closed-loop benchmark's driver for this framework (``immunity bench closed-loop``)."""
+    from immunity_langgraph.bench import LangGraphDriver
+
+    register("langgraph", LangGraphDriver)
 
 
 def __getattr__(name: str) -> Any:

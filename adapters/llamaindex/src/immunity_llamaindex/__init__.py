@@ -20,7 +20,7 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover
     from immunity_llamaindex.adapter import LlamaIndexAdapter
 
-__all__ = ["LlamaIndexAdapter", "immunity_register_adapters"]
+__all__ = ["LlamaIndexAdapter", "immunity_register_adapters", "immunity_register_bench_drivers"]
 
 hookimpl = pluggy.HookimplMarker("immunity")
 
@@ -30,6 +30,14 @@ def immunity_register_adapters(register: Any) -> None:
     from immunity_llamaindex.adapter import LlamaIndexAdapter
 
     register("llamaindex", LlamaIndexAdapter)
+
+
+@hookimpl
+def immunity_register_bench_drivers(register: Any) -> None:
+    """The closed-loop benchmark's driver for this framework (``immunity bench closed-loop``)."""
+    from immunity_llamaindex.bench import LlamaIndexDriver
+
+    register("llamaindex", LlamaIndexDriver)
 
 
 def __getattr__(name: str) -> Any:

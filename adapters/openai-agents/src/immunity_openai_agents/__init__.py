@@ -14,7 +14,7 @@ import pluggy
 
 from immunity_openai_agents.adapter import OpenAIAgentsAdapter
 
-__all__ = ["OpenAIAgentsAdapter", "RunStopped", "immunity_register_adapters"]
+__all__ = ["OpenAIAgentsAdapter", "RunStopped", "immunity_register_adapters", "immunity_register_bench_drivers"]
 
 hookimpl = pluggy.HookimplMarker("immunity")
 
@@ -22,6 +22,14 @@ hookimpl = pluggy.HookimplMarker("immunity")
 @hookimpl
 def immunity_register_adapters(register: Any) -> None:
     register("openai-agents", OpenAIAgentsAdapter)
+
+
+@hookimpl
+def immunity_register_bench_drivers(register: Any) -> None:
+    """The closed-loop benchmark's driver for this framework (``immunity bench closed-loop``)."""
+    from immunity_openai_agents.bench import OpenAIAgentsDriver
+
+    register("openai_agents", OpenAIAgentsDriver)
 
 
 def __getattr__(name: str) -> Any:

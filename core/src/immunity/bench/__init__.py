@@ -6,7 +6,8 @@ own behaviour, with and without immunity, on paired seeds, and reports task succ
 failures and silent corruptions with 95% intervals. See ``docs/benchmark.md``.
 
 - :mod:`immunity.bench.tasks`: tasks, ground truth, fault plans and the scripted agent;
-- :mod:`immunity.bench.frameworks`: one driver per framework (frameworks imported lazily);
+- :mod:`immunity.bench.drivers`: the driver protocol; each adapter registers its framework's
+  driver through ``immunity_register_bench_drivers`` (core imports no adapter);
 - :mod:`immunity.bench.harness`: trials, judging, aggregation;
 - :mod:`immunity.bench.stats`: Wilson intervals, paired bootstrap, exact McNemar test.
 """

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from immunity.bench.frameworks import DRIVERS
+from immunity.bench.drivers import bench_drivers
 from immunity.bench.stats import mcnemar_exact, paired_bootstrap, wilson
 from immunity.bench.tasks import (
     FAULT_TYPES,
@@ -79,7 +79,8 @@ class Trial:
 
 @dataclass
 class BenchConfig:
-    frameworks: Sequence[str] = tuple(DRIVERS)
+    # every framework whose driver an installed adapter registers (see immunity.bench.drivers)
+    frameworks: Sequence[str] = field(default_factory=lambda: tuple(bench_drivers()))
     faults: Sequence[str] = FAULT_TYPES
     tasks: Sequence[str] = tuple(TASKS)
     seeds: int = 21
@@ -125,7 +126,7 @@ def run_trial(framework: str, task_name: str, fault: str, seed: int, *, p: float
         rt = Runtime(store=":memory:", domain=task.domain, pm=pm, **options)
     t0 = time.perf_counter()
     try:
-        result = DRIVERS[framework]().run(task, tools, agent, runtime=rt, real=real)
+        result = bench_drivers(pm)[framework]().run(task, tools, agent, runtime=rt, real=real)
         trial.seconds = time.perf_counter() - t0
         fault_time = faulty.fired_at or agent.fault_at
         trial.fault_fired = fault == "none" or fault_time is not None
@@ -173,11 +174,12 @@ def run_benchmark(cfg: BenchConfig, *, progress: Callable[[int, int, Trial], Non
     """Run every trial of ``cfg`` (one process, one trial at a time)."""
     from immunity.plugins import get_plugin_manager
 
-    missing = [fw for fw in cfg.frameworks if fw not in DRIVERS or not DRIVERS[fw].available()]
+    pm = get_plugin_manager()
+    drivers = bench_drivers(pm)
+    missing = [fw for fw in cfg.frameworks if fw not in drivers or not drivers[fw].available()]
     if missing:
         raise RuntimeError(f"framework(s) not available: {missing} (installed drivers: "
-                           f"{[n for n, d in DRIVERS.items() if d.available()]})")
-    pm = get_plugin_manager()
+                           f"{[n for n, d in drivers.items() if d.available()]})")
     plan = trial_plan(cfg)
     trials: list[Trial] = []
     for i, (fw, task, fault, seed, p) in enumerate(plan):

@@ -21,8 +21,8 @@ def _split(value: str | None) -> list[str] | None:
 
 
 @click.command("closed-loop")
-@click.option("--frameworks", default=None, help="Comma-separated: langgraph, llamaindex, openai_agents, crewai "
-              "(default: every one installed).")
+@click.option("--frameworks", default=None, help="Comma-separated driver names: langgraph, llamaindex, openai_agents, "
+              "crewai, or any an installed adapter registers (default: every one installed).")
 @click.option("--faults", default=None, help="Comma-separated fault types (default: all; see docs/benchmark.md).")
 @click.option("--tasks", default=None, help="Comma-separated tasks: research, support, coding (default: all).")
 @click.option("--seeds", type=click.IntRange(1), default=21, show_default=True,
@@ -48,7 +48,7 @@ def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, s
     same seed gives the same task, fault and coin flips with and without immunity. Outcomes are
     judged from the task's ground truth only.
     """
-    from immunity.bench.frameworks import DRIVERS
+    from immunity.bench.drivers import bench_drivers
     from immunity.bench.harness import BenchConfig, Trial, aggregate, run_benchmark
     from immunity.bench.report import render, render_markdown
     from immunity.bench.tasks import FAULT_TYPES, TASKS, TOOL_FAULTS
@@ -61,10 +61,11 @@ def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, s
         _print(summary, as_json, markdown, render, render_markdown, _header(summary["config"]))
         return
 
-    fws = _split(frameworks) or [n for n, d in DRIVERS.items() if d.available()]
-    unknown = [f for f in fws if f not in DRIVERS]
+    drivers = bench_drivers()
+    fws = _split(frameworks) or [n for n, d in drivers.items() if d.available()]
+    unknown = [f for f in fws if f not in drivers]
     if unknown:
-        raise click.BadParameter(f"unknown framework(s) {unknown}; known: {sorted(DRIVERS)}", param_hint="--frameworks")
+        raise click.BadParameter(f"unknown framework(s) {unknown}; known: {sorted(drivers)}", param_hint="--frameworks")
     fault_list = _split(faults) or list(FAULT_TYPES)
     bad = [f for f in fault_list if f not in FAULT_TYPES]
     if bad:

@@ -1,7 +1,7 @@
 """The benchmark's tasks: plain tools over a small environment, a ground truth, and a scripted
 policy that plays the agent.
 
-Everything here is framework-neutral. A framework driver (:mod:`immunity.bench.frameworks`) turns
+Everything here is framework-neutral. A framework driver (:mod:`immunity.bench.drivers`) turns
 the task's tools into the framework's own tools and the policy into the framework's scripted model;
 the policy only ever sees an :class:`Observation` (what the model was sent, in a neutral form), so
 the only thing that differs between frameworks is the framework.

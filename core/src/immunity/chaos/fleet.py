@@ -86,10 +86,10 @@ def run_fleet(runtime: Any, *, runs: int, chaos: Chaos | None = None, framework:
     support domain); returns each run's id and judged outcome (also stored on the run). The
     customers' orders rotate over ``tasks`` orders (the same ones for every seed), so failed runs
     have successful runs of the same task to be compared with (``immunity explain``)."""
-    from immunity.bench.frameworks import DRIVERS
+    from immunity.bench.drivers import bench_drivers
 
-    driver_cls = DRIVERS[framework]
-    if not driver_cls.available():
+    driver_cls = bench_drivers(getattr(runtime, "pm", None)).get(framework)
+    if driver_cls is None or not driver_cls.available():
         raise RuntimeError(f"{framework} and its immunity adapter are not installed")
     out: list[FleetRun] = []
     keep: list[Any] = []  # the drivers name threads after the model object's id: keep every one alive
