@@ -173,6 +173,26 @@ def immunity_intervene(verdicts: list[Verdict], event: Event, run: Run, state: R
     """
 
 
+@hookspec
+def immunity_propose_variants(error_class: str, examples: list[str], n: int, config: Config) -> list[str] | None:
+    """Propose new hint wordings for ``error_class`` (an LLM plugin's job). Broadcast: every
+    implementation's list is collected. Called offline only, by ``immunity interventions evolve``,
+    never on the per-step path.
+
+    What comes back is untrusted text: it is sanitised (redacted, clipped, rejected when it holds a
+    ``<tool-output>`` delimiter, a link, code, a role marker, credentials or an action outside a
+    hint's purpose; see :func:`immunity.interventions.evolution.sanitize_proposal`) and stored as
+    ``proposed``, reaching no prompt until approved.
+
+    :param error_class: the taxonomy class the hints are for.
+    :param examples: the class's hand-written hint templates (placeholders ``{tool}``, ``{error}``,
+        ``{message}``, ``{class_hint}`` may be used in proposals).
+    :param n: how many proposals are wanted.
+    :param config: the runtime configuration (a plugin reads its model settings from its options).
+    :returns: a list of hint texts, or ``None``.
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # Recover
 # ---------------------------------------------------------------------------------------------

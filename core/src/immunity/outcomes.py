@@ -87,19 +87,23 @@ def set_outcome(runtime: Any, run_id: str, outcome: Outcome | str, *, reason: st
     store = runtime.store
     if store is None:
         raise KeyError(f"no run {run_id!r} in this runtime (and it has no store)")
-    run = mark_stored(store, run_id, verdict, reason=reason, source=source)
+    options = getattr(getattr(runtime, "config", None), "options", None) or {}
+    run = mark_stored(store, run_id, verdict, reason=reason, source=source, evolution=options.get("evolution"))
     selector = getattr(runtime, "_selector", None)
     bandit = getattr(selector, "bandit", None)
     if bandit is not None and hasattr(bandit, "load"):
         try:  # the live selector takes the new counts (the reward was written to the store)
             bandit.load()
+            evolution = getattr(selector, "evolution", None)
+            if evolution is not None:
+                evolution.lineage.load()  # and the candidates promoted or retired by them
         except Exception as exc:  # pragma: no cover - fail open
             log.warning("could not reload the bandit after an outcome: %s", exc)
     return run
 
 
 def mark_stored(store: Any, run_id: str, outcome: Outcome | str, *, reason: str | None = None,
-                source: str = USER) -> Run:
+                source: str = USER, evolution: dict[str, Any] | None = None) -> Run:
     """Set the outcome of a stored run (a unique prefix of its id is enough) and reward the bandit's
     pulls of that run in the same store. Returns the run. Raises ``KeyError`` if the store does not
     have exactly one such run."""
@@ -110,13 +114,15 @@ def mark_stored(store: Any, run_id: str, outcome: Outcome | str, *, reason: str 
     annotate(run, verdict, reason, source)
     store.save("runs", run)
     store.flush()
-    reward_stored(store, run.run_id, verdict)
+    reward_stored(store, run.run_id, verdict, evolution=evolution)
     return run
 
 
-def reward_stored(store: Any, run_id: str, outcome: Outcome) -> int:
-    """Reward the bandit pulls of ``run_id`` kept in ``store`` (success 1, failure 0); returns how
-    many pulls changed. A store without the bandit's tables has nothing to reward."""
+def reward_stored(store: Any, run_id: str, outcome: Outcome, *, evolution: dict[str, Any] | None = None) -> int:
+    """Reward the bandit pulls of ``run_id`` kept in ``store`` (success 1, failure 0) and judge the
+    evolved candidates of the classes rewarded (``evolution``: the options of
+    :class:`~immunity.interventions.evolution.Evolution`); returns how many pulls changed. A store
+    without the bandit's tables has nothing to reward."""
     reward = {Outcome.SUCCESS: 1, Outcome.FAILURE: 0}.get(outcome)
     db = getattr(store, "db", None)
     if reward is None or db is None:
@@ -127,4 +133,12 @@ def reward_stored(store: Any, run_id: str, outcome: Outcome) -> int:
         return 0
     bandit = BanditStore(store)
     bandit.load()
-    return len(bandit.reward_run(run_id, reward))
+    changed = bandit.reward_run(run_id, reward)
+    if changed:
+        from immunity.interventions.evolution import Evolution
+
+        evo = Evolution(evolution, store)
+        evo.lineage.load()
+        for cls in sorted({p.error_class for p in changed}):
+            evo.judge(cls, bandit.arms)
+    return len(changed)

@@ -128,6 +128,17 @@ def m004_messages(db: sqlite_utils.Database) -> None:
     db.table("messages").create({"hash": str, "body": str}, pk="hash", if_not_exists=True)
 
 
+@migrations()
+def m005_variant_lineage(db: sqlite_utils.Database) -> None:
+    """Evolved intervention variants: lineage (parent, generator, generation) and status
+    (proposed / candidate / promoted / retired); see :mod:`immunity.interventions.evolution`. The
+    interventions plugin also creates the table on first use (stores without these migrations, such
+    as the PostgreSQL plugin's, get it that way, like the other bandit tables)."""
+    from immunity.interventions.evolution import LINEAGE_DDL
+
+    db.execute(LINEAGE_DDL)
+
+
 def _json(value: Any) -> str | None:
     if value is None:
         return None

@@ -97,12 +97,12 @@ def _store_option(f: Any) -> Any:
                         help="The store to read: a SQLite path or a plugin's URL (postgresql://...).")(f)
 
 
-def _open(path: str) -> Any:
+def _open(path: str, *, must_exist: bool = True) -> Any:
     from immunity.errors import StoreError
     from immunity.locations import open_location
 
     try:
-        return open_location(path)
+        return open_location(path, must_exist=must_exist)
     except FileNotFoundError:
         raise click.ClickException(f"no store at {path} (run an agent with immunity first, or pass --store)") from None
     except StoreError as exc:
@@ -116,24 +116,41 @@ def _parse_variant(spec: str) -> tuple[str, str]:
     return cls.strip(), text.strip()
 
 
+def _echo_lineage(rows: list[dict[str, Any]]) -> None:
+    click.echo("evolved variants (lineage):")
+    for r in rows:
+        reason = f"  ({r['reason']})" if r.get("reason") and r["status"] in ("promoted", "retired") else ""
+        click.echo(f"  {r['variant']:<40} {r['error_class']:<20} {r['status']:<9} gen {r['generation']} "
+                   f"<- {r['parent']} [{r['generator']}] pulls={r['pulls']} mean={r['mean']:.3f} "
+                   f"(parent {r['parent_mean']:.3f}){reason}")
+        click.echo(f"      {r['text']}")
+
+
 @hookimpl
 def immunity_register_commands(cli: click.Group) -> None:
-    @cli.command()
+    @cli.group(invoke_without_command=True)
     @_store_option
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.option("--class", "error_class", default=None, help="Only this error class.")
     @click.option("--contexts/--no-contexts", default=True, show_default=True,
                   help="Show the per-context arms as well as the class-level ones.")
-    def interventions(store_path: str, as_json: bool, error_class: str | None, contexts: bool) -> None:
+    @click.pass_context
+    def interventions(ctx: click.Context, store_path: str, as_json: bool, error_class: str | None,
+                      contexts: bool) -> None:
         """Efficacy of each intervention variant: pulls, successes, posterior mean with a 95% interval,
-        and whether it was disabled, per error class and per context."""
+        and whether it was disabled, per error class and per context; then the lineage of the evolved
+        variants (parent, generator, generation, status). ``immunity interventions evolve`` makes new ones."""
+        if ctx.invoked_subcommand is not None:
+            return
         from immunity.interventions.bandit import read_report
+        from immunity.interventions.evolution import read_lineage
         from immunity.interventions.selector import PLUGIN
 
         store = _open(store_path)
         try:
             try:
                 rows = read_report(store.db)
+                lineage = read_lineage(store.db)
             except Exception as exc:
                 raise click.ClickException(f"the bandit tables in {store_path} cannot be read: {exc}") from None
             errors = [e for e in store.plugin_errors(limit=200) if e.get("plugin") == PLUGIN][:5]
@@ -141,9 +158,12 @@ def immunity_register_commands(cli: click.Group) -> None:
             store.close()
         rows = [r for r in rows if (error_class is None or r["error_class"] == error_class)
                 and (contexts or r["level"] == "class")]
+        lineage = [r for r in lineage if error_class is None or r["error_class"] == error_class]
         if as_json:
-            click.echo(json.dumps({"arms": rows, "recent_errors": errors}, indent=2))
+            click.echo(json.dumps({"arms": rows, "lineage": lineage, "recent_errors": errors}, indent=2))
             return
+        if lineage:
+            _echo_lineage(lineage)
         if not rows:
             click.echo(f"no intervention statistics in {store_path} (use selector='bandit' and end runs with an "
                        "outcome)")
@@ -160,6 +180,51 @@ def immunity_register_commands(cli: click.Group) -> None:
                        f"rewarded={r['rewarded']:<4} mean={r['mean']:.3f} [{lo:.3f}, {hi:.3f}]{flag}")
         for e in errors:
             click.echo(f"bandit error (run {e['run_id']}): {e['hook']}: {e['error']}")
+
+    @interventions.command("evolve")
+    @_store_option
+    @click.option("--class", "classes", multiple=True, help="Only this error class (repeatable; default: every "
+                  "class the grammar has actions for).")
+    @click.option("-n", "n", type=click.IntRange(0, 50), default=3, show_default=True,
+                  help="New variants per class and generator.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the grammar's choices.")
+    @click.option("--llm/--no-llm", default=True, show_default=True,
+                  help="Also ask installed plugins that implement immunity_propose_variants (an LLM).")
+    @click.option("--approve", "approve_id", default=None, metavar="VARIANT",
+                  help="Do not generate: let this proposed (LLM) variant be tried as a candidate.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def evolve_cmd(store_path: str, classes: tuple[str, ...], n: int, seed: int, llm: bool, approve_id: str | None,
+                   as_json: bool) -> None:
+        """Generate new hint variants (offline) into the store: from the template grammar (tried at
+        once as candidates on a small share of traffic) and from LLM plugins (stored as proposed,
+        tried only once approved with --approve)."""
+        from immunity.config import Config
+        from immunity.interventions.evolution import approve, evolve
+        from immunity.plugins import get_plugin_manager
+
+        store = _open(store_path, must_exist=approve_id is not None)
+        try:
+            if approve_id:
+                try:
+                    row = approve(store, approve_id)
+                except (KeyError, ValueError) as exc:
+                    raise click.ClickException(str(exc.args[0] if exc.args else exc)) from None
+                click.echo(f"{row.variant_id}: candidate (approved)")
+                return
+            pm = get_plugin_manager() if llm else None
+            result = evolve(store, classes=classes or None, n=n, seed=seed, pm=pm, config=Config(), llm=llm)
+            store.flush()
+        finally:
+            store.close()
+        if as_json:
+            click.echo(json.dumps(result, indent=2))
+            return
+        for r in result["added"]:
+            click.echo(f"+ {r['variant']:<40} {r['status']:<9} gen {r['generation']} from {r['parent']} "
+                       f"({r['generator']}): {r['text']}")
+        for r in result["rejected"]:
+            click.echo(f"- rejected ({r['error_class']}): {r['why']}: {r['text']}")
+        click.echo(f"{len(result['added'])} new variant(s), {len(result['rejected'])} rejected proposal(s)")
 
     @cli.command()
     @click.argument("run_ids", nargs=-1)

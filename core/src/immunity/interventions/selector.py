@@ -14,6 +14,8 @@ For the first failed verdict of an event (blocking verdicts first, then by sever
    compete: each is scored by a draw from its Beta posterior in the context (domain, class,
    step-position bucket, framework), borrowing from the class-level arm while the context has
    few rewarded pulls; the best draw wins. Variants auto-disabled for low efficacy are skipped.
+   Evolved variants still on trial (``candidate``, see :mod:`immunity.interventions.evolution`)
+   are offered only on a ``traffic`` share of hints (10%); retired and unapproved ones never.
 3. **Tolerance.** At most ``Config.max_interventions`` hints per run, ``Config.cooldown_steps``
    between two, and never the same hint (text or variant) twice in a row; a hint that would break
    one of these becomes ``warn`` (recorded only). Blocks, human questions and stops are not
@@ -25,7 +27,12 @@ the outcome (success 1, failure 0; unknown: no update) on its context and class 
 Options (``Config.options``): ``seed`` (deterministic draws), ``ladder`` ({class: [kinds]}, ``"*"`` for
 every other class), ``variants`` (user variants), ``bandit`` = {``min_context_pulls`` (10), ``borrow``
 (10), ``ladder_reset`` (5 steps), ``disable_after`` (30 rewarded pulls), ``disable_below`` (posterior mean 0.15), ``only``
-(variant ids to restrict to)}.
+(variant ids to restrict to)}, ``evolution`` = {``traffic`` (0.10), ``min_trials`` (20 rewarded pulls before a
+candidate is judged), ``confidence`` (0.95)}.
+
+After the rewards of a run, each candidate of the classes rewarded is compared with the class's
+incumbent: promoted when its posterior beats the incumbent's with probability >= ``confidence``,
+retired when it is below with that probability.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from immunity.interventions.bandit import (
     position_bucket,
     thompson_pick,
 )
+from immunity.interventions.evolution import Evolution
 from immunity.interventions.variants import Variant, VariantCatalog, render, verifier_variant
 from immunity.models import (
     Event,
@@ -144,6 +152,7 @@ class BanditSelector:
         self.store = store
         self.bandit = BanditStore(store)
         self.catalog: VariantCatalog | None = None
+        self.evolution = Evolution(options.get("evolution"), store)
         self._loaded = False
         self._lock = threading.RLock()
         self._pending: dict[str, list[tuple[Pull, Variant]]] = {}
@@ -183,6 +192,11 @@ class BanditSelector:
         except Exception as exc:
             self.bandit.broken = f"{type(exc).__name__}: {exc}"
             self._fail(run, "load", exc)
+        try:
+            self.catalog.extend(self.evolution.load())
+        except Exception as exc:
+            self.evolution.lineage.db = None  # go on with the hand-written variants only
+            self._fail(run, "evolution", exc)
 
     def _packs(self, run: Run | None) -> list[Any]:
         refs = list(getattr(self.config, "packs", None) or [])
@@ -282,6 +296,8 @@ class BanditSelector:
         if self.only:
             restricted = [c for c in cands if c.variant_id in self.only]
             cands = restricted or cands
+        hidden = self.evolution.hidden()
+        cands = [c for c in cands if c.variant_id not in hidden]
         disabled = self.bandit.disabled(cls)
         enabled = [c for c in cands if c.variant_id not in disabled]
         return enabled or cands
@@ -299,7 +315,11 @@ class BanditSelector:
         texts = {c.variant_id: render(c, v, tool=tool, error=error) for c in cands}
         last_variant = state.extras.get("interventions.last_variant")
         fresh = [c.variant_id for c in cands if texts[c.variant_id] != state.last_hint and c.variant_id != last_variant]
-        if held is None and not fresh:
+        pool = fresh
+        if held is None and fresh:
+            established, trying = self.evolution.split(fresh)
+            pool = self.evolution.choose_pool(established, trying, self.rng)
+        if held is None and not pool:
             held = "every variant would repeat the last hint"
         if held is not None:
             text = texts.get(last_variant or "", "") or next(iter(texts.values()))
@@ -308,11 +328,11 @@ class BanditSelector:
         position = position_bucket(state.n_steps)
         ctx = context_key(run.domain, cls, position, run.framework)
         try:
-            vid, _draw = thompson_pick(fresh, self.bandit.arms, ctx, class_key(cls), self.rng,
+            vid, _draw = thompson_pick(pool, self.bandit.arms, ctx, class_key(cls), self.rng,
                                        min_context_pulls=self.min_context_pulls, borrow=self.borrow)
         except Exception as exc:  # pragma: no cover - defensive: a broken arm table must not stop the hint
             self._fail(run, "sample", exc)
-            vid = fresh[0]
+            vid = pool[0]
         variant = next(c for c in cands if c.variant_id == vid)
         iv = Intervention(kind=InterventionKind.HINT, text=texts[vid], variant=vid, **base)
         state.extras["interventions.last_variant"] = vid
@@ -342,6 +362,11 @@ class BanditSelector:
                     self._maybe_disable(vid, cls)
                 except Exception as exc:
                     self._fail(run, "disable", exc)
+            for cls in sorted({p.error_class for p in changed}):
+                try:
+                    self.evolution.judge(cls, self.bandit.arms)
+                except Exception as exc:
+                    self._fail(run, "evolution", exc)
 
     def _maybe_disable(self, vid: str, cls: str) -> None:
         arm = self.bandit.arms.get((class_key(cls), vid))
