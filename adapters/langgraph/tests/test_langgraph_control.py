@@ -10,6 +10,7 @@ import pytest
 from immunity import hookimpl
 from immunity.config import Config
 from immunity.errors import PluginError
+from immunity.interventions.quoting import QUOTE_TOOL
 from immunity.models import (
     Event,
     EventKind,
@@ -134,7 +135,12 @@ def test_retry_with_hint_after_a_tool_error(make_runtime: Any, tool_graph: Any, 
     def fix_after_hint(messages: list[Any]) -> Any:
         hint = messages[-1]
         assert isinstance(hint, HumanMessage) and hint.content.startswith("[immunity] get_price failed (tool_error)")
-        assert isinstance(messages[-2], ToolMessage) and messages[-2].status == "error"
+        assert "unknown sku" not in hint.content  # the tool's words travel as tool-role data
+        call, quoted = messages[-3], messages[-2]
+        assert isinstance(call, AIMessage) and [c["name"] for c in call.tool_calls] == [QUOTE_TOOL]
+        assert isinstance(quoted, ToolMessage) and quoted.tool_call_id == call.tool_calls[0]["id"]
+        assert "unknown sku" in quoted.content
+        assert isinstance(messages[-4], ToolMessage) and messages[-4].status == "error"
         return tool_call("get_price", sku="SKU-1")
 
     rt = make_runtime()

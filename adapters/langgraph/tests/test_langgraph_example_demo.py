@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from immunity.interventions.quoting import split
 from immunity.models import EventKind, InterventionKind
 from immunity_langgraph.adapter import LangGraphAdapter
 from immunity_langgraph.demo import make_agent, run_demo
@@ -46,7 +47,8 @@ def test_demo_catches_and_corrects_a_repeated_tool_error(make_runtime: Any) -> N
     hints = [iv for iv in rt.store.interventions(run_id) if iv.kind == InterventionKind.HINT]
     assert hints and "Do not retry the same way" in hints[0].text
     # the hint went into the model call right after the second failure, and only that one
-    with_hint = [i for i, call in enumerate(model.calls) if any(m.content == hints[0].text for m in call)]
+    words = split(hints[0].text).words  # a quoted tool output travels as tool-role data before the words
+    with_hint = [i for i, call in enumerate(model.calls) if any(m.content == words for m in call)]
     assert with_hint == [2]
     assert len([e for e in rt.store.events(run_id) if e.kind == EventKind.MODEL_START]) == len(model.calls) == 5
 

@@ -9,6 +9,7 @@ from typing import Any
 from agents import Agent, Runner, RunState, SQLiteSession, function_tool, set_tracing_disabled
 from agents.run import AgentRunner, get_default_agent_runner, set_default_agent_runner
 from immunity import EventKind, Intervention, InterventionKind, Recovery, RecoveryKind, Severity, Verdict
+from immunity.interventions.quoting import QUOTE_TOOL, split
 from immunity_openai_agents.bridge import run_id_for
 from immunity_openai_agents.testing import ScriptedModel, call
 
@@ -41,14 +42,19 @@ async def test_retry_with_hint_after_a_tool_error_streamed(rt: Any) -> None:
         pass
     assert result.final_output == "Order A1 was paid 40 EUR." and log == ["#A1", "A1"]
     hint = model.calls[1].texts("user")[-1]
-    assert hint.startswith("[immunity] lookup_order failed (tool_error)") and "no order" in hint
+    # the failing tool's words reach the model as tool-role data, immunity's own words as the user
+    assert hint.startswith("[immunity] lookup_order failed (tool_error)") and "no order" not in hint
+    quote_call, quote_out = model.calls[1].input[-3:-1]
+    assert quote_call["type"] == "function_call" and quote_call["name"] == QUOTE_TOOL
+    assert quote_out == {"type": "function_call_output", "call_id": quote_call["call_id"],
+                         "output": quote_out["output"]} and "no order" in quote_out["output"]
     assert not any(t.startswith("[immunity]") for t in model.calls[2].texts("user"))
     rt.flush()
     run_id = guard.run_ids[-1]
     steps = rt.store.steps(run_id)
     assert steps[0].error and "ids are letters and digits only" in steps[0].error and not steps[1].error
     (rec,) = rt.store.recoveries(run_id)
-    assert rec.kind == RecoveryKind.RETRY and rec.hint == hint
+    assert rec.kind == RecoveryKind.RETRY and split(rec.hint).words == hint
     assert rt.store.get_run(run_id).status == "finished"
 
 

@@ -21,9 +21,10 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from immunity.errors import PluginError
+from immunity.interventions.quoting import QUOTE_TOOL, split
 from immunity.models import Event, EventKind, RecoveryKind
 from immunity.runtime import Decision
 from langchain_core.callbacks import BaseCallbackHandler
@@ -72,6 +73,25 @@ def message_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
         if call_id:
             d["tool_call_id"] = call_id
         out.append(d)
+    return out
+
+
+def hint_messages(hints: Sequence[str]) -> list[BaseMessage]:
+    """Hints as the messages added to the next model call.
+
+    A hint that quotes outside text (``<tool-output>...``, see :func:`immunity.interventions.quoting.split`)
+    goes as tool-role data: an ``AIMessage`` calling the synthetic tool ``QUOTE_TOOL`` (a fresh call
+    id, no arguments), a ``ToolMessage`` answering that id with the redacted quote, then immunity's
+    own words as a ``HumanMessage``. A hint without a quote is one ``HumanMessage``, as before."""
+    out: list[BaseMessage] = []
+    for hint in hints:
+        parts = split(hint)
+        if parts.quotes:
+            call_id = f"immunity_quote_{uuid4().hex[:16]}"
+            out.append(AIMessage(content="", tool_calls=[{"name": QUOTE_TOOL, "args": {}, "id": call_id,
+                                                          "type": "tool_call"}]))
+            out.append(ToolMessage(content=parts.data, tool_call_id=call_id, name=QUOTE_TOOL))
+        out.append(HumanMessage(content=parts.words))
     return out
 
 
@@ -262,7 +282,7 @@ class RunContext:
         messages = prompt.to_messages()
         d = self._note(self.session.model_start(message_dicts(messages), model=model_name(model)))
         if d.inject:
-            return ChatPromptValue(messages=[*messages, *(HumanMessage(content=h) for h in d.inject)])
+            return ChatPromptValue(messages=[*messages, *hint_messages(d.inject)])
         return prompt
 
     def model_output(self, response: LLMResult) -> None:

@@ -180,10 +180,10 @@ def _retry_plan(ctx: RunContext, exc: BaseException, attempt: int, model: Any = 
 
 
 def _with_hints(ctx: RunContext, messages: list[Any]) -> list[Any]:
-    from langchain_core.messages import HumanMessage
+    from immunity_langgraph.events import hint_messages
 
     hints = ctx.session.take_hints()
-    return [*messages, *(HumanMessage(content=h) for h in hints)] if hints else messages
+    return [*messages, *hint_messages(hints)] if hints else messages
 
 
 def _wrap_generate(original: Any) -> Any:

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import re
+import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ from agents.run_config import ModelInputData
 from agents.tool import default_tool_error_function
 from agents.tracing import get_current_span
 from immunity.errors import PluginError, RunStopped
+from immunity.interventions.quoting import QUOTE_TOOL, split
 from immunity.models import Event, EventKind, RecoveryKind, Run
 from immunity.outcomes import end_run
 from immunity.runtime import Decision, RunSession
@@ -194,6 +196,25 @@ def _task_of(input: Any) -> str | None:
             if isinstance(item, dict) and item.get("role") == "user":
                 return _text_of(item.get("content")) or None
     return None
+
+
+def hint_items(hints: Any) -> list[dict[str, Any]]:
+    """Hints as the input items added to the next model call.
+
+    A hint that quotes outside text (``<tool-output>...``, see :func:`immunity.interventions.quoting.split`)
+    goes as tool-role data: a ``function_call`` item calling the synthetic tool ``QUOTE_TOOL`` (a
+    fresh call id, empty arguments), a ``function_call_output`` item answering that id with the
+    redacted quote, then immunity's own words as a user message. A hint without a quote is one user
+    message, as before."""
+    out: list[dict[str, Any]] = []
+    for hint in hints:
+        parts = split(hint)
+        if parts.quotes:
+            call_id = f"call_immunity_quote_{uuid.uuid4().hex[:16]}"
+            out.append({"type": "function_call", "call_id": call_id, "name": QUOTE_TOOL, "arguments": "{}"})
+            out.append({"type": "function_call_output", "call_id": call_id, "output": parts.data})
+        out.append({"role": "user", "content": parts.words})
+    return out
 
 
 def _model_name(agent: Any) -> str | None:
@@ -383,7 +404,7 @@ class GuardHooks(AgentHooks):
                     # after instrumenting): the hints go into the list the SDK sends to the model
                     d = run.session.model_start(as_messages(input_items, system_prompt), model=_model_name(agent),
                                                 agent=agent.name)
-                    input_items.extend({"role": "user", "content": h} for h in d.inject)
+                    input_items.extend(hint_items(d.inject))
                     if d.stop:
                         run.stop = d.final_answer or d.message or "stopped by immunity"
         except Exception as exc:
@@ -679,7 +700,7 @@ def make_input_filter(user_filter: Any) -> Callable[..., Any]:
                                         agent=data.agent.name)
             run.filtered = True
             if d.inject:
-                hints: list[Any] = [{"role": "user", "content": h} for h in d.inject]
+                hints: list[Any] = hint_items(d.inject)
                 return ModelInputData(input=[*items, *hints], instructions=md.instructions)
         except RunStopped:
             raise
