@@ -1,7 +1,7 @@
-"""The custom-domain example installs with plain pip into a fresh virtualenv and works there.
+"""The custom-domain example installs into a fresh virtualenv and works there.
 
-It builds a new venv, ``pip install``s core and ``examples/custom_domain`` (the pip cache is kept
-next to pytest's temporary directories, so later runs reuse the downloaded wheels), then checks with
+It builds a new venv, installs core and ``examples/custom_domain`` into it from copies with no
+package index (``install_offline`` in conftest: ``uv pip install --offline``), then checks with
 that venv's own interpreter that ``immunity plugins`` lists the billing domain and that its check
 blocks a refund in a fake run.
 """
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "custom_domain"
@@ -50,23 +48,15 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> subproces
     return res
 
 
-def test_the_billing_example_installs_with_pip_and_its_check_fires(tmp_path: Path,
-                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
-    cache = tmp_path_factory.getbasetemp().parent / "immunity-pip-cache"  # survives between sessions
+def test_the_billing_example_installs_offline_and_its_check_fires(tmp_path: Path, offline_install: Any) -> None:
     venv = tmp_path / "venv"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH", "UV_"))}
-    env.update(PIP_CACHE_DIR=str(cache), PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
     t0 = time.perf_counter()
-    _run([sys.executable, "-m", "venv", str(venv)], env)
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], env)
     py = str(venv / "bin" / "python")
-    # build from copies, so no build artefact (build/, *.egg-info) is left in the repository
-    skip = shutil.ignore_patterns("build", "dist", "*.egg-info", ".venv", "__pycache__")
-    core, example = tmp_path / "src" / "core", tmp_path / "src" / EXAMPLE.name
-    shutil.copytree(ROOT / "core", core, ignore=skip)
-    shutil.copytree(EXAMPLE, example, ignore=skip)
-    _run([py, "-m", "pip", "install", "-q", str(core), str(example)], env)
+    offline_install(venv / "bin" / "python", ROOT / "core", EXAMPLE)
     install_s = time.perf_counter() - t0
-    print(f"venv + pip install took {install_s:.1f} s")
+    print(f"venv + offline install took {install_s:.1f} s")
 
     plugins = json.loads(_run([str(venv / "bin" / "immunity"), "plugins"], env).stdout)
     billing = next(p for p in plugins if p["name"] == "billing")

@@ -30,6 +30,19 @@ def test_member_metadata(member: Path) -> None:
     assert {"Homepage", "Source", "Changelog", "Issues"} <= set(project["urls"])
     for pkg in _packages(member):
         assert (pkg / "py.typed").exists(), pkg
+    # one repository for all: core's Homepage; a member's own links point at its own folder
+    base = tomllib.loads((ROOT / "core" / "pyproject.toml").read_text())["project"]["urls"]["Homepage"]
+    folder = str(member.relative_to(ROOT))
+    for name, url in project["urls"].items():
+        assert url.startswith(base + "/") or url == base, f"{member.name}: {name} = {url} is not under {base}"
+    assert project["urls"]["Changelog"] == f"{base}/blob/main/CHANGELOG.md"
+    assert project["urls"]["Issues"] == f"{base}/issues"
+    if member.name != "core":
+        assert project["urls"]["Source"] == f"{base}/tree/main/{folder}"
+    docs = project["urls"].get("Documentation", "")
+    assert docs.endswith("README.md") and (ROOT / docs.split("/blob/main/", 1)[1]).exists(), docs
+    assert any(c.startswith("Programming Language :: Python :: 3.") for c in project["classifiers"])
+    assert any(c.startswith("Development Status ::") for c in project["classifiers"])
     if member.name != "core":
         core = [d for d in project["dependencies"] if re.match(r"immunity\b(?![-_])", d)]
         assert core and "<" in core[0] and ">=" in core[0], f"{member.name}: bound immunity, got {core}"
