@@ -21,12 +21,18 @@ from immunity import (
     hookimpl,
 )
 from immunity.domain import Domain, Rule
+from immunity.interventions.quoting import QUOTE_TOOL
 from immunity_crewai.adapter import CrewAIAdapter
 from immunity_crewai.testing import ScriptedLLM, ToolCall, text_of
 
 
 def hint_messages(call: list[dict[str, Any]]) -> list[str]:
     return [str(m["content"]) for m in call if m.get("role") == "user" and "[immunity]" in str(m.get("content"))]
+
+
+def crew_tool_messages(call: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tool results CrewAI put in a call (not the tool-role quotes of immunity's hints)."""
+    return [m for m in call if m.get("role") == "tool" and m.get("name") != QUOTE_TOOL]
 
 
 def kinds(rt: Any, run_id: str) -> list[str]:
@@ -223,7 +229,7 @@ def test_retry_with_a_typed_hint_after_a_tool_error(make_runtime: Any, kit: Any)
     out = crew.kickoff()
 
     assert out.raw == "a is value-of-a." and [c["key"] for c in kit.calls["lookup"]] == ["bad-a", "a"]
-    tool_msg = [m for m in llm.calls[1] if m.get("role") == "tool"][-1]
+    tool_msg = crew_tool_messages(llm.calls[1])[-1]
     assert tool_msg["content"].startswith("Error executing tool:")  # CrewAI's own error result...
     assert hint_messages(llm.calls[1])[0].startswith("[immunity] lookup failed (tool_error)")  # ...plus the hint
     run_id = only_run(rt).run.run_id
@@ -357,7 +363,7 @@ def test_ask_human_approves_or_blocks(make_runtime: Any, kit: Any, answer: str, 
     crew.kickoff()
     assert asked == [("Send this email to a customer?", "send_email", {"to": "c@x.org", "body": "hi"})]
     assert ("send_email" in kit.calls) is runs
-    tool_msg = [m for m in llm.calls[1] if m.get("role") == "tool"][-1]["content"]
+    tool_msg = crew_tool_messages(llm.calls[1])[-1]["content"]
     assert tool_msg.startswith("sent to c@x.org") if runs else tool_msg.startswith("Blocked: a human did not approve")
 
 

@@ -140,3 +140,17 @@ def test_model_error_raises_once() -> None:
     with pytest.raises(ModelCallError):
         agent(obs)
     agent(obs)  # the next call (a retry) goes through
+
+
+def test_quoted_output_sent_as_tool_role_data_is_not_a_call_of_the_model() -> None:
+    from immunity.bench.tasks import Observation
+    from immunity.interventions.quoting import QUOTE_TOOL
+
+    obs = Observation()
+    obs.add_call("lookup", {"key": "a"}, "c1")
+    obs.add_result("Error: no such key", "c1", 1)
+    obs.add_call(QUOTE_TOOL, {}, "q1")
+    obs.add_result("Error: no such key", "q1", 2)
+    obs.add_text("user", "[immunity] lookup failed: (the tool output quoted above). Fix the key.", "3")
+    assert [(c.name, c.result) for c in obs.calls] == [("lookup", "Error: no such key")]
+    assert len(obs.notes) == 1 and obs.notes[0][1].startswith("[immunity] lookup failed")

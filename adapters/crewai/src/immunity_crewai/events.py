@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from immunity.errors import PluginError
-from immunity.models import Event, EventKind, InterventionKind, Recovery, RecoveryKind, Severity
+from immunity.interventions.quoting import QUOTE_TOOL, split
+from immunity.models import Event, EventKind, InterventionKind, Recovery, RecoveryKind, Severity, new_id
 from immunity.outcomes import end_run
 from immunity.runtime import Decision, RunSession
 
@@ -135,6 +136,30 @@ def _plain_messages(messages: list[Any]) -> list[dict[str, Any]]:
         if m.get("tool_call_id"):
             item["tool_call_id"] = m["tool_call_id"]
         out.append(item)
+    return out
+
+
+def hint_messages(texts: list[str], *, native: bool) -> list[dict[str, Any]]:
+    """The messages that carry immunity's hints into one model call.
+
+    A hint that quotes outside text (a tool's output, see :func:`immunity.interventions.quoting.split`)
+    goes, when the agent uses native tool calling, as tool-role data: an assistant message calling
+    the synthetic tool ``QUOTE_TOOL`` (a fresh call id, no arguments), the ``tool`` message answering
+    that id with the quoted text, then immunity's own words as a user message. In CrewAI's text
+    (ReAct) protocol the model gets no tool role, so such a hint stays one user message with the
+    quote delimited inline. A hint with no quote is one user message, as before."""
+    out: list[dict[str, Any]] = []
+    for text in texts:
+        parts = split(text) if native else None
+        if parts is None or not parts.quotes:
+            out.append({"role": "user", "content": text})
+            continue
+        call_id = new_id("call_immunity_")
+        out.append({"role": "assistant", "content": None,
+                    "tool_calls": [{"id": call_id, "type": "function",
+                                    "function": {"name": QUOTE_TOOL, "arguments": "{}"}}]})
+        out.append({"role": "tool", "tool_call_id": call_id, "name": QUOTE_TOOL, "content": parts.data})
+        out.append({"role": "user", "content": parts.words})
     return out
 
 
@@ -378,7 +403,7 @@ class Bridge:
         run.models[key] = _PendingModel(model=model, usage_before=_usage_of(llm) if llm is not None else None,
                                         llm=llm, agent=self._role(ctx.agent))
         if d.inject:
-            hints = [{"role": "user", "content": text} for text in d.inject]
+            hints = hint_messages(d.inject, native=self._native(ctx))
             ctx.messages.extend(hints)  # in place: this list *is* what the model receives
             run.hints[id(ctx.agent)] = (ctx.messages, hints)
         if d.stop:
@@ -406,6 +431,13 @@ class Bridge:
         if fd.stop:
             return self._stop(run, ctx, fd)
         return None
+
+    @staticmethod
+    def _native(ctx: Any) -> bool:
+        """Whether this agent talks to its model with native tool calls (OpenAI-style messages with
+        ``tool_calls`` and ``tool`` roles) rather than CrewAI's text (ReAct) protocol."""
+        executor = getattr(ctx, "executor", None) or getattr(getattr(ctx, "agent", None), "agent_executor", None)
+        return bool(getattr(getattr(executor, "state", None), "use_native_tools", False))
 
     @staticmethod
     def _final_text(text: str | None, ctx: Any) -> str | None:

@@ -37,9 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from immunity.errors import PluginError
+from immunity.interventions.quoting import QUOTE_TOOL, split
 from immunity.models import Checkpoint, Event, EventKind, Recovery, RecoveryKind, new_id
 from immunity.outcomes import end_run
 from immunity.runtime import Decision, RunSession
+from llama_index.core.agent.workflow import ReActAgent
 from llama_index.core.agent.workflow.workflow_events import AgentOutput
 from llama_index.core.base.llms.base import BaseLLM
 from llama_index.core.base.llms.types import ChatMessage, ToolCallBlock
@@ -95,6 +97,30 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
         if item["role"] == "tool" and m.additional_kwargs.get("tool_call_id"):
             item["tool_call_id"] = m.additional_kwargs["tool_call_id"]
         out.append(item)
+    return out
+
+
+def hint_messages(texts: list[str], *, tool_role: bool) -> list[ChatMessage]:
+    """The messages that carry immunity's hints into one model call.
+
+    A hint that quotes outside text (a tool's output, see :func:`immunity.interventions.quoting.split`)
+    goes, when the model takes tool calls, as tool-role data: an assistant ``ChatMessage`` with a
+    ``ToolCallBlock`` calling the synthetic tool ``QUOTE_TOOL`` (a fresh call id, no arguments), a
+    ``tool`` message answering that ``tool_call_id`` with the quoted text (the shape ``FunctionAgent``
+    gives its own tool results), then immunity's own words as a user message. Without a tool role (a
+    ReAct agent, a model that does not call tools) such a hint stays one user message with the quote
+    delimited inline. A hint with no quote is one user message, as before."""
+    out: list[ChatMessage] = []
+    for text in texts:
+        parts = split(text) if tool_role else None
+        if parts is None or not parts.quotes:
+            out.append(ChatMessage(role="user", content=text))
+            continue
+        call_id = new_id("call_immunity_")
+        out.append(ChatMessage(role="assistant", blocks=[ToolCallBlock(tool_call_id=call_id, tool_name=QUOTE_TOOL,
+                                                                       tool_kwargs={})]))
+        out.append(ChatMessage(role="tool", content=parts.data, additional_kwargs={"tool_call_id": call_id}))
+        out.append(ChatMessage(role="user", content=parts.words))
     return out
 
 
@@ -437,9 +463,17 @@ class Bridge:
             if not isinstance(messages, list):
                 raise TypeError(f"cannot add hints to this model call: its messages are a {type(messages).__name__}")
             # the very list the model method is about to send: this call only, never the agent's memory
-            messages.extend(ChatMessage(role="user", content=text) for text in decision.inject)
+            messages.extend(hint_messages(decision.inject, tool_role=self._tool_role(live, llm)))
         if decision.stop:
             live.stop_answer = live.stop_answer or decision.final_answer or "stopped"
+
+    def _tool_role(self, live: LiveRun, llm: Any) -> bool:
+        """Whether quoted tool output can go to this model call as tool-role data: the model calls
+        tools natively and the agent is not a ReAct agent (whose protocol is text)."""
+        if not getattr(getattr(llm, "metadata", None), "is_function_calling_model", False):
+            return False
+        agent = next((a for a in self.agents.values() if a.name == live.agent_name), None) or live.workflow
+        return not isinstance(agent, ReActAgent)
 
     def on_model_end(self, event: Any) -> None:
         rid = event.tags.get(RUN_TAG)

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from immunity.interventions.quoting import QUOTE_TOOL
+
 __all__ = [
     "Action",
     "Answer",
@@ -104,6 +106,7 @@ class Observation:
     texts: list[tuple[str, str]] = field(default_factory=list)
     calls: list[CallRecord] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)
+    quote_ids: set[str] = field(default_factory=set)
 
     def add_text(self, role: str, text: str, key: str) -> None:
         self.texts.append((role, text))
@@ -111,9 +114,14 @@ class Observation:
             self.notes.append((f"text:{text}", text))
 
     def add_call(self, name: str, args: dict[str, Any], call_id: str | None) -> None:
+        if name == QUOTE_TOOL:  # immunity's quoted tool output sent as tool-role data: not the model's call
+            self.quote_ids.add(call_id or "")
+            return
         self.calls.append(CallRecord(name, dict(args or {}), None, call_id))
 
     def add_result(self, text: str, call_id: str | None, seq: int) -> None:
+        if (call_id or "") in self.quote_ids:  # (its words come as an [immunity] text: one note per hint)
+            return
         target = None
         if call_id:
             target = next((c for c in self.calls if c.call_id == call_id and c.result is None), None)
