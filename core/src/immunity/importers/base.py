@@ -58,6 +58,9 @@ class ImportedRun:
     #: Other records of the run to write with it (immunity's own format): ``events``, ``verdicts``,
     #: ``interventions``, ``recoveries``, ``checkpoints``, ``plugin_errors``.
     related: dict[str, list[Any]] = field(default_factory=dict)
+    #: the domain :func:`map_steps` mapped every step with, through the same ``immunity_map_action``
+    #: hooks a live run asks (``None``: not mapped by it); learning's feature pass reuses that mapping
+    mapped_for: str | None = None
 
 
 @dataclass
@@ -251,6 +254,7 @@ def map_steps(imported: ImportedRun, runtime: Any) -> None:
                 mapping = runtime.map_action(step.tool, step.arguments, None if step.tool else step.text, run)
                 apply_mapping(step, mapping)
             step.ts = base + i * 0.001
+    imported.mapped_for = str(run.domain)
     run.steps = len(imported.steps)
     if run.ended_at is None:
         run.ended_at = base + len(imported.steps) * 0.001

@@ -34,7 +34,9 @@ from immunity.learning.matcher import (
     signature_mode,
 )
 from immunity.learning.packs import resolve_pack
+from immunity.learning.parallel import pmap
 from immunity.models import Outcome
+from immunity.state import RunState
 
 _REPO = re.compile(r"^(?P<repo>.+__.+?)-\d+$")
 
@@ -150,16 +152,160 @@ def _replay(item: Any, rt: Any, run_id: str) -> Any:
     return session
 
 
-def collect(items: Iterable[Any], *, split: str = "task", embedder_spec: dict[str, Any] | None = None,
-            domain: str | None = None, progress: Callable[[int], None] | None = None) -> tuple[list[RunData], Any]:
-    """Replay runs through a runtime with the ``patterns`` verifier in feature mode; returns the
-    per-run features and the embedder that embedded them."""
-    spec = dict(embedder_spec or {"plugin": "hashing"})
+def _clip(text: Any, limit: int) -> Any:
+    """The runtime's clipping of a step's text (``immunity.runtime._clip``)."""
+    if isinstance(text, str) and len(text) > limit:
+        return text[:limit] + f"... [{len(text) - limit} more characters]"
+    return text
+
+
+@dataclass
+class _Feeder:
+    """What the feature pass needs from a runtime: its domains (action mapping of an unclipped
+    message, ``judge_result``, ``signals``), looked up once per domain."""
+
+    rt: Any
+    cache: dict[str | None, tuple[Any, Any]]
+
+    def domain(self, name: str | None) -> tuple[Any, Any]:
+        if name not in self.cache:
+            dom = None
+            if name:
+                try:
+                    dom = self.rt.domain(name)
+                except Exception:  # an unknown domain: no judge, no signals
+                    dom = None
+            self.cache[name] = (getattr(dom, "judge_result", None), getattr(dom, "signals", None))
+        return self.cache[name]
+
+
+def feature_pass(item: Any, feeder: _Feeder) -> tuple[RunState, RunScorer]:
+    """The features of one imported run, step by step, without the full runtime.
+
+    This does what :func:`_replay` makes the runtime do that the features depend on, and nothing
+    else: each imported step becomes the step the runtime would record (the same clipping, the
+    action mapping the importer already gave it through the same ``immunity_map_action`` hooks,
+    a domain's ``judge_result`` on checks, a side-effecting call answered from the idempotency
+    cache, a model message relabelled as the final answer), :meth:`RunState.add_step` folds it in,
+    and the ``patterns`` verifier's own :class:`RunScorer` computes the step's view. Verifiers,
+    interventions, stores and the other observers are skipped: in a scoring runtime they only
+    observe, and none of them changes a step or the state the features read (a test checks that
+    both paths give the same features)."""
+    from immunity.models import ActionType, Step
+
+    run = item.run
+    judge, signal_fn = feeder.domain(run.domain)
+    # the importer's mapping is the runtime's when it mapped these steps for this domain; else map
+    # each step as ``RunSession._new_step`` does
+    reuse = getattr(item, "mapped_for", None) == str(run.domain)
+    state = RunState(run_id=run.run_id, task=run.task, domain=run.domain)
+    scorer = RunScorer(None, run.task, signal_fn)
+    done: dict[str, str] = {}  # call id -> result of a side-effecting call that succeeded
+    for src in item.steps:
+        data = src.data
+        if src.tool:
+            step = Step(run_id=run.run_id, index=state.n_steps, tool=src.tool, arguments=src.arguments, text=None,
+                        agent=src.agent, tokens=0)
+            _map(step, src, feeder, run, None, reuse)
+            call_id = data.get("tool_call_id")
+            if call_id:
+                step.data["tool_call_id"] = call_id
+            if step.side_effect and call_id and call_id in done:
+                # the runtime answers it from its idempotency cache: no tool_end, no verifier
+                step.result, step.data["replayed"] = done[call_id], True
+                state.add_step(step)
+                continue
+            if data.get("blocked"):
+                continue
+            result = data.get("_raw_result", src.result)
+            step.result = _clip(None if result is None else str(result), 4000)
+            step.error = _clip(data.get("_raw_error", src.error), 2000)
+            step.return_code = src.return_code
+            if judge is not None and step.action_type == ActionType.VERIFY and not step.failed:
+                try:
+                    if judge(step) is False:
+                        step.data["check_failed"] = True
+                except Exception:  # fail open, as the runtime does
+                    pass
+            if step.side_effect and not step.failed and call_id:
+                done[call_id] = _clip(str(result or ""), 8000)
+        else:
+            raw = data.get("_raw_text", src.text) or ""
+            if data.get("final"):
+                last = state.last_step
+                if last is not None and last.tool is None and last.data.get("from_model") and \
+                        (last.text or "").strip() == _clip(raw, 4000).strip():
+                    state.relabel_last(ActionType.DONE)
+                    last.data["final"] = True
+                    continue  # the step is the one already scored
+                step = Step(run_id=run.run_id, index=state.n_steps, action_type=ActionType.DONE, confidence=1.0,
+                            tool=None, text=_clip(raw, 4000), agent=src.agent, tokens=0)
+                step.data["mapped_by"] = "final_answer"
+            else:
+                if data.get("from_model") and not raw:
+                    continue  # an empty model output makes no step
+                step = Step(run_id=run.run_id, index=state.n_steps, tool=None, text=_clip(raw, 4000),
+                            agent=src.agent, tokens=0)
+                # the importer mapped the clipped text; the runtime maps all of it
+                _map(step, src, feeder, run, raw, reuse and "_raw_text" not in data)
+                if data.get("from_model"):
+                    step.data["from_model"] = True
+        state.add_step(step)
+        scorer.update(state)
+    return state, scorer
+
+
+def _map(step: Any, src: Any, feeder: _Feeder, run: Any, text: str | None, reuse: bool) -> None:
+    """Give ``step`` its action mapping: the imported step's (``reuse``) or the hooks' answer."""
+    from immunity.importers.base import apply_mapping
+
+    if reuse and "mapped_by" in src.data:
+        step.action_type, step.confidence, step.side_effect = src.action_type, src.confidence, src.side_effect
+        step.data["mapped_by"] = src.data["mapped_by"]
+        for key in ("needs_verification", "destructive"):
+            if src.data.get(key):
+                step.data[key] = True
+        return
+    apply_mapping(step, feeder.rt.map_action(step.tool, step.arguments, text, run))
+
+
+@dataclass
+class _Collected:
+    """One run's features before embedding (what a worker process sends back)."""
+
+    run_id: str
+    task_key: str
+    group: str
+    outcome: int | None
+    numeric: np.ndarray
+    signals: np.ndarray
+    actions: list[str]
+    tools: list[str | None]
+    signatures: list[str]
+    task: str | None
+    failure_step: int | None
+    source: str | None
+    extra: list[dict[str, float]]
+    agent: str | None
+
+
+def _collected(item: Any, views: list[Any], steps: Any, split: str) -> _Collected:
+    run = item.run
+    n = len(views)
+    return _Collected(
+        run_id=run.run_id, task_key=task_key(run), group=group_of(run, split), outcome=outcome_label(run),
+        numeric=np.stack([v.numeric for v in views]) if n else np.zeros((0, N_FEATURES)),
+        signals=np.asarray([[v.signals[s] for s in SIGNAL_NAMES] for v in views], float).reshape(n, len(SIGNAL_NAMES)),
+        actions=[v.action_type for v in views], tools=[s.tool for s in steps[:n]] if n else [],
+        signatures=[v.signature for v in views], task=run.task, failure_step=run.failure_step, source=run.source,
+        extra=[v.extra for v in views], agent=run.agent)
+
+
+def _collect_runtime(items: list[Any], split: str, domain: str | None) -> list[_Collected]:
+    """The features through the full runtime (``_replay``): the reference the feature pass equals."""
     rt = make_runtime([], domain=domain)
     try:
-        embedder = build_embedder(rt.pm, spec)
-        mode = signature_mode(embedder)
-        out: list[RunData] = []
+        out = []
         for i, item in enumerate(items):
             session = _replay(item, rt, f"collect-{i}")
             scorer = session.state.extras.get("patterns")
@@ -168,32 +314,80 @@ def collect(items: Iterable[Any], *, split: str = "task", embedder_spec: dict[st
                 raise ScoringError(f"the patterns verifier did not run on {item.run.run_id}: "
                                    f"{errs[0]['error'] if errs else 'not registered'}")
             views = scorer.views if isinstance(scorer, RunScorer) else []
-            run = item.run
-            n = len(views)
-            dim = int(embedder.dimension)
-            out.append(RunData(
-                run_id=run.run_id,
-                task_key=task_key(run),
-                group=group_of(run, split),
-                outcome=outcome_label(run),
-                numeric=np.stack([v.numeric for v in views]) if n else np.zeros((0, N_FEATURES)),
-                signals=np.asarray([[v.signals[s] for s in SIGNAL_NAMES] for v in views], float).reshape(
-                    n, len(SIGNAL_NAMES)),
-                actions=[v.action_type for v in views],
-                tools=[s.tool for s in session.state.steps[:n]] if n else [],
-                sig_vecs=embed_signatures(embedder, mode, [v.signature for v in views]) if n
-                else np.zeros((0, dim), np.float32),
-                task_vec=embed_task(embedder, run.task),
-                failure_step=run.failure_step,
-                source=run.source,
-                extra=[v.extra for v in views],
-                agent=run.agent,
-            ))
-            if progress:
-                progress(i + 1)
-        return out, (embedder, spec, mode)
+            out.append(_collected(item, views, session.state.steps, split))
+        return out
     finally:
         rt.close()
+
+
+def _collect_light(items: list[Any], split: str, feeder: _Feeder) -> list[_Collected]:
+    out = []
+    for item in items:
+        state, scorer = feature_pass(item, feeder)
+        out.append(_collected(item, scorer.views, state.steps, split))
+    return out
+
+
+def _light_chunk(shared: dict[str, Any], bounds: tuple[int, int]) -> list[_Collected]:
+    lo, hi = bounds
+    return _collect_light(shared["items"][lo:hi], shared["split"], shared["feeder"])
+
+
+def _collect_all(items: list[Any], split: str, domain: str | None, jobs: int, replay: str) -> list[_Collected]:
+    if replay == "runtime":
+        return _collect_runtime(items, split, domain)
+    rt = make_runtime([], domain=domain)
+    try:
+        feeder = _Feeder(rt, {})
+        for name in {it.run.domain for it in items}:
+            feeder.domain(name)  # looked up here, so a forked worker never calls a hook
+        if jobs <= 1 or len(items) < 2 * jobs:
+            return _collect_light(items, split, feeder)
+        # contiguous chunks, several per worker (runs differ in length), results kept in input order
+        n_chunks = min(len(items), jobs * 4)
+        bounds = [(len(items) * c // n_chunks, len(items) * (c + 1) // n_chunks) for c in range(n_chunks)]
+        parts = pmap(_light_chunk, bounds, shared={"items": items, "split": split, "feeder": feeder}, jobs=jobs)
+        return [c for part in parts for c in part]
+    finally:
+        rt.close()
+
+
+def collect(items: Iterable[Any], *, split: str = "task", embedder_spec: dict[str, Any] | None = None,
+            domain: str | None = None, progress: Callable[[int], None] | None = None, jobs: int = 1,
+            replay: str = "light") -> tuple[list[RunData], Any]:
+    """The per-run features learning needs, and the embedder that embedded them.
+
+    ``replay="light"`` (the default) computes them with :func:`feature_pass`; ``"runtime"`` replays
+    every run through a full runtime with the ``patterns`` verifier (the same features, slower).
+    ``jobs`` > 1 computes them in that many forked processes (the same results, in input order);
+    signatures and tasks are embedded here, in one batch."""
+    if replay not in ("light", "runtime"):
+        raise ValueError(f"unknown replay {replay!r}: light or runtime")
+    items = list(items)
+    spec = dict(embedder_spec or {"plugin": "hashing"})
+    collected = _collect_all(items, split, domain, max(1, int(jobs)), replay)
+    rt = make_runtime([], domain=domain)
+    try:
+        embedder = build_embedder(rt.pm, spec)
+    finally:
+        rt.close()
+    mode = signature_mode(embedder)
+    dim = int(embedder.dimension)
+    sigs = [s for c in collected for s in c.signatures]
+    all_vecs = embed_signatures(embedder, mode, sigs) if sigs else np.zeros((0, dim), np.float32)
+    out: list[RunData] = []
+    at = 0
+    for i, c in enumerate(collected):
+        n = len(c.signatures)
+        out.append(RunData(
+            run_id=c.run_id, task_key=c.task_key, group=c.group, outcome=c.outcome, numeric=c.numeric,
+            signals=c.signals, actions=c.actions, tools=c.tools, sig_vecs=all_vecs[at:at + n],
+            task_vec=embed_task(embedder, c.task), failure_step=c.failure_step, source=c.source, extra=c.extra,
+            agent=c.agent))
+        at += n
+        if progress:
+            progress(i + 1)
+    return out, (embedder, spec, mode)
 
 
 def _why_not(item: Any, session: Any, scores: list[StepScore]) -> str | None:

@@ -53,6 +53,7 @@ from immunity.learning.model import (
     fit_trees,
     logit,
 )
+from immunity.learning.parallel import one_blas_thread, pmap
 from immunity.models import FailurePattern
 
 #: Signals a pattern's ``min`` predicates may use (all members of the cluster must show them).
@@ -82,13 +83,31 @@ class RunData:
     #: the domain's own signals at each step (``Domain.signals``), by name
     extra: list[dict[str, float]] = field(default_factory=list)
     agent: str | None = None
+    #: arrays derived once from the fields above (never part of a pack)
+    _cache: dict[Any, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n(self) -> int:
         return len(self.actions)
 
+    @property
+    def action_index(self) -> np.ndarray:
+        """The action type of every step, as an index into ``ACTION_TYPES`` (computed once)."""
+        got = self._cache.get("acts")
+        if got is None:
+            got = self._cache["acts"] = np.asarray([_ACT_INDEX[a] for a in self.actions], dtype=int)
+        return got
+
     def extra_matrix(self, names: list[str]) -> np.ndarray:
-        """(n, len(names)): the domain signals in ``names`` order (0 where a step lacks one)."""
+        """(n, len(names)): the domain signals in ``names`` order (0 where a step lacks one);
+        computed once per list of names."""
+        key = ("extra", tuple(names))
+        got = self._cache.get(key)
+        if got is None:
+            got = self._cache[key] = self._extra_matrix(names)
+        return got
+
+    def _extra_matrix(self, names: list[str]) -> np.ndarray:
         out = np.zeros((self.n, len(names)))
         if names and self.extra:
             col = {name: i for i, name in enumerate(names)}
@@ -172,6 +191,23 @@ def _strong_signal(s: dict[str, float]) -> str | None:
     return None
 
 
+def _strong_steps(run: RunData) -> dict[str, int]:
+    """The first step of each strong signal in the run (:func:`_strong_signal`, over all steps at once)."""
+    if run.n == 0:
+        return {}
+    col = {n: run.signals[:, _SIG_INDEX[n]] for n in ("identical_streak", "near_streak", "ping_pong", "last_failed",
+                                                      "repeated_error", "steps_without_new_info")}
+    loop = (col["identical_streak"] >= 3) | (col["near_streak"] >= 3) | (col["ping_pong"] >= 2)
+    rep = ~loop & (col["last_failed"] != 0) & (col["repeated_error"] >= 2)
+    noprog = ~loop & ~rep & (col["steps_without_new_info"] >= 4)
+    out = {}
+    for cls, mask in ((tx.LOOP, loop), (tx.REPEATED_TOOL_ERROR, rep), (tx.NO_PROGRESS, noprog)):
+        hit = np.flatnonzero(mask)
+        if len(hit):
+            out[cls] = int(hit[0])
+    return out
+
+
 def classify(signals: dict[str, float], action: str, ref_action: str | None, ended_here: bool,
              has_reference: bool) -> str:
     """The error class of a divergence step."""
@@ -235,6 +271,7 @@ def candidates(runs: list[RunData], cfg: LearnConfig) -> list[Candidate]:
             sims = succ_vecs @ r.task_vec
             order = np.argsort(-sims, kind="stable")[: cfg.max_references]
             refs = [succ[i] for i in order if sims[i] >= cfg.task_similarity][:3]
+        strong = _strong_steps(r)
         if r.failure_step is not None and 0 <= r.failure_step < r.n:
             step, ref_tok, ended, has_ref, reason = r.failure_step, None, False, False, "labelled"
         else:
@@ -242,22 +279,14 @@ def candidates(runs: list[RunData], cfg: LearnConfig) -> list[Candidate]:
             reason = "alignment"
             if step < 0:
                 step, reason = r.n - 1, "last_step"
-                for k in range(r.n):
-                    if _strong_signal(r.signal_dict(k)):
-                        step, reason = k, "signal"
-                        break
+                if strong:
+                    step, reason = min(strong.values()), "signal"
         seen_steps = {step}
         sig = r.signal_dict(step)
         cls = classify(sig, r.actions[step], ref_tok, ended, has_ref)
         out.append(Candidate(r.run_id, step, cls, r.actions[step], r.sig_vecs[step], sig, reason))
         # the first step of each strong signal is a candidate too
-        firsts: dict[str, int] = {}
-        for k in range(r.n):
-            s = r.signal_dict(k)
-            c = _strong_signal(s)
-            if c and c not in firsts:
-                firsts[c] = k
-        for c, k in firsts.items():
+        for c, k in sorted(strong.items(), key=lambda kv: kv[1]):
             if k in seen_steps:
                 continue
             seen_steps.add(k)
@@ -342,19 +371,29 @@ def match_matrix(run: RunData, comp: _Compiled, min_similarity: float, top_k: in
     n, p = run.n, comp.vectors.shape[0]
     if p == 0 or n == 0:
         return np.zeros((n, p), bool), np.zeros((n, p))
-    sims = run.sig_vecs @ comp.vectors.T
+    return match_rows(run.sig_vecs, run.signals, run.action_index, comp, min_similarity, top_k)
+
+
+def match_rows(sig_vecs: np.ndarray, signals: np.ndarray, acts: np.ndarray, comp: _Compiled,
+               min_similarity: float, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`match_matrix` over any rows (the steps of many runs at once): the similarity and
+    action tests for every (step, pattern) pair, the predicates only for the pairs that pass them."""
+    n, p = sig_vecs.shape[0], comp.vectors.shape[0]
+    if p == 0 or n == 0:
+        return np.zeros((n, p), bool), np.zeros((n, p))
+    sims = sig_vecs @ comp.vectors.T
     ok = sims >= min_similarity - SIM_TOLERANCE
     if top_k < p:
         kth = -np.partition(-sims, top_k - 1, axis=1)[:, top_k - 1]
         ok &= sims >= kth[:, None]
-    acts = np.asarray([_ACT_INDEX[a] for a in run.actions])
     ok &= (comp.act[None, :] == -1) | (comp.act[None, :] == acts[:, None])
-    if ok.any():
-        sig = run.signals
-        ok &= np.all(sig[:, None, :] >= comp.mins[None, :, :], axis=2)
-        ok &= np.all(sig[:, None, :] <= comp.maxs[None, :, :], axis=2)
+    rows, cols = np.nonzero(ok)
+    if len(rows):
+        sig = signals[rows]
+        good = np.all(sig >= comp.mins[cols], axis=1) & np.all(sig <= comp.maxs[cols], axis=1)
         step = sig[:, _SIG_INDEX["step"]]
-        ok &= (step[:, None] >= comp.lo[None, :]) & (step[:, None] <= comp.hi[None, :])
+        good &= (step >= comp.lo[cols]) & (step <= comp.hi[cols])
+        ok[rows[~good], cols[~good]] = False
     return ok, sims
 
 
@@ -369,6 +408,31 @@ def run_evidence(run: RunData, table: PatternTable, comp: _Compiled) -> np.ndarr
     out[:, 0] = e_now
     out[:, 1] = np.maximum.accumulate(e_now)
     out[:, 2] = np.log1p(ok.sum(axis=1))
+    return out
+
+
+def runs_evidence(runs: list[RunData], table: PatternTable, comp: _Compiled, chunk: int = 8192) -> list[np.ndarray]:
+    """:func:`run_evidence` of many runs, their steps matched at once."""
+    if len(table) == 0:
+        return [np.zeros((r.n, 3)) for r in runs]
+    vecs, sigs, acts, starts = _stacked(runs)
+    e_now = np.zeros(len(vecs))
+    n_now = np.zeros(len(vecs))
+    for lo in range(0, len(vecs), chunk):
+        ok, _ = match_rows(vecs[lo:lo + chunk], sigs[lo:lo + chunk], acts[lo:lo + chunk], comp,
+                           table.min_similarity, table.top_k)
+        w = np.where(ok, table.weights[None, :], 0.0)
+        e_now[lo:lo + chunk] = w.max(axis=1)
+        n_now[lo:lo + chunk] = ok.sum(axis=1)
+    out = []
+    for i, r in enumerate(runs):
+        ev = np.zeros((r.n, 3))
+        if r.n:
+            seg = e_now[starts[i]:starts[i + 1]]
+            ev[:, 0] = seg
+            ev[:, 1] = np.maximum.accumulate(seg)
+            ev[:, 2] = np.log1p(n_now[starts[i]:starts[i + 1]])
+        out.append(ev)
     return out
 
 
@@ -395,9 +459,8 @@ def learn_patterns(runs: list[RunData], cfg: LearnConfig, domain: str | None = N
     f_hits = np.zeros(len(clusters))
     s_hits = np.zeros(len(clusters))
     own = [set(m.run_id for m in c.members) for c in clusters]
-    for r in labelled:
-        ok, _ = match_matrix(r, comp, cfg.min_similarity, len(clusters))
-        hit = ok.any(axis=0)
+    hits = _run_hits(labelled, comp, cfg.min_similarity, len(clusters))
+    for r, hit in zip(labelled, hits, strict=True):
         if r.outcome == 1:
             for i in (int(x) for x in np.flatnonzero(hit)):
                 if r.run_id not in own[i]:
@@ -434,6 +497,32 @@ def learn_patterns(runs: list[RunData], cfg: LearnConfig, domain: str | None = N
                       "found_by": dict(Counter(m.reason for m in cl.members))},
         ))
     return patterns, _table(patterns, cfg)
+
+
+def _stacked(runs: list[RunData]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The steps of ``runs`` as one block: signature vectors, signals, action indices, run starts."""
+    starts = np.cumsum([0] + [r.n for r in runs])
+    dim = next((r.sig_vecs.shape[1] for r in runs if r.sig_vecs.ndim == 2), 0)
+    vecs = np.concatenate([r.sig_vecs for r in runs]) if runs else np.zeros((0, dim), np.float32)
+    sigs = np.concatenate([r.signals for r in runs]) if runs else np.zeros((0, len(SIGNAL_NAMES)))
+    acts = np.concatenate([r.action_index for r in runs]) if runs else np.zeros(0, int)
+    return vecs, sigs, acts, starts
+
+
+def _run_hits(runs: list[RunData], comp: _Compiled, min_similarity: float, top_k: int,
+              chunk: int = 8192) -> np.ndarray:
+    """(runs, P): whether each pattern matched some step of each run (all runs matched at once)."""
+    p = comp.vectors.shape[0]
+    out = np.zeros((len(runs), p), bool)
+    if not runs or p == 0:
+        return out
+    vecs, sigs, acts, starts = _stacked(runs)
+    run_of = np.repeat(np.arange(len(runs)), np.diff(starts))
+    for lo in range(0, len(vecs), chunk):
+        ok, _ = match_rows(vecs[lo:lo + chunk], sigs[lo:lo + chunk], acts[lo:lo + chunk], comp, min_similarity, top_k)
+        rows, cols = np.nonzero(ok)
+        out[run_of[lo + rows], cols] = True
+    return out
 
 
 def _table(patterns: list[FailurePattern], cfg: LearnConfig) -> PatternTable:
@@ -485,12 +574,14 @@ def extra_names_for(runs: list[RunData]) -> list[str]:
 
 
 def _rows(runs: list[RunData], evs: dict[str, np.ndarray], priors: dict[str, float],
-          extra_names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          extra_names: list[str] | None = None,
+          designed: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     xs, ys, ws = [], [], []
     for r in runs:
         if r.outcome is None or r.n == 0:
             continue
-        xs.append(design(r, evs[r.run_id], priors[r.run_id], extra_names))
+        got = designed.get(r.run_id) if designed is not None else None
+        xs.append(got if got is not None else design(r, evs[r.run_id], priors[r.run_id], extra_names))
         ys.append(np.full(r.n, float(r.outcome)))
         ws.append(np.full(r.n, 1.0 / r.n))
     if not xs:
@@ -520,9 +611,40 @@ def baseline_threshold(success_lengths: list[int], target: float) -> int | None:
     return int(s[allowed]) + 1
 
 
+def _fold_evidence(shared: dict[str, Any], j: int) -> dict[str, np.ndarray]:
+    """Fold ``j``'s cross-fitted pattern evidence: patterns learned on the other folds."""
+    runs, folds = shared["runs"], shared["folds"]
+    train = [r for r, f in zip(runs, folds, strict=True) if f != j]
+    test = [r for r, f in zip(runs, folds, strict=True) if f == j]
+    _pats, table = learn_patterns(train, shared["cfg"], shared["domain"])
+    comp = compile_predicates(table.vectors, table.predicates)
+    return {r.run_id: ev for r, ev in zip(test, runs_evidence(test, table, comp), strict=True)}
+
+
+def _setting_risks(shared: dict[str, Any], setting: tuple[str, float]) -> dict[str, np.ndarray]:
+    """Out-of-fold step risks of one model kind and L2 strength: each fold scored by a model
+    fitted on the other folds."""
+    kind, l2 = setting
+    runs, folds, xs = shared["runs"], shared["folds"], shared["xs"]
+    risks: dict[str, np.ndarray] = {}
+    for j in range(shared["k"]):
+        train = [r for r, f in zip(runs, folds, strict=True) if f != j]
+        test = [r for r, f in zip(runs, folds, strict=True) if f == j]
+        if not any(r.outcome == 1 for r in train) or not any(r.outcome == 0 for r in train):
+            continue
+        x, y, w = _rows(train, shared["oof"], shared["priors"], shared["names"], xs)
+        mdl = _fit(kind, x, y, w, l2, shared["cfg"].seed)
+        for r in test:
+            risks[r.run_id] = mdl.predict(xs[r.run_id])
+    return risks
+
+
 def learn_model(runs: list[RunData], cfg: LearnConfig, *, name: str = "model",
-                domain: str | None = None) -> LearnedModel:
-    """Patterns, a cross-fitted risk model and a cross-validated threshold from ``runs``."""
+                domain: str | None = None, jobs: int = 1) -> LearnedModel:
+    """Patterns, a cross-fitted risk model and a cross-validated threshold from ``runs``.
+
+    ``jobs`` > 1 learns the folds' patterns and fits the candidate models in that many forked
+    processes; the result is the same."""
     labelled = [r for r in runs if r.outcome is not None and r.n > 0]
     n_f = sum(r.outcome == 1 for r in labelled)
     n_s = sum(r.outcome == 0 for r in labelled)
@@ -549,34 +671,23 @@ def learn_model(runs: list[RunData], cfg: LearnConfig, *, name: str = "model",
     priors = {r.run_id: prior_all.prior(r.task_vec, exclude=r.task_key) for r in labelled}
 
     # cross-fitted evidence: each fold's evidence comes from patterns learned without it
+    shared: dict[str, Any] = {"runs": labelled, "folds": folds, "cfg": cfg, "domain": domain}
     oof: dict[str, np.ndarray] = {}
-    for j in range(k):
-        train = [r for r, f in zip(labelled, folds, strict=True) if f != j]
-        test = [r for r, f in zip(labelled, folds, strict=True) if f == j]
-        _pats, table = learn_patterns(train, cfg, domain)
-        comp = compile_predicates(table.vectors, table.predicates)
-        for r in test:
-            oof[r.run_id] = run_evidence(r, table, comp)
+    for part in pmap(_fold_evidence, list(range(k)), shared=shared, jobs=jobs):
+        oof.update(part)
 
     # the model kind and its regularisation chosen, and the threshold calibrated, on folds scored by
     # models fitted without them
     names = extra_names_for(labelled)
+    # every run's model inputs, computed once and shared by every fold, model kind and L2 strength
+    xs = {r.run_id: design(r, oof[r.run_id], priors[r.run_id], names) for r in labelled}
     kinds = ("logistic", "trees") if cfg.model == "auto" else (cfg.model,)
-    tried: list[tuple[float, str, float, dict[str, np.ndarray]]] = []
-    for kind in kinds:
-        grid = (cfg.l2_grid or (cfg.l2,)) if kind == "logistic" else (1.0,)
-        for l2 in grid:
-            risks: dict[str, np.ndarray] = {}
-            for j in range(k):
-                train = [r for r, f in zip(labelled, folds, strict=True) if f != j]
-                test = [r for r, f in zip(labelled, folds, strict=True) if f == j]
-                if not any(r.outcome == 1 for r in train) or not any(r.outcome == 0 for r in train):
-                    continue
-                x, y, w = _rows(train, oof, priors, names)
-                mdl = _fit(kind, x, y, w, l2, cfg.seed)
-                for r in test:
-                    risks[r.run_id] = mdl.predict(design(r, oof[r.run_id], priors[r.run_id], names))
-            tried.append((_log_loss(labelled, risks), kind, l2, risks))
+    settings = [(kind, l2) for kind in kinds
+                for l2 in ((cfg.l2_grid or (cfg.l2,)) if kind == "logistic" else (1.0,))]
+    shared.update(oof=oof, priors=priors, names=names, xs=xs, k=k)
+    tried: list[tuple[float, str, float, dict[str, np.ndarray]]] = [
+        (_log_loss(labelled, risks), kind, l2, risks)
+        for (kind, l2), risks in zip(settings, pmap(_setting_risks, settings, shared=shared, jobs=jobs), strict=True)]
     best = min(tried, key=lambda t: (round(t[0], 9), t[1] != "logistic"))
     cv_loss, chosen_kind, chosen_l2, fold_risks = best
     max_success = [float(fold_risks[r.run_id].max()) for r in labelled if r.outcome == 0 and r.run_id in fold_risks]
@@ -585,8 +696,9 @@ def learn_model(runs: list[RunData], cfg: LearnConfig, *, name: str = "model",
 
     # the final model: patterns from every run, the model on the cross-fitted evidence
     patterns, table = learn_patterns(labelled, cfg, domain)
-    x, y, w = _rows(labelled, oof, priors, names)
-    final = _fit(chosen_kind, x, y, w, chosen_l2, cfg.seed)
+    x, y, w = _rows(labelled, oof, priors, names, xs)
+    with one_blas_thread():
+        final = _fit(chosen_kind, x, y, w, chosen_l2, cfg.seed)
     member = Member(name=name, threshold=threshold, table=table,
                     logistic=final if isinstance(final, Logistic) else None, prior=prior_all,
                     baseline_steps=base_t, extra_names=names, trees=final if isinstance(final, Trees) else None)

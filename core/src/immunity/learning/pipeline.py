@@ -29,9 +29,9 @@ def _version() -> str:
 
 def build_pack(runs: list[RunData], embedder_info: tuple[Any, dict[str, Any], str], cfg: LearnConfig, *,
                name: str, version: str = "0.1.0", domain: str | None = None, sources: list[str] | None = None,
-               split: str = "task") -> tuple[PatternPack, list[str]]:
+               split: str = "task", jobs: int = 1) -> tuple[PatternPack, list[str]]:
     """Learn a pack from collected runs; returns the pack and the warnings to show."""
-    learned = learn_model(runs, cfg, name=name, domain=domain)
+    learned = learn_model(runs, cfg, name=name, domain=domain, jobs=jobs)
     embedder, spec, mode = embedder_info
     member = learned.member
     labelled = [r for r in runs if r.outcome is not None]
@@ -103,7 +103,8 @@ def score_rows(items: list[Any], packs: list[Any], *, domain: str | None = None,
 
 def cross_validate(items: list[Any], cfg: LearnConfig, *, split: str = "task", folds: int = 5,
                    embedder_spec: dict[str, Any] | None = None, domain: str | None = None, name: str = "cv",
-                   log: Callable[[str], None] | None = None, options: dict[str, Any] | None = None) -> CVResult:
+                   log: Callable[[str], None] | None = None, options: dict[str, Any] | None = None,
+                   jobs: int = 1) -> CVResult:
     """Outer cross-validation split by ``split`` (task or repo): for each fold, learn a pack on the
     other folds, write it, and score the fold's runs with it through the runtime."""
     say = log or (lambda _m: None)
@@ -111,7 +112,7 @@ def cross_validate(items: list[Any], cfg: LearnConfig, *, split: str = "task", f
     if len(set(ids)) != len(ids):
         raise ValueError("run ids are not unique across the input; cross-validation needs unique ids")
     say(f"collecting features of {len(items)} runs")
-    runs, emb = collect(items, split=split, embedder_spec=embedder_spec, domain=domain)
+    runs, emb = collect(items, split=split, embedder_spec=embedder_spec, domain=domain, jobs=jobs)
     groups = [r.group for r in runs]
     k = max(2, min(folds, len(set(groups))))
     fold_of = assign_folds(groups, k, cfg.seed)
@@ -122,7 +123,8 @@ def cross_validate(items: list[Any], cfg: LearnConfig, *, split: str = "task", f
         for j in range(k):
             train = [r for r, f in zip(runs, fold_of, strict=True) if f != j]
             test_items = [it for it, f in zip(items, fold_of, strict=True) if f == j]
-            pack, warnings = build_pack(train, emb, cfg, name=f"{name}-fold{j}", domain=domain, split=split)
+            pack, warnings = build_pack(train, emb, cfg, name=f"{name}-fold{j}", domain=domain, split=split,
+                                        jobs=jobs)
             path = os.path.join(tmp, f"fold{j}.json")
             save_pack(pack, path)
             member = pack.model["members"][0]

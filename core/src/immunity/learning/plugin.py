@@ -89,6 +89,9 @@ def _learn_options(f: Any) -> Any:
     f = click.option("--model", type=click.Choice(["logistic", "trees", "auto"]), default="logistic",
                      show_default=True, help="Risk model: logistic, gradient-boosted trees (needs the `learn` "
                                              "extra), or auto (the lower cross-validated log loss).")(f)
+    f = click.option("--jobs", "-j", default=None, type=click.IntRange(1, 256),
+                     help="Worker processes for the feature pass (default: the cores available). The result "
+                          "does not depend on it.")(f)
     return click.option("--embedder", default="hashing", show_default=True, help="Embedder plugin.")(f)
 
 
@@ -111,10 +114,11 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
     @click.option("--version", "pack_version", default="0.1.0", show_default=True)
     def learn(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, embedder: str, split: str,
               target_far: float, folds: int, min_similarity: float, seed: int, out: str, name: str | None,
-              pack_version: str, model: str) -> None:
+              pack_version: str, model: str, jobs: int | None) -> None:
         """Learn failure patterns and a calibrated risk model from runs with outcomes; write a pack."""
         from immunity.learning.data import collect
         from immunity.learning.packs import save_pack
+        from immunity.learning.parallel import default_jobs
         from immunity.learning.pipeline import build_pack
 
         cfg = _cfg(target_far, folds, min_similarity, seed, model)
@@ -129,10 +133,12 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
             items = kept
         _err(f"replaying {len(items)} runs to collect their features")
         try:
-            runs, emb = collect(items, split=split, embedder_spec={"plugin": embedder}, domain=domain)
+            runs, emb = collect(items, split=split, embedder_spec={"plugin": embedder}, domain=domain,
+                                jobs=jobs or default_jobs())
             pack_name = name or Path(out).name.split(".")[0]
             pack, warnings = build_pack(runs, emb, cfg, name=pack_name, version=pack_version, domain=domain,
-                                        sources=list(paths) + ([store] if store else []), split=split)
+                                        sources=list(paths) + ([store] if store else []), split=split,
+                                        jobs=jobs or default_jobs())
         except (ValueError, ImmunityError) as exc:
             raise click.ClickException(str(exc)) from None
         for w in warnings:
@@ -367,11 +373,12 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
     def eval_cmd(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, embedder: str, split: str,
                  target_far: float, folds: int, min_similarity: float, seed: int, cv: bool, packs: tuple[str, ...],
                  scores_path: str | None, out: str | None, scores_out: str | None, html_path: str | None,
-                 bootstrap: int, model: str) -> None:
+                 bootstrap: int, model: str, jobs: int | None) -> None:
         """AUROC of runs alive at steps 5/10/20, recall before failure, false-alarm rate, lead, per-class and
         explain figures with 95% CIs, next to the steps-so-far baseline."""
         from immunity.learning.evaluate import table
         from immunity.learning.packs import resolve_pack
+        from immunity.learning.parallel import default_jobs
         from immunity.learning.pipeline import cross_validate, labels_for, score_rows, scores_from_rows
         from immunity.plugins import get_plugin_manager
 
@@ -382,7 +389,7 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
             if cv:
                 cfg = _cfg(target_far, folds, min_similarity, seed, model)
                 res = cross_validate(items, cfg, split=split, folds=folds, embedder_spec={"plugin": embedder},
-                                     domain=domain, log=_err)
+                                     domain=domain, log=_err, jobs=jobs or default_jobs())
                 scores, labels = res.scores, res.labels
                 if scores_out:
                     with open(scores_out, "w", encoding="utf-8") as fh:

@@ -1,0 +1,157 @@
+"""The light feature pass gives exactly the features of a full runtime replay, and learning gives
+the same pack whatever the number of worker processes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from immunity.cli import build_cli
+from immunity.importers import ImportedRun
+from immunity.learning.data import (
+    _collect_light,
+    _collect_runtime,
+    _Feeder,
+    collect,
+    feature_pass,
+    make_runtime,
+    read_runs,
+)
+from immunity.models import Run, Step
+
+from .conftest import population, write_store
+
+
+def _tau_record(task: int, trial: int, reward: float, calls: list[tuple[str, dict[str, Any], str]]) -> dict[str, Any]:
+    traj: list[dict[str, Any]] = [
+        {"role": "system", "content": "# Airline Agent Policy"},
+        {"role": "user", "content": f"Hi, I need help with reservation {task}."},
+        {"role": "assistant", "content": "Could you give me your user id?"},
+        {"role": "user", "content": "It is mia_li_3668. This is ridiculous, transfer me to a human."},
+    ]
+    for i, (name, args, result) in enumerate(calls):
+        cid = f"call_{task}_{trial}_{i % 2}"  # ids repeat: a side-effecting call answered from the cache
+        traj.append({"role": "assistant", "content": None, "tool_calls": [
+            {"function": {"arguments": json.dumps(args), "name": name}, "id": cid, "type": "function"}]})
+        traj.append({"role": "tool", "tool_call_id": cid, "name": name, "content": result})
+    traj.append({"role": "assistant", "content": "I am sorry, I cannot do that. " + "x" * 5000})
+    traj.append({"role": "user", "content": "No, thanks. ###STOP###"})
+    return {"task_id": task, "trial": trial, "reward": reward, "traj": traj,
+            "info": {"task": {"user_id": "mia_li_3668", "actions": [], "outputs": [],
+                              "instruction": "You want to change your flight."}}}
+
+
+def _mini_row(instance: str, resolved: bool) -> dict[str, Any]:
+    msgs = [
+        {"role": "system", "content": "You are a helpful assistant that can interact with a computer shell."},
+        {"role": "user", "content": "<pr_description>\nrange_sum(n) leaves out n\n</pr_description>"},
+        {"role": "assistant", "content": "THOUGHT: Run the tests.\n\n```bash\npytest -x tests\n```"},
+        {"role": "user", "content": "<returncode>1</returncode>\n<output>\nTraceback (most recent call last):\n"
+                                    "AssertionError\n1 failed, 3 passed\n</output>"},
+        {"role": "assistant", "content": "THOUGHT: Fix it.\n\n```bash\nsed -i 's/range(n)/range(n + 1)/' src/m.py\n```"},
+        {"role": "user", "content": "<returncode>0</returncode>\n<output>\n</output>"},
+        {"role": "assistant", "content": "THOUGHT: Again.\n\n```bash\npytest -x tests\n```"},
+        {"role": "user", "content": "<returncode>0</returncode>\n<output>\n4 passed\n</output>"},
+        {"role": "assistant", "content": "THOUGHT: Submit.\n\n```bash\necho COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT\n```"},
+        {"role": "user", "content": "diff --git a/src/m.py b/src/m.py\n"},
+    ]
+    return {"instance_id": instance, "resolved": resolved, "exit_status": "Submitted", "messages": msgs}
+
+
+def _edge_cases() -> list[ImportedRun]:
+    """Unmapped steps (mapped by the hooks), a model message that is the final answer, an empty
+    model message, a blocked call, a repeated failing call."""
+    run = Run(run_id="edge-1", task="Fix it", task_id="edge", outcome="failure", framework="synthetic")
+    steps = [Step(tool="run_tests", arguments={"t": 1}, error="AssertionError: 1 != 2", return_code=1)
+             for _ in range(4)]
+    steps += [Step(tool="edit_file", arguments={"p": "m.py"}, result="edited", data={"blocked": True}),
+              Step(text="", data={"from_model": True}),
+              Step(text="I think it is done.", data={"from_model": True}),
+              Step(text="I think it is done.", data={"final": True})]
+    booked = Run(run_id="edge-2", task="Book it", task_id="edge2", outcome="success", framework="synthetic",
+                 domain="support")
+    call = {"flight": "HAT002"}
+    steps2 = [Step(tool="book_reservation", arguments=call, result="{\"ok\": true}", data={"tool_call_id": "c1"}),
+              Step(tool="book_reservation", arguments=call, result="{\"ok\": true}", data={"tool_call_id": "c1"}),
+              Step(tool="get_user_details", arguments={"user_id": "u"}, result="{}")]
+    return [ImportedRun(run=run, steps=steps, source="synthetic"),
+            ImportedRun(run=booked, steps=steps2, source="synthetic")]
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
+    d = tmp_path_factory.mktemp("traces")
+    tau = d / "airline.json.gz"
+    recs = [_tau_record(t, k, float(k % 2), [("get_user_details", {"user_id": "u"}, "{\"reservations\": []}"),
+                                              ("book_reservation", {"flight": "HAT001"}, "Error: not found"),
+                                              ("book_reservation", {"flight": "HAT002"}, "{\"ok\": true}"),
+                                              ("book_reservation", {"flight": "HAT002"}, "{\"ok\": true}")])
+            for t in range(2) for k in range(2)]
+    with gzip.open(tau, "wt", encoding="utf-8") as fh:
+        json.dump(recs, fh)
+    mini = d / "trajs.jsonl.gz"
+    with gzip.open(mini, "wt", encoding="utf-8") as fh:
+        for i in range(3):
+            fh.write(json.dumps(_mini_row(f"demo__demo-{i}", i == 1)) + "\n")
+    read = read_runs([str(tau)], "tau-bench") + read_runs([str(mini)], "mini-swe-agent")
+    return read + population(n_tasks=3, trials=2) + _edge_cases()
+
+
+def test_the_feature_pass_equals_a_full_runtime_replay(items: list[Any]) -> None:
+    full = _collect_runtime(items, "task", None)
+    rt = make_runtime([])
+    try:
+        light = _collect_light(items, "task", _Feeder(rt, {}))
+    finally:
+        rt.close()
+    assert len(full) == len(light) == len(items)
+    assert sum(len(c.actions) for c in full) > 50
+    for a, b in zip(full, light, strict=True):
+        assert a.run_id == b.run_id
+        assert a.actions == b.actions and a.tools == b.tools
+        assert a.signatures == b.signatures
+        assert a.extra == b.extra
+        np.testing.assert_array_equal(a.numeric, b.numeric)
+        np.testing.assert_array_equal(a.signals, b.signals)
+    # the cases the pass has to get right are really there
+    rt = make_runtime([])
+    try:
+        feeder = _Feeder(rt, {})
+        states = {it.run.run_id: feature_pass(it, feeder)[0] for it in items}
+    finally:
+        rt.close()
+    edge = states["edge-1"]
+    assert [s.action_type.value for s in edge.steps][-1] == "DONE" and edge.steps[-1].data.get("final")
+    assert edge.n_steps == 5  # the blocked call and the empty model message made no step
+    if states["edge-2"].steps[0].side_effect:  # the support domain is installed: the repeat is a cached answer
+        assert states["edge-2"].steps[1].data.get("replayed")
+        assert len(next(c for c in light if c.run_id == "edge-2").actions) == 3
+    assert any(row for c in light for row in c.extra)  # domain signals were computed (support, coding)
+
+
+def test_collect_in_worker_processes_gives_the_same_runs(items: list[Any]) -> None:
+    one, _ = collect(items, jobs=1)
+    two, _ = collect(items, jobs=2)
+    for a, b in zip(one, two, strict=True):
+        assert a.run_id == b.run_id and a.actions == b.actions
+        np.testing.assert_array_equal(a.numeric, b.numeric)
+        np.testing.assert_array_equal(a.sig_vecs, b.sig_vecs)
+
+
+def test_learn_writes_the_same_pack_whatever_the_number_of_jobs(tmp_path: Path) -> None:
+    store = str(tmp_path / "runs.db")
+    write_store(store, population())
+    outs = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"pack-{jobs}.json"
+        res = CliRunner().invoke(build_cli(), ["learn", "--store", store, "--folds", "4", "--jobs", jobs,
+                                               "--name", "same", "--out", str(out)], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    assert json.loads(outs[0])["patterns"]
