@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 from immunity.cli import build_cli
-from immunity.learning.packs import load_pack, save_pack
+from immunity.learning.packs import load_pack, pattern_matrix, save_pack
 from immunity.models import Event, EventKind, FailurePattern, PatternPack
 from immunity.redact import Redactor, from_config
 from immunity.runtime import Runtime
@@ -140,7 +140,7 @@ def test_planted_secrets_reach_no_store_export_hint_or_pack(tmp_path):
     save_pack(pack, tmp_path / "p.json")
     text = (tmp_path / "p.json").read_text()
     assert _leaks(text) == [] and "[REDACTED:" in text
-    assert load_pack(tmp_path / "p.json").patterns[0].vector == [1.0, 0.0]
+    assert pattern_matrix(load_pack(tmp_path / "p.json"))[0].tolist() == [1.0, 0.0]
 
 
 def test_export_of_an_old_unredacted_store_is_redacted(tmp_path):

@@ -361,6 +361,9 @@ class FailurePattern(_Model):
     examples: list[str] = Field(default_factory=list)
     intervention: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    #: where a loaded pattern's vector is: a row of its pack's float32 matrix (see
+    #: ``immunity.learning.packs.pattern_matrix``); ``vector`` stays empty, the vector is held once
+    _vec: Any = PrivateAttr(default=None)
 
 
 class PatternPack(_Model):
@@ -389,6 +392,10 @@ class PatternPack(_Model):
     _origin: str | None = PrivateAttr(default=None)
     #: the public key whose signature over the content hash was verified at load, if any
     _signer: str | None = PrivateAttr(default=None)
+    #: the patterns' vectors as one float32 matrix, memory-mapped when the pack came from a pack
+    #: directory; each loaded pattern points at its row; a pattern's own ``vector`` list, when not
+    #: empty, takes precedence (see ``immunity.learning.packs.pattern_matrix``)
+    _vectors: Any = PrivateAttr(default=None)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

@@ -166,7 +166,7 @@ def test_unreadable_and_oversized_packs_are_one_line_errors(tmp_path, monkeypatc
     import immunity.learning.packs as packs
 
     for path, message in ((deep, "nested too deeply"), (gz, "cannot be read"), (big, "larger than"),
-                          (tmp_path, "not a regular file"), (tmp_path / "none.json", "no pack file")):
+                          (tmp_path, "not a pack directory"), (tmp_path / "none.json", "no pack file")):
         with monkeypatch.context() as m:
             if path is big:
                 m.setattr(packs, "MAX_PACK_BYTES", 1000)

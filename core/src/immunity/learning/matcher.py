@@ -23,7 +23,7 @@ from immunity import taxonomy as tx
 from immunity.errors import PackError
 from immunity.learning.features import StepTracker, StepView
 from immunity.learning.model import Member, evidence, member_from_dict
-from immunity.learning.packs import merge_packs, pattern_matrix, resolve_pack
+from immunity.learning.packs import merge_packs, pattern_ids, pattern_matrix, resolve_pack
 from immunity.learning.signing import is_trusted
 from immunity.models import Event, EventKind, PatternPack, Run, Severity, Step, Verdict
 from immunity.state import RunState
@@ -117,14 +117,37 @@ class PackMatcher:
                                       for m in (pack.model or {}).get("members", [])]
         if not self.members:
             raise PackError(f"pack {pack.name!r} has no risk model (model.members is empty)")
-        self.patterns = {p.pattern_id: p for p in pack.patterns}
+        ids = pattern_ids(pack)
+        #: a pattern by id (a pack directory's pattern is parsed the first time it is asked for)
+        self.patterns = _PatternsById(pack.patterns, ids)
         self.index = build_index(pm, index or "brute", pack.dimension)
-        if pack.patterns:
-            self.index.add([p.pattern_id for p in pack.patterns], vectors)
+        if ids:
+            self.index.add(ids, vectors)
         self.k = sum(m.table.top_k for m in self.members)
 
     def new_run(self, task: str | None) -> RunScorer:
         return RunScorer(self, task)
+
+
+class _PatternsById:
+    """``{pattern_id: FailurePattern}`` over a pack's patterns, without building every pattern."""
+
+    def __init__(self, patterns: Any, ids: list[str]):
+        self._patterns = patterns
+        self._rows = {pid: i for i, pid in enumerate(ids)}
+
+    def get(self, pattern_id: str, default: Any = None) -> Any:
+        row = self._rows.get(pattern_id)
+        return default if row is None else self._patterns[row]
+
+    def __getitem__(self, pattern_id: str) -> Any:
+        return self._patterns[self._rows[pattern_id]]
+
+    def __contains__(self, pattern_id: object) -> bool:
+        return pattern_id in self._rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
 
 @dataclass
@@ -258,8 +281,8 @@ class PatternsVerifier:
                 # whose words may reach a prompt: patterns of trusted packs only (an id that an
                 # untrusted pack also uses is not trusted: merging keeps one of the two texts)
                 trusted = [p for p in packs if is_trusted(p, self.config)]
-                untrusted_ids = {pat.pattern_id for p in packs if p not in trusted for pat in p.patterns}
-                self._trusted_ids = {pat.pattern_id for p in trusted for pat in p.patterns} - untrusted_ids
+                untrusted_ids = {pid for p in packs if p not in trusted for pid in pattern_ids(p)}
+                self._trusted_ids = {pid for p in trusted for pid in pattern_ids(p)} - untrusted_ids
         return self._matcher
 
     def _domain_fn(self, domain: str | None) -> Any:

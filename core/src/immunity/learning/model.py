@@ -16,6 +16,7 @@ Nothing here reads a run's outcome or length; every input is known after step ``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -391,23 +392,36 @@ class Member:
         return full[self._cols]
 
 
-def member_from_dict(d: dict[str, Any], patterns: list[Any], vectors: np.ndarray, dimension: int) -> Member:
-    from immunity.learning.packs import decode_array
+def member_from_dict(d: dict[str, Any], patterns: Sequence[Any], vectors: np.ndarray, dimension: int) -> Member:
+    from immunity.learning.packs import PatternRows, _Predicates, decode_array
 
     ids = list(d.get("pattern_ids") or [])
-    pos = {p.pattern_id: i for i, p in enumerate(patterns)}
+    # a pack directory's patterns: columns, and predicates read from a pattern's line when used
+    lazy: PatternRows | None = patterns if isinstance(patterns, PatternRows) else None
+    all_ids = lazy.ids if lazy is not None else [p.pattern_id for p in patterns]
+    pos = {pid: i for i, pid in enumerate(all_ids)}
     missing = [i for i in ids if i not in pos]
     if missing:
         from immunity.errors import PackError
 
         raise PackError(f"risk model {d.get('name')!r} names patterns the pack does not hold: {missing[:5]}")
     rows = [pos[i] for i in ids]
+    every = rows == list(range(len(all_ids)))  # every pattern in the pack's order (the usual case)
+    if lazy is not None:
+        weights = np.asarray(lazy.weights, dtype=np.float64)[rows]
+        classes = [lazy.classes[r] for r in rows]
+        preds: Any = _Predicates(lazy, None if every else rows)
+    else:
+        weights = np.asarray([patterns[r].weight for r in rows], float)
+        classes = [patterns[r].error_class for r in rows]
+        preds = [patterns[r].predicates for r in rows]
     table = PatternTable(
         ids=ids,
-        vectors=vectors[rows] if rows else np.zeros((0, dimension), np.float32),
-        weights=np.asarray([patterns[r].weight for r in rows], float),
-        classes=[patterns[r].error_class for r in rows],
-        predicates=[patterns[r].predicates for r in rows],
+        # every pattern in order: the pack's (maybe memory-mapped) matrix itself, no copy
+        vectors=(vectors if every else vectors[rows]) if rows else np.zeros((0, dimension), np.float32),
+        weights=weights,
+        classes=classes,
+        predicates=preds,
         min_similarity=float(d.get("min_similarity", 0.8)),
         top_k=int(d.get("top_k", 16)),
     )

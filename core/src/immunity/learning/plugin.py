@@ -109,7 +109,8 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
     @cli.command()
     @_input_options
     @_learn_options
-    @click.option("--out", "-o", required=True, help="Where to write the pack (.json or .json.gz).")
+    @click.option("--out", "-o", required=True, help="Where to write the pack: a .json or .json.gz file, or any other name for a pack "
+                                                      "directory (pack.json + memory-mapped vectors.npy; for large packs).")
     @click.option("--name", default=None, help="Pack name (default: the output file's stem).")
     @click.option("--version", "pack_version", default="0.1.0", show_default=True)
     def learn(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, embedder: str, split: str,
@@ -186,9 +187,8 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
         except PackError as exc:
             raise click.ClickException(str(exc)) from None
         if as_json:
-            d = p.model_dump(mode="json", exclude={"model"})
-            for pat in d["patterns"]:
-                pat.pop("vector", None)
+            d = p.model_dump(mode="json", exclude={"model", "patterns"})
+            d["patterns"] = [pat.model_dump(mode="json", exclude={"vector"}) for pat in p.patterns]
             _write_json(d, None)
             return
         click.echo(f"{p.name} {p.version} (format {p.format_version}); domain {p.domain or '-'}; created with "
@@ -219,6 +219,8 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
         try:
             wanted = {read_public_key(k) for k in keys}
             p = load_pack(path)
+            for _pattern in p.patterns:  # a pack directory's pattern lines are parsed when used: all of them here
+                pass
         except PackError as exc:
             raise click.ClickException(f"refused: {exc}") from None
         if wanted and p._signer not in wanted:
@@ -252,29 +254,34 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
     @click.option("--out", "-o", default=None, help="Write the signed pack here (default: sign PATH in place).")
     def pack_sign(path: str, key: str, out: str | None) -> None:
         """Sign a pack: an ed25519 signature over its content hash (the pack is verified first)."""
-        import gzip
-        import os
+        import shutil
 
-        from immunity.learning.packs import _read_json, verify_document
+        from immunity.learning.packs import (
+            PACK_SUFFIXES,
+            PATTERNS_FILE,
+            VECTORS_FILE,
+            read_document,
+            verify_document,
+            write_document,
+        )
         from immunity.learning.signing import load_private_key, sign_document
 
         try:
             private = load_private_key(key)
-            doc = _read_json(Path(path))
-            verify_document(doc, source=path)
+            doc, base = read_document(path)
+            verify_document(doc, source=path, base=base)
             sign_document(doc, private)
         except PackError as exc:
             raise click.ClickException(f"refused: {exc}") from None
         dest = out or path
-        text = json.dumps(doc, sort_keys=True, indent=1, allow_nan=False)
-        tmp = f"{dest}.part"
+        if base is not None and dest.endswith(PACK_SUFFIXES):
+            raise click.ClickException(f"{path} is a pack directory; sign it into a directory, not {dest}")
         try:
-            if dest.endswith(".gz"):
-                with gzip.open(tmp, "wt", encoding="utf-8") as fh:
-                    fh.write(text)
-            else:
-                Path(tmp).write_text(text, encoding="utf-8")
-            os.replace(tmp, dest)
+            if base is not None and Path(dest).resolve() != base.resolve():  # a pack directory signed elsewhere
+                Path(dest).mkdir(parents=True, exist_ok=True)
+                for name in (PATTERNS_FILE, VECTORS_FILE):
+                    shutil.copyfile(base / name, Path(dest) / name)
+            write_document(doc, dest)
         except OSError as exc:
             raise click.ClickException(f"cannot write {dest}: {exc.strerror or exc}") from None
         click.echo(f"signed {doc.get('name')} {doc.get('version')} ({doc['content_hash']}) with key "
