@@ -173,3 +173,36 @@ def test_the_plugin_adds_the_command_to_immunitys_cli() -> None:
 
     bench = build_cli().commands["bench"]
     assert isinstance(bench, click.Group) and "closed-loop" in bench.commands
+
+
+def test_bandit_arm_learns_across_trials_and_users_feel_prevented_vs_flagged(pm: object) -> None:
+    pytest.importorskip("langgraph")
+    pytest.importorskip("immunity_langgraph")
+    cfg = BenchConfig(frameworks=["langgraph"], faults=["none", "tool_error", "loop", "premature_done"], seeds=3,
+                      ps=(1.0,), bandit=True, evolve=1, evolution={"traffic": 0.5})
+    lineage: dict[str, list[dict[str, object]]] = {}
+    trials = run_benchmark(cfg, lineage=lineage)
+    bandit = [t for t in trials if t.selector == "bandit"]
+    default = [t for t in trials if t.arm == "on" and t.selector == "default"]
+    assert len(bandit) == len(default) == 12 and [t.order for t in trials] == list(range(len(trials)))
+    assert all(t.detected is not None for t in bandit)
+    # one store shared by the bandit's trials: every evolved hint they got is a pull there, rewarded
+    # with the trial's judged outcome
+    rows = lineage["1.0"]
+    assert rows and {r["status"] for r in rows} <= {"candidate", "promoted", "retired"}
+    evolved_hints = sum(v.startswith("evolved:") for t in bandit for v in t.variants)
+    assert sum(int(r["pulls"]) for r in rows) == evolved_hints
+    assert sum(int(r["rewarded"]) for r in rows) == evolved_hints
+    summary = aggregate(trials, reps=200)
+    for label in ("default, p=1.0", "bandit, p=1.0"):
+        r = summary["felt"][label]["all"]
+        assert r["harmful"] > 0
+        assert r["prevented"]["k"] + r["flagged"]["k"] + r["unnoticed"]["k"] == r["harmful"]
+    b = summary["bandit"]["1.0"]
+    assert sum(blk["bandit"]["n"] for blk in b["learning_curve"]) == b["paired_vs_default"]["n_pairs"] == 12
+    assert b["evolved_hints"] == evolved_hints and b["hints"] == sum(len(t.variants) for t in bandit)
+    # the default-selector cells are unchanged by the bandit arm
+    assert all(c["on"]["1.0"]["n"] == c["off"]["n"] for c in summary["cells"])
+    from immunity.bench.report import render, render_markdown
+
+    assert "learning curve" in render(summary) and "| bandit, p=1.0 | all |" in render_markdown(summary).replace("**", "")

@@ -3,6 +3,8 @@ framework (the agent sees the prompt, its tool calls and their results)."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from immunity.bench.tasks import (
     FAULT_TYPES,
@@ -14,18 +16,20 @@ from immunity.bench.tasks import (
     Observation,
     ScriptedAgent,
     ToolCallAction,
+    compliance,
+    hint_features,
     make_task,
     plan_fault,
 )
 
 
 def drive(task_name: str, fault: str, seed: int, p: float = 0.0, *, notes: dict[int, str] | None = None,
-          max_turns: int = 60) -> tuple[object, ScriptedAgent, FaultyTools, str | None]:
+          max_turns: int = 60, compliance: str = "content") -> tuple[object, ScriptedAgent, FaultyTools, str | None]:
     """Run the scripted agent in a plain loop. ``notes``: immunity texts to show on given turns."""
     task = make_task(task_name, seed)
     plan = plan_fault(task, fault, seed)
     faulty = FaultyTools(task, plan)
-    agent = ScriptedAgent(task, plan, p, seed)
+    agent = ScriptedAgent(task, plan, p, seed, compliance=compliance)
     tools = {spec.name: faulty.wrap(spec) for spec in task.tools()}
     history: list[tuple[ToolCallAction, str]] = []
     for turn in range(max_turns):
@@ -111,9 +115,34 @@ def test_follow_coins_are_paired_across_arms() -> None:
     note = {1: "[immunity] something", 2: "[immunity] something else", 3: "[immunity] a third"}
     runs = [drive("coding", "none", 7, p=0.5, notes=note)[1] for _ in range(2)]
     assert runs[0].hints_followed == runs[1].hints_followed  # type: ignore[attr-defined]
-    # p = 0 never follows, p = 1 always does
+    # p = 0 never follows; with flat compliance p = 1 always does
     assert drive("coding", "none", 7, p=0.0, notes=note)[1].hints_followed == 0  # type: ignore[attr-defined]
-    assert drive("coding", "none", 7, p=1.0, notes=note)[1].hints_followed == 3  # type: ignore[attr-defined]
+    assert drive("coding", "none", 7, p=1.0, notes=note, compliance="flat")[1].hints_followed == 3  # type: ignore[attr-defined]
+
+
+def test_compliance_depends_on_what_the_hint_says() -> None:
+    called = {"refund", "get_order_details"}
+    generic = "[immunity] Something went wrong in the last step."
+    named = "[immunity] refund failed. Read the error and fix the call."
+    both = "[immunity] refund failed. Call refund again with the same arguments now."
+    assert hint_features(generic, called) == {"names_call": False, "action": False}
+    assert hint_features(named, called) == {"names_call": True, "action": False}
+    assert hint_features(both, called) == {"names_call": True, "action": True}
+    assert hint_features(both, {"search_facts"})["names_call"] is False  # a tool the agent never called
+    assert compliance(generic, called) == 0.5 and compliance(named, called) == 0.75 and compliance(both, called) == 1.0
+    for action in ("Stop calling it with these arguments.", "Do not submit yet.", "Use the results you already have.",
+                   "Retry it.", "Run the tests, then finish."):
+        assert hint_features(f"[immunity] {action}", called)["action"], action
+    # at p = 1 a specific hint is always followed and a generic one about half the time (same coins)
+    specific = {t: f"[immunity] run_tests failed. Call run_tests again now. ({t})" for t in range(2, 7)}
+    vague = {t: f"{generic} ({t})" for t in range(2, 7)}
+    _, agent, _, _ = drive("coding", "none", 7, p=1.0, notes=specific)
+    assert agent.hints_seen == agent.hints_followed == 5
+    _, agent, _, _ = drive("coding", "none", 7, p=1.0, notes=vague)
+    coins = random.Random("follow:coding:none:7")
+    assert agent.hints_seen == 5 and agent.hints_followed == sum(coins.random() < 0.5 for _ in range(5))
+    with pytest.raises(ValueError):
+        ScriptedAgent(make_task("coding", 0), plan_fault(make_task("coding", 0), "none", 0), 1.0, 0, compliance="x")
 
 
 def test_loop_repeats_then_gives_up() -> None:

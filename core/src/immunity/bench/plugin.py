@@ -39,9 +39,21 @@ def _split(value: str | None) -> list[str] | None:
 @click.option("--report", "report_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Do not run: aggregate and print the trials saved by an earlier --out file.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress on stderr.")
+@click.option("--bandit", is_flag=True, help="Also run every p with the bandit selector, learning across trials "
+              "from their judged outcomes (one store per p), next to the default selector.")
+@click.option("--evolve", "evolve_n", type=click.IntRange(0, 20), default=3, show_default=True,
+              help="With --bandit: grammar variants per class put in each bandit store before the first trial.")
+@click.option("--evolution-traffic", type=click.FloatRange(0, 1), default=None,
+              help="With --bandit: the share of a class's hints given to candidate variants (default 0.1).")
+@click.option("--evolution-min-trials", type=click.IntRange(1), default=None,
+              help="With --bandit: rewarded pulls before a candidate is promoted or retired (default 20).")
+@click.option("--compliance", type=click.Choice(["content", "flat"]), default="content", show_default=True,
+              help="How the scripted agent follows a hint: with a probability that depends on the hint's text "
+              "(content) or on p alone (flat).")
 def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, seeds: int, ps: str, quick: bool,
                 as_json: bool, markdown: bool, out: str | None, real: bool, report_path: str | None,
-                progress: bool) -> None:
+                progress: bool, bandit: bool, evolve_n: int, evolution_traffic: float | None,
+                evolution_min_trials: int | None, compliance: str) -> None:
     """Fault-injection benchmark: scripted agents in each framework, with and without immunity.
 
     Every trial runs a small task through a real framework runtime with one injected fault; the
@@ -58,6 +70,8 @@ def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, s
             saved = json.load(fh)
         summary = aggregate([Trial(**t) for t in saved.get("trials", [])])
         summary["config"] = saved.get("config", {})
+        if saved.get("lineage"):
+            summary["lineage"] = saved["lineage"]
         _print(summary, as_json, markdown, render, render_markdown, _header(summary["config"]))
         return
 
@@ -87,7 +101,13 @@ def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, s
             raise click.ClickException("--real needs OPENAI_API_KEY in the environment")
         fault_list = [f for f in fault_list if f == "none" or f in TOOL_FAULTS]
         p_list = [1.0]
-    cfg = BenchConfig(frameworks=fws, faults=fault_list, tasks=task_list, seeds=seeds, ps=p_list, real=real)
+    evolution: dict[str, Any] = {}
+    if evolution_traffic is not None:
+        evolution["traffic"] = evolution_traffic
+    if evolution_min_trials is not None:
+        evolution["min_trials"] = evolution_min_trials
+    cfg = BenchConfig(frameworks=fws, faults=fault_list, tasks=task_list, seeds=seeds, ps=p_list, real=real,
+                      bandit=bandit, evolve=evolve_n, compliance=compliance, evolution=evolution)
     t0 = time.perf_counter()
 
     def report(i: int, n: int, trial: Any) -> None:
@@ -95,14 +115,18 @@ def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, s
             click.echo(f"  {i}/{n} trials ({time.perf_counter() - t0:.0f} s)", err=True)
 
     try:
-        trials = run_benchmark(cfg, progress=report)
+        lineage: dict[str, Any] = {}
+        trials = run_benchmark(cfg, progress=report, lineage=lineage)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
     elapsed = time.perf_counter() - t0
     summary = aggregate(trials)
     summary["config"] = {"frameworks": fws, "faults": fault_list, "tasks": task_list, "seeds": seeds,
                          "ps": p_list, "real": real, "trials": len(trials), "seconds": round(elapsed, 1),
-                         "python": sys.version.split()[0], "versions": _versions(fws)}
+                         "python": sys.version.split()[0], "versions": _versions(fws), "bandit": bandit,
+                         "evolve": evolve_n if bandit else 0, "evolution": evolution, "compliance": compliance}
+    if lineage:
+        summary["lineage"] = lineage
     if out:
         with open(out, "w", encoding="utf-8") as fh:
             json.dump({**summary, "trials": [t.as_dict() for t in trials]}, fh, indent=1, default=str)
@@ -169,7 +193,9 @@ def _header(cfg: dict[str, Any]) -> str:
         return "immunity bench closed-loop"
     return (f"immunity bench closed-loop: {len(cfg['frameworks'])} framework(s) x {len(cfg['faults'])} fault type(s) "
             f"x {cfg['seeds']} seed(s), tasks {', '.join(cfg['tasks'])}, p in "
-            f"{{{', '.join(str(p) for p in cfg['ps'])}}}{' (real model)' if cfg.get('real') else ''}; "
+            f"{{{', '.join(str(p) for p in cfg['ps'])}}}{' (real model)' if cfg.get('real') else ''}"
+            f"{', compliance ' + cfg['compliance'] if cfg.get('compliance') else ''}"
+            f"{', with the bandit arm' if cfg.get('bandit') else ''}; "
             f"{cfg['trials']} trials in {cfg['seconds']:.0f} s")
 
 

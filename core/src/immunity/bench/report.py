@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["render", "render_markdown"]
+__all__ = ["felt_and_bandit", "render", "render_markdown"]
 
 
 def _pct(rate: dict[str, Any]) -> str:
@@ -67,7 +67,78 @@ def render(summary: dict[str, Any], *, header: str = "") -> str:
         ver = c["on"][ps[0]]["verifier"]
         lines.append(f"    at p={ps[0]}: verifier recall on fired faults {_ci(ver['recall'])}, acted (hint/block/stop/recovery) "
                      f"{_ci(ver['acted'])}, false alarms on fault-free runs {_ci(ver['false_alarm'])}")
+    lines.append("")
+    lines += felt_and_bandit(summary, markdown=False)
     return "\n".join(lines)
+
+
+def felt_and_bandit(summary: dict[str, Any], *, markdown: bool) -> list[str]:
+    """Prevented vs flagged per arm; the bandit against the default selector, its learning curve,
+    evolved against hand-written hints, and the evolved variants' fate."""
+    out: list[str] = []
+    felt = summary.get("felt") or {}
+    if felt:
+        out.append("**What users feel** (harmful faults: the fault fired and the run without immunity did not succeed; "
+                   "prevented: the user got a correct result; flagged: a failed verdict in the store at or after the "
+                   "fault while the user still got a wrong or no result; broken: trials that succeed without "
+                   "immunity and fail with it; 95% Wilson intervals)" if markdown else
+                   "What users feel, on harmful faults (fault fired, failed without immunity): prevented = correct "
+                   "result, flagged = verdict recorded but wrong/no result; broken = ok without, failed with")
+        out.append("")
+        if markdown:
+            out.append("| arm | framework | harmful | prevented | flagged only | unnoticed | broken |")
+            out.append("|---|---|---|---|---|---|---|")
+        for label in sorted(felt):
+            for fw, r in felt[label].items():
+                if markdown:
+                    row = [label, fw, str(r["harmful"]), _pct_ci(r["prevented"]), _pct_ci(r["flagged"]),
+                           _pct_ci(r["unnoticed"]), _pct_ci(r["broken"])]
+                    if fw == "all":
+                        row = [f"**{x}**" for x in row]
+                    out.append("| " + " | ".join(row) + " |")
+                else:
+                    out.append(f"  {label:<18} {fw:<14} n={r['harmful']:<4} prevented {_ci(r['prevented']):<16} "
+                               f"flagged {_ci(r['flagged']):<16} unnoticed {_ci(r['unnoticed']):<16} "
+                               f"broken {_ci(r['broken'])}")
+        out.append("")
+    bandit = summary.get("bandit") or {}
+    for p, b in bandit.items():
+        d = b["paired_vs_default"]
+        diff = f"{100 * d['diff']:+.1f} pts [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}], McNemar p={d['mcnemar_p']:.2g}"
+        out.append(f"{'**' if markdown else ''}Bandit selector at p={p}{'**' if markdown else ''}: success "
+                   f"{_pct_ci(b['success'])} vs default selector {_pct_ci(b['default_success'])} on the same "
+                   f"{d['n_pairs']} trials; paired difference {diff} ({d['only_bandit']} trials only the bandit got "
+                   f"right, {d['only_default']} only the default). Hints: {b['hints']}, of which evolved variants "
+                   f"{b['evolved_hints']}. Trials whose hints were all evolved: success {_pct_ci(b['evolved_trials'])} "
+                   f"(n={b['evolved_trials']['n']}); all hand-written: {_pct_ci(b['hand_written_trials'])} "
+                   f"(n={b['hand_written_trials']['n']}).")
+        out.append("")
+        if markdown:
+            out.append("| trials (run order) | bandit success | default selector, same trials |")
+            out.append("|---|---|---|")
+        else:
+            out.append("  learning curve (success per block of trials, in run order):")
+        for blk in b["learning_curve"]:
+            lo, hi = blk["trials"]
+            if markdown:
+                out.append(f"| {lo + 1}-{hi} | {_pct_ci(blk['bandit'])} | {_pct_ci(blk['default'])} |")
+            else:
+                out.append(f"    trials {lo + 1:>4}-{hi:<4} bandit {_ci(blk['bandit']):<16} default {_ci(blk['default'])}")
+        out.append("")
+    lineage = summary.get("lineage") or {}
+    for p, rows in lineage.items():
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        out.append(f"Evolved variants in the bandit's store at p={p}: "
+                   + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        for r in rows:
+            if r["status"] != "candidate" or r["rewarded"]:
+                out.append(f"{'- ' if markdown else '  '}{r['variant']} ({r['error_class']}, {r['status']}): "
+                           f"{r['successes']}/{r['rewarded']} rewarded pulls ok, posterior mean {r['mean']:.2f} vs "
+                           f"parent {r['parent']} {r['parent_mean']:.2f}")
+        out.append("")
+    return out
 
 
 def _pct_ci(rate: dict[str, Any]) -> str:
@@ -131,6 +202,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                        f"{_pct_ci(o['silent_corruption'])} | {_diff(o['paired_silent'])} | "
                        f"{_caught(o['caught_by'])} |")
     out.append("")
+    out += felt_and_bandit(summary, markdown=True)
     return "\n".join(out)
 
 

@@ -38,6 +38,8 @@ __all__ = [
     "Task",
     "ToolCallAction",
     "ToolSpec",
+    "compliance",
+    "hint_features",
     "make_task",
     "plan_fault",
 ]
@@ -57,6 +59,32 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 #: How a model reads a tool result as a failure: an error, an exception, a timeout (each framework
 #: words a raised exception differently: "Error: ...", "An error occurred ...", or the bare message).
 _FAILED = re.compile(r"\b(error|exception|traceback|timed out|timeout|invalid response|not found)\b", re.I)
+
+
+#: A concrete next action in a hint (the compliance model, see :func:`hint_features`).
+_ACTION = re.compile(
+    r"\b(?:retry|retrying)\b|\b(?:call|run|re-run|rerun)\b[^.;:]{0,60}\bagain\b|\bstop (?:calling|repeating|running)\b"
+    r"|\b(?:do not|don't) (?:finish|answer|submit)\b|\buse the results? you (?:already )?have\b"
+    r"|\btake the next step\b|\brun the (?:tests|test suite|check)\b", re.I)
+#: Hint-following probability, as a share of ``p``: a base, plus a part for naming the call, plus a
+#: part for a concrete next action (a hint with both is followed with probability ``p``).
+COMPLIANCE_BASE, COMPLIANCE_NAMES_CALL, COMPLIANCE_ACTION = 0.5, 0.25, 0.25
+
+
+def hint_features(text: str, called: set[str]) -> dict[str, bool]:
+    """What the scripted agent reads in a text from immunity: whether it names a tool the agent
+    called in this run (``names_call``) and whether it asks for a concrete next action (``action``:
+    retry, call/run ... again, stop calling/repeating, do not finish/answer/submit, use the
+    results you have, take the next step, run the tests)."""
+    return {"names_call": any(re.search(rf"\b{re.escape(name)}\b", text) for name in called),
+            "action": bool(_ACTION.search(text))}
+
+
+def compliance(text: str, called: set[str]) -> float:
+    """The share of ``p`` with which the scripted agent follows ``text`` (``"content"`` compliance):
+    0.5 for a generic hint, +0.25 if it names a call the agent made, +0.25 for a concrete next action."""
+    f = hint_features(text, called)
+    return COMPLIANCE_BASE + COMPLIANCE_NAMES_CALL * f["names_call"] + COMPLIANCE_ACTION * f["action"]
 
 
 class ModelCallError(RuntimeError):
@@ -584,8 +612,11 @@ class ScriptedAgent:
     assumption.
 
     - Each text from immunity the model sees for the first time (a hint in the prompt, a block
-      reason as a tool result) is *followed* with probability ``p``, decided by a coin from the
-      trial's own stream, so the same seed flips the same coins in every arm. Following means the
+      reason as a tool result) is *followed* with probability ``p`` times the text's
+      :func:`compliance` (``compliance="content"``, the default: 0.5 for a generic text, up to 1 for
+      one that names a call the agent made and asks for a concrete next action; ``"flat"``: 1),
+      decided by a coin from the trial's own stream, so the same seed flips the same coins in
+      every arm. Following means the
       agent takes the corrective action from then on: it drops its faulty behaviour (stops
       looping, stops finishing early) and retries calls that failed or were blocked.
     - Without a followed hint, the agent does not retry a failed call; it carries on with what it
@@ -593,8 +624,13 @@ class ScriptedAgent:
     - ``model_error``: the chosen model call raises a provider error (once).
     """
 
-    def __init__(self, task: Task, plan: FaultPlan, p: float, seed: int):
+    def __init__(self, task: Task, plan: FaultPlan, p: float, seed: int, *, compliance: str = "content"):
+        if compliance not in ("content", "flat"):
+            raise ValueError(f"compliance must be 'content' or 'flat', not {compliance!r}")
         self.task, self.plan, self.p = task, plan, p
+        self.compliance = compliance
+        #: every text from immunity seen, with whether it was followed
+        self.hints: list[tuple[str, bool]] = []
         self.coins = random.Random(f"follow:{task.name}:{plan.kind}:{seed}")
         self.model_calls = 0
         self.corrected = False
@@ -612,12 +648,15 @@ class ScriptedAgent:
         if self.plan.kind == "model_error" and index == self.plan.model_call and self.fault_at is None:
             self.fault_at = time.time()
             raise ModelCallError("Error code: 503 - the model is overloaded, please retry later")
-        for key, _text in obs.notes:
+        for key, note in obs.notes:
             if key in self.seen_notes:
                 continue
             self.seen_notes.add(key)
             self.hints_seen += 1
-            if self.coins.random() < self.p:
+            share = 1.0 if self.compliance == "flat" else compliance(note, {c.name for c in obs.calls})
+            followed = self.coins.random() < self.p * share
+            self.hints.append((note, followed))
+            if followed:
                 self.hints_followed += 1
                 self.corrected = True
                 self.mode = None
