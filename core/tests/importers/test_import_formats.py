@@ -28,20 +28,23 @@ def test_tau_bench_steps_outcomes_and_derived_failure_step(tau_file, runtime):
     assert ok.run.metadata["instruction"].startswith("You are mia_li_3668")
     assert ok.run.metadata["expected_actions"][0]["name"] == "update_reservation_flights"
     assert ok.run.failure_step is None
-    # assistant text -> message step; each tool call with its result -> tool step
-    assert [(s.tool, s.action_type) for s in wrong.steps] == [
-        (None, ActionType.RESPOND), ("get_user_details", ActionType.SEARCH), ("think", ActionType.PLAN),
-        ("update_reservation_flights", ActionType.EDIT), ("update_reservation_flights", ActionType.EDIT),
-        (None, ActionType.RESPOND)]
-    failed_call = wrong.steps[3]
+    # assistant text -> message step; each tool call with its result -> tool step; the customer's
+    # turns after the first (the task) -> message steps of agent "user"
+    assert [(s.tool, s.agent) for s in wrong.steps] == [
+        (None, None), (None, "user"), ("get_user_details", None), ("think", None),
+        ("update_reservation_flights", None), ("update_reservation_flights", None), (None, None), (None, "user")]
+    assert [s.action_type for s in wrong.steps if s.agent != "user"] == [
+        ActionType.RESPOND, ActionType.SEARCH, ActionType.PLAN, ActionType.EDIT, ActionType.EDIT, ActionType.RESPOND]
+    assert wrong.steps[1].text == "It is mia_li_3668." and wrong.steps[-1].text == "No, thanks. ###STOP###"
+    failed_call = wrong.steps[4]
     assert failed_call.error == "Error: not enough balance in payment method" and failed_call.failed
     assert failed_call.arguments["cabin"] == "business"
     # the first state-changing call that matches no ground-truth action (business != economy)
-    assert wrong.run.failure_step == 3
+    assert wrong.run.failure_step == 4
     assert wrong.run.metadata["failure_step_rule"] == FAILURE_STEP_RULE
     # a failure whose calls all match (here: the expected cancel never happened) has no derived step
     assert missing.run.failure_step is None and missing.run.metadata["failure_step_derived"] is False
-    assert missing.steps[2].action_type == ActionType.ESCALATE
+    assert missing.steps[3].action_type == ActionType.ESCALATE
 
 
 def test_tau_bench_default_domain_is_support(tau_file):

@@ -132,6 +132,11 @@ def test_the_feature_pass_equals_a_full_runtime_replay(items: list[Any]) -> None
         assert states["edge-2"].steps[1].data.get("replayed")
         assert len(next(c for c in light if c.run_id == "edge-2").actions) == 3
     assert any(row for c in light for row in c.extra)  # domain signals were computed (support, coding)
+    tau = [row for c in light if c.run_id.startswith("tau-bench") for row in c.extra]
+    if any("support_user_frustrated" in row for row in tau):  # the support domain is installed
+        # the customer's turns are steps now: their frustration and "transfer me" reach the signals
+        assert max(row["support_user_frustrated"] for row in tau) == 1.0
+        assert max(row["support_user_asks_transfer"] for row in tau) == 1.0
 
 
 def test_collect_in_worker_processes_gives_the_same_runs(items: list[Any]) -> None:

@@ -250,3 +250,16 @@ def test_leave_one_source_out_with_two_sources_calibrates_across_tasks(tmp_path:
     invoke("eval", "--cv", "--store", db, "--split", "source", "--folds", "2", "--bootstrap", "20", "--out", str(out))
     data = json.loads(out.read_text())
     assert data["groups"] == 2 and [f["train_runs"] for f in data["folds"]] == [32, 32]
+
+
+def test_learn_writes_one_pack_per_domain_by_default(tmp_path: Path) -> None:
+    db = _mixed_store(tmp_path)
+    res = invoke("learn", "--store", db, "--folds", "3", "--out", str(tmp_path / "dev.json"))
+    assert "writing one pack per domain" in res.output
+    coding = json.loads((tmp_path / "dev-coding.json").read_text())
+    support = json.loads((tmp_path / "dev-support.json").read_text())
+    assert (coding["domain"], coding["name"], coding["training"]["labelled_runs"]) == ("coding", "dev-coding", 42)
+    assert (support["domain"], support["name"], support["training"]["labelled_runs"]) == ("support", "dev-support", 32)
+    assert not (tmp_path / "dev.json").exists()
+    res = invoke("learn", "--store", db, "--folds", "3", "--all-domains", "--out", str(tmp_path / "all.json"))
+    assert json.loads((tmp_path / "all.json").read_text())["training"]["labelled_runs"] == 74

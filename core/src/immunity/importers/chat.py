@@ -140,11 +140,13 @@ def _tool_error(content: str | None, msg: dict[str, Any], error_prefixes: tuple[
     return None
 
 
-def chat_steps(messages: Any, *, error_prefixes: tuple[str, ...] = ()) -> ChatSteps:
+def chat_steps(messages: Any, *, error_prefixes: tuple[str, ...] = (), user_turns: bool = False) -> ChatSteps:
     """Steps from OpenAI-style chat messages (see the module docstring for the rules).
 
     ``error_prefixes``: tool results starting with one of these are errors (tau-bench's tools
-    answer ``"Error: ..."``). Messages with an unknown role and tool results that answer no call
+    answer ``"Error: ..."``). ``user_turns``: every user message after the first (which is the
+    task) becomes a message step with ``agent="user"`` (a customer's turns in a support
+    conversation: what a live adapter reports as ``message(text, agent="user")``). Messages with an unknown role and tool results that answer no call
     are left out and named in ``warnings`` (``message 7: ...``).
     """
     out = ChatSteps()
@@ -168,6 +170,8 @@ def chat_steps(messages: Any, *, error_prefixes: tuple[str, ...] = ()) -> ChatSt
         if role == "user":
             if out.task is None and content:
                 out.task = content
+            elif user_turns and content and content.strip():
+                out.steps.append(message_step(content, agent="user"))
             continue
         if role == "assistant":
             calls = list(msg.get("tool_calls") or [])

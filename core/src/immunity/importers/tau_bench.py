@@ -2,7 +2,9 @@
 ``{task_id, trial, reward, info, traj}``; ``traj`` holds OpenAI chat messages).
 
 - steps: each assistant tool call with its tool result is a step; an assistant text message (to
-  the user) is a message step, which the support domain maps to ``RESPOND``. A tool result that
+  the user) is a message step, which the support domain maps to ``RESPOND``. Each customer turn
+  after the first (the task) is a message step with ``agent="user"``, so the support domain's
+  signals read the customer's words (frustration, "transfer me"). A tool result that
   starts with ``Error:`` (how tau-bench's tools report a failure) is the step's error.
 - outcome: ``reward`` 1 is success, anything lower failure.
 - ``run.task``: the first user message (what the agent was told); the user simulator's
@@ -74,7 +76,7 @@ class TauBenchImporter:
         if not isinstance(value.get("traj"), list):
             return ImportProblem(path, where, "no 'traj' list of messages")
         try:
-            parsed = chat_steps(value["traj"], error_prefixes=("Error:",))
+            parsed = chat_steps(value["traj"], error_prefixes=("Error:",), user_turns=True)
         except ValueError as exc:
             return ImportProblem(path, where, str(exc))
         info = as_dict(value.get("info"))

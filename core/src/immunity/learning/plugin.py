@@ -103,6 +103,47 @@ def _write_json(obj: Any, path: str | None) -> None:
         click.echo(text)
 
 
+def _stem(path: str) -> str:
+    return Path(path).name.split(".")[0]
+
+
+def _domain_path(out: str, domain: str | None) -> str:
+    """``packs/dev.json`` -> ``packs/dev-support.json`` (``.json.gz`` kept)."""
+    p = Path(out)
+    stem, _dot, suffix = p.name.partition(".")
+    return str(p.with_name(f"{stem}-{domain or 'generic'}" + (f".{suffix}" if suffix else ".json")))
+
+
+def _learn_one(items: list[Any], domain: str | None, out: str, name: str | None, cfg: Any, *, paths: tuple[str, ...],
+               store: str | None, embedder: str, split: str, pack_version: str, jobs: int | None,
+               target_far: float) -> None:
+    from immunity.learning.data import collect
+    from immunity.learning.packs import save_pack
+    from immunity.learning.parallel import default_jobs
+    from immunity.learning.pipeline import build_pack
+
+    _err(f"collecting the features of {len(items)} runs" + (f" of domain {domain}" if domain else ""))
+    try:
+        runs, emb = collect(items, split=split, embedder_spec={"plugin": embedder}, domain=domain,
+                            jobs=jobs or default_jobs())
+        pack, warnings = build_pack(runs, emb, cfg, name=name or _stem(out), version=pack_version, domain=domain,
+                                    sources=list(paths) + ([store] if store else []), split=split,
+                                    jobs=jobs or default_jobs())
+    except (ValueError, ImmunityError) as exc:
+        raise click.ClickException(f"domain {domain}: {exc}" if domain else str(exc)) from None
+    for w in warnings:
+        _err(f"WARNING: {w}")
+    digest = save_pack(pack, out)
+    t = pack.training
+    inner = pack.metrics.get("inner_cv", {})
+    click.echo(f"wrote {out}: {len(pack.patterns)} patterns from {t['failed_runs']} failed and "
+               f"{t['successful_runs']} successful runs ({t['unknown_outcome_runs']} with no outcome, used for "
+               f"features only); threshold {pack.threshold:.4f} for a {target_far:.0%} false-alarm target "
+               f"(cross-validated, {inner.get('folds')} folds by {split}): recall before the end "
+               f"{inner.get('inner_cv_recall_before_end')}, false-alarm rate "
+               f"{inner.get('inner_cv_false_alarm_rate')}; {digest}")
+
+
 # ------------------------------------------------------------------------------------------ commands
 @hookimpl
 def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one registration function
@@ -113,15 +154,13 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
                                                       "directory (pack.json + memory-mapped vectors.npy; for large packs).")
     @click.option("--name", default=None, help="Pack name (default: the output file's stem).")
     @click.option("--version", "pack_version", default="0.1.0", show_default=True)
+    @click.option("--all-domains", is_flag=True, help="Learn one pack from runs of every domain (default: one pack "
+                                                         "per domain, written next to --out as NAME-DOMAIN.json).")
     def learn(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, embedder: str, split: str,
               target_far: float, folds: int, min_similarity: float, seed: int, out: str, name: str | None,
-              pack_version: str, model: str, jobs: int | None) -> None:
-        """Learn failure patterns and a calibrated risk model from runs with outcomes; write a pack."""
-        from immunity.learning.data import collect
-        from immunity.learning.packs import save_pack
-        from immunity.learning.parallel import default_jobs
-        from immunity.learning.pipeline import build_pack
-
+              pack_version: str, model: str, jobs: int | None, all_domains: bool) -> None:
+        """Learn failure patterns and a calibrated risk model from runs with outcomes; write a pack
+        (one pack per domain when the runs are of several domains, unless --all-domains)."""
         cfg = _cfg(target_far, folds, min_similarity, seed, model)
         items = _read(paths, fmt, store, domain)
         if domain:
@@ -132,27 +171,24 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
             if not kept:
                 raise click.ClickException(f"no run of domain {domain!r} in the input")
             items = kept
-        _err(f"replaying {len(items)} runs to collect their features")
-        try:
-            runs, emb = collect(items, split=split, embedder_spec={"plugin": embedder}, domain=domain,
-                                jobs=jobs or default_jobs())
-            pack_name = name or Path(out).name.split(".")[0]
-            pack, warnings = build_pack(runs, emb, cfg, name=pack_name, version=pack_version, domain=domain,
-                                        sources=list(paths) + ([store] if store else []), split=split,
-                                        jobs=jobs or default_jobs())
-        except (ValueError, ImmunityError) as exc:
-            raise click.ClickException(str(exc)) from None
-        for w in warnings:
-            _err(f"WARNING: {w}")
-        digest = save_pack(pack, out)
-        t = pack.training
-        inner = pack.metrics.get("inner_cv", {})
-        click.echo(f"wrote {out}: {len(pack.patterns)} patterns from {t['failed_runs']} failed and "
-                   f"{t['successful_runs']} successful runs ({t['unknown_outcome_runs']} with no outcome, used for "
-                   f"features only); threshold {pack.threshold:.4f} for a {target_far:.0%} false-alarm target "
-                   f"(cross-validated, {inner.get('folds')} folds by {split}): recall before the end "
-                   f"{inner.get('inner_cv_recall_before_end')}, false-alarm rate "
-                   f"{inner.get('inner_cv_false_alarm_rate')}; {digest}")
+        if domain or all_domains:
+            groups = [(domain, items, out, name)]
+        else:
+            by_domain: dict[str | None, list[Any]] = {}
+            for it in items:
+                by_domain.setdefault(it.run.domain, []).append(it)
+            if len(by_domain) == 1:
+                groups = [(next(iter(by_domain)), items, out, name)]
+            else:
+                # one pack per domain: a pack learned across domains learns "this domain = failure",
+                # and a threshold calibrated on one domain does not hold on another
+                _err(f"the input has {len(by_domain)} domains: writing one pack per domain (--all-domains for one "
+                     f"pack learned on them all)")
+                groups = [(d, its, _domain_path(out, d), f"{name or _stem(out)}-{d or 'generic'}")
+                          for d, its in sorted(by_domain.items(), key=lambda kv: str(kv[0]))]
+        for dom, its, path, pname in groups:
+            _learn_one(its, dom, path, pname, cfg, paths=paths, store=store, embedder=embedder, split=split,
+                       pack_version=pack_version, jobs=jobs, target_far=target_far)
 
     @cli.group()
     def pack() -> None:
