@@ -21,6 +21,12 @@ log = logging.getLogger("immunity.crewai")
 APPROVALS = frozenset({"y", "yes", "ok", "approve", "approved", "allow"})
 
 
+def model_name(llm: Any) -> str:
+    """A model's name for events and the recovery policy (its ``model`` string, else its class)."""
+    value = getattr(llm, "model", None)
+    return value if isinstance(value, str) and value else type(llm).__name__
+
+
 class CrewAIAdapter(Adapter):
     """Observe, verify, intervene and recover in CrewAI crews.
 
@@ -38,19 +44,25 @@ class CrewAIAdapter(Adapter):
     ``node_end`` / also a ``node_start`` event per task), ``ask_human`` (a callable ``(question,
     tool_name, tool_input) -> str`` answering an approval question; by default CrewAI's own console
     prompt is used), ``task_retries`` (how many times a task whose answer failed its checks is re-run
-    through CrewAI's task guardrail retry, default 1; 0 switches it off).
+    through CrewAI's task guardrail retry, default 1; 0 switches it off), ``fallback_model`` (a CrewAI
+    ``BaseLLM`` to call instead when a model call fails and the recovery policy says FALLBACK; a
+    transient model error is first retried with the policy's backoff).
     """
 
     name = "crewai"
     framework = "crewai"
     supported = ">=1.15,<2"
-    extra_options: ClassVar[dict[str, Any] | None] = {"ask_human": None, "task_retries": 1}
+    extra_options: ClassVar[dict[str, Any] | None] = {"ask_human": None, "task_retries": 1, "fallback_model": None}
 
     def __init__(self, runtime: Any, *, ask_human: Callable[[str, str, dict[str, Any]], str] | None = None,
-                 task_retries: int = 1, **options: Any):
-        super().__init__(runtime, ask_human=ask_human, task_retries=task_retries, **options)
+                 task_retries: int = 1, fallback_model: Any = None, **options: Any):
+        super().__init__(runtime, ask_human=ask_human, task_retries=task_retries, fallback_model=fallback_model,
+                         **options)
         self._ask_human = ask_human
         self.task_retries = int(task_retries)
+        self.fallback_model = fallback_model
+        if fallback_model is not None:  # the recovery policy offers FALLBACK once a fallback is configured
+            runtime.config.options.setdefault("fallback_model", model_name(fallback_model))
         self._crew_ids: set[str] = set()
         self._watch_all = False
         self._hooks: list[tuple[Any, Callable[..., Any]]] = []
@@ -136,6 +148,7 @@ class CrewAIAdapter(Adapter):
             if self._bridge is not None:
                 for run in list(self._bridge.runs.values()):
                     self._bridge._release_guardrails(run)
+                    self._bridge._unguard_models(run)
             self._crew_ids.clear()
             self._crews.clear()
             self._watch_all = False

@@ -31,12 +31,14 @@ any other exception raised by a hook).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import itertools
 import json
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -107,6 +109,10 @@ class CrewRun:
     guarded_tasks: list[tuple[Any, Any]] = field(default_factory=list)
     #: roles of the agents that reached ``max_iter`` (CrewAI forced their final answer)
     max_iterations: list[str] = field(default_factory=list)
+    #: models whose calls go through the adapter's retry / fallback for this run
+    guarded_models: list[Any] = field(default_factory=list)
+    #: models (by id) that fell back in this run: their later calls go to the fallback model
+    fell_back: set[int] = field(default_factory=set)
 
 
 def _usage_of(llm: Any) -> tuple[int, int, int] | None:
@@ -249,8 +255,126 @@ class Bridge:
         crew = ctx.crew
         if crew is None or not self.adapter.watches(crew):
             return
+        run = CrewRun(crew_ref=weakref.ref(crew), crew_id=str(crew.id))
         with self._lock:
-            self.runs[id(crew)] = CrewRun(crew_ref=weakref.ref(crew), crew_id=str(crew.id))
+            self.runs[id(crew)] = run
+        if self.adapter.fallback_model is not None:
+            for agent in list(getattr(crew, "agents", None) or []):
+                self._guard_model(run, getattr(agent, "llm", None))
+
+    # ------------------------------------------------------------------ model errors: retry, fallback
+    def _guard_model(self, run: CrewRun, llm: Any) -> None:
+        """Route this model's calls through :meth:`_call_model` for the run (a model error is then
+        retried or sent to the fallback model inside the same executor step). CrewAI's hooks cannot
+        change which model a call goes to, so the instance's ``call``/``acall`` are shadowed for the
+        run's duration and restored when it ends (:meth:`_unguard_models`)."""
+        if llm is None or isinstance(llm, str) or "call" in getattr(llm, "__dict__", {}) \
+                or not callable(getattr(llm, "call", None)):
+            return
+        bridge, call, acall = self, llm.call, getattr(llm, "acall", None)
+
+        def guarded_call(messages: Any, *args: Any, **kwargs: Any) -> Any:
+            return bridge._call_model(llm, call, messages, args, kwargs)
+
+        object.__setattr__(llm, "call", guarded_call)
+        if acall is not None:
+            async def guarded_acall(messages: Any, *args: Any, **kwargs: Any) -> Any:
+                return await bridge._acall_model(llm, acall, messages, args, kwargs)
+
+            object.__setattr__(llm, "acall", guarded_acall)
+        run.guarded_models.append(llm)
+
+    @staticmethod
+    def _unguard_models(run: CrewRun) -> None:
+        for llm in run.guarded_models:
+            for name in ("call", "acall"):
+                llm.__dict__.pop(name, None)
+        run.guarded_models.clear()
+
+    def _sticky_fallback(self, llm: Any, kwargs: dict[str, Any]) -> bool:
+        """Whether this model already fell back in this run: its later calls go to the fallback
+        model straight away (the pending model call is recorded under the fallback's name)."""
+        agent = kwargs.get("from_agent")
+        crew = getattr(agent, "crew", None)
+        run = self.runs.get(id(crew)) if crew is not None and not isinstance(crew, str) else None
+        if run is None or id(llm) not in run.fell_back:
+            return False
+        pending = run.models.get((id(agent), id(kwargs.get("from_task"))))
+        if pending is not None:
+            fb = self.adapter.fallback_model
+            pending.model, pending.llm = getattr(fb, "model", None) or type(fb).__name__, fb
+            pending.usage_before = _usage_of(fb)
+        return True
+
+    def _call_model(self, llm: Any, call: Callable[..., Any], messages: Any, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+        attempt, fn, fallback = 0, call, False
+        if self._sticky_fallback(llm, kwargs):
+            fn, fallback = self.adapter.fallback_model.call, True
+        while True:
+            try:
+                return fn(messages, *args, **kwargs)
+            except Exception as exc:
+                plan = self._model_failed(llm, messages, kwargs, exc, attempt, fallback)
+                if plan is None:
+                    raise
+                if plan == "fallback":
+                    fallback, fn = True, self.adapter.fallback_model.call
+                else:
+                    attempt += 1
+                    time.sleep(float(plan))
+
+    async def _acall_model(self, llm: Any, acall: Callable[..., Any], messages: Any, args: tuple[Any, ...],
+                           kwargs: dict[str, Any]) -> Any:
+        attempt, fn, fallback = 0, acall, False
+        if self._sticky_fallback(llm, kwargs):
+            fn, fallback = self.adapter.fallback_model.acall, True
+        while True:
+            try:
+                return await fn(messages, *args, **kwargs)
+            except Exception as exc:
+                plan = self._model_failed(llm, messages, kwargs, exc, attempt, fallback)
+                if plan is None:
+                    raise
+                if plan == "fallback":
+                    fallback, fn = True, self.adapter.fallback_model.acall
+                else:
+                    attempt += 1
+                    await asyncio.sleep(float(plan))
+
+    def _model_failed(self, llm: Any, messages: Any, kwargs: dict[str, Any], exc: Exception, attempt: int,
+                      fallback: bool) -> float | str | None:
+        """A model call raised: record it and return the recovery policy's plan: ``"fallback"``, a
+        delay before calling the same model again, or ``None`` (the error goes on to CrewAI)."""
+        try:
+            agent, task = kwargs.get("from_agent"), kwargs.get("from_task")
+            crew = getattr(agent, "crew", None)
+            run = self.runs.get(id(crew)) if crew is not None and not isinstance(crew, str) else None
+            if run is None or run.session is None:
+                return None
+            key = (id(agent), id(task))
+            d = self._model_end(run, key, error=f"{type(exc).__name__}: {exc}")
+            if d is None or d.stop or d.recovery is None:
+                return None
+            rec = d.recovery
+            plan: float | str | None = None
+            if rec.kind == RecoveryKind.FALLBACK and not fallback:
+                plan = "fallback"
+                run.fell_back.add(id(llm))
+            elif rec.kind == RecoveryKind.RETRY and attempt + 1 < rec.max_attempts:
+                plan = min(max(float(rec.delay_s), 0.0), 30.0)
+            if plan is None:
+                return None
+            nxt = self.adapter.fallback_model if plan == "fallback" or fallback else llm
+            model = getattr(nxt, "model", None) or type(nxt).__name__
+            role = self._role(agent)
+            run.session.model_start(_plain_messages(messages if isinstance(messages, list) else []),
+                                    model=model, agent=role)
+            run.models[key] = _PendingModel(model=model, usage_before=_usage_of(nxt), llm=nxt, agent=role)
+            return plan
+        except Exception as err:  # fail open: the model's own error goes on
+            log.warning("immunity-crewai could not handle a model error: %s", err)
+            return None
 
     def _start_session(self, run: CrewRun, crew: Any) -> None:
         kickoff_id = getattr(crew, "checkpoint_kickoff_event_id", None) or getattr(crew, "_kickoff_event_id", None)
@@ -278,6 +402,7 @@ class Bridge:
         if run is None:
             return
         self.finished.append(run)
+        self._unguard_models(run)
         self._release_guardrails(run)
         for agent_key in list(run.hints):
             self._drop_hints(run, agent_key)
