@@ -2,6 +2,11 @@
 IMMUNITY_DISABLE_PLUGIN_AUTOLOAD=1); no LLM, no framework.
 
     python bench/bench_runtime.py [--runs 200] [--steps 20] [--store :memory:] [--no-redact]
+                                  [--pack PACK --index hnswlib]
+
+With ``--pack`` the ``patterns`` verifier matches every step against the pack (built with
+``bench/bench_packs.py --keep DIR``) through the named vector index; one warm-up run (which builds
+the index) is not timed.
 
 Each step is a model call (model_start + model_end) and a tool call (tool_start + tool_end): four
 events through observe -> verify -> intervene (-> recover), the rules verifier, the default policy
@@ -25,11 +30,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--store", default=":memory:", help=":memory:, 'file' for a temporary file, or none")
     ap.add_argument("--no-redact", action="store_true", help="switch the redaction stage off (to measure its cost)")
+    ap.add_argument("--pack", default=None, help="match every step against this pattern pack")
+    ap.add_argument("--index", default="brute", help="the vector index for --pack (brute, hnswlib)")
     args = ap.parse_args()
     store = None if args.store == "none" else args.store
     if args.store == "file":
         store = str(Path(tempfile.mkdtemp()) / "bench.db")
-    rt = Runtime(store=store, **({"redact": {"enabled": False}} if args.no_redact else {}))
+    kw: dict = {"redact": {"enabled": False}} if args.no_redact else {}
+    if args.pack:
+        kw.update(verifiers=["patterns"], packs=[args.pack], options={"patterns": {"index": args.index}})
+    rt = Runtime(store=store, **kw)
+    if args.pack:  # the warm-up run loads the pack and builds the index
+        t0 = time.perf_counter()
+        w = rt.start_run(task="warm up", framework="bench")
+        w.tool_start("search", {"q": 0}, tool_call_id="w0")
+        w.tool_end("search", "result", tool_call_id="w0")
+        w.end("success")
+        print(f"pack {args.pack} loaded and index {args.index} built in {time.perf_counter() - t0:.1f} s")
     per_event: list[float] = []
     per_step: list[float] = []
     for r in range(args.runs):
@@ -56,7 +73,7 @@ def main() -> None:
     def us(xs: list[float], q: float) -> float:
         return sorted(xs)[int(q * (len(xs) - 1))] * 1e6
 
-    print(f"runtime overhead, {len(rt.pm.get_plugins())} plugins, store={args.store}, redaction {'off' if args.no_redact else 'on'}: {args.runs} runs x {args.steps} steps "
+    print(f"runtime overhead, {len(rt.pm.get_plugins())} plugins, store={args.store}, pack={args.pack or '-'} (index {args.index}), redaction {'off' if args.no_redact else 'on'}: {args.runs} runs x {args.steps} steps "
           f"({len(per_event)} events)")
     print(f"  per event: p50 {us(per_event, .5):.1f} us   p99 {us(per_event, .99):.1f} us   "
           f"mean {statistics.fmean(per_event) * 1e6:.1f} us")
