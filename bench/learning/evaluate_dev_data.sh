@@ -22,7 +22,7 @@ $IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split repo --out "$OUT/sweb
 # Who&When (failures only): a pack learned on tau-bench + SWE-bench, scored on another domain;
 # only "alarm at or before the decisive step" and explain accuracy are meaningful here.
 PACK="${TMPDIR:-/tmp}/immunity-dev-tau-swe.json"  # derived from the data: not kept in the repository
-$IMMUNITY learn "$TAU" "$SWE" --out "$PACK" --name dev-tau-swe | tee "$OUT/dev-pack.txt"
+$IMMUNITY learn "$TAU" "$SWE" --all-domains --out "$PACK" --name dev-tau-swe | tee "$OUT/dev-pack.txt"
 $IMMUNITY eval --pack "$PACK" --format who-and-when "$WW" --out "$OUT/who-and-when.json" \
   | tee "$OUT/who-and-when.txt"
 
@@ -35,3 +35,6 @@ $IMMUNITY eval --cv "$TAU" "$SWE" --split source --out "$OUT/leave-one-source-ou
   | tee "$OUT/leave-one-source-out.txt"
 ${PYTHON:-python} "$(dirname "$0")/explain_baselines.py" --format who-and-when "$WW" \
   | tee "$OUT/who-and-when-explain-signals.txt"
+
+# Issue 15, second round: learn throughput (one line; CPU time carries over, wall time depends on the load)
+uv run python bench/learning/learn_throughput.py "$TAU" "$SWE" | tee "$OUT/learn-throughput.txt"

@@ -108,10 +108,11 @@ def _stem(path: str) -> str:
 
 
 def _domain_path(out: str, domain: str | None) -> str:
-    """``packs/dev.json`` -> ``packs/dev-support.json`` (``.json.gz`` kept)."""
+    """``packs/dev.json`` -> ``packs/dev-support.json`` (``.json.gz`` kept); a pack directory
+    ``packs/dev`` -> ``packs/dev-support``."""
     p = Path(out)
     stem, _dot, suffix = p.name.partition(".")
-    return str(p.with_name(f"{stem}-{domain or 'generic'}" + (f".{suffix}" if suffix else ".json")))
+    return str(p.with_name(f"{stem}-{domain or 'generic'}" + (f".{suffix}" if suffix else "")))
 
 
 def _learn_one(items: list[Any], domain: str | None, out: str, name: str | None, cfg: Any, *, paths: tuple[str, ...],
