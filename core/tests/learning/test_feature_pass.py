@@ -131,7 +131,6 @@ def test_the_feature_pass_equals_a_full_runtime_replay(items: list[Any]) -> None
     if states["edge-2"].steps[0].side_effect:  # the support domain is installed: the repeat is a cached answer
         assert states["edge-2"].steps[1].data.get("replayed")
         assert len(next(c for c in light if c.run_id == "edge-2").actions) == 3
-    assert any(row for c in light for row in c.extra)  # domain signals were computed (support, coding)
     tau = [row for c in light if c.run_id.startswith("tau-bench") for row in c.extra]
     if any("support_user_frustrated" in row for row in tau):  # the support domain is installed
         # the customer's turns are steps now: their frustration and "transfer me" reach the signals
