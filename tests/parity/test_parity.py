@@ -398,8 +398,9 @@ ADAPTER_BUGS = {
         "adapter bug: one AgentWorkflow handoff is two DELEGATE steps (the handoff tool call and the agent change); "
         "the other adapters record one",
     ("test_a_model_error_is_retried", "crewai"):
-        "adapter bug: a provider error from the model fails the crew; immunity records a RETRY that the CrewAI "
-        "adapter does not carry out, and CrewAI does not retry it (docs/adapters.md says CrewAI retries model errors)",
+        "adapter bug: without fallback_model a provider error from the model fails the crew (one model call, the "
+        "error recorded as 'the model call did not complete'); docs/adapters.md says CrewAI then re-runs the task "
+        "itself (max_retry_limit), and immunity's RETRY is carried out only when fallback_model is set",
 }
 
 
