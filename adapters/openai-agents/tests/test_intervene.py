@@ -380,9 +380,10 @@ async def test_streamed_runs_stop_and_pause_for_approval(make_runtime: Any, plug
     first = Agent(name="first", model=model, handoffs=[Agent(name="other", model=model)])
     g1 = rt.protect(first)
     streamed = Runner.run_streamed(first, "go")
-    with pytest.raises(RunStopped):
-        async for _ in streamed.stream_events():
-            pass
+    async for _ in streamed.stream_events():  # no exception: the next agent's model streams the stop answer
+        pass
+    assert streamed.final_output == "Stopped by immunity: handoffs are disabled."
+    assert len(model.calls) == 1  # the other agent's model was never called
     await asyncio.sleep(0.05)  # the stream's task ends; its done-callback ends the immunity run
 
     model2 = ScriptedModel([call("issue_refund", order_id="A1", amount=10.0), "Refunded."])

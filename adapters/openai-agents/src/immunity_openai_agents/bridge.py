@@ -294,6 +294,11 @@ class GuardedModel(Model):
                     await asyncio.sleep(plan[1])
 
     async def stream_response(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        run = current_run()
+        if run is not None and run.answer_stop is not None:  # stopped before this call: stream the stop
+            text, run.answer_stop = run.answer_stop, None
+            yield _text_stream_event(text, self.name)
+            return
         model, attempt = self.inner, 0
         while True:
             started = False
@@ -321,6 +326,17 @@ def _text_response(text: str) -> Any:
     message = ResponseOutputMessage(type="message", id="immunity_stop", role="assistant", status="completed",
                                     content=[ResponseOutputText(type="output_text", text=text, annotations=[])])
     return ModelResponse(output=[message], usage=Usage(), response_id=None)
+
+
+def _text_stream_event(text: str, model: str) -> Any:
+    """The one streamed event of a model response that is this final text (no model was called):
+    ``response.completed``, which the SDK's streamed run turns into the turn's output."""
+    from openai.types.responses import Response, ResponseCompletedEvent
+
+    message = _text_response(text).output[0]
+    return ResponseCompletedEvent(type="response.completed", sequence_number=0, response=Response.model_validate({
+        "id": "immunity_stop", "created_at": 0, "model": model, "object": "response",
+        "output": [message.model_dump()], "tool_choice": "auto", "tools": [], "parallel_tool_calls": False}))
 
 
 def is_model(obj: Any) -> bool:
@@ -683,7 +699,7 @@ def make_input_filter(user_filter: Any) -> Callable[..., Any]:
         try:
             if run.stop is not None or run.session.stop_requested:
                 text = run.stop or run.session.stop_requested or "stopped by immunity"
-                if isinstance(data.agent.model, GuardedModel) and not run.streamed and \
+                if isinstance(data.agent.model, GuardedModel) and \
                         getattr(data.agent, "output_type", None) in (None, str):
                     # the agent's own model answers with the stop (no model call): a clean final answer
                     run.stop, run.answer_stop = text, text
