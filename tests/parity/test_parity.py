@@ -397,10 +397,6 @@ ADAPTER_BUGS = {
     ("test_two_agents_share_a_tool_and_the_handoff_is_a_delegate_step", "llamaindex"):
         "adapter bug: one AgentWorkflow handoff is two DELEGATE steps (the handoff tool call and the agent change); "
         "the other adapters record one",
-    ("test_a_model_error_is_retried", "crewai"):
-        "adapter bug: without fallback_model a provider error from the model fails the crew (one model call, the "
-        "error recorded as 'the model call did not complete'); docs/adapters.md says CrewAI then re-runs the task "
-        "itself (max_retry_limit), and immunity's RETRY is carried out only when fallback_model is set",
 }
 
 

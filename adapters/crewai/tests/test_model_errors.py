@@ -19,7 +19,7 @@ def test_transient_model_error_is_retried_in_the_same_step(make_runtime: Any, ki
     rt = make_runtime(recovery={"base_delay": 0.0})
     llm = ScriptedLLM(script=[ToolCall("lookup", {"key": "a"}), overloaded(), "a is value-of-a."])
     crew = kit.crew(llm, [kit.Lookup()])
-    guard = rt.protect(crew, fallback_model=ScriptedLLM(script=[], model="backup"))
+    guard = rt.protect(crew)
     out = crew.kickoff()
     assert out.raw == "a is value-of-a." and llm.position == 3
     rt.flush()
@@ -67,6 +67,7 @@ def test_fallback_with_native_async_kickoff(make_runtime: Any, kit: Any) -> None
 
 
 def test_without_a_fallback_the_error_goes_on_to_crewai(make_runtime: Any, kit: Any) -> None:
+    """Retries used up and no fallback model: the error goes on to CrewAI, and the crew fails."""
     rt = make_runtime(recovery={"base_delay": 0.0})
     down = ScriptedLLM(script=[overloaded() for _ in range(30)])
     crew = kit.crew(down, [kit.Lookup()])

@@ -60,7 +60,7 @@ def test_completed_run_is_unknown_until_the_user_says(make_runtime: Any, kit: An
 
 def test_exception_is_a_failure(make_runtime: Any, kit: Any) -> None:
     rt = make_runtime()
-    crew = kit.crew(ScriptedLLM(script=[RuntimeError("provider down")] * 6))
+    crew = kit.crew(ScriptedLLM(script=[RuntimeError("provider down")] * 20))  # (immunity retries a transient model error, then CrewAI fails the crew)
     guard = rt.protect(crew)
     with pytest.raises(RuntimeError, match="provider down") as raised:
         crew.kickoff()

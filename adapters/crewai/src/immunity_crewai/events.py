@@ -258,9 +258,8 @@ class Bridge:
         run = CrewRun(crew_ref=weakref.ref(crew), crew_id=str(crew.id))
         with self._lock:
             self.runs[id(crew)] = run
-        if self.adapter.fallback_model is not None:
-            for agent in list(getattr(crew, "agents", None) or []):
-                self._guard_model(run, getattr(agent, "llm", None))
+        for agent in list(getattr(crew, "agents", None) or []):
+            self._guard_model(run, getattr(agent, "llm", None))
 
     # ------------------------------------------------------------------ model errors: retry, fallback
     def _guard_model(self, run: CrewRun, llm: Any) -> None:
@@ -358,7 +357,7 @@ class Bridge:
                 return None
             rec = d.recovery
             plan: float | str | None = None
-            if rec.kind == RecoveryKind.FALLBACK and not fallback:
+            if rec.kind == RecoveryKind.FALLBACK and not fallback and self.adapter.fallback_model is not None:
                 plan = "fallback"
                 run.fell_back.add(id(llm))
             elif rec.kind == RecoveryKind.RETRY and attempt + 1 < rec.max_attempts:
