@@ -393,7 +393,9 @@ KITS: dict[str, type] = {"langgraph": LangGraphKit, "llamaindex": LlamaIndexKit,
 ADAPTER_BUGS = {
     ("test_two_agents_share_a_tool_and_the_handoff_is_a_delegate_step", "langgraph"):
         "adapter bug: with LangGraph's documented handoff tool (Command(goto=..., graph=Command.PARENT)) between "
-        "two create_react_agent agents, the steps carry no agent and the DELEGATE step's agent is the tool's name",
+        "two create_react_agent agents, every step now carries its agent and the handoff is the researcher's, but "
+        "the handoff is two DELEGATE steps (the handoff tool's own call, classified DELEGATE by its name, and the "
+        "handoff event); the other adapters record one",
     ("test_two_agents_share_a_tool_and_the_handoff_is_a_delegate_step", "llamaindex"):
         "adapter bug: one AgentWorkflow handoff is two DELEGATE steps (the handoff tool call and the agent change); "
         "the other adapters record one",

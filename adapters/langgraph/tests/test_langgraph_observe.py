@@ -3,12 +3,17 @@ with the run's identity kept across LangGraph's worker threads and asyncio tasks
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Annotated, Any
 
 import pytest
 from immunity.models import ActionType, EventKind
 from immunity_langgraph.testing import ScriptedChatModel, tool_call
+from langchain_core.tools import InjectedToolCallId, tool
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.prebuilt import InjectedState, create_react_agent
+from langgraph.types import Command
 
 
 def _script() -> list[Any]:
@@ -212,3 +217,41 @@ def test_a_paused_run_is_stored_as_paused_until_it_is_resumed(make_runtime: Any,
     graph.invoke(None, cfg)  # the resume finishes the same run
     rt.flush()
     assert [(r.run_id, r.status) for r in rt.store.runs()] == [("langgraph-bp2", "finished")]
+
+
+def test_steps_of_subgraph_agents_carry_their_agent(make_runtime: Any, react_agent: Any) -> None:
+    """Two create_react_agent agents as nodes of a parent graph, the handoff tool of LangGraph's
+    multi-agent docs (Command(goto=..., graph=Command.PARENT)): every model and tool step carries
+    the agent (the parent graph's node) it ran in, and the handoff is the researcher's."""
+    @tool
+    def lookup(key: str) -> str:
+        """Look a key up."""
+        return f"value-of-{key}"
+
+    @tool("transfer_to_writer", description="Hand the conversation over to writer.")
+    def handoff(state: Annotated[MessagesState, InjectedState],
+                tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+        message = {"role": "tool", "content": "Transferred to writer", "name": "transfer_to_writer",
+                   "tool_call_id": tool_call_id}
+        return Command(goto="writer", update={"messages": state["messages"] + [message]}, graph=Command.PARENT)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        researcher = create_react_agent(ScriptedChatModel(script=[tool_call("lookup", key="a"),
+                                                                  tool_call("transfer_to_writer")]),
+                                        [lookup, handoff], name="researcher")
+        writer = create_react_agent(ScriptedChatModel(script=[tool_call("lookup", key="b"), "a and b"]), [lookup],
+                                    name="writer")
+    graph = (StateGraph(MessagesState).add_node(researcher, destinations=("writer",)).add_node(writer)
+             .add_edge(START, "researcher").compile(checkpointer=InMemorySaver()))
+    rt = make_runtime()
+    guard = rt.protect(graph)
+    out = graph.invoke({"messages": [("user", "a and b?")]}, {"configurable": {"thread_id": "two"}})
+    assert out["messages"][-1].content == "a and b"
+    rt.flush()
+    steps = rt.store.steps(guard.run_id)
+    assert [(s.agent, s.tool) for s in steps if s.tool == "lookup"] == [("researcher", "lookup"), ("writer", "lookup")]
+    assert all(s.agent in ("researcher", "writer") for s in steps), [(s.agent, s.tool) for s in steps]
+    handoffs = [e for e in rt.store.events(guard.run_id) if e.kind == EventKind.HANDOFF]
+    assert [(e.agent, e.target) for e in handoffs] == [("researcher", "writer")]
+    assert steps[-1].agent == "writer"

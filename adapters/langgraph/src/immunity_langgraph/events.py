@@ -95,6 +95,26 @@ def hint_messages(hints: Sequence[str]) -> list[BaseMessage]:
     return out
 
 
+def agent_of(metadata: Any) -> str | None:
+    """The agent a model or tool call belongs to when it runs inside a subgraph agent (a
+    ``create_react_agent`` added as a node of a multi-agent graph): the parent graph's node that
+    runs the subgraph, the first segment of LangGraph's ``checkpoint_ns``. ``None`` for a call made
+    directly in a node of the protected graph (the run's own agent)."""
+    if not isinstance(metadata, dict):
+        return None
+    ns = metadata.get("langgraph_checkpoint_ns") or metadata.get("checkpoint_ns")
+    if not isinstance(ns, str) or "|" not in ns:
+        return None
+    return ns.split("|", 1)[0].split(":", 1)[0] or None
+
+
+def _config_agent() -> str | None:
+    from langchain_core.runnables.config import var_child_runnable_config
+
+    config = var_child_runnable_config.get()
+    return agent_of(config.get("metadata")) if config else None
+
+
 def model_name(model: Any) -> str:
     for attr in ("model_name", "model", "model_id", "deployment_name"):
         value = getattr(model, attr, None)
@@ -173,6 +193,9 @@ class RunContext:
         self._retry_hints: dict[str | None, str] = {}
         self._injected: dict[tuple[int, frozenset[str]], frozenset[str]] = {}
         self._node_started: dict[UUID, tuple[float, Any]] = {}
+        #: the agent (subgraph node) of each running model call and tool call
+        self.model_agents: dict[UUID, str | None] = {}
+        self._tool_agents: dict[str | None, str | None] = {}
         self.outer_control: RunControl | None = None
         self._lock = threading.Lock()
 
@@ -280,17 +303,18 @@ class RunContext:
     def model_input(self, model: Any, prompt: PromptValue) -> PromptValue:
         """Emit ``model_start``; add the pending hints to *this* call only."""
         messages = prompt.to_messages()
-        d = self._note(self.session.model_start(message_dicts(messages), model=model_name(model)))
+        d = self._note(self.session.model_start(message_dicts(messages), model=model_name(model),
+                                                agent=_config_agent()))
         if d.inject:
             return ChatPromptValue(messages=[*messages, *hint_messages(d.inject)])
         return prompt
 
-    def model_output(self, response: LLMResult) -> None:
+    def model_output(self, response: LLMResult, agent: str | None = None) -> None:
         gens = response.generations[0] if response.generations else []
         msg = getattr(gens[0], "message", None) if gens else None
         if msg is None:
             text = gens[0].text if gens else ""
-            self._note(self.session.model_end(text or None))
+            self._note(self.session.model_end(text or None, agent=agent))
             return
         if msg.response_metadata.get(STOPPED_MARK):
             return
@@ -304,16 +328,17 @@ class RunContext:
         with self._lock:
             self.open_calls += len(calls)
         self._note(self.session.model_end(text_of(msg.content) or None, tool_calls=calls or None, usage=usage,
-                                          model=name))
+                                          model=name, agent=agent))
 
-    def model_failed(self, exc: BaseException, model: str | None = None) -> Decision:
+    def model_failed(self, exc: BaseException, model: str | None = None, agent: str | None = None) -> Decision:
         if getattr(exc, "_immunity_seen", False):
             return Decision()
         try:
             exc._immunity_seen = True  # type: ignore[attr-defined]
         except Exception:  # pragma: no cover - exceptions without a __dict__
             pass
-        return self._note(self.session.model_end(error=f"{type(exc).__name__}: {exc}", model=model))
+        return self._note(self.session.model_end(error=f"{type(exc).__name__}: {exc}", model=model,
+                                                 agent=agent or _config_agent()))
 
     def stopped_reply(self) -> ChatResult:
         """Stands in for a model call once the run is stopped: the final answer, no tool calls, so
@@ -348,11 +373,14 @@ class RunContext:
     def tool_before(self, tool: Any, tool_input: Any, call_id: str | None, config: Any) -> tuple[str, Any]:
         """``("run", tool_input)`` to run the tool (maybe with new arguments) or ``("reply", message)``."""
         name = tool.name
+        agent = agent_of((config or {}).get("metadata")) or _config_agent()
+        self._tool_agents[call_id] = agent
         if self.session.stop_requested:
             return "reply", self.reply(tool, call_id, f"[immunity] Not run: the run is stopping ({self.stop_text})",
                                        error=True)
         try:
-            d = self._note(self.session.tool_start(name, self.tool_arguments(tool, tool_input), tool_call_id=call_id))
+            d = self._note(self.session.tool_start(name, self.tool_arguments(tool, tool_input), tool_call_id=call_id,
+                                                   agent=agent))
         except Exception as exc:
             self.fail("tool_start", exc)
             return "run", tool_input
@@ -418,15 +446,17 @@ class RunContext:
             if hint is not None:  # the re-executed call worked: the retry hint would only mislead the model
                 self.session.discard_hint(hint)
             result, is_error = _tool_result(out)
+            agent = self._tool_agents.pop(call_id, None)
             d = self.session.tool_end(tool.name, None if is_error else result, error=result if is_error else None,
-                                      tool_call_id=call_id, arguments=self.tool_arguments(tool, tool_input))
+                                      tool_call_id=call_id, arguments=self.tool_arguments(tool, tool_input),
+                                      agent=agent)
             self._note(d)
             goto = getattr(out, "goto", None)
             if goto and type(out).__name__ == "Command":
                 for target in goto if isinstance(goto, list | tuple) else [goto]:
                     tname = target if isinstance(target, str) else getattr(target, "node", None)
-                    if tname:
-                        self._note(self.session.handoff(tool.name, str(tname)))
+                    if tname:  # the agent hands over (its tool is only the means)
+                        self._note(self.session.handoff(agent or tool.name, str(tname)))
         except Exception as exc:
             self.fail("tool_end", exc)
         return out
@@ -437,7 +467,8 @@ class RunContext:
         err = f"{type(exc).__name__}: {exc}"
         try:
             d = self._note(self.session.tool_end(tool.name, error=err, tool_call_id=call_id,
-                                                 arguments=self.tool_arguments(tool, tool_input)))
+                                                 arguments=self.tool_arguments(tool, tool_input),
+                                                 agent=self._tool_agents.get(call_id)))
         except Exception as inner:
             self.fail("tool_end", inner)
             return "raise", None
@@ -499,15 +530,21 @@ class GraphObserver(BaseCallbackHandler):
         except Exception as exc:
             self.ctx.fail("on_chain_error", exc)
 
+    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
+                            metadata: dict[str, Any] | None = None, **kw: Any) -> None:
+        agent = agent_of(metadata)
+        if agent is not None:
+            self.ctx.model_agents[run_id] = agent
+
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kw: Any) -> None:
         try:
-            self.ctx.model_output(response)
+            self.ctx.model_output(response, self.ctx.model_agents.pop(run_id, None))
         except Exception as exc:
             self.ctx.fail("on_llm_end", exc)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None,
                      **kw: Any) -> None:
         try:
-            self.ctx.model_failed(error)
+            self.ctx.model_failed(error, agent=self.ctx.model_agents.pop(run_id, None))
         except Exception as exc:
             self.ctx.fail("on_llm_error", exc)
