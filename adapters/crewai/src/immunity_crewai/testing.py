@@ -19,10 +19,11 @@ This module imports CrewAI: import it only where CrewAI is installed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,32 @@ from crewai.events.types.llm_events import LLMCallType
 from crewai.llms.base_llm import llm_call_context
 from pydantic import Field, PrivateAttr
 
-__all__ = ["ScriptExhausted", "ScriptedLLM", "ToolCall", "text_of"]
+__all__ = ["ScriptExhausted", "ScriptedLLM", "ToolCall", "restored_crewai_globals", "text_of"]
+
+
+@contextlib.contextmanager
+def restored_crewai_globals() -> Iterator[None]:
+    """CrewAI's hooks and event handlers are process-global: on exit, every hook registered inside
+    the block, and any event handler of this package, is removed, so one test's adapter never sees
+    another test's crew (a pytest fixture wraps its ``yield`` in this)."""
+    from crewai.events import crewai_event_bus
+    from crewai.hooks import InterceptionPoint, get_hooks, unregister_hook
+
+    hooks = {p: get_hooks(p) for p in InterceptionPoint}
+    sync = dict(crewai_event_bus._sync_handlers)
+    try:
+        yield
+    finally:
+        crewai_event_bus.flush()
+        for point, before in hooks.items():
+            for hook in get_hooks(point):
+                if not any(hook is h for h in before):
+                    unregister_hook(point, hook)
+        for event_type, handlers in dict(crewai_event_bus._sync_handlers).items():
+            for handler in handlers - sync.get(event_type, frozenset()):
+                # only ours: CrewAI registers its checkpoint writer once per process, lazily
+                if (getattr(handler, "__module__", "") or "").startswith("immunity_crewai"):
+                    crewai_event_bus.off(event_type, handler)
 
 
 class ScriptExhausted(RuntimeError):
