@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-from immunity.bench.drivers import MAX_TURNS, Driver, RunResult, args_model, text
+from immunity.bench.drivers import MAX_TURNS, Driver, RunResult, args_model, call_arguments, text
 from immunity.bench.tasks import Action, Answer, Observation, ScriptedAgent, Task, ToolSpec
 
 __all__ = ["CrewAIDriver"]
@@ -45,11 +44,7 @@ class CrewAIDriver(Driver):
             if role == "assistant":
                 for tc in m.get("tool_calls") or []:
                     fn = tc.get("function") or {}
-                    try:
-                        args = json.loads(fn.get("arguments") or "{}")
-                    except ValueError:
-                        args = {}
-                    obs.add_call(fn.get("name", ""), args, tc.get("id"))
+                    obs.add_call(fn.get("name", ""), call_arguments(fn.get("arguments")), tc.get("id"))
                 if text(m.get("content")):
                     obs.add_text("assistant", text(m.get("content")), str(i))
             elif role == "tool":

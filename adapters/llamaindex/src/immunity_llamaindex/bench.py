@@ -7,13 +7,12 @@ imported only inside :meth:`LlamaIndexDriver.run`.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from immunity.bench.drivers import MAX_TURNS, Driver, RunResult, args_model, python_function
+from immunity.bench.drivers import MAX_TURNS, Driver, RunResult, args_model, call_arguments, python_function
 from immunity.bench.tasks import Action, Answer, Observation, ScriptedAgent, Task, ToolSpec
 
 __all__ = ["LlamaIndexDriver"]
@@ -35,13 +34,10 @@ class LlamaIndexDriver(Driver):
             if role == "assistant":
                 for block in m.blocks:
                     if isinstance(block, ToolCallBlock):
-                        args = block.tool_kwargs if isinstance(block.tool_kwargs, dict) else \
-                            json.loads(block.tool_kwargs or "{}")
-                        obs.add_call(block.tool_name, args, block.tool_call_id)
+                        obs.add_call(block.tool_name, call_arguments(block.tool_kwargs), block.tool_call_id)
                 for tc in (m.additional_kwargs or {}).get("tool_calls") or []:
                     if isinstance(tc, dict) and "function" in tc:
-                        obs.add_call(tc["function"]["name"], json.loads(tc["function"].get("arguments") or "{}"),
-                                     tc.get("id"))
+                        obs.add_call(tc["function"]["name"], call_arguments(tc["function"].get("arguments")), tc.get("id"))
                 if m.content:
                     obs.add_text("assistant", m.content, str(i))
             elif role == "tool":

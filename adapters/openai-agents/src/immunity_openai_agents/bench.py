@@ -7,13 +7,12 @@ an API key is set. The SDK is imported only inside :meth:`OpenAIAgentsDriver.run
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from immunity.bench.drivers import MAX_TURNS, Driver, RunResult, python_function, text
+from immunity.bench.drivers import MAX_TURNS, Driver, RunResult, call_arguments, python_function, text
 from immunity.bench.tasks import Action, Answer, Observation, ScriptedAgent, Task, ToolSpec
 
 __all__ = ["OpenAIAgentsDriver"]
@@ -33,11 +32,7 @@ class OpenAIAgentsDriver(Driver):
         for i, item in enumerate(items):
             kind = item.get("type")
             if kind == "function_call":
-                try:
-                    args = json.loads(item.get("arguments") or "{}")
-                except ValueError:
-                    args = {}
-                obs.add_call(item.get("name", ""), args, item.get("call_id"))
+                obs.add_call(item.get("name", ""), call_arguments(item.get("arguments")), item.get("call_id"))
             elif kind == "function_call_output":
                 obs.add_result(text(item.get("output")), item.get("call_id"), i)
             elif "role" in item:

@@ -274,6 +274,17 @@ class GuardedModel(Model):
             return "retry", min(max(rec.delay_s, 0.0), 30.0)
         return None
 
+    async def _next_try(self, exc: BaseException, model: Any, attempt: int) -> tuple[Any, int] | None:
+        """After a failed model call: the model and attempt number to try next (switching to the
+        fallback model, or waiting the retry's backoff), or ``None`` to let the error through."""
+        plan = self._plan(exc, model, attempt)
+        if plan is None:
+            return None
+        if plan[0] == "fallback":
+            return self.adapter.options["fallback_model"], attempt
+        await asyncio.sleep(plan[1])
+        return model, attempt + 1
+
     async def get_response(self, *args: Any, **kwargs: Any) -> Any:
         run = current_run()
         if run is not None and run.answer_stop is not None:  # stopped before this call: answer with the stop
@@ -284,14 +295,10 @@ class GuardedModel(Model):
             try:
                 return await model.get_response(*args, **kwargs)
             except Exception as exc:
-                plan = self._plan(exc, model, attempt)
-                if plan is None:
+                nxt = await self._next_try(exc, model, attempt)
+                if nxt is None:
                     raise
-                if plan[0] == "fallback":
-                    model = self.adapter.options["fallback_model"]
-                else:
-                    attempt += 1
-                    await asyncio.sleep(plan[1])
+                model, attempt = nxt
 
     async def stream_response(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         run = current_run()
@@ -308,14 +315,10 @@ class GuardedModel(Model):
                     yield event
                 return
             except Exception as exc:
-                plan = None if started else self._plan(exc, model, attempt)
-                if plan is None:
+                nxt = None if started else await self._next_try(exc, model, attempt)
+                if nxt is None:
                     raise
-                if plan[0] == "fallback":
-                    model = self.adapter.options["fallback_model"]
-                else:
-                    attempt += 1
-                    await asyncio.sleep(plan[1])
+                model, attempt = nxt
 
 
 def _text_response(text: str) -> Any:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from immunity.bench.tasks import ScriptedAgent, Task, ToolSpec
 
-__all__ = ["MAX_TURNS", "Driver", "RunResult", "args_model", "bench_drivers", "python_function", "text"]
+__all__ = ["MAX_TURNS", "Driver", "RunResult", "args_model", "bench_drivers", "call_arguments", "python_function", "text"]
 
 MAX_TURNS = 100
 _TYPES = {"string": str, "number": float, "integer": int}
@@ -67,6 +68,18 @@ def args_model(spec: ToolSpec) -> Any:
 
     fields: dict[str, Any] = {n: (_TYPES[t], ...) for n, t in spec.params.items()}
     return create_model(f"{spec.name}_args", **fields)
+
+
+def call_arguments(value: Any) -> dict[str, Any]:
+    """A tool call's arguments as a dict, whether the framework gives a dict or JSON text (``{}``
+    for none or for text that is not a JSON object)."""
+    if isinstance(value, dict):
+        return value
+    try:
+        args = json.loads(value or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return args if isinstance(args, dict) else {}
 
 
 def text(content: Any) -> str:
