@@ -9,6 +9,7 @@ case where the correct behaviour in the same graph stays quiet.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import warnings
 from dataclasses import dataclass
@@ -75,7 +76,10 @@ def repo_tools(repo: Path, ran: list[str], submitted: list[str]) -> list[BaseToo
     def bash(command: str) -> str:
         """Run a shell command in the repository."""
         ran.append(command)
-        proc = subprocess.run(command, shell=True, cwd=repo, capture_output=True, text=True, timeout=20)
+        # No bytecode cache: calc.py is rewritten within the same second at the same size, and a
+        # cached .pyc keyed on (mtime, size) would run the old code.
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        proc = subprocess.run(command, shell=True, cwd=repo, capture_output=True, text=True, timeout=20, env=env)
         out = (proc.stdout + proc.stderr).strip()
         if proc.returncode != 0:
             raise RuntimeError(f"exit code {proc.returncode}\n{out}")
