@@ -413,3 +413,165 @@ def test_budget_exempt_and_inline_plugins_run_on_the_callers_thread():
     FakeRun(rt).tool("search", {"q": 1})
     assert threading.current_thread().name in threads and "immunity-hook" in threads
     rt.close()
+
+
+# ------------------------------------------------------------------ dispatch by event kind and domain
+
+def test_a_plugin_that_declares_kinds_is_called_for_those_kinds_only():
+    seen: list[str] = []
+
+    class ToolsOnly:
+        immunity_kinds = ("tool_start", "tool_end")  # on the plugin: every per-event hook of it
+
+        @hookimpl
+        def immunity_observe(self, event):
+            seen.append(f"observe:{event.kind}")
+
+        @hookimpl
+        def immunity_verify(self, event):
+            seen.append(f"verify:{event.kind}")
+
+    rt = Runtime(store=None, plugins=[ToolsOnly()])
+    run = FakeRun(rt)
+    run.model("thinking", tool_calls=[{"name": "search", "arguments": {"q": 1}}])
+    run.tool("search", {"q": 1})
+    run.session.end("success")
+    kinds = {s.split(":", 1)[1] for s in seen}
+    assert kinds == {"tool_start", "tool_end"}
+    assert "observe:tool_start" in seen and "verify:tool_end" in seen
+    rt.close()
+
+
+def test_a_hook_function_declaration_wins_and_enum_values_count():
+    from immunity.models import EventKind
+
+    seen: list[str] = []
+
+    class Mixed:
+        immunity_kinds = ("tool_start",)
+
+        @hookimpl
+        def immunity_observe(self, event):
+            seen.append(event.kind)
+
+        immunity_observe.immunity_kinds = (EventKind.MODEL_END,)
+
+    rt = Runtime(store=None, plugins=[Mixed()])
+    run = FakeRun(rt)
+    run.model("thinking", tool_calls=[{"name": "search", "arguments": {"q": 1}}])
+    run.tool("search", {"q": 1})
+    assert seen == ["model_end"]
+    rt.close()
+
+
+def test_an_undeclared_plugin_still_gets_every_event():
+    seen: list[str] = []
+
+    class Everything:
+        @hookimpl
+        def immunity_observe(self, event):
+            seen.append(event.kind)
+
+    class Narrow:
+        immunity_kinds = ("run_end",)
+
+        @hookimpl
+        def immunity_observe(self, event):
+            pass
+
+    rt = Runtime(store=None, plugins=[Everything(), Narrow()])
+    run = FakeRun(rt)
+    run.model("thinking", tool_calls=[{"name": "search", "arguments": {"q": 1}}])
+    run.tool("search", {"q": 1})
+    run.session.end("success")
+    assert seen == ["run_start", "model_start", "model_end", "tool_start", "tool_end", "run_end"]
+    rt.close()
+
+
+def test_domains_limit_per_run_hooks_but_not_registrations():
+    seen: list[tuple[str, str | None]] = []
+
+    class CodingOnly:
+        immunity_domains = ("coding",)
+
+        @hookimpl
+        def immunity_observe(self, event, run):
+            seen.append((event.kind, run.domain))
+
+        @hookimpl
+        def immunity_register_selectors(self, register):
+            seen.append(("registered", None))
+
+    rt = Runtime(store=None, plugins=[CodingOnly()])
+    rt.pm.registry("selectors")  # no run in the call: the declaration does not apply
+    assert ("registered", None) in seen
+    seen.clear()
+    FakeRun(rt, domain="support").tool("search", {"q": 1})
+    FakeRun(rt).tool("search", {"q": 1})  # a run with no domain
+    assert seen == []
+    FakeRun(rt, domain="coding").tool("search", {"q": 1})
+    assert {d for _, d in seen} == {"coding"} and ("tool_end", "coding") in seen
+    rt.close()
+
+
+def test_domain_plugins_only_see_runs_of_their_domain():
+    rt = Runtime(store=None)
+    impls = rt.pm.caller_for("immunity_observe_step", None, "support").get_hookimpls()
+    names = {i.plugin_name for i in impls}
+    others = {"coding", "data", "research"} & {i.plugin_name for i in rt.pm.hook.immunity_observe_step.get_hookimpls()}
+    assert not (names & others)
+    if "support" in {i.plugin_name for i in rt.pm.hook.immunity_observe_step.get_hookimpls()}:
+        assert "support" in names
+    rt.close()
+
+
+def test_wrappers_and_tracing_see_the_calls_that_are_made(monkeypatch, caplog):
+    monkeypatch.setenv("IMMUNITY_TRACE_PLUGINS", "1")
+    wrapped: list[str] = []
+
+    class Wrap:
+        immunity_kinds = ("tool_start",)
+
+        @hookimpl(wrapper=True)
+        def immunity_verify(self, event):
+            wrapped.append(event.kind)
+            return (yield)
+
+    class BlockRm:
+        immunity_kinds = ("tool_start",)
+
+        @hookimpl
+        def immunity_verify(self, event):
+            if event.tool == "rm":
+                return Verdict(ok=False, error_class="unsafe_action", message="no", block=True)
+
+    rt = Runtime(store=None, plugins=[Wrap(), BlockRm()])
+    with caplog.at_level("INFO", logger="immunity.trace"):
+        d = FakeRun(rt).tool("rm", {"path": "/"})
+    assert d.block
+    assert wrapped == ["tool_start"]
+    traced = " ".join(r.getMessage() for r in caplog.records)
+    assert "immunity_verify" in traced and "immunity_observe" in traced
+    rt.close()
+
+
+def test_registering_a_plugin_later_reaches_calls_already_cached():
+    seen: list[str] = []
+
+    class Late:
+        immunity_kinds = ("tool_end",)
+
+        @hookimpl
+        def immunity_observe(self, event):
+            seen.append(event.kind)
+
+    rt = Runtime(store=None)
+    FakeRun(rt).tool("search", {"q": 1})  # fills the per-kind cache
+    late = Late()
+    rt.pm.register(late)
+    FakeRun(rt).tool("search", {"q": 2})
+    assert seen == ["tool_end"]
+    rt.pm.unregister(late)
+    FakeRun(rt).tool("search", {"q": 3})
+    assert seen == ["tool_end"]
+    rt.close()

@@ -60,6 +60,8 @@ class DomainPlugin:
                  options_key: str | None = None):
         self.domain = domain
         self.name = domain.name
+        #: the per-event hooks are called for runs of this domain only (see ``PluginManager.call``)
+        self.immunity_domains = frozenset({domain.name})
         self.packs = {name: str(path) for name, path in (packs or {}).items()}
         self.memo = memo
         self.track = track

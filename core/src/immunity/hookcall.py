@@ -136,6 +136,11 @@ def current_plugin() -> str | None:
     return _PLUGIN.get()
 
 
+def current_policy() -> CallPolicy | None:
+    """The policy hook calls on this thread (or task) run under, if any."""
+    return _POLICY.get()
+
+
 def with_policy(policy: CallPolicy, fn: Callable[[], Any]) -> Any:
     token = _POLICY.set(policy)
     try:
@@ -425,5 +430,5 @@ def _guard_wrapper(pm: Any, hook: str, plugin_name: str, function: Callable[...,
     return guarded
 
 
-__all__ = ["CallPolicy", "GC_CLOCK", "HookTimeout", "ImmunityError", "PER_EVENT_HOOKS", "current_plugin",
+__all__ = ["CallPolicy", "GC_CLOCK", "HookTimeout", "ImmunityError", "PER_EVENT_HOOKS", "current_plugin", "current_policy",
            "guard", "runs_inline", "with_policy"]

@@ -25,6 +25,12 @@ Conventions (the same as pytest's and llm's):
   timeout (``immunity_budget_exempt = True``) are called on the caller's thread; built-ins are
   never skipped. A plugin on a worker thread should not call the session's methods that take its
   lock (``add_hint``, ``checkpoint``): return a verdict or an intervention instead.
+- Dispatch: an implementation may declare what it handles, on the hook function or on the plugin
+  object: ``immunity_kinds`` (event kinds: a call that passes an ``event`` of another kind skips
+  it) and ``immunity_domains`` (run domains: a call that passes a ``run`` of another domain, or of
+  none, skips it). An implementation that declares nothing gets every call. The implementations
+  called per (hook, kind, domain) are worked out once (pluggy's ``subset_hook_caller``), so a
+  declaration saves the call, not just the work inside it; wrappers and tracing see what is called.
 - Decision hooks (intervene, recover, map_action) stop at the first non-``None`` result. Core's own
   defaults are ``trylast``, so an installed plugin wins.
 - Order per event (guaranteed): ``immunity_observe`` -> ``immunity_observe_step`` (when the event

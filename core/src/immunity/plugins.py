@@ -28,7 +28,7 @@ import pluggy
 
 from immunity import hookspecs
 from immunity.errors import PluginCollisionError, PluginError
-from immunity.hookcall import CallPolicy, current_plugin, guard, runs_inline, with_policy
+from immunity.hookcall import CallPolicy, current_plugin, current_policy, guard, runs_inline, with_policy
 
 log = logging.getLogger("immunity.plugins")
 trace_log = logging.getLogger("immunity.trace")
@@ -101,16 +101,43 @@ class PluginManager(pluggy.PluginManager):
         self._registries: dict[str, dict[str, tuple[str, Any]]] = {}
         #: what a hook call does when no runtime gave it a policy (registries, the CLI)
         self.default_policy = CallPolicy(self)
+        #: (hook, event kind, domain) -> the hook caller that reaches the implementations concerned
+        self._callers: dict[tuple[str, Any, Any], Any] = {}
 
     # -- calling hooks ---------------------------------------------------------------------------
     def call(self, hook_name: str, policy: CallPolicy | None = None, **kwargs: Any) -> Any:
         """Call a hook through pluggy (wrappers, ``firstresult``, tracing) with every
         implementation isolated under ``policy`` (see :mod:`immunity.hookcall`): a list of the
-        non-``None`` results, or the first one for a ``firstresult`` hook. Always keyword arguments."""
-        caller = getattr(self.hook, hook_name)
-        if policy is None:
+        non-``None`` results, or the first one for a ``firstresult`` hook. Always keyword arguments.
+
+        A call that passes an ``event`` reaches only the implementations whose declared
+        ``immunity_kinds`` include the event's kind, and one that passes a ``run`` only those whose
+        declared ``immunity_domains`` include the run's domain (see :func:`declared`); an
+        implementation that declares neither gets every call."""
+        event, run = kwargs.get("event"), kwargs.get("run")
+        caller = self.caller_for(hook_name, None if event is None else getattr(event, "kind", None),
+                                 None if run is None else getattr(run, "domain", None) or "")
+        if policy is None or current_policy() is policy:
             return caller(**kwargs)
         return with_policy(policy, lambda: caller(**kwargs))
+
+    def caller_for(self, hook_name: str, kind: str | None, domain: str | None) -> Any:
+        """The hook caller of ``hook_name`` for an event of ``kind`` in a run of ``domain`` (``None``:
+        the call has no event / no run, so that declaration does not apply; ``""``: a run with no
+        domain): pluggy's own caller, or a subset of it (:meth:`pluggy.PluginManager.subset_hook_caller`)
+        without the implementations that declared other kinds or domains. Cached until a plugin is
+        registered or unregistered."""
+        key = (hook_name, kind, domain)
+        caller = self._callers.get(key)
+        if caller is None:
+            orig = getattr(self.hook, hook_name)
+            drop = [impl.plugin for impl in orig.get_hookimpls()
+                    if not _accepts(impl.function, kind, domain)]
+            caller = self.subset_hook_caller(hook_name, drop) if drop else orig
+            if len(self._callers) > 4096:  # unbounded domain names: keep memory bounded
+                self._callers.clear()
+            self._callers[key] = caller
+        return caller
 
     @staticmethod
     def is_builtin(name: str | None) -> bool:
@@ -130,6 +157,8 @@ class PluginManager(pluggy.PluginManager):
                            exempt=bool(getattr(plugin, "immunity_budget_exempt", False)),
                            wrapper=bool(impl.wrapper or impl.hookwrapper))
                 fn.__immunity_guarded__ = True  # type: ignore[attr-defined]
+                fn.immunity_kinds = declared(plugin, impl.function, "immunity_kinds")  # type: ignore[attr-defined]
+                fn.immunity_domains = declared(plugin, impl.function, "immunity_domains")  # type: ignore[attr-defined]
                 # pluggy calls ``impl.function``; its argument names were read from the original
                 object.__setattr__(impl, "function", fn)
 
@@ -186,6 +215,7 @@ class PluginManager(pluggy.PluginManager):
 
     def invalidate(self) -> None:
         self._registries.clear()
+        self._callers.clear()
 
     def register(self, plugin: Any, name: str | None = None) -> str | None:  # type: ignore[override]
         existing = self.get_plugin(name) if name else None
@@ -202,6 +232,33 @@ class PluginManager(pluggy.PluginManager):
         result = super().unregister(plugin, name)
         self.invalidate()
         return result
+
+
+def declared(plugin: Any, function: Any, attr: str) -> frozenset[str] | None:
+    """What a hook implementation declared it handles, as a set of strings, or ``None`` (all).
+
+    ``immunity_kinds`` (event kinds, for hooks that receive an ``event``) and ``immunity_domains``
+    (run domains, for hooks that receive a ``run``) are read from the hook function, else from the
+    object of a bound method (a :class:`~immunity.domain_plugin.DomainPlugin` whose methods a
+    module re-exports), else from the plugin object. A string counts as one value."""
+    value = getattr(function, attr, None)
+    if value is None:  # a bound method re-exported by a module: its object's declaration
+        value = getattr(getattr(function, "__self__", None), attr, None)
+    if value is None:
+        value = getattr(plugin, attr, None)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    return frozenset(str(getattr(v, "value", v)) for v in value)
+
+
+def _accepts(function: Any, kind: str | None, domain: str | None) -> bool:
+    kinds = getattr(function, "immunity_kinds", None)
+    if kinds is not None and kind is not None and kind not in kinds:
+        return False
+    domains = getattr(function, "immunity_domains", None)
+    return domains is None or domain is None or domain in domains
 
 
 def _entry_points() -> Iterator[metadata.EntryPoint]:

@@ -55,6 +55,9 @@ def immunity_observe(event: Event, run: Run, state: RunState, session: Any) -> N
         state.extras["interventions.model_failures"] = 0
 
 
+immunity_observe.immunity_kinds = (EventKind.MODEL_END,)  # type: ignore[attr-defined]
+
+
 @hookimpl
 def immunity_intervene(verdicts: list[Verdict], event: Event, run: Run, state: RunState,
                        session: Any) -> Intervention | None:
