@@ -503,6 +503,7 @@ class SQLiteStore(StoreReads):
         self.lost = 0      #: records that could not be written nor spilled (reported in the log)
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._wake = threading.Event()  # set by flush(): the writer stops lingering
         memory = path == ":memory:"
         try:
             if read_only:
@@ -665,8 +666,10 @@ class SQLiteStore(StoreReads):
                     items.append(item)
                     if self.linger_s:
                         # let a batch build up instead of waking for every record: fewer wake-ups,
-                        # less contention with the agent's thread for the interpreter
-                        time.sleep(self.linger_s)
+                        # less contention with the agent's thread for the interpreter; a flush
+                        # (a run's end under durability="run") cuts the wait short
+                        if self._wake.wait(self.linger_s):
+                            self._wake.clear()
                 while not stop and taken < self.CHUNK * 4:
                     try:
                         nxt = self._queue.get_nowait()
@@ -963,6 +966,7 @@ class SQLiteStore(StoreReads):
         deadline = time.monotonic() + timeout
         q = self._queue
         if self._thread is not None and self._thread.is_alive():
+            self._wake.set()  # the writer stops lingering: someone waits for it
             with q.all_tasks_done:
                 while q.unfinished_tasks:
                     left = deadline - time.monotonic()
