@@ -324,6 +324,8 @@ def guard(pm: Any, hook: str, plugin_name: str, function: Callable[..., Any], *,
     per_event = hook in PER_EVENT_HOOKS
     register_hook = hook.startswith("immunity_register_")
     check = _checks().get(hook)
+    if per_event and inline and pm.is_builtin(plugin_name) and not exempt:
+        return _guard_builtin(pm, hook, plugin_name, function, check)
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
         policy = _POLICY.get() or pm.default_policy
@@ -359,6 +361,47 @@ def guard(pm: Any, hook: str, plugin_name: str, function: Callable[..., Any], *,
                 if spent > policy.budget or timed_out:  # the common case costs no call
                     policy.charge(plugin_name, hook, spent, timed_out)
         if res is not None and check is not None:
+            try:
+                res = check(plugin_name, res)
+            except _Partial as part:
+                policy.error(plugin_name, hook, part.error)
+                res = part.keep or None
+            except TypeError as exc:
+                policy.error(plugin_name, hook, exc)
+                return None
+        if res is not None and policy.tag_results:
+            return (plugin_name, res)
+        return res
+
+    guarded.__wrapped__ = function  # type: ignore[attr-defined]
+    return guarded
+
+
+def _guard_builtin(pm: Any, hook: str, plugin_name: str, function: Callable[..., Any],
+                   check: Callable[[str, Any], Any] | None) -> Callable[..., Any]:
+    """The guard of a core built-in's per-event hook: the same isolation, result check and budget
+    charge as :func:`guard`, without what cannot apply to it (built-ins are never skipped and run
+    on the caller's thread, so no skip test, deadline or worker)."""
+    perf_counter = time.perf_counter
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        policy = _POLICY.get() or pm.default_policy
+        g0, t0 = GC_CLOCK.total, perf_counter()
+        try:
+            res = function(*args, **kwargs)
+        except PASS_THROUGH:
+            raise
+        except (PluginCollisionError, PluginError):
+            raise
+        except BaseException as exc:
+            policy.error(plugin_name, hook, exc)
+            res = None
+        spent = perf_counter() - t0 - (GC_CLOCK.total - g0)
+        if spent > policy.budget:  # the common case costs no call
+            policy.charge(plugin_name, hook, spent, False)
+        if res is None:
+            return None
+        if check is not None:
             try:
                 res = check(plugin_name, res)
             except _Partial as part:
