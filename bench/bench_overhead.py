@@ -101,8 +101,10 @@ class SlowAgent(ScriptedAgent):
         return super().__call__(obs)
 
 
-def one_run(driver: type[Driver], tools: int, latency: float, runtime: Runtime | None) -> tuple[float, int]:
-    """(seconds of the framework's run call, steps) for one run; raises if the run went wrong."""
+def one_run(driver: type[Driver], tools: int, latency: float, runtime: Runtime | None) -> tuple[float, int, float]:
+    """(seconds of the framework's run call, steps, CPU seconds of the process during that call,
+    every thread: the store's writer and the framework's workers too) for one run; raises if the
+    run went wrong."""
     task = LookupTask(tools)
     agent = SlowAgent(task, latency)
     calls = [0]
@@ -120,7 +122,7 @@ def one_run(driver: type[Driver], tools: int, latency: float, runtime: Runtime |
     if result.error is not None or not task.judge(result.answer) or calls[0] != tools:
         raise RuntimeError(f"{driver.name}: the run went wrong: answer={result.answer!r} error={result.error!r} "
                            f"tool calls={calls[0]}")
-    return result.seconds, agent.model_calls + calls[0]
+    return result.seconds, agent.model_calls + calls[0], result.cpu_seconds
 
 
 def _p95(values: list[float]) -> float:
@@ -134,14 +136,16 @@ def measure(driver: type[Driver], latency_ms: float, *, runs: int, warmup: int, 
     runtimes = {"none": None, "memory": Runtime(store=":memory:"),
                 "file": Runtime(store=os.path.join(tmp, f"{driver.name}-{latency_ms:g}.db"))}
     times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    cpu: dict[str, list[float]] = {arm: [] for arm in ARMS}
     steps: set[int] = set()
     try:
         for i in range(warmup + runs):
             order = ARMS[i % 3:] + ARMS[:i % 3]
             for arm in order:
-                seconds, n = one_run(driver, tools, latency, runtimes[arm])
+                seconds, n, cpu_s = one_run(driver, tools, latency, runtimes[arm])
                 if i >= warmup:
                     times[arm].append(seconds)
+                    cpu[arm].append(cpu_s)
                     steps.add(n)
         for rt in runtimes.values():
             if rt is not None:
@@ -157,12 +161,16 @@ def measure(driver: type[Driver], latency_ms: float, *, runs: int, warmup: int, 
     (n_steps,) = steps
     base = statistics.median(times["none"])
     out: dict[str, Any] = {"framework": driver.name, "latency_ms": latency_ms, "steps": n_steps, "runs": runs,
-                           "none": {"ms_per_run": base * 1e3, "ms_per_step": base / n_steps * 1e3}}
+                           "none": {"ms_per_run": base * 1e3, "ms_per_step": base / n_steps * 1e3,
+                                    "cpu_ms_per_step": statistics.median(cpu["none"]) / n_steps * 1e3}}
     for arm in ARMS[1:]:
         med = statistics.median(times[arm])
         added = [(w - p) / n_steps * 1e3 for w, p in zip(times[arm], times["none"], strict=True)]
+        added_cpu = [(w - p) / n_steps * 1e3 for w, p in zip(cpu[arm], cpu["none"], strict=True)]
         out[arm] = {"ms_per_run": med * 1e3, "ms_per_step": med / n_steps * 1e3,
                     "added_ms_per_step_median": statistics.median(added), "added_ms_per_step_p95": _p95(added),
+                    "cpu_ms_per_step": statistics.median(cpu[arm]) / n_steps * 1e3,
+                    "added_cpu_ms_per_step_median": statistics.median(added_cpu),
                     "ratio": med / base, "runs_recorded": observed.get(arm)}
     return out
 
@@ -179,7 +187,7 @@ def _versions(names: list[str]) -> dict[str, str | None]:
 
 def render(results: list[dict[str, Any]]) -> str:
     head = (f"{'framework':<14}{'model':>7}{'steps':>6}{'without':>11}  "
-            f"{'store':<7}{'with':>9}{'added med':>11}{'added p95':>11}{'ratio':>7}")
+            f"{'store':<7}{'with':>9}{'added med':>11}{'added p95':>11}{'ratio':>7}{'cpu added':>11}")
     lines = [head, "-" * len(head)]
     for r in results:
         for k, arm in enumerate(ARMS[1:]):
@@ -187,9 +195,10 @@ def render(results: list[dict[str, Any]]) -> str:
             first = (f"{r['framework']:<14}{r['latency_ms']:>5g}ms{r['steps']:>6}"
                      f"{r['none']['ms_per_step']:>8.3f} ms") if k == 0 else " " * 38
             lines.append(f"{first}  {arm:<7}{a['ms_per_step']:>6.3f} ms{a['added_ms_per_step_median']:>+8.3f} ms"
-                         f"{a['added_ms_per_step_p95']:>+8.3f} ms{a['ratio']:>7.3f}")
+                         f"{a['added_ms_per_step_p95']:>+8.3f} ms{a['ratio']:>7.3f}"
+                         f"{a['added_cpu_ms_per_step_median']:>+8.3f} ms")
     lines.append("per step; 'added': with minus without immunity in the same round, median and p95 over rounds; "
-                 "ratio: median run with / without")
+                 "ratio: median run with / without; 'cpu added': the same for the process's CPU time (all threads)")
     return "\n".join(lines)
 
 
@@ -211,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"not installed: {unknown}; installed drivers: {sorted(n for n, d in drivers.items() if d.available())}")
     latencies = [float(x) for x in args.latencies.split(",") if x.strip()]
     results: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="immunity-overhead-") as tmp:
         for name in names:
             for latency in latencies:
@@ -223,12 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
     print(f"immunity overhead per step: {len(names)} adapter(s), {args.tools} tool calls per run, {args.runs} rounds "
           f"after {args.warmup} warm-up, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.1f}, {elapsed:.0f} s")
+          f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, {elapsed:.0f} s")
     print(render(results))
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as fh:
             json.dump({"config": {"frameworks": names, "latencies_ms": latencies, "runs": args.runs,
                                   "warmup": args.warmup, "tools": args.tools, "seconds": round(elapsed, 1),
+                                  "load_average": [round(load0, 1), round(os.getloadavg()[0], 1)],
                                   "python": platform.python_version(), "versions": _versions(names)},
                        "results": results}, fh, indent=1)
     return 0

@@ -100,7 +100,7 @@ class CrewAIDriver(Driver):
         crew_task = CrewTask(description=task.prompt, expected_output="The answer to the request.", agent=crew_agent)
         crew = Crew(agents=[crew_agent], tasks=[crew_task], verbose=False)
         guard = runtime.protect(crew) if runtime is not None else None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             # CrewAI prints event-bus warnings to the console when a run fails; keep the report clean
             with contextlib.redirect_stdout(io.StringIO()):
@@ -108,4 +108,5 @@ class CrewAIDriver(Driver):
         except Exception as exc:
             return RunResult(None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0, guard)
         seconds = time.perf_counter() - t0
-        return RunResult(getattr(out, "raw", None) or str(out), None, seconds, guard)
+        cpu = time.process_time() - c0
+        return RunResult(getattr(out, "raw", None) or str(out), None, seconds, guard, cpu_seconds=cpu)

@@ -76,11 +76,12 @@ class LangGraphDriver(Driver):
             graph = create_react_agent(model, lc_tools, prompt=task.system, checkpointer=InMemorySaver())
         guard = runtime.protect(graph) if runtime is not None else None
         config: Any = {"configurable": {"thread_id": f"bench-{id(agent)}"}, "recursion_limit": 2 * MAX_TURNS + 1}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             out = graph.invoke({"messages": [("user", task.prompt)]}, config)
         except Exception as exc:
             return RunResult(None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0, guard)
         seconds = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         messages = out.get("messages") or []
-        return RunResult(text(messages[-1].content) if messages else None, None, seconds, guard)
+        return RunResult(text(messages[-1].content) if messages else None, None, seconds, guard, cpu_seconds=cpu)

@@ -79,12 +79,13 @@ class LlamaIndexDriver(Driver):
         async def go() -> Any:
             return await fa.run(user_msg=task.prompt, max_iterations=MAX_TURNS)
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             out = asyncio.run(go())
         except Exception as exc:
             return RunResult(None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0, guard)
         seconds = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         response = getattr(out, "response", None)
         return RunResult(getattr(response, "content", None) if response is not None else str(out), None, seconds,
-                         guard)
+                         guard, cpu_seconds=cpu)

@@ -73,10 +73,11 @@ class OpenAIAgentsDriver(Driver):
             model = ScriptedModel([step] * (MAX_TURNS + 20))
         oa = Agent(name="agent", instructions=task.system, tools=oa_tools, model=model)
         guard = runtime.protect(oa) if runtime is not None else None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             out = Runner.run_sync(oa, task.prompt, max_turns=MAX_TURNS)
         except Exception as exc:
             return RunResult(None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0, guard)
         seconds = time.perf_counter() - t0
-        return RunResult(None if out.final_output is None else str(out.final_output), None, seconds, guard)
+        cpu = time.process_time() - c0
+        return RunResult(None if out.final_output is None else str(out.final_output), None, seconds, guard, cpu_seconds=cpu)

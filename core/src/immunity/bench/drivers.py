@@ -37,12 +37,14 @@ _TYPES = {"string": str, "number": float, "integer": int}
 class RunResult:
     """What one driver run gave: the final answer or the error it raised, the wall time of the
     framework's own run call (building and protecting the agent excluded), and what
-    ``runtime.protect`` returned (``None`` without a runtime), so a caller can detach it."""
+    ``runtime.protect`` returned (``None`` without a runtime), so a caller can detach it;
+    ``cpu_seconds``: the process's CPU time (every thread) during that call."""
 
     answer: str | None
     error: str | None = None
     seconds: float = 0.0
     guard: Any = None
+    cpu_seconds: float = 0.0
 
 
 def python_function(spec: ToolSpec, call: Callable[..., str]) -> Callable[..., str]:
