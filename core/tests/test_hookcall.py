@@ -575,3 +575,46 @@ def test_registering_a_plugin_later_reaches_calls_already_cached():
     FakeRun(rt).tool("search", {"q": 3})
     assert seen == ["tool_end"]
     rt.close()
+
+
+def test_with_tracing_a_call_with_nothing_to_call_still_goes_to_pluggy(monkeypatch, caplog):
+    from immunity.models import Run
+
+    monkeypatch.setenv("IMMUNITY_TRACE_PLUGINS", "1")
+    rt = Runtime(store=None, plugins=[])
+    run = Run(domain="no-such-domain")
+    with caplog.at_level("INFO", logger="immunity.trace"):
+        rt.pm.call("immunity_observe_step", step=None, run=run, state=None, session=None)
+    assert "immunity_observe_step" in " ".join(r.getMessage() for r in caplog.records)
+    assert all(not skip for _, skip in rt.pm._callers.values())  # monitored: nothing is skipped
+    rt.close()
+
+
+def test_skipped_empty_calls_give_the_empty_result():
+    import pluggy as _pluggy
+    from immunity.plugins import PluginManager
+
+    spec = _pluggy.HookspecMarker("immunity")
+
+    class Specs:
+        @spec
+        def immunity_test_broadcast(self, event):
+            """a broadcast hook"""
+
+        @spec(firstresult=True)
+        def immunity_test_decide(self, event):
+            """a firstresult hook"""
+
+    pm = PluginManager()
+    pm.add_hookspecs(Specs)
+    assert pm.call("immunity_test_broadcast", event=None) == []
+    assert pm.call("immunity_test_decide", event=None) is None
+    assert pm._callers[("immunity_test_broadcast", None, None)][1] is True  # skipped, not called
+
+    class Impl:
+        @hookimpl
+        def immunity_test_decide(self, event):
+            return "decided"
+
+    pm.register(Impl())  # registering clears the cache: the new implementation is called
+    assert pm.call("immunity_test_decide", event=None) == "decided"

@@ -101,8 +101,10 @@ class PluginManager(pluggy.PluginManager):
         self._registries: dict[str, dict[str, tuple[str, Any]]] = {}
         #: what a hook call does when no runtime gave it a policy (registries, the CLI)
         self.default_policy = CallPolicy(self)
-        #: (hook, event kind, domain) -> the hook caller that reaches the implementations concerned
-        self._callers: dict[tuple[str, Any, Any], Any] = {}
+        #: (hook, event kind, domain) -> (the hook caller that reaches the implementations concerned,
+        #: whether the call can be skipped: nothing to call and no call monitoring)
+        self._callers: dict[tuple[str, Any, Any], tuple[Any, bool]] = {}
+        self._monitored = False
 
     # -- calling hooks ---------------------------------------------------------------------------
     def call(self, hook_name: str, policy: CallPolicy | None = None, **kwargs: Any) -> Any:
@@ -115,8 +117,15 @@ class PluginManager(pluggy.PluginManager):
         declared ``immunity_domains`` include the run's domain (see :func:`declared`); an
         implementation that declares neither gets every call."""
         event, run = kwargs.get("event"), kwargs.get("run")
-        caller = self.caller_for(hook_name, None if event is None else getattr(event, "kind", None),
-                                 None if run is None else getattr(run, "domain", None) or "")
+        key = (hook_name, None if event is None else getattr(event, "kind", None),
+               None if run is None else getattr(run, "domain", None) or "")
+        entry = self._callers.get(key)
+        if entry is None:
+            self.caller_for(*key)
+            entry = self._callers[key]
+        caller, nothing = entry
+        if nothing:  # no implementation to call and no one monitoring calls: what pluggy would return
+            return None if caller.spec is not None and caller.spec.opts.get("firstresult") else []
         if policy is None or current_policy() is policy:
             return caller(**kwargs)
         return with_policy(policy, lambda: caller(**kwargs))
@@ -128,16 +137,23 @@ class PluginManager(pluggy.PluginManager):
         without the implementations that declared other kinds or domains. Cached until a plugin is
         registered or unregistered."""
         key = (hook_name, kind, domain)
-        caller = self._callers.get(key)
-        if caller is None:
+        entry = self._callers.get(key)
+        if entry is None:
             orig = getattr(self.hook, hook_name)
-            drop = [impl.plugin for impl in orig.get_hookimpls()
-                    if not _accepts(impl.function, kind, domain)]
+            impls = orig.get_hookimpls()
+            drop = [impl.plugin for impl in impls if not _accepts(impl.function, kind, domain)]
             caller = self.subset_hook_caller(hook_name, drop) if drop else orig
             if len(self._callers) > 4096:  # unbounded domain names: keep memory bounded
                 self._callers.clear()
-            self._callers[key] = caller
-        return caller
+            entry = self._callers[key] = (caller, len(drop) == len(impls) and not self._monitored)
+        return entry[0]
+
+    def add_hookcall_monitoring(self, before: Any, after: Any) -> Any:
+        """pluggy's call monitoring (``enable_tracing`` uses it): from now on every hook call goes
+        to pluggy, even one with no implementation to call, so the monitor sees it."""
+        self._monitored = True
+        self._callers.clear()
+        return super().add_hookcall_monitoring(before, after)
 
     @staticmethod
     def is_builtin(name: str | None) -> bool:
