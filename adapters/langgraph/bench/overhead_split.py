@@ -61,7 +61,7 @@ def main() -> None:
         for _ in range(n):
             without.append(bo.one_run(driver, 5, 0, None)[0])
             spent[0] = 0.0
-            seconds, steps = bo.one_run(driver, 5, 0, rt)
+            seconds, steps, _cpu = bo.one_run(driver, 5, 0, rt)
             with_.append(seconds)
             core.append(spent[0])
     finally:
