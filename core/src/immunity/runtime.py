@@ -624,7 +624,7 @@ class Runtime:
     """
 
     def __init__(self, *, domain: str | None = None, store: Any = None, fail_closed: bool = False,
-                 step_budget_ms: float = 50.0, verifiers: list[str] | None = None, selector: str = "default",
+                 step_budget_ms: float = 50.0, verifiers: list[str] | None = None, selector: str = "bandit",
                  packs: list[Any] | None = None, plugins: list[Any] | None = None,
                  pm: PluginManager | None = None, config: Config | None = None, **options: Any):
         if config is None:

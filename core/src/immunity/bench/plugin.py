@@ -138,7 +138,8 @@ def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, s
               help="The shared dev-data folder: its tau-bench and SWE-bench trace files are used.")
 @click.argument("paths", nargs=-1, type=click.Path(exists=True))
 @click.option("--format", "fmt", default="auto", show_default=True, help="Trace format of PATHS.")
-@click.option("--selector", default="default", show_default=True, help="The intervention selector.")
+@click.option("--selector", default="bandit", show_default=True,
+              help="The intervention selector (bandit, the default; default: the rules alone).")
 @click.option("--sample", type=click.IntRange(1), default=None,
               help="A seeded random sample of this many successful runs per dataset (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
