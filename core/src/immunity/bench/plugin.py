@@ -151,8 +151,11 @@ def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, s
 @click.option("--markdown", is_flag=True, help="Print the results as Markdown tables.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Also write the results and every run's record to this JSON file.")
+@click.option("--option", "raw_options", multiple=True, metavar="KEY=JSON",
+              help="A runtime option (bandit='{\"warmup\": 0}': the bandit picks wordings from the first hint).")
 def precision(data_dir: str | None, paths: tuple[str, ...], fmt: str, selector: str, sample: int | None, seed: int,
-              budget: float | None, enforce: bool, as_json: bool, markdown: bool, out: str | None) -> None:
+              budget: float | None, enforce: bool, as_json: bool, markdown: bool, out: str | None,
+              raw_options: tuple[str, ...]) -> None:
     """False alarms on real successes: replay every successful run through the default runtime of
     its domain and report, per check, the runs flagged, blocked and stopped and the hints sent.
 
@@ -174,7 +177,17 @@ def precision(data_dir: str | None, paths: tuple[str, ...], fmt: str, selector: 
         if n % 100 == 0:
             click.echo(f"  {n} runs ({time.perf_counter() - t0:.0f} s)", err=True)
 
-    report = precision_report(groups, fmt, selector=selector, sample=sample, seed=seed, progress=tick)
+    options: dict[str, Any] = {}
+    for raw in raw_options:
+        key, sep, value = raw.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{raw!r}: use KEY=JSON", param_hint="--option")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    report = precision_report(groups, fmt, selector=selector, sample=sample, seed=seed, progress=tick,
+                              options=options)
     report.budget = FLAG_BUDGET if budget is None else budget
     if out:
         with open(out, "w", encoding="utf-8") as fh:

@@ -241,6 +241,7 @@ def precision_report(paths: list[str] | dict[str, list[str]], fmt: str = "auto",
         runtime.close()
         reader.close()
     config = {"datasets": {k: list(v) for k, v in groups.items()}, "selector": selector, "sample": sample,
+              "options": dict(options or {}),
               "outcome": outcome.value,
               "seed": seed, "problems": len(problems), "seconds": round(time.perf_counter() - t0, 1)}
     return PrecisionReport(results, config)
