@@ -35,9 +35,11 @@ def _interventions(rt: Runtime, run_id: str) -> list[tuple[str, str]]:
 
 
 def _mixed_run(rt: Runtime) -> tuple[str, str]:
-    """A flagged call (the rules hint), then an identical loop (the rules hint, block, then stop)."""
+    """Flagged calls (the rules hint, then hold back the same hint), then an identical loop (the rules
+    hint, block, then stop)."""
     run = FakeRun(rt, task="find the ACME invoice", domain="support")
-    run.tool("flag_me", {"x": 1})
+    for x in range(4):  # the same verdict on consecutive steps: the rules hint once, then hold back
+        run.tool("flag_me", {"x": x})
     run.tool("list_folders", {}, result="inbox, archive")
     for _ in range(10):
         if run.tool("search_invoices", {"q": "ACME"}, result="no invoice found").stop:

@@ -162,6 +162,24 @@ def stop_answer(state: RunState, reason: str, limit: int = 1500, *, last: str | 
     return text
 
 
+#: ``state.extras`` key: (the text the bandit sent, the rules' text for the same hint)
+_REWORDED = "interventions.reworded"
+
+
+class _RulesView:
+    """A run's state as the rules alone would have left it: the same, except that the last hint is
+    the rules' wording of a hint the bandit reworded (so the rules' "never the same hint twice in a
+    row" holds back exactly what it would have held back without the bandit)."""
+
+    def __init__(self, state: RunState):
+        self._state = state
+        sent, rules_text = state.extras.get(_REWORDED) or (None, None)
+        self.last_hint = rules_text if sent is not None and state.last_hint == sent else state.last_hint
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._state, name)
+
+
 class BanditSelector:
     """The ``bandit`` selector (``Runtime(selector="bandit")``)."""
 
@@ -324,7 +342,7 @@ class BanditSelector:
     # ------------------------------------------------------------------ constrained
     def _constrained(self, verdicts: list[Verdict], event: Event, run: Run, state: RunState) -> Intervention | None:
         """The rules' decision; for a hint, the wording the bandit picks among those of the class."""
-        rules = self.rules.select(verdicts, event, run, state)
+        rules = self.rules.select(verdicts, event, run, _RulesView(state))  # type: ignore[arg-type]
         if rules is None or rules.kind != InterventionKind.HINT:
             return rules  # stop, block, held back: exactly as the rules decided
         v = verdicts[0]
@@ -363,6 +381,7 @@ class BanditSelector:
                               verdict_plugin=rules.verdict_plugin, pattern_id=rules.pattern_id,
                               source=f"bandit:{why}")
             state.extras["interventions.last_variant"] = vid
+            state.extras[_REWORDED] = (text, rules.text)
             pull = Pull(iv.intervention_id, run.run_id, vid, cls, ctx, state.n_steps)
             self._pending.setdefault(run.run_id, []).append((pull, variant))
             return iv
