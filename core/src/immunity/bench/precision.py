@@ -225,8 +225,8 @@ def precision_report(paths: list[str] | dict[str, list[str]], fmt: str = "auto",
     reader = Runtime(store=None)
     # one runtime for all runs (as one process protecting many runs would have): the defaults, no store
     # (the per-step time budget is off so that a loaded machine cannot skip a check and change the figures)
-    runtime = Runtime(store=None, step_budget_ms=0.0, **({"selector": selector} if selector else {}),
-                      **dict(options or {}))
+    kw: dict[str, Any] = {**dict(options or {}), **({"selector": selector} if selector else {})}
+    runtime = Runtime(store=None, step_budget_ms=0.0, **kw)
     selector = runtime.config.selector
     try:
         for ds, ds_paths in groups.items():
