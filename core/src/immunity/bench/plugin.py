@@ -39,8 +39,9 @@ def _split(value: str | None) -> list[str] | None:
 @click.option("--report", "report_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Do not run: aggregate and print the trials saved by an earlier --out file.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress on stderr.")
-@click.option("--bandit", is_flag=True, help="Also run every p with the bandit selector, learning across trials "
-              "from their judged outcomes (one store per p), next to the default selector.")
+@click.option("--bandit", is_flag=True, help="Also run every p with the bandit selector (the runtime's default), "
+              "learning across trials from their judged outcomes (one store per p), next to the rules alone "
+              "(selector default, which the other arms run).")
 @click.option("--evolve", "evolve_n", type=click.IntRange(0, 20), default=3, show_default=True,
               help="With --bandit: grammar variants per class put in each bandit store before the first trial.")
 @click.option("--evolution-traffic", type=click.FloatRange(0, 1), default=None,
