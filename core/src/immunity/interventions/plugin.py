@@ -170,8 +170,8 @@ def immunity_register_commands(cli: click.Group) -> None:
         if lineage:
             _echo_lineage(lineage)
         if not rows:
-            click.echo(f"no intervention statistics in {store_path} (use selector='bandit' and end runs with an "
-                       "outcome)")
+            click.echo(f"no intervention statistics in {store_path} (the bandit, the default selector, learns from "
+                       "hints in runs with an outcome: guard.set_outcome or immunity runs mark)")
         current = None
         for r in rows:
             if r["error_class"] != current:
