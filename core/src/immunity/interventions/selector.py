@@ -209,6 +209,7 @@ class BanditSelector:
         self._loaded = False
         self._lock = threading.RLock()
         self._pending: dict[str, list[tuple[Pull, Variant]]] = {}
+        self._pulls_table: bool | None = None
         self.errors: list[str] = []
 
     # ------------------------------------------------------------------ fail-open
@@ -454,13 +455,15 @@ class BanditSelector:
         """Persist the run's pulls and reward them with its outcome (called when a run ends and when
         its outcome is set later). Never raises unless fail-closed."""
         with self._lock:
-            if not self._loaded and run.run_id not in self._pending and not self._has_pulls():
-                return  # this selector chose nothing yet and the store holds no pulls to reward
+            reward = {Outcome.SUCCESS: 1, Outcome.FAILURE: 0}.get(run.outcome)
+            if run.run_id not in self._pending and (reward is None or not self._loaded and not self._has_pulls()):
+                # nothing chosen in this run here, and nothing to reward (no outcome, or no pulls in the
+                # store): the store is not touched, so a run end costs nothing when the bandit chose nothing
+                return
             self._ensure_loaded(run)
             pending = self._pending.pop(run.run_id, [])
             pulls = [p for p, _ in pending]
             variants = list({v.variant_id: v for _, v in pending}.values())
-            reward = {Outcome.SUCCESS: 1, Outcome.FAILURE: 0}.get(run.outcome)
             try:
                 self.bandit.record_pulls(pulls, variants)
                 changed = self.bandit.reward_run(run.run_id, reward) if reward is not None else []
@@ -480,14 +483,17 @@ class BanditSelector:
                     self._fail(run, "evolution", exc)
 
     def _has_pulls(self) -> bool:
-        """Whether the store has the bandit's pulls table (a run of another process may have pulls)."""
-        db = getattr(self.store, "db", None)
-        if db is None:
-            return False
-        try:
-            return PULLS in db.table_names()
-        except Exception:  # a broken store: let the full path record the error
-            return True
+        """Whether the store has the bandit's pulls table (a run resumed from another process may have
+        pulls there). Asked once per selector: a store that had none when this process first looked
+        gets pulls only through this selector (which then loads), and the question is not put to the
+        database at every run end (with a database server, that would wait on it on the user's thread)."""
+        if self._pulls_table is None:
+            db = getattr(self.store, "db", None)
+            try:
+                self._pulls_table = db is not None and PULLS in db.table_names()
+            except Exception:  # a broken store: let the full path record the error
+                return True
+        return self._pulls_table
 
     def _maybe_disable(self, vid: str, cls: str) -> None:
         arm = self.bandit.arms.get((class_key(cls), vid))
