@@ -36,13 +36,15 @@ def _err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-def _read(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None) -> list[Any]:
+def _read(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, *,
+          mapping: bool = True) -> list[Any]:
     from immunity.learning.data import read_runs
 
     if not paths and not store:
         raise click.UsageError("give trace files (with --format) or --store")
     try:
-        items = read_runs(list(paths), fmt, store=store, domain=domain, on_problem=lambda m: _err(f"warning: {m}"))
+        items = read_runs(list(paths), fmt, store=store, domain=domain, on_problem=lambda m: _err(f"warning: {m}"),
+                          mapping=mapping)
     except (ValueError, FileNotFoundError, ImmunityError) as exc:
         raise click.ClickException(str(exc)) from None
     if not items:
@@ -126,7 +128,7 @@ def _learn_one(items: list[Any], domain: str | None, out: str, name: str | None,
     _err(f"collecting the features of {len(items)} runs" + (f" of domain {domain}" if domain else ""))
     try:
         runs, emb = collect(items, split=split, embedder_spec={"plugin": embedder}, domain=domain,
-                            jobs=jobs or default_jobs())
+                            jobs=jobs or default_jobs(), on_problem=lambda m: _err(f"warning: {m}"))
         pack, warnings = build_pack(runs, emb, cfg, name=name or _stem(out), version=pack_version, domain=domain,
                                     sources=list(paths) + ([store] if store else []), split=split,
                                     jobs=jobs or default_jobs())
@@ -163,7 +165,7 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
         """Learn failure patterns and a calibrated risk model from runs with outcomes; write a pack
         (one pack per domain when the runs are of several domains, unless --all-domains)."""
         cfg = _cfg(target_far, folds, min_similarity, seed, model)
-        items = _read(paths, fmt, store, domain)
+        items = _read(paths, fmt, store, domain, mapping=False)  # mapped in collect's workers
         if domain:
             kept = [it for it in items if (it.run.domain or domain) == domain]
             if len(kept) < len(items):
