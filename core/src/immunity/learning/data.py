@@ -411,6 +411,10 @@ def collect(items: Iterable[Any], *, split: str = "task", embedder_spec: dict[st
     rows = [uniq.setdefault(s, len(uniq)) for c in collected for s in c.signatures]
     vecs = embed_signatures(embedder, mode, list(uniq)) if uniq else np.zeros((0, dim), np.float32)
     all_vecs = vecs[np.asarray(rows, dtype=np.intp)] if rows else np.zeros((0, dim), np.float32)
+    task_vecs: dict[str | None, np.ndarray | None] = {}
+    for c in collected:  # runs of the same task share its vector (embedded once)
+        if c.task not in task_vecs:
+            task_vecs[c.task] = embed_task(embedder, c.task)
     out: list[RunData] = []
     at = 0
     for i, c in enumerate(collected):
@@ -418,7 +422,7 @@ def collect(items: Iterable[Any], *, split: str = "task", embedder_spec: dict[st
         out.append(RunData(
             run_id=c.run_id, task_key=c.task_key, group=c.group, outcome=c.outcome, numeric=c.numeric,
             signals=c.signals, actions=c.actions, tools=c.tools, sig_vecs=all_vecs[at:at + n],
-            task_vec=embed_task(embedder, c.task), failure_step=c.failure_step, source=c.source, extra=c.extra,
+            task_vec=task_vecs[c.task], failure_step=c.failure_step, source=c.source, extra=c.extra,
             agent=c.agent))
         at += n
         if progress:
