@@ -22,7 +22,7 @@ from immunity.domain import ActionMapping, Domain, args_text
 from immunity.domain_plugin import make_domain_plugin
 from immunity.models import ActionType
 
-from immunity_coding import checks, signals
+from immunity_coding import checks, mapping, signals
 from immunity_coding.checks import CHECKS, ERROR_CLASSES, REPEATED_FAILING_COMMAND
 from immunity_coding.mapping import RULES
 
@@ -33,6 +33,17 @@ NAME = "coding"
 #: A small hand-written pattern pack (data only; built from ``packs/coding-basics.spec.json`` with
 #: ``immunity pack build``). Use it with ``Runtime(packs=["coding-basics"], verifiers=["patterns"])``.
 PACK = Path(__file__).parent / "packs" / "coding-basics.json"
+
+#: Words (lower case) without which a slow rule expression cannot match: every alternative of the
+#: expression contains one of them literally. Checked only on ASCII text, where lower-casing and
+#: the expressions' case-insensitive matching agree; ``test_the_cached_prefiltered_mapping_is_the_rules_mapping`` checks them.
+_NEEDS: dict[str, tuple[str, ...]] = {
+    mapping.SUBMIT: ("complete_task_and_submit_final_output", "mini_swe_agent_final_output", "submit", "git"),
+    mapping.DESTRUCTIVE: ("rm", "git", "mkfs", "dd", "/dev/sd", "chmod", ":(", "find"),
+    mapping.TEST_RUNNER: ("test", "nose", "tox", "nox", "hypothesis", "make", "jest", "mocha", "phpunit", "rspec",
+                          "mypy", "ruff", "flake8", "pylint", "pyflakes", "black"),
+}
+
 
 @dataclass(eq=False)
 class _CodingDomain(Domain):
@@ -46,7 +57,11 @@ class _CodingDomain(Domain):
         self._cached = functools.lru_cache(maxsize=4096)(self._map_blob)
 
     def _map_blob(self, tool: str | None, blob: str) -> ActionMapping | None:
+        low = blob.lower() if blob.isascii() else None
         for rule in self.rules:
+            needs = _NEEDS.get(rule.when or "") if low is not None else None
+            if needs is not None and not any(word in low for word in needs):  # type: ignore[operator]
+                continue  # the rule's expression cannot match without one of these words
             if rule.matches(tool, blob):
                 return ActionMapping(ActionType.parse(rule.action), rule.confidence, rule.side_effect,
                                      rule.needs_verification, mapped_by=self.name, destructive=rule.destructive)
