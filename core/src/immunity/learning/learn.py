@@ -600,6 +600,17 @@ def threshold_for_far(max_success: list[float], target: float) -> float:
     return float(np.nextafter(s[allowed], 2.0))
 
 
+def unlabelled_threshold(max_risks: list[float], target: float) -> float:
+    """Calibration on a new population without its labels: the lowest threshold (8 decimals, as a
+    pack stores it) at which at most ``target`` of these runs alarm, whatever their outcome.
+
+    Every successful run is one of these runs, so the false-alarm rate on the population is at most
+    ``target / (1 - failure rate)`` and, when the risk ranks failures higher, lower than that. The
+    risk scale of a pack learned on other runs (other agents, domains, run lengths) need not hold on
+    a new population; its ranking is what this keeps."""
+    return math.ceil(threshold_for_far(max_risks, target) * 1e8) / 1e8
+
+
 def baseline_threshold(success_lengths: list[int], target: float) -> int | None:
     """Steps-so-far baseline: alarm once a run has taken this many steps."""
     if not success_lengths:

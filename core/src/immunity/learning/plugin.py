@@ -361,6 +361,30 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
         digest = save_pack(merged, out)
         click.echo(f"wrote {out}: {len(merged.patterns)} patterns from {len(packs)} packs; {digest}")
 
+    @pack.command("calibrate")
+    @click.argument("pack_ref", metavar="PACK")
+    @_input_options
+    @click.option("--out", "-o", required=True, help="Where to write the calibrated pack.")
+    @click.option("--target-far", default=0.05, show_default=True,
+                  help="At most this share of the given runs may alarm (their outcomes are not read).")
+    def pack_calibrate(pack_ref: str, paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None,
+                       out: str, target_far: float) -> None:
+        """Set a pack's threshold on runs of a new population without their labels (other agents,
+        models or domains): the lowest at which at most --target-far of these runs alarm."""
+        from immunity.learning.packs import save_pack
+        from immunity.learning.pipeline import calibrate_pack
+
+        items = _read(paths, fmt, store, domain)
+        try:
+            pack, info = calibrate_pack(pack_ref, items, target_far, domain=domain)
+        except (ValueError, ImmunityError) as exc:
+            raise click.ClickException(str(exc)) from None
+        digest = save_pack(pack, out)
+        before = ", ".join(f"{t:.4f}" for t in info["thresholds_before"])
+        after = ", ".join(f"{t:.4f}" for t in info["thresholds"])
+        click.echo(f"wrote {out}: threshold {before} -> {after}, calibrated on {info['runs']} runs (outcomes not "
+                   f"read) for at most {target_far:.0%} of them alarming; {digest}")
+
     @pack.command("list")
     def pack_list() -> None:
         """List installed and plugin-registered packs."""
@@ -416,10 +440,14 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
     @click.option("--html", "html_path", default=None, help="Also write an HTML report with a plot.")
     @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(10, 100_000),
                   help="Bootstrap resamples for AUROC CIs (10 to 100,000).")
+    @click.option("--calibrate", type=click.Choice(["labelled", "unlabelled"]), default="labelled", show_default=True,
+                  help="With --cv: the threshold of each held-out fold is the training folds' (labelled), or is set "
+                       "from the held-out fold's own scores without its labels, half of its tasks calibrating the "
+                       "other half (unlabelled; what `pack calibrate` does for a new population).")
     def eval_cmd(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, embedder: str, split: str,
                  target_far: float, folds: int, min_similarity: float, seed: int, cv: bool, packs: tuple[str, ...],
                  scores_path: str | None, out: str | None, scores_out: str | None, html_path: str | None,
-                 bootstrap: int, model: str, jobs: int | None) -> None:
+                 bootstrap: int, model: str, jobs: int | None, calibrate: str) -> None:
         """AUROC of runs alive at steps 5/10/20, recall before failure, false-alarm rate, lead, per-class and
         explain figures with 95% CIs, next to the steps-so-far baseline."""
         from immunity.learning.evaluate import table
@@ -435,13 +463,15 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
             if cv:
                 cfg = _cfg(target_far, folds, min_similarity, seed, model)
                 res = cross_validate(items, cfg, split=split, folds=folds, embedder_spec={"plugin": embedder},
-                                     domain=domain, log=_err, jobs=jobs or default_jobs())
+                                     domain=domain, log=_err, jobs=jobs or default_jobs(), calibrate=calibrate)
                 scores, labels = res.scores, res.labels
                 if scores_out:
                     with open(scores_out, "w", encoding="utf-8") as fh:
                         for r in res.rows:
                             fh.write(json.dumps(r) + "\n")
-                extra: dict[str, Any] = {"folds": res.folds, "split": split, "mode": "cross-validation"}
+                extra: dict[str, Any] = {"folds": res.folds, "split": split, "calibration": calibrate,
+                                         "mode": "cross-validation" + (", unlabelled calibration"
+                                                                       if calibrate == "unlabelled" else "")}
             else:
                 baseline = None
                 if packs:
