@@ -170,6 +170,9 @@ class _Feeder:
 
     rt: Any
     cache: dict[str | None, tuple[Any, Any]]
+    #: embeds each run's task in the pass (in the workers) when set: the pure-Python hashing
+    #: embedder, which is safe to use after a fork and embeds each text on its own
+    task_embedder: Any = None
 
     def domain(self, name: str | None) -> tuple[Any, Any]:
         if name not in self.cache:
@@ -291,6 +294,8 @@ class _Collected:
     source: str | None
     extra: list[dict[str, float]]
     agent: str | None
+    task_vec: np.ndarray | None = None
+    task_embedded: bool = False
 
 
 def _collected(item: Any, views: list[Any], steps: Any, split: str) -> _Collected:
@@ -329,6 +334,7 @@ def _collect_light(items: list[Any], split: str, feeder: _Feeder) -> list[_Colle
     from immunity.importers.base import complete_mapping
 
     out: list[_Collected | str] = []
+    tasks: dict[str | None, np.ndarray | None] = {}
     for item in items:
         if getattr(item, "unmapped", False):  # read with the mapping left to this pass
             try:
@@ -338,7 +344,12 @@ def _collect_light(items: list[Any], split: str, feeder: _Feeder) -> list[_Colle
                            f"{type(exc).__name__}: {exc}")
                 continue
         state, scorer = feature_pass(item, feeder)
-        out.append(_collected(item, scorer.views, state.steps, split))
+        c = _collected(item, scorer.views, state.steps, split)
+        if feeder.task_embedder is not None:
+            if c.task not in tasks:
+                tasks[c.task] = embed_task(feeder.task_embedder, c.task)
+            c.task_vec, c.task_embedded = tasks[c.task], True
+        out.append(c)
     return out
 
 
@@ -348,7 +359,7 @@ def _light_chunk(shared: dict[str, Any], bounds: tuple[int, int]) -> list[_Colle
 
 
 def _collect_all(items: list[Any], split: str, domain: str | None, jobs: int, replay: str,
-                 report: Callable[[str], None]) -> list[_Collected]:
+                 report: Callable[[str], None], task_embedder: Any = None) -> list[_Collected]:
     if replay == "runtime":
         from immunity.importers.base import complete_mapping
 
@@ -361,7 +372,7 @@ def _collect_all(items: list[Any], split: str, domain: str | None, jobs: int, re
         return _collect_runtime(items, split, domain)
     rt = make_runtime([], domain=domain)
     try:
-        feeder = _Feeder(rt, {})
+        feeder = _Feeder(rt, {}, task_embedder)
         for name in {it.run.domain for it in items}:
             feeder.domain(name)  # looked up once here, before the workers fork
         if jobs <= 1 or len(items) < 2 * jobs:
@@ -397,12 +408,14 @@ def collect(items: Iterable[Any], *, split: str = "task", embedder_spec: dict[st
     items = list(items)
     spec = dict(embedder_spec or {"plugin": "hashing"})
     report = on_problem or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    collected = _collect_all(items, split, domain, max(1, int(jobs)), replay, report)
     rt = make_runtime([], domain=domain)
     try:
         embedder = build_embedder(rt.pm, spec)
     finally:
         rt.close()
+    hashing = type(embedder).__module__ == "immunity.vectors" and spec.get("plugin") == "hashing"
+    collected = _collect_all(items, split, domain, max(1, int(jobs)), replay, report,
+                             embedder if hashing else None)
     mode = signature_mode(embedder)
     dim = int(embedder.dimension)
     # signatures repeat a lot (the same action with the same features): each distinct one is
@@ -413,7 +426,9 @@ def collect(items: Iterable[Any], *, split: str = "task", embedder_spec: dict[st
     all_vecs = vecs[np.asarray(rows, dtype=np.intp)] if rows else np.zeros((0, dim), np.float32)
     task_vecs: dict[str | None, np.ndarray | None] = {}
     for c in collected:  # runs of the same task share its vector (embedded once)
-        if c.task not in task_vecs:
+        if c.task_embedded:
+            task_vecs.setdefault(c.task, c.task_vec)
+        elif c.task not in task_vecs:
             task_vecs[c.task] = embed_task(embedder, c.task)
     out: list[RunData] = []
     at = 0
