@@ -36,7 +36,7 @@ PACK = Path(__file__).parent / "packs" / "coding-basics.json"
 
 #: Words (lower case) without which a slow rule expression cannot match: every alternative of the
 #: expression contains one of them literally. Checked only on ASCII text, where lower-casing and
-#: the expressions' case-insensitive matching agree; ``test_the_cached_prefiltered_mapping_is_the_rules_mapping`` checks them.
+#: the expressions' case-insensitive matching agree (a test compares with the plain rule table).
 _NEEDS: dict[str, tuple[str, ...]] = {
     mapping.SUBMIT: ("complete_task_and_submit_final_output", "mini_swe_agent_final_output", "submit", "git"),
     mapping.DESTRUCTIVE: ("rm", "git", "mkfs", "dd", "/dev/sd", "chmod", ":(", "find"),
@@ -57,10 +57,11 @@ class _CodingDomain(Domain):
         self._cached = functools.lru_cache(maxsize=4096)(self._map_blob)
 
     def _map_blob(self, tool: str | None, blob: str) -> ActionMapping | None:
-        low = blob.lower() if blob.isascii() else None
+        plain = blob.isascii()
+        low = blob.lower() if plain else ""
         for rule in self.rules:
-            needs = _NEEDS.get(rule.when or "") if low is not None else None
-            if needs is not None and not any(word in low for word in needs):  # type: ignore[operator]
+            needs = _NEEDS.get(rule.when or "") if plain else None
+            if needs is not None and not any(word in low for word in needs):
                 continue  # the rule's expression cannot match without one of these words
             if rule.matches(tool, blob):
                 return ActionMapping(ActionType.parse(rule.action), rule.confidence, rule.side_effect,
