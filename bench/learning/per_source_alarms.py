@@ -46,11 +46,21 @@ def main() -> None:
         elif label == 1:
             c[2] += any(r["alarm"] for r in rows[:-1])
             c[3] += 1
+    from immunity.learning.evaluate import RunLabel, evaluate
+    from immunity.learning.pipeline import scores_from_rows
+
     for src, (fa, ns, caught, nf) in sorted(counts.items()):
         lo, hi = wilson(fa, ns)
         lo2, hi2 = wilson(caught, nf)
+        # AUROC within the source, grouped by task for the bootstrap
+        mine = [r for rid, rows in rows_by.items() if str(runs[rid].source) == src for r in rows]
+        labels = {rid: RunLabel(rid, outcome_label(runs[rid]), str(runs[rid].task_id or rid))
+                  for rid in rows_by if str(runs[rid].source) == src}
+        res = evaluate(scores_from_rows(mine), labels, reps=500, seed=0)
+        auc = "; ".join(f"AUROC alive at step {k} {v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+                        for k, v in res["auroc_alive_at_step"].items() if k in ("5", "10") and v.get("value") is not None)
         print(f"{src}: false alarms {fa}/{ns} = {fa / max(ns, 1):.3f} [{lo:.3f}, {hi:.3f}]; recall before the end "
-              f"{caught}/{nf} = {caught / max(nf, 1):.3f} [{lo2:.3f}, {hi2:.3f}]")
+              f"{caught}/{nf} = {caught / max(nf, 1):.3f} [{lo2:.3f}, {hi2:.3f}]; {auc}")
 
 
 if __name__ == "__main__":
