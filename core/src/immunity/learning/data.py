@@ -425,8 +425,9 @@ def score_items(items: Iterable[Any], packs: list[Any], *, domain: str | None = 
     try:
         registry = rt.pm.registry("pattern_packs")
         opts = dict((options or {}).get("patterns", {}) or {})
-        PackMatcher([resolve_pack(p, registry) for p in packs], rt.pm, index=opts.get("index"),
-                    embedder_options=opts.get("embedder_options"))  # refuse a bad pack before any run
+        # refuse a bad pack before any run (with the brute-force index: the runtime's own matcher
+        # builds the configured one)
+        PackMatcher([resolve_pack(p, registry) for p in packs], rt.pm, embedder_options=opts.get("embedder_options"))
         for i, item in enumerate(items):
             session = _replay(item, rt, f"score-{i}")
             scorer = session.state.extras.get("patterns")

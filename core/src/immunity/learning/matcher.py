@@ -8,12 +8,17 @@ pattern's suggested intervention. No model call, no network, nothing that reads 
 
 Switch it on with ``Runtime(verifiers=["patterns"], packs=["my-pack.json"])``. Options
 (``Config.options["patterns"]``): ``index`` (the vector index plugin, default ``"brute"``, or
-``"hnswlib"`` for large packs), ``embedder_options`` (passed to the embedder's factory).
+``"hnswlib"`` for large packs), ``embedder_options`` (passed to the embedder's factory), ``wait``
+(load or build the index at the first step instead of in the background; steps seen before it is
+ready are scored as not matched), ``cache_size`` (step signatures whose nearest patterns are kept,
+default 4096), ``save_index`` (save a built index into the pack directory, default true).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +28,15 @@ from immunity import taxonomy as tx
 from immunity.errors import PackError
 from immunity.learning.features import StepTracker, StepView
 from immunity.learning.model import Member, evidence, member_from_dict
-from immunity.learning.packs import merge_packs, pattern_ids, pattern_matrix, resolve_pack
+from immunity.learning.packs import (
+    load_saved_index,
+    merge_packs,
+    pack_directory,
+    pattern_ids,
+    pattern_matrix,
+    resolve_pack,
+    save_index,
+)
 from immunity.learning.signing import is_trusted
 from immunity.models import Event, EventKind, PatternPack, Run, Severity, Step, Verdict
 from immunity.state import RunState
@@ -96,10 +109,23 @@ def build_index(pm: Any, name: str, dimension: int) -> Any:
 # ------------------------------------------------------------------------------------------ matcher
 class PackMatcher:
     """One or more packs ready to match: their embedder, a vector index over every pattern, and
-    each pack's risk model."""
+    each pack's risk model.
+
+    The index is loaded from the pack directory when a saved one fits the pack
+    (:func:`~immunity.learning.packs.load_saved_index`), else built (and then saved there when the
+    directory is writable, for the next process). Core's brute-force index is ready at once; any
+    other index is loaded or built in a background thread unless ``wait`` is true, and until it is
+    :attr:`ready` steps are not matched (they are scored as skipped, never blocked on).
+
+    :param cache_size: how many distinct step signatures keep their nearest patterns (an LRU); the
+        index does not change while matching, so a signature seen again costs a dict lookup
+        instead of an embedding and a search. 0 switches the cache off.
+    :param save_index: save a built index into the pack directory (default true).
+    """
 
     def __init__(self, packs: list[PatternPack], pm: Any, *, index: str | None = None,
-                 embedder_options: dict[str, Any] | None = None):
+                 embedder_options: dict[str, Any] | None = None, wait: bool = False, cache_size: int = 4096,
+                 save_index: bool = True):
         if not packs:
             raise PackError("no pattern pack to match against")
         pack = packs[0] if len(packs) == 1 else merge_packs(*packs)
@@ -120,10 +146,79 @@ class PackMatcher:
         ids = pattern_ids(pack)
         #: a pattern by id (a pack directory's pattern is parsed the first time it is asked for)
         self.patterns = _PatternsById(pack.patterns, ids)
-        self.index = build_index(pm, index or "brute", pack.dimension)
-        if ids:
-            self.index.add(ids, vectors)
+        self.index_name = index or "brute"
+        self.index = build_index(pm, self.index_name, pack.dimension)
         self.k = sum(m.table.top_k for m in self.members)
+        #: where the index came from: "saved" (the pack directory's), "built", "failed", or
+        #: "pending" while a background thread loads or builds it
+        self.index_source = "pending"
+        #: why a saved index was not used, or why building failed
+        self.index_problem: str | None = None
+        #: steps not matched because the index was not ready yet
+        self.skipped = 0
+        self._cache: OrderedDict[str, tuple[tuple[str, float], ...]] = OrderedDict()
+        self._cache_size = max(int(cache_size), 0)
+        self._cache_lock = threading.Lock()
+        self._save = save_index
+        self._ready = threading.Event()
+        if not ids or self.index_name == "brute" or wait:
+            self._prepare(ids, vectors)
+        else:
+            threading.Thread(target=self._prepare, args=(ids, vectors), daemon=True,
+                             name=f"immunity-index-{self.index_name}").start()
+
+    def _prepare(self, ids: list[str], vectors: np.ndarray) -> None:
+        """Load the saved index, or build it (and save it); never raises: a failed build leaves an
+        empty index (nothing matches) and the reason in :attr:`index_problem`."""
+        pack, index = self.pack, self.index
+        try:
+            try:
+                if ids and load_saved_index(pack, index):
+                    self.index_source = "saved"
+                    return
+            except PackError as exc:
+                self.index_problem = str(exc)
+                log.warning("ignoring the saved index of pack %r and building it again: %s", pack.name, exc)
+            if ids:
+                index.add(ids, vectors)
+            self.index_source = "built"
+            if ids and self._save and callable(getattr(index, "save", None)) and pack_directory(pack) is not None:
+                try:
+                    save_index(pack, index)
+                except (OSError, PackError, ValueError, RuntimeError) as exc:
+                    log.info("could not save the index of pack %r: %s", pack.name, exc)
+        except Exception as exc:  # fail open: no matches rather than a broken agent
+            self.index_source, self.index_problem = "failed", f"{type(exc).__name__}: {exc}"
+            log.error("building the %s index of pack %r failed: %s", self.index_name, pack.name, exc)
+        finally:
+            self._ready.set()
+
+    @property
+    def ready(self) -> bool:
+        """The index is loaded or built (steps are matched)."""
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the index is ready; returns :attr:`ready`."""
+        return self._ready.wait(timeout)
+
+    def hits(self, signature: str) -> tuple[tuple[str, float], ...]:
+        """The nearest patterns of a step signature: ``((pattern_id, cosine), ...)`` best first."""
+        cache = self._cache
+        if self._cache_size:
+            with self._cache_lock:
+                found = cache.get(signature)
+                if found is not None:
+                    cache.move_to_end(signature)
+                    return found
+        vec = embed_signatures(self.embedder, self.mode, [signature])[0]
+        found = tuple(self.index.search(vec, self.k)) if len(self.index) else ()
+        if self._cache_size:
+            with self._cache_lock:
+                cache[signature] = found
+                if len(cache) > self._cache_size:
+                    cache.popitem(last=False)
+        return found
 
     def new_run(self, task: str | None) -> RunScorer:
         return RunScorer(self, task)
@@ -163,11 +258,17 @@ class StepScore:
     member_risks: list[float] = field(default_factory=list)
     #: the step itself failed (an error or a failed check), as the runtime recorded it
     failed: bool = False
+    #: false when the step was not matched because the pack's index was not ready yet (the risk
+    #: is the previous step's)
+    matched: bool = True
 
     def row(self, run_id: str) -> dict[str, Any]:
-        return {"run_id": run_id, "step": self.step, "risk": round(self.risk, 6), "alarm": self.alarm,
-                "patterns": self.patterns, "action_type": self.action_type, "error_class": self.error_class,
-                "failed": self.failed}
+        row = {"run_id": run_id, "step": self.step, "risk": round(self.risk, 6), "alarm": self.alarm,
+               "patterns": self.patterns, "action_type": self.action_type, "error_class": self.error_class,
+               "failed": self.failed}
+        if not self.matched:
+            row["matched"] = False
+        return row
 
 
 class RunScorer:
@@ -212,8 +313,16 @@ class RunScorer:
         if self.priors is None:
             tvec = embed_task(m.embedder, self.task if self.task is not None else state.task)
             self.priors = [mem.prior.prior(tvec) for mem in m.members]
-        vec = embed_signatures(m.embedder, m.mode, [view.signature])[0]
-        hits = m.index.search(vec, m.k) if len(m.index) else []
+        if not m.ready:  # the index is still loading or building: this step is not matched
+            m.skipped += 1
+            state.extras["patterns_skipped"] = int(state.extras.get("patterns_skipped", 0)) + 1
+            prev = self.scores[-1] if self.scores else None
+            skipped = StepScore(step=k, risk=prev.risk if prev else 0.0, alarm=False, action_type=view.action_type,
+                                member_risks=list(prev.member_risks) if prev else [], matched=False,
+                                failed=bool(view.signals.get("last_failed")))
+            self.scores.append(skipped)
+            return skipped
+        hits = m.hits(view.signature)
         cands: list[tuple[bool, float, str, str]] = []
         risk, alarm, matched_ids = 0.0, False, []
         member_risks: list[float] = []
@@ -260,6 +369,9 @@ class PatternsVerifier:
         opts = dict((getattr(config, "options", None) or {}).get("patterns", {}) or {})
         self.index_name = opts.get("index")
         self.embedder_options = opts.get("embedder_options")
+        #: wait for the index at the first step instead of skipping steps until it is ready
+        #: (offline scoring); ``cache_size``: step signatures whose nearest patterns are kept
+        self.matcher_options = {k: opts[k] for k in ("wait", "cache_size", "save_index") if k in opts}
         self._matcher: PackMatcher | None = None
         self._loaded = False
         self._trusted_ids: set[str] = set()
@@ -277,7 +389,8 @@ class PatternsVerifier:
                     pm = self._pm = get_plugin_manager()
                 registry = pm.registry("pattern_packs")
                 packs = [resolve_pack(r, registry) for r in refs]
-                self._matcher = PackMatcher(packs, pm, index=self.index_name, embedder_options=self.embedder_options)
+                self._matcher = PackMatcher(packs, pm, index=self.index_name, embedder_options=self.embedder_options,
+                                            **self.matcher_options)
                 # whose words may reach a prompt: patterns of trusted packs only (an id that an
                 # untrusted pack also uses is not trusted: merging keeps one of the two texts)
                 trusted = [p for p in packs if is_trusted(p, self.config)]

@@ -339,6 +339,33 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
             raise click.ClickException(f"refused: {exc}") from None
         click.echo(f"installed {p.name} {p.version} at {dest}")
 
+    @pack.command("index")
+    @click.argument("path", type=click.Path(exists=True, file_okay=False))
+    @click.option("--index", "index_name", default="hnswlib", show_default=True, help="Vector index plugin.")
+    def pack_index(path: str, index_name: str) -> None:
+        """Build a pack directory's vector index and save it there (e.g. index.hnsw), so that a runtime
+        loads it instead of building it; it is bound to the pack's content hash."""
+        import time
+
+        from immunity.learning.matcher import build_index
+        from immunity.learning.packs import load_pack, pattern_ids, pattern_matrix, save_index
+        from immunity.plugins import get_plugin_manager
+
+        t0 = time.perf_counter()
+        try:
+            p = load_pack(path)
+            index = build_index(get_plugin_manager(), index_name, p.dimension)
+            if not callable(getattr(index, "save", None)):
+                raise click.ClickException(f"the {index_name} index cannot be saved (nothing to do)")
+            index.add(pattern_ids(p), pattern_matrix(p))
+            dest = save_index(p, index, path)
+        except (PackError, ImmunityError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(f"cannot write into {path}: {exc.strerror or exc}") from None
+        click.echo(f"wrote {dest}: {index_name} index over {len(p.patterns)} patterns of {p.name} {p.version} "
+                   f"({p.content_hash}) in {time.perf_counter() - t0:.1f} s")
+
     @pack.command("merge")
     @click.argument("paths", nargs=-1, required=True)
     @click.option("--out", "-o", required=True)
@@ -382,7 +409,7 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
         from immunity.learning.data import ScoringError, score_items
 
         items = _read(paths, fmt, store, domain)
-        options = {"patterns": {"index": index}} if index else None
+        options = {"patterns": {"index": index, "wait": True}} if index else None
         fh = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
         n = n_in = short = 0
         try:
