@@ -854,8 +854,7 @@ def load_pack(path: str | os.PathLike[str]) -> PatternPack:
     if cached is None:
         doc, base = read_document(p)
         cached = verify_document(doc, source=str(p), base=base)
-        if base is not None and cached.content_hash:
-            _DIRS[cached.content_hash] = base
+        cached._dir = base
         while len(_CACHE) >= _CACHE_MAX:
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = cached
@@ -865,7 +864,7 @@ def load_pack(path: str | os.PathLike[str]) -> PatternPack:
     else:
         out.patterns = [p.model_copy() for p in cached.patterns]
     out._origin, out._signer = cached._origin, cached._signer
-    out._vectors = cached._vectors
+    out._vectors, out._dir = cached._vectors, cached._dir
     return out
 
 
@@ -930,8 +929,6 @@ def _save_directory(pack: PatternPack, p: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ saved indexes
-#: pack directories by content hash (set by :func:`load_pack`): where a pack's saved index is
-_DIRS: dict[str, Path] = {}
 INDEX_FORMAT = "immunity-saved-index"
 MAX_INDEX_META_BYTES = 64 * 2**10
 
@@ -939,7 +936,8 @@ MAX_INDEX_META_BYTES = 64 * 2**10
 def pack_directory(pack: PatternPack) -> Path | None:
     """The pack directory ``pack`` was loaded from (``None`` for a one-file pack or a pack built in
     this process)."""
-    return _DIRS.get(pack.content_hash or "")
+    base = pack._dir
+    return Path(base) if base is not None else None
 
 
 def _index_paths(base: Path, index: Any) -> tuple[Path, Path] | None:
@@ -1091,7 +1089,7 @@ def merge_packs(first: PatternPack, *others: PatternPack, name: str | None = Non
                                       for p in (first, *others)]}
     out.content_hash = None
     out.signature = None
-    out._vectors = None
+    out._vectors, out._dir = None, None  # a merged pack has no directory (nor a saved index) of its own
     attach_vectors(out, np.concatenate(blocks) if len(blocks) > 1 else blocks[0])
     sources = (first, *others)
     if any(p._origin == "file" for p in sources):  # as trusted as the least trusted part
