@@ -16,6 +16,7 @@ and the background store writer. Prints p50 / p99 / mean microseconds per event 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import tempfile
@@ -53,6 +54,16 @@ def main() -> None:
         print(f"pack {args.pack} loaded in {t1 - t0:.2f} s (the first step did not wait for the index); index "
               f"{args.index} {matcher.index_source} in {time.perf_counter() - t0:.1f} s"
               + (f" ({matcher.index_problem})" if matcher.index_problem else ""))
+    pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict) -> None:  # garbage-collection pauses, by generation
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            pauses[info["generation"]].append(time.perf_counter() - started.pop())
+
+    gc.callbacks.append(on_gc)
     c0 = time.process_time()
     w0 = time.perf_counter()
     per_event: list[float] = []
@@ -77,6 +88,7 @@ def main() -> None:
             per_step.append(time.perf_counter() - t0)
         s.end("success")
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    gc.callbacks.remove(on_gc)
     t_flush = time.perf_counter()
     rt.close()
     flush = time.perf_counter() - t_flush
@@ -96,6 +108,8 @@ def main() -> None:
     if args.pack:
         m = dict(rt._verifiers)["patterns"].matcher  # type: ignore[attr-defined]
         cached = f"; {len(m._cache)} distinct step signatures cached, {m.skipped} steps skipped"
+    print("  garbage collections in the timed loop: " + ", ".join(
+        f"gen{g} {len(v)} (max {max(v) * 1e3:.2f} ms)" if v else f"gen{g} 0" for g, v in pauses.items()))
     print(f"  timed loop: {wall:.2f} s wall, {cpu:.2f} s CPU (all threads); load average {os.getloadavg()[0]:.2f} "
           f"on {os.cpu_count()} CPUs{cached}")
 
