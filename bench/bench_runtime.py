@@ -2,11 +2,13 @@
 IMMUNITY_DISABLE_PLUGIN_AUTOLOAD=1); no LLM, no framework.
 
     python bench/bench_runtime.py [--runs 200] [--steps 20] [--store :memory:] [--no-redact]
-                                  [--pack PACK --index hnswlib]
+                                  [--pack PACK --index hnswlib [--cache-size 0]]
 
 With ``--pack`` the ``patterns`` verifier matches every step against the pack (built with
-``bench/bench_packs.py --keep DIR``) through the named vector index; one warm-up run (which builds
-the index) is not timed.
+``bench/bench_packs.py --keep DIR``; ``immunity pack index DIR`` saves its hnswlib index) through
+the named vector index; one warm-up run is not timed, and the timed runs start once the index is
+loaded (or built). This workload repeats few step signatures, so with the signature cache nearly
+every step skips the embedding and the search: ``--cache-size 0`` measures every step paying them.
 
 Each step is a model call (model_start + model_end) and a tool call (tool_start + tool_end): four
 events through observe -> verify -> intervene (-> recover), the rules verifier, the default policy
@@ -34,13 +36,18 @@ def main() -> None:
     ap.add_argument("--no-redact", action="store_true", help="switch the redaction stage off (to measure its cost)")
     ap.add_argument("--pack", default=None, help="match every step against this pattern pack")
     ap.add_argument("--index", default="brute", help="the vector index for --pack (brute, hnswlib)")
+    ap.add_argument("--cache-size", type=int, default=None,
+                    help="step signatures whose nearest patterns are kept (0: embed and search every step)")
     args = ap.parse_args()
     store = None if args.store == "none" else args.store
     if args.store == "file":
         store = str(Path(tempfile.mkdtemp()) / "bench.db")
     kw: dict = {"redact": {"enabled": False}} if args.no_redact else {}
     if args.pack:
-        kw.update(verifiers=["patterns"], packs=[args.pack], options={"patterns": {"index": args.index}})
+        popts: dict = {"index": args.index}
+        if args.cache_size is not None:
+            popts["cache_size"] = args.cache_size
+        kw.update(verifiers=["patterns"], packs=[args.pack], options={"patterns": popts})
     rt = Runtime(store=store, **kw)
     if args.pack:  # the warm-up run loads the pack and starts loading (or building) the index
         t0 = time.perf_counter()
