@@ -201,3 +201,20 @@ def test_the_signature_cache_is_bounded_and_gives_the_searched_answer(pack_dir: 
     for sig in sigs + sigs:
         assert cached.hits(sig) == plain.hits(sig)
     assert len(cached._cache) == 8 and not plain._cache
+
+
+def test_install_copies_the_saved_index_and_the_installed_pack_uses_it(pack_dir: str, tmp_path: Path) -> None:
+    res = CliRunner().invoke(build_cli(), ["pack", "index", pack_dir])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(build_cli(), ["pack", "install", pack_dir, "--dir", str(tmp_path / "installed")])
+    assert res.exit_code == 0, res.output
+    dest = next((tmp_path / "installed").iterdir())
+    assert (dest / "index.hnsw").read_bytes() == (Path(pack_dir) / "index.hnsw").read_bytes()
+    _, m = scores(str(dest))
+    assert m.index_source == "saved"
+
+
+def test_pack_index_refuses_an_index_that_cannot_be_saved(pack_dir: str) -> None:
+    res = CliRunner().invoke(build_cli(), ["pack", "index", pack_dir, "--index", "brute"])
+    assert res.exit_code != 0 and "cannot be saved" in res.output
+    assert not (Path(pack_dir) / "index.hnsw").exists()
