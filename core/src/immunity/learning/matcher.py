@@ -311,7 +311,10 @@ class RunScorer:
             self.views.append(view)
             return view
         if self.priors is None:
-            tvec = embed_task(m.embedder, self.task if self.task is not None else state.task)
+            # the task is embedded only when a member has training tasks to compare it with (a
+            # long task of new words costs milliseconds to embed, once per run)
+            needed = any(len(mem.prior.keys) for mem in m.members)
+            tvec = embed_task(m.embedder, self.task if self.task is not None else state.task) if needed else None
             self.priors = [mem.prior.prior(tvec) for mem in m.members]
         if not m.ready:  # the index is still loading or building: this step is not matched
             m.skipped += 1
