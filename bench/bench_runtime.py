@@ -2,7 +2,7 @@
 IMMUNITY_DISABLE_PLUGIN_AUTOLOAD=1); no LLM, no framework.
 
     python bench/bench_runtime.py [--runs 200] [--steps 20] [--store :memory:] [--no-redact]
-                                  [--pack PACK --index hnswlib [--cache-size 0]]
+                                  [--pack PACK --index hnswlib [--cache-size 0]] [--switch-interval S]
 
 With ``--pack`` the ``patterns`` verifier matches every step against the pack (built with
 ``bench/bench_packs.py --keep DIR``; ``immunity pack index DIR`` saves its hnswlib index) through
@@ -21,6 +21,7 @@ import argparse
 import gc
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +39,12 @@ def main() -> None:
     ap.add_argument("--index", default="brute", help="the vector index for --pack (brute, hnswlib)")
     ap.add_argument("--cache-size", type=int, default=None,
                     help="step signatures whose nearest patterns are kept (0: embed and search every step)")
+    ap.add_argument("--switch-interval", type=float, default=None,
+                    help="sys.setswitchinterval in seconds (how long another thread may hold the GIL; Python's "
+                         "default 0.005): to see how much of the tail is waiting for the store's writer thread")
     args = ap.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     store = None if args.store == "none" else args.store
     if args.store == "file":
         store = str(Path(tempfile.mkdtemp()) / "bench.db")
