@@ -17,6 +17,7 @@ default 4096), ``save_index`` (save a built index into the pack directory, defau
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -275,14 +276,15 @@ class RunScorer:
     """Per-run matching state (kept in ``state.extras["patterns"]``)."""
 
     def _carry(self, i: int, action: str, current: StepView) -> None:
-        if self.matcher is None:
+        if self.matcher is None and self.pending is None:
             prev = self.views[-1] if self.views else current
             self.views.append(StepView(step=i, action_type=action, numeric=prev.numeric, signals=dict(prev.signals),
                                        signature=prev.signature, extra=dict(prev.extra)))
             return
         prev_s = self.scores[-1] if self.scores else None
         self.scores.append(StepScore(step=i, risk=prev_s.risk if prev_s else 0.0, alarm=False, action_type=action,
-                                     member_risks=list(prev_s.member_risks) if prev_s else []))
+                                     member_risks=list(prev_s.member_risks) if prev_s else [],
+                                     matched=prev_s.matched if prev_s else self.matcher is not None))
 
     def __init__(self, matcher: PackMatcher | None, task: str | None, domain_fn: Any = None):
         self.matcher = matcher
@@ -293,6 +295,17 @@ class RunScorer:
         self.scores: list[StepScore] = []
         self.priors: list[float] | None = None
         self.so_far: list[float] = [0.0] * (len(matcher.members) if matcher else 0)
+        #: while the packs load in the background: returns the matcher once it is there
+        self.pending: Any = None
+
+    def _skipped(self, k: int, view: StepView, state: RunState) -> StepScore:
+        state.extras["patterns_skipped"] = int(state.extras.get("patterns_skipped", 0)) + 1
+        prev = self.scores[-1] if self.scores else None
+        skipped = StepScore(step=k, risk=prev.risk if prev else 0.0, alarm=False, action_type=view.action_type,
+                            member_risks=list(prev.member_risks) if prev else [], matched=False,
+                            failed=bool(view.signals.get("last_failed")))
+        self.scores.append(skipped)
+        return skipped
 
     def update(self, state: RunState) -> StepScore | StepView | None:
         """Score the state's latest step once (a step seen again, e.g. relabelled as the final
@@ -306,6 +319,12 @@ class RunScorer:
             # carries the previous step's figures, so step indices stay aligned with the run's steps
             self._carry(i, state.steps[i].action_type.value, view)
         self.last = k
+        if self.matcher is None and self.pending is not None:
+            m = self.pending()
+            if m is None:  # the packs are still loading: this step is not matched
+                return self._skipped(k, view, state)
+            self.matcher, self.pending = m, None
+            self.so_far = [0.0] * len(m.members)
         m = self.matcher
         if m is None:
             self.views.append(view)
@@ -318,13 +337,7 @@ class RunScorer:
             self.priors = [mem.prior.prior(tvec) for mem in m.members]
         if not m.ready:  # the index is still loading or building: this step is not matched
             m.skipped += 1
-            state.extras["patterns_skipped"] = int(state.extras.get("patterns_skipped", 0)) + 1
-            prev = self.scores[-1] if self.scores else None
-            skipped = StepScore(step=k, risk=prev.risk if prev else 0.0, alarm=False, action_type=view.action_type,
-                                member_risks=list(prev.member_risks) if prev else [], matched=False,
-                                failed=bool(view.signals.get("last_failed")))
-            self.scores.append(skipped)
-            return skipped
+            return self._skipped(k, view, state)
         hits = m.hits(view.signature)
         cands: list[tuple[bool, float, str, str]] = []
         risk, alarm, matched_ids = 0.0, False, []
@@ -378,21 +391,81 @@ class PatternsVerifier:
         self._matcher: PackMatcher | None = None
         self._loaded = False
         self._trusted_ids: set[str] = set()
+        self._load_lock = threading.Lock()
+        self._loading: threading.Thread | None = None
+        self._load_error: BaseException | None = None
+        self._background_done = False
+
+    def _registry(self) -> dict[str, Any]:
+        pm = self._pm
+        if pm is None:
+            from immunity.plugins import get_plugin_manager
+
+            pm = self._pm = get_plugin_manager()
+        return dict(pm.registry("pattern_packs"))
+
+    def _in_background(self) -> bool:
+        """Load the packs in a background thread: a pack directory (the form of large packs) is
+        named and ``wait`` is not set. One-file packs load at the first step, as they are small."""
+        if self.matcher_options.get("wait"):
+            return False
+        refs = list(getattr(self.config, "packs", None) or [])
+        if not refs or any(isinstance(r, PatternPack) for r in refs):
+            return False
+        try:
+            registry = self._registry()
+            return any(os.path.isdir(str(registry.get(str(r), r))) for r in refs)
+        except Exception:  # resolved (and reported) by the load itself
+            return False
+
+    def _load_in_background(self) -> None:
+        with self._load_lock:
+            try:
+                self._load()
+            except BaseException as exc:  # handed to the next step's verify
+                self._load_error = exc
+            finally:
+                self._background_done = True
+
+    def current_matcher(self) -> PackMatcher | None:
+        """The matcher if the packs are loaded; ``None`` while a background load runs (started
+        here for a pack directory, see :meth:`_in_background`). A failed background load raises
+        its error once, at the next call."""
+        if self._loaded and self._loading is None:
+            return self._matcher
+        if self._loading is None:
+            if not self._in_background():
+                return self.matcher
+            with self._load_lock:
+                if self._loading is None:
+                    self._loading = threading.Thread(target=self._load_in_background, daemon=True,
+                                                     name="immunity-pack-load")
+                    self._loading.start()
+        if not self._background_done:
+            return None
+        if self._load_error is not None:
+            err, self._load_error = self._load_error, None
+            raise err
+        return self._matcher
 
     @property
     def matcher(self) -> PackMatcher | None:
+        """The matcher over the configured packs, loaded here if no background load has done it
+        (waits for one that is running)."""
+        with self._load_lock:
+            try:
+                return self._load()
+            finally:
+                self._background_done = True  # loaded here or there: steps are matched from now on
+
+    def _load(self) -> PackMatcher | None:
         if not self._loaded:
             self._loaded = True
             refs = list(getattr(self.config, "packs", None) or [])
             if refs:
-                pm = self._pm
-                if pm is None:
-                    from immunity.plugins import get_plugin_manager
-
-                    pm = self._pm = get_plugin_manager()
-                registry = pm.registry("pattern_packs")
+                registry = self._registry()
                 packs = [resolve_pack(r, registry) for r in refs]
-                self._matcher = PackMatcher(packs, pm, index=self.index_name, embedder_options=self.embedder_options,
+                self._matcher = PackMatcher(packs, self._pm, index=self.index_name, embedder_options=self.embedder_options,
                                             **self.matcher_options)
                 # whose words may reach a prompt: patterns of trusted packs only (an id that an
                 # untrusted pack also uses is not trusted: merging keeps one of the two texts)
@@ -416,7 +489,10 @@ class PatternsVerifier:
             return []
         scorer = state.extras.get("patterns")
         if scorer is None:
-            scorer = state.extras["patterns"] = RunScorer(self.matcher, run.task, self._domain_fn(run.domain))
+            m = self.current_matcher()
+            scorer = state.extras["patterns"] = RunScorer(m, run.task, self._domain_fn(run.domain))
+            if m is None and self._loading is not None:
+                scorer.pending = self.current_matcher
         score = scorer.update(state)
         if not isinstance(score, StepScore):
             return []
