@@ -64,8 +64,9 @@ def main() -> None:
         t1 = time.perf_counter()
         matcher = dict(rt._verifiers)["patterns"].matcher  # type: ignore[attr-defined]
         matcher.wait_ready()
-        print(f"pack {args.pack} loaded in {t1 - t0:.2f} s (the first step did not wait for the index); index "
-              f"{args.index} {matcher.index_source} in {time.perf_counter() - t0:.1f} s"
+        print(f"warm-up run of pack {args.pack}: {(t1 - t0) * 1e3:.1f} ms (a pack directory and its index load in "
+              f"the background); index {args.index} {matcher.index_source}, ready {time.perf_counter() - t0:.1f} s "
+              f"after the first step"
               + (f" ({matcher.index_problem})" if matcher.index_problem else ""))
     pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
     started: list[float] = []

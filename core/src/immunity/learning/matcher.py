@@ -9,8 +9,8 @@ pattern's suggested intervention. No model call, no network, nothing that reads 
 Switch it on with ``Runtime(verifiers=["patterns"], packs=["my-pack.json"])``. Options
 (``Config.options["patterns"]``): ``index`` (the vector index plugin, default ``"brute"``, or
 ``"hnswlib"`` for large packs), ``embedder_options`` (passed to the embedder's factory), ``wait``
-(load or build the index at the first step instead of in the background; steps seen before it is
-ready are scored as not matched), ``cache_size`` (step signatures whose nearest patterns are kept,
+(load a pack directory and load or build the index at the first step instead of in the
+background; steps seen before they are ready are scored as not matched), ``cache_size`` (step signatures whose nearest patterns are kept,
 default 4096), ``save_index`` (save a built index into the pack directory, default true).
 """
 
