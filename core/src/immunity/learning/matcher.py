@@ -10,8 +10,9 @@ Switch it on with ``Runtime(verifiers=["patterns"], packs=["my-pack.json"])``. O
 (``Config.options["patterns"]``): ``index`` (the vector index plugin, default ``"brute"``, or
 ``"hnswlib"`` for large packs), ``embedder_options`` (passed to the embedder's factory), ``wait``
 (load a pack directory and load or build the index at the first step instead of in the
-background; steps seen before they are ready are scored as not matched), ``cache_size`` (step signatures whose nearest patterns are kept,
-default 4096), ``save_index`` (save a built index into the pack directory, default true).
+background; steps seen before they are ready are scored as not matched), ``cache_size`` (step
+signatures whose nearest patterns are kept, default 4096), ``save_index`` (save a built index
+into the pack directory, default true).
 """
 
 from __future__ import annotations
@@ -259,8 +260,8 @@ class StepScore:
     member_risks: list[float] = field(default_factory=list)
     #: the step itself failed (an error or a failed check), as the runtime recorded it
     failed: bool = False
-    #: false when the step was not matched because the pack's index was not ready yet (the risk
-    #: is the previous step's)
+    #: false when the step was not matched because the pack or its index was still loading (the
+    #: risk is the previous step's)
     matched: bool = True
 
     def row(self, run_id: str) -> dict[str, Any]:
