@@ -462,11 +462,13 @@ class Bridge:
 
             crewai_event_bus.flush(timeout=10)
         role = ctx.agent_role or self._role(ctx.agent)
+        task = ctx.task
         if run.last_agent is not None and role != run.last_agent:
-            session.handoff(run.last_agent, role or "agent")
+            # a sequential crew hands over with the next task: its description is the handoff's reason
+            what = getattr(task, "name", None) or getattr(task, "description", None)
+            session.handoff(run.last_agent, role or "agent", arguments={"task": str(what)} if what else None)
         run.last_agent = role
         _TASK.set((run, role))
-        task = ctx.task
         if self.adapter.options["node_events"] == "all":
             session.emit(Event(kind=EventKind.NODE_START, node=ctx.step_name, agent=role,
                                data={"task_id": str(getattr(task, "id", ""))}))
