@@ -467,9 +467,6 @@ def test_a_model_error_is_retried(framework: str, rt: Runtime) -> None:
 
 
 def test_a_rollback_resumes_the_run_to_its_answer(framework: str, rt: Runtime) -> None:
-    if framework == "crewai":
-        pytest.xfail("docs/adapters.md: CrewAI restores a checkpoint only as a new Crew that the caller's kickoff() "
-                     "cannot return; the run stops and guard.resume() starts the restored crew")
     env = Env()
     kit = KITS[framework](env)
     target = kit.single([("call", "lookup", {"key": "bad"}), ("call", "lookup", {"key": "a"}), "a is value-of-a"])
