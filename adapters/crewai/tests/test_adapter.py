@@ -566,8 +566,9 @@ def test_a_rollback_re_runs_the_task_inside_the_same_kickoff(make_runtime: Any, 
         ("worker1", "publish"), ("worker1", "publish")]
 
 
+@pytest.mark.parametrize("compensate", [False, True], ids=["no-compensation", "compensation"])
 def test_a_rolled_back_task_does_not_repeat_a_side_effect_and_compensates_when_told(
-        make_runtime: Any, kit: Any, tmp_path: Any) -> None:
+        make_runtime: Any, kit: Any, tmp_path: Any, compensate: bool) -> None:
     email = ToolCall("send_email", {"to": "editor@x.org", "body": "article coming"})
 
     def publish(messages: list[dict[str, Any]]) -> Any:
@@ -575,26 +576,23 @@ def test_a_rolled_back_task_does_not_repeat_a_side_effect_and_compensates_when_t
         titled = any("needs a title" in h for call in writer.calls for h in hint_messages(call))
         return ToolCall("publish", {"title": "Value of a", "text": "a"} if titled else {"text": "a"})
 
-    for compensate in (False, True):
-        kit.calls.clear()
-        rt = make_runtime(domain="shop", plugins=[ShopDomain(), RollbackOnPublishError()])
-        undone: list[dict[str, Any]] = []
-        if compensate:
-            rt.compensate_with("send_email", lambda **kw: undone.append(kw))
-        writer = ScriptedLLM(script=[email, publish, email, publish, "published"])
-        crew = kit.crew(None, tasks=2, llms=[ScriptedLLM(script=["a is value-of-a"]), writer],
-                        tools_per_task=[[], [kit.SendEmail(), kit.Publish()]], cache=False)
-        adapter = rt.protect(crew)
-        assert crew.kickoff().raw == "published"
-        assert [c["title"] for c in kit.calls["publish"]] == ["", "Value of a"]  # one rollback
-        if compensate:  # undone by its compensation at the rollback, so the task's new attempt sends it again
-            assert undone == [{"to": "editor@x.org", "body": "article coming"}]
-            assert len(kit.calls["send_email"]) == 2
-        else:  # not undone: the new attempt gets the first result back instead of sending it twice
-            assert len(kit.calls["send_email"]) == 1
-            replayed = [m["content"] for m in writer.calls[3] if m.get("role") == "tool"]
-            assert replayed[0] == "sent to editor@x.org (message #1)"
-        adapter.uninstrument()
+    rt = make_runtime(domain="shop", plugins=[ShopDomain(), RollbackOnPublishError()])
+    undone: list[dict[str, Any]] = []
+    if compensate:
+        rt.compensate_with("send_email", lambda **kw: undone.append(kw))
+    writer = ScriptedLLM(script=[email, publish, email, publish, "published"])
+    crew = kit.crew(None, tasks=2, llms=[ScriptedLLM(script=["a is value-of-a"]), writer],
+                    tools_per_task=[[], [kit.SendEmail(), kit.Publish()]], cache=False)
+    rt.protect(crew)
+    assert crew.kickoff().raw == "published"
+    assert [c["title"] for c in kit.calls["publish"]] == ["", "Value of a"]  # one rollback
+    if compensate:  # undone by its compensation at the rollback, so the task's new attempt sends it again
+        assert undone == [{"to": "editor@x.org", "body": "article coming"}]
+        assert len(kit.calls["send_email"]) == 2
+    else:  # not undone: the new attempt gets the first result back instead of sending it twice
+        assert len(kit.calls["send_email"]) == 1
+        replayed = [m["content"] for m in writer.calls[3] if m.get("role") == "tool"]
+        assert replayed[0] == "sent to editor@x.org (message #1)"
 
 
 def test_a_rollback_stops_for_resume_when_the_task_cannot_be_re_run(make_runtime: Any, kit: Any,

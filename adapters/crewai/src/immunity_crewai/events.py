@@ -48,7 +48,16 @@ from typing import Any
 
 from immunity.errors import PluginError
 from immunity.interventions.quoting import QUOTE_TOOL, split
-from immunity.models import Checkpoint, Event, EventKind, InterventionKind, Recovery, RecoveryKind, Severity, new_id
+from immunity.models import (
+    Checkpoint,
+    Event,
+    EventKind,
+    InterventionKind,
+    Recovery,
+    RecoveryKind,
+    Severity,
+    new_id,
+)
 from immunity.outcomes import end_run
 from immunity.runtime import Decision, RunSession
 
@@ -883,7 +892,7 @@ class TaskGuard:
         run, task = self.run, self.task
         rolled_back = run.task_rollbacks.pop(id(task), None)
         if rolled_back is not None and run.stop_answer is None:
-            cp, feedback = rolled_back
+            cp, again = rolled_back
             run.task_feedback.pop(id(task), None)
             run.task_retries[id(task)] = run.task_retries.get(id(task), 0) + 1
             run.final_emitted.discard(id(task))
@@ -891,7 +900,7 @@ class TaskGuard:
             if run.session is not None:
                 # compensate the attempt's side effects and record the rollback carried out
                 run.session.rollback(cp)
-            return False, feedback
+            return False, again
         feedback = run.task_feedback.pop(id(task), None)
         if feedback is None or run.stop_answer is not None:
             return True, self._passthrough(output)
