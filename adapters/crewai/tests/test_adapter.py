@@ -537,11 +537,13 @@ def rollback_crew(kit: Any, tmp_path: Any) -> tuple[Any, ScriptedLLM, ScriptedLL
     return crew, research, writer
 
 
-def test_a_rollback_re_runs_the_task_inside_the_same_kickoff(make_runtime: Any, kit: Any, tmp_path: Any) -> None:
+@pytest.mark.parametrize("how", ["kickoff", "kickoff_async", "akickoff"])
+def test_a_rollback_re_runs_the_task_inside_the_same_kickoff(make_runtime: Any, kit: Any, tmp_path: Any,
+                                                             how: str) -> None:
     rt = make_runtime(plugins=[RollbackOnPublishError()])
     crew, research, writer = rollback_crew(kit, tmp_path)
     adapter = rt.protect(crew)  # rollback="task", the default: no resume() call
-    out = crew.kickoff()
+    out = crew.kickoff() if how == "kickoff" else asyncio.run(getattr(crew, how)())
 
     assert out.raw == "published 'Value of a'"
     assert adapter.rolled_back() == []
