@@ -412,10 +412,16 @@ def rt() -> Any:
     runtime.close()
 
 
+#: a run id is ``<framework>-<the framework's own id>`` (docs/adapters.md, "run id")
+RUN_ID_PREFIX = {"langgraph": "langgraph-", "llamaindex": "llamaindex-", "openai_agents": "openai-agents-",
+                 "crewai": "crewai-"}
+
+
 def _one_run(rt: Runtime) -> Any:
     rt.flush()
     runs = rt.store.runs(limit=None)
     assert len(runs) == 1, f"one call, one run; stored: {[(r.run_id, r.status) for r in runs]}"
+    assert runs[0].run_id.startswith(RUN_ID_PREFIX[runs[0].framework.replace("-", "_")]), runs[0].run_id
     return runs[0]
 
 
@@ -466,15 +472,22 @@ def test_a_model_error_is_retried(framework: str, rt: Runtime) -> None:
     assert env.calls == [("lookup", "a")]
 
 
-def test_a_rollback_resumes_the_run_to_its_answer(framework: str, rt: Runtime) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_a_rollback_resumes_the_run_to_its_answer(framework: str, rt: Runtime, stream: bool) -> None:
     env = Env()
     kit = KITS[framework](env)
     target = kit.single([("call", "lookup", {"key": "bad"}), ("call", "lookup", {"key": "a"}), "a is value-of-a"])
     guard = rt.protect(target)
-    answer = kit.run(target, "What is a?")
+    answer = kit.run(target, "What is a?", stream=stream)
     assert answer == "a is value-of-a"
     run = _one_run(rt)
     assert guard.run_id == run.run_id
+    if stream and framework == "openai_agents":
+        # the run goes on to its answer with the rollback's hint, but is not rolled back
+        assert env.calls == [("lookup", "bad"), ("lookup", "a")] and run.status == "finished"
+        assert any(e.data.get("rollback_skipped") == "streamed run" for e in rt.store.events(run.run_id))
+        pytest.xfail("docs/adapters.md: run_streamed has handed its RunResultStreaming to the caller, and the SDK "
+                     "cannot restart that object's run loop from earlier input")
     rollbacks = rt.store.recoveries(run.run_id)
     # the rollback asked for, and the rollback carried out (back to a checkpoint)
     assert [r.kind.value for r in rollbacks] == ["rollback", "rollback"] and rollbacks[-1].checkpoint_id

@@ -52,7 +52,7 @@ from agents.tool import default_tool_error_function
 from agents.tracing import get_current_span
 from immunity.errors import PluginError, RunStopped
 from immunity.interventions.quoting import QUOTE_TOOL, split
-from immunity.models import Event, EventKind, RecoveryKind, Run
+from immunity.models import Event, EventKind, RecoveryKind, Run, new_id
 from immunity.outcomes import end_run
 from immunity.runtime import Decision, RunSession
 
@@ -677,6 +677,11 @@ def wrap_tool_use_behavior(adapter: OpenAIAgentsAdapter, original: Any) -> Calla
         run = None
         try:
             run = _lookup(adapter, context)
+            if run is not None and run.stop is None and run.rollback is not None and run.streamed:
+                # a streamed run cannot start again from earlier input (its caller holds the result
+                # object): it goes on, and the rollback's hint reaches the next model call
+                run.session.emit(Event(kind=EventKind.CUSTOM, data={"rollback_skipped": "streamed run"}))
+                run.rollback = None
             if run is not None and (run.stop is not None or run.rollback is not None):
                 return ToolsToFinalOutputResult(is_final_output=True,
                                                 final_output=run.stop if run.rollback is None else "")
@@ -822,6 +827,8 @@ def begin(adapter: OpenAIAgentsAdapter, agent: Any, input: Any, kwargs: dict[str
     key = _run_key(input, kwargs)
     if run_id is None and key is not None:
         run_id = _stored_run_id(rt, key)
+    if run_id is None:  # no session, conversation or group id: the SDK gives the run no id of its own
+        run_id = f"{FRAMEWORK}-{new_id('')}"
     existing = adapter._open.get(run_id) if run_id else None
     if existing is not None and not existing.session.ended:
         run = existing
