@@ -456,13 +456,14 @@ def test_two_agents_share_a_tool_and_the_handoff_is_a_delegate_step(framework: s
     assert steps[-1].agent == "writer"
 
 
-def test_a_model_error_is_retried(framework: str, rt: Runtime) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_a_model_error_is_retried(framework: str, rt: Runtime, stream: bool) -> None:
     env = Env()
     kit = KITS[framework](env)
     target = kit.single(flaky(TimeoutError("503 Service Unavailable: the model is overloaded"),
                               [("call", "lookup", {"key": "a"}), "a is value-of-a"]))
     guard = rt.protect(target)
-    answer = kit.run(target, "What is a?")
+    answer = kit.run(target, "What is a?", stream=stream)
     assert answer == "a is value-of-a"
     run = _one_run(rt)
     assert guard.run_id == run.run_id
@@ -495,13 +496,14 @@ def test_a_rollback_resumes_the_run_to_its_answer(framework: str, rt: Runtime, s
     assert run.status not in ("stopped", "rolling_back"), run.status
 
 
-def test_a_stop_ends_the_run_with_a_final_answer(framework: str, rt: Runtime) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_a_stop_ends_the_run_with_a_final_answer(framework: str, rt: Runtime, stream: bool) -> None:
     env = Env()
     kit = KITS[framework](env)
     target = kit.single([("call", "lookup", {"key": "a"}), ("call", "delete_records", {"table": "users"}),
                          "never reached"])
     guard = rt.protect(target)
-    answer = kit.run(target, "Clean up the users table.")
+    answer = kit.run(target, "Clean up the users table.", stream=stream)
     assert STOP_TEXT in answer
     assert env.calls == [("lookup", "a")]  # the delete never ran
     run = _one_run(rt)
