@@ -727,3 +727,26 @@ def test_a_side_effect_is_not_repeated_after_a_rollback(make_runtime: Any, kit: 
     rt.flush()
     steps = [s for s in rt.store.steps(only_run(rt).run.run_id) if s.tool == "send_email"]
     assert [s.data.get("replayed", False) for s in steps] == [False, True]
+
+
+def test_the_default_policy_rolls_a_task_back_inside_the_kickoff(make_runtime: Any, kit: Any) -> None:
+    """No recovery plugin: core's policy rolls back to the task's start when an error repeats after a
+    side effect (the checkpoint the adapter records at each task start is what it goes back to)."""
+    rt = make_runtime(domain="shop", plugins=[ShopDomain()])
+    email = ToolCall("send_email", {"to": "editor@x.org", "body": "article coming"})
+    untitled = ToolCall("publish", {"text": "a"})
+    writer = ScriptedLLM(script=[email, untitled, untitled, email, ToolCall("publish", {"title": "A", "text": "a"}),
+                                 "published"])
+    crew = kit.crew(None, tasks=2, llms=[ScriptedLLM(script=["a is value-of-a"]), writer],
+                    tools_per_task=[[], [kit.SendEmail(), kit.Publish()]], cache=False)
+    rt.protect(crew)
+    assert crew.kickoff().raw == "published"
+    assert len(kit.calls["send_email"]) == 1 and [c["title"] for c in kit.calls["publish"]] == ["", "", "A"]
+    run_id = only_run(rt).run.run_id
+    rt.flush()
+    rollbacks = [r for r in rt.store.recoveries(run_id) if r.kind == RecoveryKind.ROLLBACK]
+    assert len(rollbacks) == 2 and rollbacks[0].checkpoint_id == rollbacks[1].checkpoint_id
+    assert "Your changes after step" in (rollbacks[0].hint or "")
+    assert hint_messages(writer.calls[3])  # the task's new attempt starts with the hint of that step
+    assert "rolled back by immunity" in " ".join(str(m.get("content")) for m in writer.calls[3])
+    assert rt.store.get_run(run_id).status == "finished"

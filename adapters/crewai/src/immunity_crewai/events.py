@@ -763,6 +763,10 @@ class Bridge:
         if run.task_retries.get(id(task), 0) >= int(getattr(task, "guardrail_max_retries", 3) or 0):
             return False
         cp, context = start
+        asked = next((c for c in run.session.checkpoints if c.checkpoint_id == rec.checkpoint_id), None) \
+            if rec.checkpoint_id and run.session is not None else None
+        if asked is not None and asked.step < cp.step:  # the policy wants to go back before this task
+            return False
         reason = rec.reason or "a step failed its checks"
         feedback = f"rolled back by immunity ({reason}); the previous attempt's steps were undone: do the task " \
                    f"again from its start."
