@@ -12,8 +12,9 @@ this project except the adapter's scripted model, since there is no network):
   agent);
 
 and runs them plainly and streamed. The observable behaviour asserted is the same for all four:
-one run per call, every step carries its agent, a handoff is a DELEGATE step, the shared tool is
-recorded once per call, a model error is retried, a rollback resumes the run to its answer, and a
+one run per call with a ``<framework>-`` run id, every step carries its agent, a handoff is one
+DELEGATE step carrying its target, the shared tool is recorded once per call, a model error is
+retried, a rollback resumes the run to its answer (CrewAI: inside the same ``kickoff()``), and a
 stop ends the run with a final answer. Where docs/adapters.md documents that a framework cannot do
 one of these, the case is an expected failure carrying that reason.
 """
