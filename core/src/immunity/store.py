@@ -25,12 +25,12 @@ name as a prefix (``bandit_arms``) and are created through :attr:`SQLiteStore.db
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -505,6 +505,69 @@ def is_immunity_db(conn: sqlite3.Connection) -> bool:
     return bool(row and row[0])
 
 
+class _WriteQueue:
+    """The write queue: a deque that the agent's threads append to (no lock when there is room
+    and the writer is busy) and that the writer takes batches from; one condition wakes an idle
+    writer and the producers waiting for room. ``put(None)`` asks the writer thread to stop."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self.items: collections.deque[tuple[str, Any, int | None]] = collections.deque()
+        self.cv = threading.Condition(threading.Lock())
+        self.idle = False    # the writer is waiting on cv
+        self.waiting = 0     # producers waiting on cv for room
+        self.stop = False
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def put(self, item: tuple[str, Any, int | None] | None, timeout: float | None = None) -> bool:
+        """Append ``item``; ``False`` if the queue stayed full for ``timeout`` seconds (the
+        bound is approximate: producers racing for the last place may pass it by one each)."""
+        if item is None:
+            with self.cv:
+                self.stop = True
+                self.cv.notify_all()
+            return True
+        items = self.items
+        if len(items) >= self.maxsize:
+            deadline = time.monotonic() + (timeout or 0.0)
+            with self.cv:
+                self.waiting += 1
+                try:
+                    while len(items) >= self.maxsize:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return False
+                        self.cv.notify_all()
+                        self.cv.wait(left)
+                finally:
+                    self.waiting -= 1
+        items.append(item)
+        if self.idle:  # read after the append: an idle flag set later sees the item (see wait)
+            with self.cv:
+                self.cv.notify_all()
+        return True
+
+    def wait(self, timeout: float | None) -> None:
+        """(writer) Wait until something is queued, a stop is asked for, or ``timeout``."""
+        with self.cv:
+            self.idle = True
+            try:
+                if not self.items and not self.stop:
+                    self.cv.wait(timeout)
+            finally:
+                self.idle = False
+
+    def take(self, n: int) -> list[tuple[str, Any, int | None]]:
+        items = self.items
+        out = [items.popleft() for _ in range(min(n, len(items)))]
+        if self.waiting:
+            with self.cv:
+                self.cv.notify_all()
+        return out
+
+
 class StoreReads:
     """The read methods both of immunity's SQL stores share (SQLite here, PostgreSQL in
     immunity-postgres): the same queries and row-to-model conversion, with the driver's parameter
@@ -692,7 +755,8 @@ class SQLiteStore(StoreReads):
                     self._reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {path!r}: {exc} (is it an immunity database? is it locked?)") from exc
-        self._queue: queue.Queue[tuple[str, Any, int | None] | None] = queue.Queue(maxsize=max(1, max_queue))
+        self._queue = _WriteQueue(max(1, max_queue))
+        self._drain = threading.Lock()  # held while records are taken from the queue and written: keeps them in order
         if not read_only and not memory:
             self.read_back_spills()
         if background and not read_only:
@@ -754,13 +818,8 @@ class SQLiteStore(StoreReads):
         if not self._thread.is_alive():  # watchdog: a writer that died is restarted
             log.error("immunity store %s: the writer thread had stopped; restarting it", self.path)
             self._start_writer()
-        if self._spilling:
+        if self._spilling or not self._queue.put((table, record, seq), timeout=self.block_s):
             self._spill(table, record, seq)
-        else:
-            try:
-                self._queue.put((table, record, seq), timeout=self.block_s)
-            except queue.Full:
-                self._spill(table, record, seq)
         if self.durability == "run" and table == "runs" and getattr(record, "ended_at", None) is not None \
                 and self._failing is None:
             self.flush(timeout=max(self.busy_timeout_s, 1.0) * 2)
@@ -812,59 +871,44 @@ class SQLiteStore(StoreReads):
                                    "error": f"{type(exc).__name__}: {exc}", "ts": time.time()})]
 
     def _start_writer(self) -> None:
+        self._queue.stop = False
         self._thread = threading.Thread(target=self._writer, name=f"immunity-store:{self.path}", daemon=True)
         self._thread.start()
 
     def _writer(self) -> None:
-        """Drain the queue in batches. Nothing that goes wrong in a batch stops the loop."""
+        """Write the queue in batches. Nothing that goes wrong in a batch stops the loop."""
+        q = self._queue
         while True:
-            taken = 0
-            stop = False
             try:
-                wait = 0.2 if (self._failed or self._spilling) else None
-                try:
-                    item = self._queue.get(timeout=wait)
-                    taken = 1
-                except queue.Empty:
-                    item = ()  # type: ignore[assignment]
-                items = []
-                if item is None:
-                    stop = True
-                elif item:
-                    items.append(item)
-                    if self.linger_s:
-                        # let a batch build up instead of waking for every record: fewer wake-ups,
-                        # less contention with the agent's thread for the interpreter; a flush
-                        # (a run's end with durability="run", a read) cuts it short
-                        self._hurry.wait(self.linger_s)
-                        self._hurry.clear()
-                while not stop and taken < self.CHUNK * 4:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    taken += 1
-                    if nxt is None:
-                        stop = True
-                    else:
-                        items.append(nxt)
-                rows = [row for t, r, s in items for row in self._row_or_error(t, r, s)]
-                with self._lock:
-                    self._write(rows)
-                    limit = self._queue.maxsize
-                    if len(self._failed) > limit:  # the database is down: memory stays bounded
-                        self._spill_rows(self._failed[limit:])
-                        del self._failed[limit:]
-                    if self._spilling and not self._failed and self._queue.empty():
-                        self._read_back_own_spill()
+                if not q.items:
+                    q.wait(0.2 if (self._failed or self._spilling) else None)
+                if q.items and self.linger_s:
+                    # let a batch build up instead of waking for every record: fewer wake-ups,
+                    # less contention with the agent's thread for the interpreter; a flush
+                    # (a run's end with durability="run", a read) cuts it short
+                    self._hurry.wait(self.linger_s)
+                self._hurry.clear()
+                with self._drain:
+                    self._drain_batch(self.CHUNK * 4)
             except BaseException as exc:  # never let the writer die
                 log.error("immunity store %s: writer error (%s: %s); going on", self.path, type(exc).__name__, exc)
                 time.sleep(0.01)
-            finally:
-                for _ in range(taken):
-                    self._queue.task_done()
-            if stop:
+            if q.stop and not q.items:
                 return
+
+    def _drain_batch(self, n: int) -> None:
+        """Take up to ``n`` queued records and write them (with ``_drain`` held), then retry a
+        backlog, bound it, and read back this process's spill file once the queue is empty."""
+        items = self._queue.take(n)
+        rows = [row for t, r, s in items for row in self._row_or_error(t, r, s)]
+        with self._lock:
+            self._write(rows)
+            limit = self._queue.maxsize
+            if len(self._failed) > limit:  # the database is down: memory stays bounded
+                self._spill_rows(self._failed[limit:])
+                del self._failed[limit:]
+            if self._spilling and not self._failed and not self._queue.items:
+                self._read_back_own_spill()
 
     def _commit(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
         """One ``BEGIN IMMEDIATE`` transaction (it takes the write lock first, so busy_timeout
@@ -1144,14 +1188,24 @@ class SQLiteStore(StoreReads):
             return True
         deadline = time.monotonic() + timeout
         q = self._queue
-        if self._thread is not None and self._thread.is_alive():
-            self._hurry.set()
-            with q.all_tasks_done:
-                while q.unfinished_tasks:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    q.all_tasks_done.wait(min(left, 0.5))
+        if self._lock.acquire(blocking=False):  # inside this thread's own transaction: nothing can be written
+            try:
+                if self.db.conn.in_transaction:
+                    return False
+            finally:
+                self._lock.release()
+        # the caller writes what is queued itself, in order (no hand-over to the writer thread and
+        # back); if the writer is busy with a batch, that batch goes first
+        self._hurry.set()
+        n = len(q)
+        if not self._drain.acquire(timeout=max(timeout, 0.0)):
+            return False
+        try:
+            while n > 0 and q.items and not self._failed:
+                self._drain_batch(min(n, self.CHUNK * 4))
+                n -= self.CHUNK * 4
+        finally:
+            self._drain.release()
         while self._spilling or self._failed:
             with self._lock:
                 if self._failed:
