@@ -111,6 +111,17 @@ _KEY_LITERALS = ("authorization", "cookie")
 #: does not turn into it (``re.fullmatch("(?i)s", "\u017f")`` matches); folded before the lowered search.
 FOLD = {0x130: "i", 0x131: "i", 0x17F: "s", 0x212A: "k"}
 _TOKEN_END = re.compile(r"token(?![a-z0-9_])")
+#: Short literals looked for before the longer literals that contain them (one test instead of
+#: several when none is there).
+_ANCHORS = ("key", "pass", "secret")
+_EXACT_ANCHORS = ("A", "gh")
+
+
+def _grouped(literals: Iterable[str], anchors: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    groups: dict[str, list[str]] = {}
+    for lit in literals:
+        groups.setdefault(next((a for a in anchors if a in lit), lit), []).append(lit)
+    return {a: tuple(v) for a, v in groups.items()}
 
 #: Keys of a record's top level that immunity fills itself (ids, enums, times): never scanned.
 SKIP_KEYS = frozenset({"event_id", "run_id", "kind", "ts", "tool_call_id", "intervention_id", "recovery_id",
@@ -165,12 +176,12 @@ class Redactor:
         self._keys: dict[str, bool] = {}
         #: every detector in one expression (for callers that want the whole set)
         self.pattern = self._expression(tuple(range(len(self.names))))
-        self._prefilter: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._prefilter: tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]] | None = None
         if all(n in PREFILTER for n in self.names):  # user and plugin patterns: every record is walked
             exact = dict.fromkeys(lit for n in self.names for lit in PREFILTER[n][0])
             lowered = dict.fromkeys([*(lit for n in self.names for lit in PREFILTER[n][1]),
                                      *PREFILTER["secret_field"][1], *_KEY_LITERALS])
-            self._prefilter = (tuple(exact), tuple(lowered))
+            self._prefilter = (_grouped(exact, _EXACT_ANCHORS), _grouped(lowered, _ANCHORS))
 
     def may_change(self, text: str) -> bool:
         """Whether redaction could change any string that ``text`` holds (a record's JSON, or its
@@ -182,14 +193,18 @@ class Redactor:
             return False
         if self._prefilter is None:
             return True
-        exact, lowered = self._prefilter
-        for lit in exact:
-            if lit in text:
-                return True
+        exact, groups = self._prefilter
+        for anchor, lits in exact.items():
+            if anchor in text:
+                for lit in lits:
+                    if lit in text:
+                        return True
         low = text.lower() if text.isascii() else text.translate(FOLD).lower()
-        for lit in lowered:
-            if lit in low and (lit != "token" or _TOKEN_END.search(low)):
-                return True
+        for anchor, lits in groups.items():
+            if anchor in low:
+                for lit in lits:
+                    if lit in low and (lit != "token" or _TOKEN_END.search(low)):
+                        return True
         return False
 
     def _expression(self, active: tuple[int, ...]) -> re.Pattern[str] | None:
