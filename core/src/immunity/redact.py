@@ -79,7 +79,7 @@ TRIGGERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
     "private_key": ((), ("-----BEGIN",), True),
     "aws_key": (("A",), ("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA"), True),
     "aws_secret": ((), ("aws", "akia", "asia"), False),
-    "api_key": ((), ("sk-", "gh", "xox", "aiza", "hf_", "_live_", "_test_", "eyj"), False),
+    "api_key": ((), ("sk-", "gh", "github_pat_", "xox", "aiza", "hf_", "_live_", "_test_", "eyj"), False),
     "bearer": ((), ("bearer", "basic"), False),
     "secret_field": (("=", ":"), ("pass", "pwd", "secret", "key", "token", "credential"), False),
     "secret_phrase": ((" is ", " was "), ("passw", "passphrase", "api key", "secret key"), False),
