@@ -16,8 +16,9 @@
   file store vs without a store: seconds per run and the ratio (median of ``repeats``), and the
   added cost of one side-effecting tool call.
 - ``ingest``: live events per second through the runtime into a file store with edits in the
-  workload, and how many were lost; then the same events saved straight into the store (what the
-  store alone sustains).
+  workload, and how many were lost; the same through a runtime without a store (the ceiling the
+  runtime's own checks set); then the same events saved straight into the store (what the store
+  alone sustains).
 """
 
 from __future__ import annotations
@@ -175,15 +176,16 @@ def _coding_run(rt: Runtime, steps: int, r: int) -> None:
     s.end("success")
 
 
-def _time_agent(store: str | None, runs: int, steps: int, durability: str = "run") -> float:
+def _time_agent(store: str | None, runs: int, steps: int, durability: str = "run") -> tuple[float, float]:
+    """Wall and CPU seconds (of the whole process: the agent's thread and the store's writer) per run."""
     rt = Runtime(store=SQLiteStore(store, durability=durability) if store else None, domain="coding")
     _coding_run(rt, steps, -1)  # warm up (imports, caches)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for r in range(runs):
         _coding_run(rt, steps, r)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     rt.close()
-    return dt / runs
+    return dt / runs, cpu / runs
 
 
 def _side_effect_cost(store: str | None, n: int = 2000) -> float:
@@ -203,23 +205,28 @@ def _side_effect_cost(store: str | None, n: int = 2000) -> float:
 def bench_edits(runs: int, steps: int, repeats: int, durability: str = "run") -> None:
     folder = Path(tempfile.mkdtemp())
     with_store, without = [], []
-    for k in range(repeats):
+    load0 = os.getloadavg()[0]
+    for k in range(repeats):  # interleaved, so both sides see the same load
         without.append(_time_agent(None, runs, steps))
         with_store.append(_time_agent(str(folder / f"edits{k}.db"), runs, steps, durability))
-    ratio = statistics.median(w / o for w, o in zip(with_store, without, strict=True))
+    ratio = statistics.median(w[0] / o[0] for w, o in zip(with_store, without, strict=True))
+    cpu_ratio = statistics.median(w[1] / o[1] for w, o in zip(with_store, without, strict=True))
     call_file = _side_effect_cost(str(folder / "calls.db"))
     call_none = _side_effect_cost(None)
     print(f"edit-heavy coding agent ({runs} runs x {steps} steps, median of {repeats}, durability={durability}): "
-          f"{statistics.median(with_store) * 1000:.1f} ms/run with a file store vs "
-          f"{statistics.median(without) * 1000:.1f} ms/run without: ratio {ratio:.2f}; "
+          f"{statistics.median(w for w, _ in with_store) * 1000:.1f} ms/run with a file store vs "
+          f"{statistics.median(w for w, _ in without) * 1000:.1f} ms/run without: ratio {ratio:.2f} wall, "
+          f"{cpu_ratio:.2f} CPU ({statistics.median(c for _, c in with_store) * 1000:.1f} vs "
+          f"{statistics.median(c for _, c in without) * 1000:.1f} ms CPU/run); "
           f"one side-effecting tool call (start+end) median {call_file * 1000:.3f} ms with the store vs "
-          f"{call_none * 1000:.3f} ms without (+{(call_file - call_none) * 1000:.3f} ms)")
+          f"{call_none * 1000:.3f} ms without (+{(call_file - call_none) * 1000:.3f} ms); load average "
+          f"{load0:.1f} -> {os.getloadavg()[0]:.1f}")
 
 
 # ------------------------------------------------------------------------------------------ ingest
-def bench_ingest(runs: int, steps: int) -> None:
+def bench_ingest(runs: int, steps: int, store: bool = True) -> None:
     path = str(Path(tempfile.mkdtemp()) / "ingest.db")
-    rt = Runtime(store=path)
+    rt = Runtime(store=path if store else None)
     t0, c0 = time.perf_counter(), time.process_time()
     events = 0
     for r in range(runs):
@@ -229,6 +236,10 @@ def bench_ingest(runs: int, steps: int) -> None:
         events += 2 + 4 * steps
     rt.close()
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if not store:
+        print(f"the same without a store: {events} events in {dt:.1f} s = {events / dt:,.0f} events/s wall, "
+              f"{events / cpu:,.0f} events per CPU-second (load average {os.getloadavg()[0]:.1f})")
+        return
     stored = _count(path, "select count(*) from events")
     print(f"live ingest: {events} events ({runs} runs x {steps} steps, an edit per step) in {dt:.1f} s = "
           f"{events / dt:,.0f} events/s wall through the runtime into a file store, {events / cpu:,.0f} events per "
@@ -284,6 +295,7 @@ def main() -> None:
             bench_edits(a.runs or 50, 40 if a.steps == 20 else a.steps, a.repeats, d)
     if a.part in ("ingest", "all"):
         bench_ingest(a.runs or 2000, a.steps)
+        bench_ingest(a.runs or 2000, a.steps, store=False)
         bench_store_ingest(a.runs or 2000, a.steps)
 
 
