@@ -3,6 +3,7 @@
     python bench/bench_store.py load      [--procs 4 --threads 8 --runs 200 --steps 20]
     python bench/bench_store.py kill      [--kills 10 --durability run|batch]
     python bench/bench_store.py edits     [--runs 50 --steps 40 --repeats 5]
+    python bench/bench_store.py rows
     python bench/bench_store.py ingest    [--runs 2000 --steps 20]
     python bench/bench_store.py all       # everything at full size (a few minutes on 2 busy cores)
 
@@ -15,6 +16,8 @@
 - ``edits``: an edit-heavy coding agent (the coding domain; edits, reads and a test run) with a
   file store vs without a store: seconds per run and the ratio (median of ``repeats``), and the
   added cost of one side-effecting tool call.
+- ``rows``: CPU per record of building the rows of one edit-heavy run, from the records' fields
+  with one prefilter scan vs walking every string through the redactor.
 - ``ingest``: live events per second through the runtime into a file store with edits in the
   workload, and how many were lost; the same through a runtime without a store (the ceiling the
   runtime's own checks set); then the same events saved straight into the store (what the store
@@ -223,6 +226,50 @@ def bench_edits(runs: int, steps: int, repeats: int, durability: str = "run") ->
           f"{load0:.1f} -> {os.getloadavg()[0]:.1f}")
 
 
+# ------------------------------------------------------------------------------------------ rows
+def bench_rows(repeats: int = 200) -> None:
+    """CPU per record of building the rows of one edit-heavy run (what the writer does with the
+    interpreter lock held): straight from the fields with one prefilter scan, vs walking every
+    string through the redactor (what every record cost before, and what a record that may hold
+    a secret still costs)."""
+    from immunity.store import _Dumped, _to_row, to_row
+
+    saved: list[tuple[str, Any]] = []
+
+    class Recording(SQLiteStore):
+        def save(self, table: str, record: Any) -> None:
+            saved.append((table, record))
+            super().save(table, record)
+
+    rt = Runtime(store=Recording(str(Path(tempfile.mkdtemp()) / "rows.db"), background=False), domain="coding")
+    _coding_run(rt, 40, -1)
+    saved.clear()
+    _coding_run(rt, 40, 1)
+    red = rt.store.redactor
+
+    def walked(table: str, record: Any) -> Any:
+        if isinstance(record, dict):
+            return red.value(record, clip=16_000)
+        return _to_row(table, _Dumped(record, red), message_refs=True)
+
+    def cpu(fn: Any) -> float:
+        times = []
+        for _ in range(5):
+            c0 = time.process_time()
+            for _ in range(repeats):
+                for table, record in saved:
+                    fn(table, record)
+            times.append((time.process_time() - c0) / (repeats * len(saved)))
+        return statistics.median(times)
+
+    fast = cpu(lambda t, r: to_row(t, r, red, message_refs=True))
+    slow = cpu(walked)
+    print(f"row building, the {len(saved)} records of one 40-step edit-heavy run: {fast * 1e6:.1f} us CPU per record "
+          f"from the fields with one prefilter scan vs {slow * 1e6:.1f} us walking every string "
+          f"(load average {os.getloadavg()[0]:.1f})")
+    rt.close()
+
+
 # ------------------------------------------------------------------------------------------ ingest
 def bench_ingest(runs: int, steps: int, store: bool = True) -> None:
     path = str(Path(tempfile.mkdtemp()) / "ingest.db")
@@ -276,7 +323,7 @@ def bench_store_ingest(runs: int, steps: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["load", "kill", "edits", "ingest", "all"])
+    ap.add_argument("part", choices=["load", "kill", "edits", "rows", "ingest", "all"])
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--runs", type=int, default=None)
@@ -293,6 +340,8 @@ def main() -> None:
     if a.part in ("edits", "all"):
         for d in [a.durability] if a.durability else ["run", "batch"]:
             bench_edits(a.runs or 50, 40 if a.steps == 20 else a.steps, a.repeats, d)
+    if a.part in ("rows", "all"):
+        bench_rows()
     if a.part in ("ingest", "all"):
         bench_ingest(a.runs or 2000, a.steps)
         bench_ingest(a.runs or 2000, a.steps, store=False)

@@ -297,11 +297,10 @@ def _fast_event(ev: Event, redactor: Any, message_refs: bool) -> dict[str, Any] 
             messages.append((digest, blob))
     if redactor.may_change("\n".join(scan)):
         return None
-    if messages:
-        refs = [h for h, _ in messages]
-        extra = {"message_refs": refs}
+    if msgs:
+        extra: dict[str, Any] = {"message_refs": [h for h, _ in messages]}
         if len(msgs) > len(messages):
-            extra["messages_omitted"] = len(msgs) - len(messages)  # type: ignore[assignment]
+            extra["messages_omitted"] = len(msgs) - len(messages)
         tail = json.dumps(extra)[1:]
         body = body[:-1] + ("," if body != "{}" else "") + tail
     return {"event_id": ev.event_id, "run_id": ev.run_id, "kind": ev.kind.value, "ts": ev.ts, "agent": ev.agent,
