@@ -218,3 +218,11 @@ def test_flush_inside_the_store_s_own_transaction_returns_at_once(tmp_path) -> N
     assert store.flush()
     assert store.get_run("t1") is not None
     store.close()
+
+
+def test_a_model_in_another_table_keeps_that_table_s_layout() -> None:
+    red = Redactor()
+    ev = Event(kind=EventKind.CUSTOM, run_id="r1", data={"n": 1})
+    row = _fast_row("plugin_events", ev, red, False)
+    assert row is None or row == _slow("plugin_events", ev, red)
+    assert _fast_row("plugin_steps", Step(run_id="r"), red, False) is None

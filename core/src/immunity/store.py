@@ -247,11 +247,11 @@ def _fast_row(table: str, record: Any, redactor: Any, message_refs: bool) -> dic
     (it may hold a secret, a string over a limit, very deep nesting, or it is of another kind).
     Equal to what the full path builds whenever it returns a row."""
     t = type(record)
-    if t is Event:
+    if t is Event and table == "events":
         return _fast_event(record, redactor, message_refs)
-    if t is Step:
+    if t is Step and table == "steps":
         return _fast_step(record, redactor)
-    if t is Run:
+    if t is Run and table == "runs":
         return _fast_run(record, redactor)
     if t is dict:
         return _fast_dict(record, redactor)
