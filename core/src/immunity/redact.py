@@ -23,6 +23,10 @@ Besides text, dictionaries are walked: the value under a key that names a secret
 ``api_key``, ``token``, ``authorization``...) is masked whatever it looks like. Only strings are
 scanned; numbers, booleans and ``None`` pass through untouched.
 
+A store checks a whole record first with :meth:`Redactor.may_change` (a few substring tests for
+the literals every match must contain, :data:`PREFILTER`) and walks its strings only when that
+finds something; with user or plugin patterns every record is walked.
+
 Extending it: user patterns (``Config.options["redact"]["patterns"] = [regex, ...]`` or
 ``{name: regex}``) and plugins through the ``immunity_register_redaction_patterns`` hook
 (``register(name, regex)``) are folded into the same single expression. Switching it off takes
