@@ -23,8 +23,8 @@ from immunity.learning.learn import (
     threshold_for_far,
 )
 from immunity.learning.model import logit
-from immunity.learning.sequences import run_features
 from immunity.learning.pipeline import cross_validate, labels_for, score_rows, scores_from_rows
+from immunity.learning.sequences import run_features
 from immunity.models import Outcome
 from immunity.runtime import Runtime
 from immunity.testing import FakeRun

@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 from immunity.errors import PackError
-from immunity.learning.sequences import SEQUENCE_NAMES, SequenceRefs, SequenceTracker, build_refs, run_features, token
+from immunity.learning.sequences import (
+    SEQUENCE_NAMES,
+    SequenceRefs,
+    SequenceTracker,
+    build_refs,
+    run_features,
+    token,
+)
 
 
 @dataclass
