@@ -1,6 +1,13 @@
-#!/usr/bin/env python
-"""Diagnostic: AUROC at step k of each sequence feature alone, computed as at learn time (own group
-excluded). Reads outcomes to describe the data only; nothing here feeds a model."""
+"""Diagnostic: AUROC at steps 5 and 10 of each sequence-distance input alone, and of the task prior,
+computed as at learn time (a run's own group excluded from its references). It reads outcomes to
+describe the data only; nothing here feeds a model.
+
+Usage: uv run python bench/learning/sequence_features_alone.py PATH FORMAT EMBEDDER SPLIT
+  e.g. .../gpt-4o-airline.json.gz tau-bench hashing task
+"""
+
+from __future__ import annotations
+
 import sys
 
 import numpy as np
