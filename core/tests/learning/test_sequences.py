@@ -123,6 +123,10 @@ def test_refs_round_trip_as_plain_data_and_bad_data_is_refused() -> None:
         SequenceRefs.from_dict(doc, n_tasks=2)
     with pytest.raises(PackError, match="lengths"):
         SequenceRefs.from_dict(dict(doc, outcomes=doc["outcomes"][:-1]), n_tasks=5)
+    for broken in (dict(doc, seqs=[["0"]]), dict(doc, lengths=[1.5] * len(doc["lengths"])), dict(doc, vocab=[1]),
+                   dict(doc, k=10**9)):
+        with pytest.raises(PackError):
+            SequenceRefs.from_dict(broken, n_tasks=5)
 
 
 def test_learned_pack_keeps_its_sequences_as_data(learned: dict[str, Any]) -> None:

@@ -36,6 +36,12 @@ K = 5
 NEUTRAL = np.asarray([1.0, 1.0, 0.0, 0.0, 0.0])
 
 
+def _int(x: Any) -> int:
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError(f"expected an integer, got {type(x).__name__}")
+    return x
+
+
 def token(action: str, tool: str | None) -> str:
     return f"{action}:{tool or '-'}"
 
@@ -94,11 +100,15 @@ class SequenceRefs:
     def from_dict(cls, d: dict[str, Any], n_tasks: int) -> SequenceRefs:
         from immunity.errors import PackError
 
-        vocab = [str(v) for v in d.get("vocab") or []]
-        seqs = [[int(x) for x in s] for s in d.get("seqs") or []]
-        lengths = np.asarray(d.get("lengths") or [], dtype=np.int64)
-        outcomes = np.asarray(d.get("outcomes") or [], dtype=np.int64)
-        tasks = np.asarray(d.get("tasks") or [], dtype=np.int64)
+        try:
+            if not all(isinstance(v, str) for v in d.get("vocab") or []):
+                raise TypeError("vocabulary entries must be texts")
+            vocab = list(d.get("vocab") or [])
+            seqs = [[_int(x) for x in s] for s in d.get("seqs") or []]
+            lengths, outcomes, tasks = (np.asarray([_int(x) for x in d.get(k) or []], dtype=np.int64)
+                                        for k in ("lengths", "outcomes", "tasks"))
+        except (TypeError, ValueError) as exc:
+            raise PackError(f"the pack's sequence references are malformed: {exc}") from None
         if not len(seqs) == len(lengths) == len(outcomes) == len(tasks):
             raise PackError("the pack's sequence references have columns of different lengths")
         if any(x < 0 or x >= len(vocab) for s in seqs for x in s):
@@ -108,7 +118,15 @@ class SequenceRefs:
         if len(outcomes) and not set(outcomes.tolist()) <= {0, 1}:
             raise PackError("the pack's sequence references hold outcomes other than 0 and 1")
         return cls(vocab=vocab, seqs=seqs, lengths=lengths, outcomes=outcomes, tasks=tasks,
-                   k=max(1, int(d.get("k", K))))
+                   k=max(1, _k(d.get("k", K))))
+
+
+def _k(x: Any) -> int:
+    from immunity.errors import PackError
+
+    if isinstance(x, bool) or not isinstance(x, int) or not 1 <= x <= 1000:
+        raise PackError(f"the pack's sequence references have an implausible k {x!r}")
+    return x
 
 
 def build_refs(runs: Sequence[Any], task_keys: Sequence[str], k: int = K) -> SequenceRefs:
