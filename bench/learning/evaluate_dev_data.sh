@@ -58,3 +58,5 @@ $IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split task --embedder stati
 $IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split repo --out "$OUT/swebench-by-repo-sequence.json" \
   | tee "$OUT/swebench-by-repo-sequence.txt"
 uv run python bench/learning/step_cost.py | tee "$OUT/step-cost-sequence.txt"
+$IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split repo --embedder static \
+  --out "$OUT/swebench-by-repo-static.json" | tee "$OUT/swebench-by-repo-static.txt"
