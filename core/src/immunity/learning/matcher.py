@@ -39,6 +39,7 @@ from immunity.learning.packs import (
     resolve_pack,
     save_index,
 )
+from immunity.learning.sequences import SequenceTracker, token
 from immunity.learning.signing import is_trusted
 from immunity.models import Event, EventKind, PatternPack, Run, Severity, Step, Verdict
 from immunity.state import RunState
@@ -296,6 +297,7 @@ class RunScorer:
         self.scores: list[StepScore] = []
         self.priors: list[float] | None = None
         self.so_far: list[float] = [0.0] * (len(matcher.members) if matcher else 0)
+        self.seq: list[SequenceTracker | None] = []
         #: while the packs load in the background: returns the matcher once it is there
         self.pending: Any = None
 
@@ -319,6 +321,7 @@ class RunScorer:
             # a step no hook saw (a side-effecting call answered from the idempotency cache): it
             # carries the previous step's figures, so step indices stay aligned with the run's steps
             self._carry(i, state.steps[i].action_type.value, view)
+        first = self.last + 1
         self.last = k
         if self.matcher is None and self.pending is not None:
             m = self.pending()
@@ -326,6 +329,7 @@ class RunScorer:
                 return self._skipped(k, view, state)
             self.matcher, self.pending = m, None
             self.so_far = [0.0] * len(m.members)
+            first = 0  # the sequence trackers see every step of the run, the skipped ones too
         m = self.matcher
         if m is None:
             self.views.append(view)
@@ -336,6 +340,14 @@ class RunScorer:
             needed = any(len(mem.prior.keys) for mem in m.members)
             tvec = embed_task(m.embedder, self.task if self.task is not None else state.task) if needed else None
             self.priors = [mem.prior.prior(tvec) for mem in m.members]
+            self.seq = [_sequence_tracker(mem, tvec) for mem in m.members]
+        seq_now: list[np.ndarray | None] = []
+        for tr in self.seq:
+            feats = None
+            if tr is not None:
+                for s in state.steps[first:k + 1]:  # every step, the carried ones too, as learning saw them
+                    feats = tr.update(tr.refs.ids([token(s.action_type.value, s.tool)])[0])
+            seq_now.append(feats)
         if not m.ready:  # the index is still loading or building: this step is not matched
             m.skipped += 1
             return self._skipped(k, view, state)
@@ -349,7 +361,7 @@ class RunScorer:
             matched = mem.table.matched(pos[: mem.table.top_k], view.signals, view.action_type)
             e_now, n_now, best_pos = evidence(mem.table, matched)
             self.so_far[j] = max(self.so_far[j], e_now)
-            x = mem.inputs(view.numeric, e_now, self.so_far[j], n_now, self.priors[j], view.extra)
+            x = mem.inputs(view.numeric, e_now, self.so_far[j], n_now, self.priors[j], view.extra, seq_now[j])
             r = float(mem.predict(x[None, :])[0])
             member_risks.append(r)
             fired = r >= mem.threshold
@@ -369,6 +381,16 @@ class RunScorer:
                           error_class=cls, member_risks=member_risks, failed=bool(view.signals.get("last_failed")))
         self.scores.append(score)
         return score
+
+
+def _sequence_tracker(mem: Member, tvec: np.ndarray | None) -> SequenceTracker | None:
+    """The run's distance tracker for one risk model (None when the model has no references)."""
+    refs = mem.sequences
+    if refs is None:
+        return None
+    sims = mem.prior.vectors @ tvec if (tvec is not None and len(mem.prior.keys) and np.any(tvec)) else None
+    succ, fail = refs.nearest(sims)
+    return SequenceTracker(refs, succ, fail)
 
 
 # ------------------------------------------------------------------------------------------ verifier

@@ -50,7 +50,8 @@ def _read(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | Non
     return items
 
 
-def _cfg(target_far: float, folds: int, min_similarity: float, seed: int, model: str = "logistic") -> Any:
+def _cfg(target_far: float, folds: int, min_similarity: float, seed: int, model: str = "logistic",
+         sequence_k: int = 5) -> Any:
     from immunity.learning.learn import LearnConfig
 
     if not 0 < target_far < 1:
@@ -64,7 +65,8 @@ def _cfg(target_far: float, folds: int, min_similarity: float, seed: int, model:
             import sklearn  # noqa: F401
         except ImportError:
             raise click.ClickException(f"--model {model} needs scikit-learn: pip install 'immunity[learn]'") from None
-    return LearnConfig(target_far=target_far, folds=folds, min_similarity=min_similarity, seed=seed, model=model)
+    return LearnConfig(target_far=target_far, folds=folds, min_similarity=min_similarity, seed=seed, model=model,
+                       sequence_k=sequence_k)
 
 
 def _input_options(f: Any) -> Any:
@@ -92,6 +94,9 @@ def _learn_options(f: Any) -> Any:
     f = click.option("--jobs", "-j", default=None, type=click.IntRange(1, 256),
                      help="Worker processes for the feature pass (default: the cores available). The result "
                           "does not depend on it.")(f)
+    f = click.option("--sequence-k", default=5, show_default=True, type=click.IntRange(0, 50),
+                     help="Successful and failed runs of similar tasks whose action sequences the risk model "
+                          "compares with a run's (0: no sequence-distance inputs).")(f)
     return click.option("--embedder", default="hashing", show_default=True, help="Embedder plugin.")(f)
 
 
@@ -159,10 +164,10 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
                                                          "per domain, written next to --out as NAME-DOMAIN.json).")
     def learn(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, embedder: str, split: str,
               target_far: float, folds: int, min_similarity: float, seed: int, out: str, name: str | None,
-              pack_version: str, model: str, jobs: int | None, all_domains: bool) -> None:
+              pack_version: str, model: str, jobs: int | None, all_domains: bool, sequence_k: int = 5) -> None:
         """Learn failure patterns and a calibrated risk model from runs with outcomes; write a pack
         (one pack per domain when the runs are of several domains, unless --all-domains)."""
-        cfg = _cfg(target_far, folds, min_similarity, seed, model)
+        cfg = _cfg(target_far, folds, min_similarity, seed, model, sequence_k)
         items = _read(paths, fmt, store, domain)
         if domain:
             kept = [it for it in items if (it.run.domain or domain) == domain]
@@ -444,7 +449,7 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
     def eval_cmd(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, embedder: str, split: str,
                  target_far: float, folds: int, min_similarity: float, seed: int, cv: bool, packs: tuple[str, ...],
                  scores_path: str | None, out: str | None, scores_out: str | None, html_path: str | None,
-                 bootstrap: int, model: str, jobs: int | None) -> None:
+                 bootstrap: int, model: str, jobs: int | None, sequence_k: int = 5) -> None:
         """AUROC of runs alive at steps 5/10/20, recall before failure, false-alarm rate, lead, per-class and
         explain figures with 95% CIs, next to the steps-so-far baseline."""
         from immunity.learning.evaluate import table
@@ -458,7 +463,7 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
         items = _read(paths, fmt, store, domain)
         try:
             if cv:
-                cfg = _cfg(target_far, folds, min_similarity, seed, model)
+                cfg = _cfg(target_far, folds, min_similarity, seed, model, sequence_k)
                 res = cross_validate(items, cfg, split=split, folds=folds, embedder_spec={"plugin": embedder},
                                      domain=domain, log=_err, jobs=jobs or default_jobs())
                 scores, labels = res.scores, res.labels
