@@ -45,11 +45,13 @@ _NEVER = 10**9
 
 def scoring_config(packs: list[Any] | None = None, *, domain: str | None = None,
                    options: dict[str, Any] | None = None) -> Config:
-    """A runtime configuration that observes a replayed run without changing it."""
+    """A runtime configuration that observes a replayed run without changing it (every step is
+    matched: the packs and their index are loaded before the first step, never in the background)."""
+    opts = dict(options or {})
+    opts["patterns"] = {"wait": True, **(opts.get("patterns") or {})}
     return Config(domain=domain, store=None, step_budget_ms=0.0, verifiers=["patterns"], packs=list(packs or []),
                   max_consecutive_failures=_NEVER, observe_only=True,
-                  options={"rules": {"block_repeat": _NEVER, "stop_repeat": _NEVER, "tool_breaker": _NEVER},
-                           **(options or {})})
+                  options={"rules": {"block_repeat": _NEVER, "stop_repeat": _NEVER, "tool_breaker": _NEVER}, **opts})
 
 
 def make_runtime(packs: list[Any] | None = None, *, domain: str | None = None,
@@ -480,8 +482,9 @@ def score_items(items: Iterable[Any], packs: list[Any], *, domain: str | None = 
     try:
         registry = rt.pm.registry("pattern_packs")
         opts = dict((options or {}).get("patterns", {}) or {})
-        PackMatcher([resolve_pack(p, registry) for p in packs], rt.pm, index=opts.get("index"),
-                    embedder_options=opts.get("embedder_options"))  # refuse a bad pack before any run
+        # refuse a bad pack before any run (with the brute-force index: the runtime's own matcher
+        # builds the configured one)
+        PackMatcher([resolve_pack(p, registry) for p in packs], rt.pm, embedder_options=opts.get("embedder_options"))
         for i, item in enumerate(items):
             session = _replay(item, rt, f"score-{i}")
             scorer = session.state.extras.get("patterns")
