@@ -1,6 +1,7 @@
 """A large pattern pack: RSS and time to load it, one line each.
 
-    python bench/bench_packs.py [--patterns 100000] [--format dir|json] [--match]
+    python bench/bench_packs.py [--patterns 100000] [--format dir|json] [--match] [--repeat 5]
+    python bench/bench_packs.py --pack DIR [--match] [--repeat 5]     # an existing pack directory
 
 The pack is synthetic but shaped like a learned one (``immunity learn``): each pattern has a
 description, predicates (action type, signal minimums, a step range), up to ten example run ids,
@@ -9,8 +10,9 @@ signature's vector plus noise), and one logistic risk model over every pattern. 
 written once (``--format dir``: a pack directory with ``pack.json`` and a memory-mapped
 ``vectors.npy``; ``json``: the single-file format, vectors as base64), then a fresh process loads
 it and prints its RSS before and after ``load_pack`` and the wall time of the load (verification
-of the content hash and of the vectors' digest included). ``--match`` also builds the matcher
-(``PackMatcher`` with the hnswlib index when installed, else brute force) and times one step.
+of the content hash and of the vectors' digest included). ``--match`` also makes the matcher ready
+(``PackMatcher`` with the hnswlib index when installed, else brute force: the saved index of the
+directory when it has one, ``immunity pack index DIR``, else built) and times that.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def measure(path: str, match: bool) -> None:
 
     gc.collect()
     before = rss_mb()
+    load = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
     pack = load_pack(path)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -104,7 +107,8 @@ def measure(path: str, match: bool) -> None:
     vec = pattern_matrix(pack)
     kind = "memory-mapped" if isinstance(vec, np.memmap) or isinstance(getattr(vec, "base", None), np.memmap) \
         else "in memory"
-    print(f"pack of {len(pack.patterns):,} patterns ({Path(path).name}, vectors {kind}): load {dt:.2f} s wall, {cpu:.2f} s CPU; "
+    print(f"pack of {len(pack.patterns):,} patterns ({Path(path).name}, vectors {kind}): load {dt:.2f} s wall, {cpu:.2f} s CPU "
+          f"(all threads; load average {load:.1f} on {os.cpu_count()} CPUs); "
           f"RSS {before:.0f} MB before -> {after:.0f} MB after loading (+{after - before:.0f} MB)")
     if match:
         from immunity.learning.matcher import PackMatcher
@@ -114,10 +118,10 @@ def measure(path: str, match: bool) -> None:
         pm = get_plugin_manager()
         index = "hnswlib" if "hnswlib" in pm.registry("vector_indexes") else "brute"
         t0 = time.perf_counter()
-        m = PackMatcher([pack], pm, index=index)
+        m = PackMatcher([pack], pm, index=index, wait=True)
         dt = time.perf_counter() - t0
         gc.collect()
-        print(f"matcher over {len(pack.patterns):,} patterns (index {index}): built in {dt:.2f} s; "
+        print(f"matcher over {len(pack.patterns):,} patterns (index {index}, {m.index_source}): ready in {dt:.2f} s; "
               f"RSS {rss_mb():.0f} MB with the pack and the index; members {len(m.members)}")
 
 
@@ -128,16 +132,23 @@ def main() -> None:
     ap.add_argument("--match", action="store_true")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     ap.add_argument("--keep", help="write the pack here and keep it")
+    ap.add_argument("--pack", help="measure this existing pack directory instead of writing one")
+    ap.add_argument("--repeat", type=int, default=1, help="measure in this many fresh processes")
     a = ap.parse_args()
     if a.measure:
         measure(a.measure, a.match)
+        return
+    if a.pack:
+        for _ in range(a.repeat):
+            subprocess.run([sys.executable, __file__, "--measure", a.pack] + (["--match"] if a.match else []), check=True)
         return
     out = Path(a.keep) if a.keep else Path(tempfile.mkdtemp()) / ("big" if a.format == "dir" else "big.json")
     t0 = time.perf_counter()
     build(a.patterns, out)
     print(f"wrote a pack of {a.patterns:,} patterns to {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     cmd = [sys.executable, __file__, "--measure", str(out)] + (["--match"] if a.match else [])
-    subprocess.run(cmd, check=True)
+    for _ in range(a.repeat):
+        subprocess.run(cmd, check=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python bench/bench_store.py load      [--procs 4 --threads 8 --runs 200 --steps 20]
     python bench/bench_store.py kill      [--kills 10 --durability run|batch]
     python bench/bench_store.py edits     [--runs 50 --steps 40 --repeats 5]
+    python bench/bench_store.py rows
     python bench/bench_store.py ingest    [--runs 2000 --steps 20]
     python bench/bench_store.py all       # everything at full size (a few minutes on 2 busy cores)
 
@@ -15,9 +16,12 @@
 - ``edits``: an edit-heavy coding agent (the coding domain; edits, reads and a test run) with a
   file store vs without a store: seconds per run and the ratio (median of ``repeats``), and the
   added cost of one side-effecting tool call.
+- ``rows``: CPU per record of building the rows of one edit-heavy run, from the records' fields
+  with one prefilter scan vs walking every string through the redactor.
 - ``ingest``: live events per second through the runtime into a file store with edits in the
-  workload, and how many were lost; then the same events saved straight into the store (what the
-  store alone sustains).
+  workload, and how many were lost; the same through a runtime without a store (the ceiling the
+  runtime's own checks set); then the same events saved straight into the store (what the store
+  alone sustains).
 """
 
 from __future__ import annotations
@@ -175,15 +179,16 @@ def _coding_run(rt: Runtime, steps: int, r: int) -> None:
     s.end("success")
 
 
-def _time_agent(store: str | None, runs: int, steps: int, durability: str = "run") -> float:
+def _time_agent(store: str | None, runs: int, steps: int, durability: str = "run") -> tuple[float, float]:
+    """Wall and CPU seconds (of the whole process: the agent's thread and the store's writer) per run."""
     rt = Runtime(store=SQLiteStore(store, durability=durability) if store else None, domain="coding")
     _coding_run(rt, steps, -1)  # warm up (imports, caches)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for r in range(runs):
         _coding_run(rt, steps, r)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     rt.close()
-    return dt / runs
+    return dt / runs, cpu / runs
 
 
 def _side_effect_cost(store: str | None, n: int = 2000) -> float:
@@ -203,23 +208,72 @@ def _side_effect_cost(store: str | None, n: int = 2000) -> float:
 def bench_edits(runs: int, steps: int, repeats: int, durability: str = "run") -> None:
     folder = Path(tempfile.mkdtemp())
     with_store, without = [], []
-    for k in range(repeats):
+    load0 = os.getloadavg()[0]
+    for k in range(repeats):  # interleaved, so both sides see the same load
         without.append(_time_agent(None, runs, steps))
         with_store.append(_time_agent(str(folder / f"edits{k}.db"), runs, steps, durability))
-    ratio = statistics.median(w / o for w, o in zip(with_store, without, strict=True))
+    ratio = statistics.median(w[0] / o[0] for w, o in zip(with_store, without, strict=True))
+    cpu_ratio = statistics.median(w[1] / o[1] for w, o in zip(with_store, without, strict=True))
     call_file = _side_effect_cost(str(folder / "calls.db"))
     call_none = _side_effect_cost(None)
     print(f"edit-heavy coding agent ({runs} runs x {steps} steps, median of {repeats}, durability={durability}): "
-          f"{statistics.median(with_store) * 1000:.1f} ms/run with a file store vs "
-          f"{statistics.median(without) * 1000:.1f} ms/run without: ratio {ratio:.2f}; "
+          f"{statistics.median(w for w, _ in with_store) * 1000:.1f} ms/run with a file store vs "
+          f"{statistics.median(w for w, _ in without) * 1000:.1f} ms/run without: ratio {ratio:.2f} wall, "
+          f"{cpu_ratio:.2f} CPU ({statistics.median(c for _, c in with_store) * 1000:.1f} vs "
+          f"{statistics.median(c for _, c in without) * 1000:.1f} ms CPU/run); "
           f"one side-effecting tool call (start+end) median {call_file * 1000:.3f} ms with the store vs "
-          f"{call_none * 1000:.3f} ms without (+{(call_file - call_none) * 1000:.3f} ms)")
+          f"{call_none * 1000:.3f} ms without (+{(call_file - call_none) * 1000:.3f} ms); load average "
+          f"{load0:.1f} -> {os.getloadavg()[0]:.1f}")
+
+
+# ------------------------------------------------------------------------------------------ rows
+def bench_rows(repeats: int = 200) -> None:
+    """CPU per record of building the rows of one edit-heavy run (what the writer does with the
+    interpreter lock held): straight from the fields with one prefilter scan, vs walking every
+    string through the redactor (what every record cost before, and what a record that may hold
+    a secret still costs)."""
+    from immunity.store import _Dumped, _to_row, to_row
+
+    saved: list[tuple[str, Any]] = []
+
+    class Recording(SQLiteStore):
+        def save(self, table: str, record: Any) -> None:
+            saved.append((table, record))
+            super().save(table, record)
+
+    rt = Runtime(store=Recording(str(Path(tempfile.mkdtemp()) / "rows.db"), background=False), domain="coding")
+    _coding_run(rt, 40, -1)
+    saved.clear()
+    _coding_run(rt, 40, 1)
+    red = rt.store.redactor
+
+    def walked(table: str, record: Any) -> Any:
+        if isinstance(record, dict):
+            return red.value(record, clip=16_000)
+        return _to_row(table, _Dumped(record, red), message_refs=True)
+
+    def cpu(fn: Any) -> float:
+        times = []
+        for _ in range(5):
+            c0 = time.process_time()
+            for _ in range(repeats):
+                for table, record in saved:
+                    fn(table, record)
+            times.append((time.process_time() - c0) / (repeats * len(saved)))
+        return statistics.median(times)
+
+    fast = cpu(lambda t, r: to_row(t, r, red, message_refs=True))
+    slow = cpu(walked)
+    print(f"row building, the {len(saved)} records of one 40-step edit-heavy run: {fast * 1e6:.1f} us CPU per record "
+          f"from the fields with one prefilter scan vs {slow * 1e6:.1f} us walking every string "
+          f"(load average {os.getloadavg()[0]:.1f})")
+    rt.close()
 
 
 # ------------------------------------------------------------------------------------------ ingest
-def bench_ingest(runs: int, steps: int) -> None:
+def bench_ingest(runs: int, steps: int, store: bool = True) -> None:
     path = str(Path(tempfile.mkdtemp()) / "ingest.db")
-    rt = Runtime(store=path)
+    rt = Runtime(store=path if store else None)
     t0, c0 = time.perf_counter(), time.process_time()
     events = 0
     for r in range(runs):
@@ -229,6 +283,10 @@ def bench_ingest(runs: int, steps: int) -> None:
         events += 2 + 4 * steps
     rt.close()
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if not store:
+        print(f"the same without a store: {events} events in {dt:.1f} s = {events / dt:,.0f} events/s wall, "
+              f"{events / cpu:,.0f} events per CPU-second (load average {os.getloadavg()[0]:.1f})")
+        return
     stored = _count(path, "select count(*) from events")
     print(f"live ingest: {events} events ({runs} runs x {steps} steps, an edit per step) in {dt:.1f} s = "
           f"{events / dt:,.0f} events/s wall through the runtime into a file store, {events / cpu:,.0f} events per "
@@ -265,7 +323,7 @@ def bench_store_ingest(runs: int, steps: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["load", "kill", "edits", "ingest", "all"])
+    ap.add_argument("part", choices=["load", "kill", "edits", "rows", "ingest", "all"])
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--runs", type=int, default=None)
@@ -282,8 +340,11 @@ def main() -> None:
     if a.part in ("edits", "all"):
         for d in [a.durability] if a.durability else ["run", "batch"]:
             bench_edits(a.runs or 50, 40 if a.steps == 20 else a.steps, a.repeats, d)
+    if a.part in ("rows", "all"):
+        bench_rows()
     if a.part in ("ingest", "all"):
         bench_ingest(a.runs or 2000, a.steps)
+        bench_ingest(a.runs or 2000, a.steps, store=False)
         bench_store_ingest(a.runs or 2000, a.steps)
 
 

@@ -17,6 +17,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: What .ci/run runs (with the network) before the tests so that the offline installs below resolve
+WARM_CACHE = ("uv venv -q /tmp/immunity-warm && uv pip install -q --python /tmp/immunity-warm "
+              "./core ./examples/custom_domain ./examples/plugin_example")
+
 ARTEFACTS = ("build", "dist", "*.egg-info", ".venv", "__pycache__")
 
 
@@ -34,6 +38,10 @@ def install_offline(python: Path, *paths: Path | str) -> None:
         res = subprocess.run([uv, "pip", "install", "--offline", "--quiet", "--python", str(python),
                               *[str(source_copy(Path(p), Path(tmp))) for p in paths]],
                              capture_output=True, text=True, env=env, timeout=600)
+    if res.returncode != 0 and ("not found in the cache" in res.stderr or "downloaded from a registry" in res.stderr):
+        pytest.fail("uv's cache lacks a dependency these offline installs need (`uv sync --locked` caches wheels "
+                    "by the lock's URLs, not the index pages an install resolves from). Warm it once, with the "
+                    f"network: `{WARM_CACHE}`\n{res.stderr}")
     assert res.returncode == 0, f"offline install failed:\n{res.stdout}\n{res.stderr}"
     assert _artefacts() == before, f"build artefacts left in the repository: {sorted(_artefacts() - before)}"
 

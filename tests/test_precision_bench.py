@@ -169,6 +169,7 @@ def _write(tmp_path: Path) -> dict[str, list[str]]:
 def test_successful_runs_stay_within_the_false_alarm_budget(tmp_path: Path) -> None:
     groups = _write(tmp_path)
     report = precision_report(groups)
+    assert report.config["selector"] == "bandit"  # the runtime's default selector, as users get it
     summary = report.summary()
     assert summary["swe-bench"]["runs"] == len(good_coding_runs())
     assert summary["tau-bench"]["runs"] == len(good_support_runs())

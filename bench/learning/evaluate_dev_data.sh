@@ -38,3 +38,25 @@ ${PYTHON:-python} "$(dirname "$0")/explain_baselines.py" --format who-and-when "
 
 # Issue 15, second round: learn throughput (one line; CPU time carries over, wall time depends on the load)
 uv run python bench/learning/learn_throughput.py "$TAU" "$SWE" | tee "$OUT/learn-throughput.txt"
+
+# Issue 15, third round: sequence distance to runs of similar tasks (on by default; --sequence-k 0 is the
+# ablation) and the packaged static encoder (immunity-static, --embedder static)
+$IMMUNITY eval --cv --format tau-bench "$TAU" --split task --out "$OUT/tau-bench-sequence.json" \
+  | tee "$OUT/tau-bench-sequence.txt"
+$IMMUNITY eval --cv --format tau-bench "$TAU" --split task --sequence-k 0 --out "$OUT/tau-bench-no-sequence.json" \
+  | tee "$OUT/tau-bench-no-sequence.txt"
+$IMMUNITY eval --cv --format tau-bench "$TAU" --split task --model trees --out "$OUT/tau-bench-sequence-trees.json" \
+  | tee "$OUT/tau-bench-sequence-trees.txt"
+$IMMUNITY eval --cv --format tau-bench "$TAU" --split task --embedder static --out "$OUT/tau-bench-static.json" \
+  | tee "$OUT/tau-bench-static.txt"
+$IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split task --out "$OUT/swebench-by-task-sequence.json" \
+  | tee "$OUT/swebench-by-task-sequence.txt"
+$IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split task --sequence-k 0 \
+  --out "$OUT/swebench-by-task-no-sequence.json" | tee "$OUT/swebench-by-task-no-sequence.txt"
+$IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split task --embedder static \
+  --out "$OUT/swebench-by-task-static.json" | tee "$OUT/swebench-by-task-static.txt"
+$IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split repo --out "$OUT/swebench-by-repo-sequence.json" \
+  | tee "$OUT/swebench-by-repo-sequence.txt"
+uv run python bench/learning/step_cost.py | tee "$OUT/step-cost-sequence.txt"
+$IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split repo --embedder static \
+  --out "$OUT/swebench-by-repo-static.json" | tee "$OUT/swebench-by-repo-static.txt"

@@ -236,7 +236,7 @@ def test_broken_command_registration_does_not_take_the_cli_down(monkeypatch):
     ({"step_budget_ms": float("nan")}, "step_budget_ms", 50.0),
     ({"max_interventions": -3}, "max_interventions", 5),
     ({"observe_only": "yes"}, "observe_only", False),
-    ({"selector": 7}, "selector", "default"),
+    ({"selector": 7}, "selector", "bandit"),
     ({"verifiers": "rules"}, "verifiers", ["rules"]),
 ])
 def test_bad_configuration_is_a_warning_and_the_default(kw, field, default, caplog):

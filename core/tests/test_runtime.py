@@ -568,3 +568,34 @@ def test_factories_receive_the_runtime_when_they_ask():
     FakeRun(rt).tool("x", {})
     assert seen["runtime"] is rt
     rt.close()
+
+
+def test_a_handoff_is_one_delegate_step_even_through_a_handoff_tool():
+    rt = Runtime(store=":memory:")
+    s = rt.start_run(task="x")
+    # a handoff tool (DELEGATE by its name) followed by the handoff it carried out: one step
+    s.tool_start("transfer_to_writer", {"reason": "writing"}, tool_call_id="c1", agent="researcher")
+    s.tool_end("transfer_to_writer", "ok", tool_call_id="c1", agent="researcher")
+    s.handoff("researcher", "writer")
+    # a handoff tool the name does not reveal, matched by its call id: relabelled DELEGATE
+    s.tool_start("lookup", {"key": "a"}, tool_call_id="c2", agent="writer")
+    s.tool_start("go_back", {"why": "done"}, tool_call_id="c3", agent="writer")
+    s.tool_end("go_back", "ok", tool_call_id="c3", agent="writer")
+    s.tool_end("lookup", "v", tool_call_id="c2", agent="writer")
+    s.handoff("writer", "researcher", tool_call_id="c3")
+    # a handoff with no tool call (a crew's next task, a node's Command): its own step
+    s.message("thinking", agent="researcher")
+    s.handoff("researcher", "critic", arguments={"task": "review"})
+    s.end()
+    rt.flush()
+    steps = rt.store.steps(s.run.run_id)
+    assert [(st.agent, st.tool, st.action_type.value, st.data.get("target")) for st in steps] == [
+        ("researcher", "transfer_to_writer", "DELEGATE", "writer"),
+        ("writer", "go_back", "DELEGATE", "researcher"),
+        ("writer", "lookup", "SEARCH", None),
+        ("researcher", None, "RESPOND", None),
+        ("researcher", None, "DELEGATE", "critic"),
+    ]
+    assert steps[0].arguments == {"reason": "writing"} and steps[-1].arguments == {"task": "review"}
+    assert s.state.action_counts["DELEGATE"] == 3 and s.state.action_counts["OTHER"] == 0
+    rt.close()

@@ -295,3 +295,50 @@ def test_pinned_digest_helper_is_stable_in_process():
                             "steps_since_verify": 3.0, "tool": "write_file"})
     digest = hashlib.sha256(np.round(v, 6).tobytes() + np.round(f, 6).tobytes()).hexdigest()
     assert digest == _digest_in_subprocess("0")
+
+
+def _reference_embedding(emb: HashingEmbedder, text: str) -> np.ndarray:
+    """The hashing embedder's definition, one feature at a time (the vectorised code must agree)."""
+    person = b"immunity-hash-v1"
+
+    def slot(key: str) -> tuple[int, float]:
+        h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8, person=person).digest(), "little")
+        return h % emb.dimension, (1.0 if (h >> 63) & 1 else -1.0)
+
+    words = emb.tokens(text)
+    idx: list[int] = []
+    val: list[float] = []
+    lo, hi = emb.char_ngrams
+    for word in words:
+        i, s = slot("w:" + word)
+        idx.append(i)
+        val.append(s)
+        marked = f"<{word}>"
+        for n in range(lo, hi + 1) if hi else ():
+            for start in range(max(len(marked) - n + 1, 0)):
+                i, s = slot("c:" + marked[start:start + n])
+                idx.append(i)
+                val.append(s * emb.char_weight)
+    if emb.bigram_weight:
+        for a, b in zip(words, words[1:], strict=False):
+            i, s = slot(f"b:{a} {b}")
+            idx.append(i)
+            val.append(s * emb.bigram_weight)
+    acc = np.bincount(np.asarray(idx, dtype=np.intp), weights=np.asarray(val), minlength=emb.dimension)
+    norm = float(np.sqrt(acc @ acc))
+    return (acc / norm if norm else acc).astype(np.float32)
+
+
+@pytest.mark.parametrize("options", [{}, {"char_ngrams": (2, 5), "char_weight": 0.3, "bigram_weight": 0.7},
+                                     {"char_ngrams": (0, 0)}, {"dimension": 97, "bigram_weight": 0.0}])
+def test_vectorised_text_embedding_equals_the_definition(options):
+    emb = HashingEmbedder(**options)
+    rng = np.random.default_rng(3)
+    vocab = ["pytest", "FileNotFoundError", "a", "ab", "x1", "ünïcödé", "☃", "def", "return", "the", "tests"]
+    texts = ["", "a", "ab c", "ünïcödé tëxt ☃"] + [
+        " ".join(vocab[int(j)] + str(int(j) * int(k) % 7) for j, k in rng.integers(0, len(vocab), size=(n, 2)))
+        for n in (1, 2, 5, 40, 400)]
+    for _ in range(2):  # the second pass reads the per-word cache
+        got = emb.embed(texts)
+        for row, text in zip(got, texts, strict=True):
+            assert np.array_equal(row, _reference_embedding(emb, text)), text[:40]

@@ -537,12 +537,84 @@ def rollback_crew(kit: Any, tmp_path: Any) -> tuple[Any, ScriptedLLM, ScriptedLL
     return crew, research, writer
 
 
-def test_rollback_to_a_verified_checkpoint_and_resume(make_runtime: Any, kit: Any, tmp_path: Any) -> None:
+@pytest.mark.parametrize("how", ["kickoff", "kickoff_async", "akickoff"])
+def test_a_rollback_re_runs_the_task_inside_the_same_kickoff(make_runtime: Any, kit: Any, tmp_path: Any,
+                                                             how: str) -> None:
+    rt = make_runtime(plugins=[RollbackOnPublishError()])
+    crew, research, writer = rollback_crew(kit, tmp_path)
+    adapter = rt.protect(crew)  # rollback="task", the default: no resume() call
+    out = crew.kickoff() if how == "kickoff" else asyncio.run(getattr(crew, how)())
+
+    assert out.raw == "published 'Value of a'"
+    assert adapter.rolled_back() == []
+    assert len(research.calls) == 1  # the task before the checkpoint is not run again
+    assert [c["title"] for c in kit.calls["publish"]] == ["", "Value of a"]
+    assert len(writer.calls) == 3  # the bad publish call; the task again: the titled call, the answer
+    retry = " ".join(str(m.get("content")) for m in writer.calls[1])
+    # CrewAI's guardrail retry prompt: the rollback, the earlier task's output (kept), the hint
+    assert "rolled back by immunity (publish failed)" in retry and "a is value-of-a" in retry
+    assert hint_messages(writer.calls[1]) == ["[immunity] publish needs a title: give the article one."]
+    run_id = only_run(rt).run.run_id
+    rt.flush()
+    run = rt.store.get_run(run_id)
+    assert run.status == "finished" and run.final_answer == out.raw and "resumed" not in run.metadata
+    rollbacks = [r for r in rt.store.recoveries(run_id) if r.kind == RecoveryKind.ROLLBACK]
+    starts = {c.checkpoint_id: c for c in rt.store.checkpoints(run_id) if c.ref.get("task_start")}
+    assert len(rollbacks) == 2 and rollbacks[-1].checkpoint_id in starts  # asked, then done: back to the task's start
+    assert starts[rollbacks[-1].checkpoint_id].ref["task_name"] == "task1"
+    assert starts[rollbacks[-1].checkpoint_id].verified
+    assert kinds(rt, run_id).count("run_end") == 1
+    assert [(s.agent, s.tool) for s in rt.store.steps(run_id) if s.tool] == [
+        ("worker1", "publish"), ("worker1", "publish")]
+
+
+@pytest.mark.parametrize("compensate", [False, True], ids=["no-compensation", "compensation"])
+def test_a_rolled_back_task_does_not_repeat_a_side_effect_and_compensates_when_told(
+        make_runtime: Any, kit: Any, tmp_path: Any, compensate: bool) -> None:
+    email = ToolCall("send_email", {"to": "editor@x.org", "body": "article coming"})
+
+    def publish(messages: list[dict[str, Any]]) -> Any:
+        # the hint came with the call before this one (the email): this model remembers it
+        titled = any("needs a title" in h for call in writer.calls for h in hint_messages(call))
+        return ToolCall("publish", {"title": "Value of a", "text": "a"} if titled else {"text": "a"})
+
+    rt = make_runtime(domain="shop", plugins=[ShopDomain(), RollbackOnPublishError()])
+    undone: list[dict[str, Any]] = []
+    if compensate:
+        rt.compensate_with("send_email", lambda **kw: undone.append(kw))
+    writer = ScriptedLLM(script=[email, publish, email, publish, "published"])
+    crew = kit.crew(None, tasks=2, llms=[ScriptedLLM(script=["a is value-of-a"]), writer],
+                    tools_per_task=[[], [kit.SendEmail(), kit.Publish()]], cache=False)
+    rt.protect(crew)
+    assert crew.kickoff().raw == "published"
+    assert [c["title"] for c in kit.calls["publish"]] == ["", "Value of a"]  # one rollback
+    if compensate:  # undone by its compensation at the rollback, so the task's new attempt sends it again
+        assert undone == [{"to": "editor@x.org", "body": "article coming"}]
+        assert len(kit.calls["send_email"]) == 2
+    else:  # not undone: the new attempt gets the first result back instead of sending it twice
+        assert len(kit.calls["send_email"]) == 1
+        replayed = [m["content"] for m in writer.calls[3] if m.get("role") == "tool"]
+        assert replayed[0] == "sent to editor@x.org (message #1)"
+
+
+def test_a_rollback_stops_for_resume_when_the_task_cannot_be_re_run(make_runtime: Any, kit: Any,
+                                                                    tmp_path: Any) -> None:
+    rt = make_runtime(plugins=[RollbackOnPublishError()])
+    crew, _, _ = rollback_crew(kit, tmp_path)
+    crew.tasks[1].guardrail_max_retries = 0  # CrewAI would raise on a failed guardrail: no retry to use
+    adapter = rt.protect(crew)
+    out = crew.kickoff()
+    assert out.raw == "Rolled back by immunity: publish failed"
+    assert adapter.rolled_back() == [only_run(rt).run.run_id]
+    assert adapter.resume().raw == "published 'Value of a'"
+
+
+def test_rollback_stop_then_resume_from_a_verified_checkpoint(make_runtime: Any, kit: Any, tmp_path: Any) -> None:
     from crewai.events import crewai_event_bus
 
     rt = make_runtime(plugins=[RollbackOnPublishError()])
     crew, research, writer = rollback_crew(kit, tmp_path)
-    adapter = rt.protect(crew)
+    adapter = rt.protect(crew, rollback="stop")
     out = crew.kickoff()  # the bad publish call: stopped cleanly, waiting for the rollback
 
     assert out.raw == "Rolled back by immunity: publish failed"
@@ -585,7 +657,7 @@ def test_a_rolled_back_run_continues_from_the_store_in_another_runtime(make_runt
     db = str(tmp_path / "runs.db")
     rt = make_runtime(store=db, plugins=[RollbackOnPublishError()])
     crew, _, _ = rollback_crew(kit, tmp_path)
-    adapter = rt.protect(crew)
+    adapter = rt.protect(crew, rollback="stop")
     crew.kickoff()  # stopped for the rollback; this runtime is then left behind (a process that went away)
     run_id = only_run(rt).run.run_id
     crewai_event_bus.flush()
@@ -644,7 +716,7 @@ def test_a_side_effect_is_not_repeated_after_a_rollback(make_runtime: Any, kit: 
     crew = kit.crew(None, tasks=2, llms=[ScriptedLLM(script=["a is value-of-a"]), writer],
                     tools_per_task=[[], [kit.SendEmail(), kit.Publish()]], cache=False,
                     checkpoint=CheckpointConfig(location=str(tmp_path / "cp"), on_events=["task_completed"]))
-    adapter = rt.protect(crew)
+    adapter = rt.protect(crew, rollback="stop")
     crew.kickoff()  # email sent, publish fails, rollback requested
     out = adapter.resume()  # task 2 again: the same email is not sent twice
 
@@ -655,3 +727,26 @@ def test_a_side_effect_is_not_repeated_after_a_rollback(make_runtime: Any, kit: 
     rt.flush()
     steps = [s for s in rt.store.steps(only_run(rt).run.run_id) if s.tool == "send_email"]
     assert [s.data.get("replayed", False) for s in steps] == [False, True]
+
+
+def test_the_default_policy_rolls_a_task_back_inside_the_kickoff(make_runtime: Any, kit: Any) -> None:
+    """No recovery plugin: core's policy rolls back to the task's start when an error repeats after a
+    side effect (the checkpoint the adapter records at each task start is what it goes back to)."""
+    rt = make_runtime(domain="shop", plugins=[ShopDomain()])
+    email = ToolCall("send_email", {"to": "editor@x.org", "body": "article coming"})
+    untitled = ToolCall("publish", {"text": "a"})
+    writer = ScriptedLLM(script=[email, untitled, untitled, email, ToolCall("publish", {"title": "A", "text": "a"}),
+                                 "published"])
+    crew = kit.crew(None, tasks=2, llms=[ScriptedLLM(script=["a is value-of-a"]), writer],
+                    tools_per_task=[[], [kit.SendEmail(), kit.Publish()]], cache=False)
+    rt.protect(crew)
+    assert crew.kickoff().raw == "published"
+    assert len(kit.calls["send_email"]) == 1 and [c["title"] for c in kit.calls["publish"]] == ["", "", "A"]
+    run_id = only_run(rt).run.run_id
+    rt.flush()
+    rollbacks = [r for r in rt.store.recoveries(run_id) if r.kind == RecoveryKind.ROLLBACK]
+    assert len(rollbacks) == 2 and rollbacks[0].checkpoint_id == rollbacks[1].checkpoint_id
+    assert "Your changes after step" in (rollbacks[0].hint or "")
+    assert hint_messages(writer.calls[3])  # the task's new attempt starts with the hint of that step
+    assert "rolled back by immunity" in " ".join(str(m.get("content")) for m in writer.calls[3])
+    assert rt.store.get_run(run_id).status == "finished"

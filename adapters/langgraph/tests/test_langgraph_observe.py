@@ -254,4 +254,7 @@ def test_steps_of_subgraph_agents_carry_their_agent(make_runtime: Any, react_age
     assert all(s.agent in ("researcher", "writer") for s in steps), [(s.agent, s.tool) for s in steps]
     handoffs = [e for e in rt.store.events(guard.run_id) if e.kind == EventKind.HANDOFF]
     assert [(e.agent, e.target) for e in handoffs] == [("researcher", "writer")]
+    # one DELEGATE step: the handoff tool's own call, carrying the target
+    delegates = [(s.agent, s.tool, s.data.get("target")) for s in steps if s.action_type == ActionType.DELEGATE]
+    assert delegates == [("researcher", "transfer_to_writer", "writer")]
     assert steps[-1].agent == "writer"

@@ -238,6 +238,9 @@ async def test_agent_workflow_handoff_is_observed(rt: Any) -> None:
     assert [(e.agent, e.target) for e in handoffs] == [("triage", "weather")]
     steps = rt.store.steps(run_id)
     assert [(s.tool, s.agent) for s in steps if s.tool] == [("handoff", "triage"), ("get_weather", "weather")]
+    delegates = [s for s in steps if s.action_type == ActionType.DELEGATE]  # one: the handoff tool's call
+    assert [(s.agent, s.tool, s.data.get("target"), (s.arguments or {}).get("reason")) for s in delegates] == [
+        ("triage", "handoff", "weather", "weather")]
     assert steps[-1].action_type == ActionType.DONE and steps[-1].agent == "weather"
     guard.uninstrument()
     assert not {"take_step"} & set(triage.__dict__) and "run" not in workflow.__dict__

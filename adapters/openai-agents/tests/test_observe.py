@@ -88,6 +88,8 @@ async def test_async_run_is_observed_and_stored(rt: Runtime) -> None:
     assert [(s.tool, s.action_type) for s in steps] == [
         ("lookup_order", ActionType.SEARCH), (None, ActionType.DELEGATE), ("issue_refund", ActionType.EDIT),
         (None, ActionType.DONE)]
+    assert steps[1].agent == "triage" and steps[1].data["target"] == "billing"
+    assert steps[1].data["tool_call_id"] == ends[1].data["tool_calls"][0]["id"]  # the transfer_to_billing call
     assert steps[2].agent == "billing"
     # a checkpoint before every model call, all verified (nothing failed)
     cps = rt.store.checkpoints(run_id)

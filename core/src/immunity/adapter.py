@@ -24,7 +24,7 @@ from immunity.models import Outcome, Run
 #:
 #: - ``domain``: the domain of the runs (default: the runtime's);
 #: - ``max_rollbacks`` (2): rollbacks carried out automatically in one run (CrewAI: rollbacks
-#:   requested; each one waits for ``guard.resume()``);
+#:   requested; one the kickoff cannot carry out waits for ``guard.resume()``);
 #: - ``node_events`` (``"none"``): which framework steps (graph nodes, workflow steps, tasks) are
 #:   stored as events: ``"none"``, ``"end"`` (one ``node_end`` per step, with its duration and
 #:   error) or ``"all"`` (``node_start`` and ``node_end``).

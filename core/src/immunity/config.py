@@ -25,7 +25,9 @@ class Config:
     :param hook_timeout_ms: how long a runtime waits for a plugin's configure / unconfigure /
         registration hook (run on a worker thread) before going on without it.
     :param verifiers: named verifiers to switch on besides the always-on ``rules``.
-    :param selector: the intervention selector to use (``"default"``).
+    :param selector: the intervention selector to use: ``"bandit"`` (the rules' choice of action with a
+        learned choice of hint wording, see :mod:`immunity.interventions.selector`) or ``"default"``
+        (the rules alone).
     :param packs: pattern packs to match against (paths or installed pack names).
     :param trusted_keys: public keys (base64 ed25519) whose signed packs may put their own hint text
         into prompts; see :mod:`immunity.learning.signing` (``$IMMUNITY_TRUSTED_KEYS`` adds more).
@@ -44,7 +46,7 @@ class Config:
     max_overruns: int = 3
     hook_timeout_ms: float = 10000.0
     verifiers: list[str] = field(default_factory=list)
-    selector: str = "default"
+    selector: str = "bandit"
     packs: list[Any] = field(default_factory=list)
     trusted_keys: list[str] = field(default_factory=list)
     max_interventions: int = 5

@@ -396,6 +396,8 @@ class PatternPack(_Model):
     #: directory; each loaded pattern points at its row; a pattern's own ``vector`` list, when not
     #: empty, takes precedence (see ``immunity.learning.packs.pattern_matrix``)
     _vectors: Any = PrivateAttr(default=None)
+    #: the pack directory it was loaded from (where a saved vector index is looked for), if any
+    _dir: Any = PrivateAttr(default=None)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

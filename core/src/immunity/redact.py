@@ -23,6 +23,10 @@ Besides text, dictionaries are walked: the value under a key that names a secret
 ``api_key``, ``token``, ``authorization``...) is masked whatever it looks like. Only strings are
 scanned; numbers, booleans and ``None`` pass through untouched.
 
+A store checks a whole record first with :meth:`Redactor.may_change` (a few substring tests for
+the literals every match must contain, :data:`PREFILTER`) and walks its strings only when that
+finds something; with user or plugin patterns every record is walked.
+
 Extending it: user patterns (``Config.options["redact"]["patterns"] = [regex, ...]`` or
 ``{name: regex}``) and plugins through the ``immunity_register_redaction_patterns`` hook
 (``register(name, regex)``) are folded into the same single expression. Switching it off takes
@@ -35,7 +39,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["BUILTIN_PATTERNS", "MASK", "OPTIONAL_PATTERNS", "TRIGGERS", "Redactor", "default_redactor", "redact_text"]
+__all__ = ["BUILTIN_PATTERNS", "MASK", "OPTIONAL_PATTERNS", "PREFILTER", "TRIGGERS", "Redactor", "default_redactor",
+           "redact_text"]
 
 #: What a masked value becomes: ``[REDACTED:<detector>]``.
 MASK = "[REDACTED:{}]"
@@ -78,12 +83,49 @@ TRIGGERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
     "private_key": ((), ("-----BEGIN",), True),
     "aws_key": (("A",), ("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA"), True),
     "aws_secret": ((), ("aws", "akia", "asia"), False),
-    "api_key": ((), ("sk-", "gh", "xox", "aiza", "hf_", "_live_", "_test_", "eyj"), False),
+    "api_key": ((), ("sk-", "gh", "github_pat_", "xox", "aiza", "hf_", "_live_", "_test_", "eyj"), False),
     "bearer": ((), ("bearer", "basic"), False),
     "secret_field": (("=", ":"), ("pass", "pwd", "secret", "key", "token", "credential"), False),
     "secret_phrase": ((" is ", " was "), ("passw", "passphrase", "api key", "secret key"), False),
     "email": ((), ("@",), True),
 }
+
+#: What a whole record must contain for a detector to change any string in it: ``(literals, lowered
+#: literals)``; the first are looked for in the text as it is (the detector is case-sensitive), the
+#: second in its lower-cased copy. Tighter than :data:`TRIGGERS` (which only pick the detectors to
+#: run), so that ordinary text ("3 passed", ``input_tokens``) does not count: a record holding none
+#: of them is stored without walking its strings (:meth:`Redactor.may_change`).
+PREFILTER: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "private_key": (("-----BEGIN",), ()),
+    "aws_key": (("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA"), ()),
+    "aws_secret": ((), ("aws", "akia", "asia")),
+    "api_key": (("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "AIza", "hf_", "_live_", "_test_",
+                 "eyJ"), ()),
+    "bearer": ((), ("bearer", "basic")),
+    # every name of _SECRET_NAMES contains one of these; "token" only counts when it ends a word
+    "secret_field": ((), ("password", "passwd", "passphrase", "pwd", "secret", "api_key", "api-key", "apikey",
+                          "access_key", "access-key", "accesskey", "private_key", "private-key", "privatekey",
+                          "credential", "token")),
+    "secret_phrase": ((), ("password", "passwd", "passphrase", "api key", "secret key")),
+    "email": (("@",), ()),
+}
+#: Keys whose string value is masked whatever it is (``_SECRET_KEY``): the secret_field names plus these.
+_KEY_LITERALS = ("authorization", "cookie")
+#: Characters that a case-insensitive expression matches to an ASCII letter but that ``str.lower``
+#: does not turn into it (``re.fullmatch("(?i)s", "\u017f")`` matches); folded before the lowered search.
+FOLD = {0x130: "i", 0x131: "i", 0x17F: "s", 0x212A: "k"}
+_TOKEN_END = re.compile(r"token(?![a-z0-9_])")
+#: Short literals looked for before the longer literals that contain them (one test instead of
+#: several when none is there).
+_ANCHORS = ("key", "pass", "secret")
+_EXACT_ANCHORS = ("A", "gh")
+
+
+def _grouped(literals: Iterable[str], anchors: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    groups: dict[str, list[str]] = {}
+    for lit in literals:
+        groups.setdefault(next((a for a in anchors if a in lit), lit), []).append(lit)
+    return {a: tuple(v) for a, v in groups.items()}
 
 #: Keys of a record's top level that immunity fills itself (ids, enums, times): never scanned.
 SKIP_KEYS = frozenset({"event_id", "run_id", "kind", "ts", "tool_call_id", "intervention_id", "recovery_id",
@@ -138,6 +180,36 @@ class Redactor:
         self._keys: dict[str, bool] = {}
         #: every detector in one expression (for callers that want the whole set)
         self.pattern = self._expression(tuple(range(len(self.names))))
+        self._prefilter: tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]] | None = None
+        if all(n in PREFILTER for n in self.names):  # user and plugin patterns: every record is walked
+            exact = dict.fromkeys(lit for n in self.names for lit in PREFILTER[n][0])
+            lowered = dict.fromkeys([*(lit for n in self.names for lit in PREFILTER[n][1]),
+                                     *PREFILTER["secret_field"][1], *_KEY_LITERALS])
+            self._prefilter = (_grouped(exact, _EXACT_ANCHORS), _grouped(lowered, _ANCHORS))
+
+    def may_change(self, text: str) -> bool:
+        """Whether redaction could change any string that ``text`` holds (a record's JSON, or its
+        strings joined): ``False`` means :meth:`value` returns the record as it is, so the record
+        need not be walked. One pass of substring tests over the whole text (:data:`PREFILTER`);
+        ``True`` whenever a user or plugin pattern is configured. JSON escaping never hides a
+        literal (they hold no character JSON escapes)."""
+        if not self.enabled:
+            return False
+        if self._prefilter is None:
+            return True
+        exact, groups = self._prefilter
+        for anchor, lits in exact.items():
+            if anchor in text:
+                for lit in lits:
+                    if lit in text:
+                        return True
+        low = text.lower() if text.isascii() else text.translate(FOLD).lower()
+        for anchor, lits in groups.items():
+            if anchor in low:
+                for lit in lits:
+                    if lit in low and (lit != "token" or _TOKEN_END.search(low)):
+                        return True
+        return False
 
     def _expression(self, active: tuple[int, ...]) -> re.Pattern[str] | None:
         rx = self._compiled.get(active, False)

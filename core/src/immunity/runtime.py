@@ -343,8 +343,14 @@ class RunSession:
                 if final:
                     run.final_answer = _clip(event.output, 4000)
             elif event.kind == EventKind.HANDOFF:
-                step = self._new_step(event, tool=None, text=f"handoff to {event.target}")
-                step.action_type = ActionType.DELEGATE
+                relabelled = self._handoff_tool_step(event)
+                if relabelled is None:
+                    step = self._new_step(event, tool=None, arguments=event.arguments,
+                                          text=f"handoff to {event.target}")
+                    step.action_type = ActionType.DELEGATE
+                    step.data["target"] = event.target
+                else:  # the handoff tool's step is the handoff: one DELEGATE step, not two
+                    rt._save("steps", relabelled)
             if step is not None:
                 state.add_step(step)
                 run.steps = state.n_steps
@@ -408,6 +414,31 @@ class RunSession:
             if event.kind == EventKind.RUN_END:
                 self._end(event)
             return decision
+
+    def _handoff_tool_step(self, event: Event) -> Step | None:
+        """The step of the tool call that carried out this handoff (a handoff tool, e.g. one
+        returning LangGraph's ``Command(goto=...)`` or LlamaIndex's ``handoff``), made the handoff's
+        DELEGATE step with its target; ``None`` when the handoff had no such call. The call is the
+        one with the event's ``tool_call_id``, or else the latest DELEGATE tool call of the same agent
+        among the tool calls just before (no model message in between) that names no target yet."""
+        steps = self.state.steps
+        for back in range(1, min(len(steps) - steps.offset, 8) + 1):
+            s = steps[-back]
+            if s.tool is None or s.data.get("target") or (event.agent and s.agent and s.agent != event.agent):
+                return None
+            if event.tool_call_id and s.data.get("tool_call_id") != event.tool_call_id:
+                continue
+            if event.tool_call_id or (s.action_type == ActionType.DELEGATE and not s.failed):
+                break
+        else:
+            return None
+        if s.action_type != ActionType.DELEGATE:
+            self.state.action_counts[s.action_type.value] -= 1
+            self.state.action_counts[ActionType.DELEGATE.value] += 1
+            s.action_type = ActionType.DELEGATE
+        s.data["target"] = event.target
+        s.text = f"handoff to {event.target}"
+        return s
 
     def _new_step(self, event: Event, *, tool: str | None, arguments: dict[str, Any] | None = None,
                   text: str | None = None, final: bool = False) -> Step:
@@ -626,7 +657,7 @@ class Runtime:
     """
 
     def __init__(self, *, domain: str | None = None, store: Any = None, fail_closed: bool = False,
-                 step_budget_ms: float = 50.0, verifiers: list[str] | None = None, selector: str = "default",
+                 step_budget_ms: float = 50.0, verifiers: list[str] | None = None, selector: str = "bandit",
                  packs: list[Any] | None = None, plugins: list[Any] | None = None,
                  pm: PluginManager | None = None, config: Config | None = None, **options: Any):
         if config is None:

@@ -51,6 +51,12 @@ def _digest(obj: Any) -> str:
     return hashlib.blake2b(blob.encode("utf-8", "replace"), digest_size=8).hexdigest()
 
 
+def _digest_text(*parts: str | None) -> str:
+    """:func:`_digest` of strings only, without building a JSON encoder each time (the repr of a
+    tuple of strings is as unambiguous); the digests are compared with each other, never decoded."""
+    return hashlib.blake2b(repr(parts).encode("utf-8", "replace"), digest_size=8).hexdigest()
+
+
 def action_signature(step: Step) -> str:
     """Identical-action signature: tool + exact arguments (or text)."""
     return _digest([step.tool, step.arguments, None if step.tool else (step.text or "")[:500]])
@@ -60,7 +66,7 @@ def near_signature(step: Step) -> str:
     """Near-identical signature: tool + arguments with numbers and whitespace normalised."""
     body = json.dumps(step.arguments, sort_keys=True, default=str) if step.arguments else (step.text or "")[:500]
     body = _WS.sub(" ", _NUM.sub("<n>", body.lower())).strip()
-    return _digest([step.tool, body])
+    return _digest_text(step.tool, body)
 
 
 #: Steps a run keeps in memory (older ones are in the store); the signals cover the whole run.
@@ -249,7 +255,7 @@ class RunState:
             rsig = prev_step.data.get("_rsig", sig)
         else:
             outcome = step.data.get("_error") or (step.error or step.result or "")[:2000]
-            rsig = _digest([sig, outcome]) if step.tool else sig
+            rsig = _digest_text(sig, str(outcome)) if step.tool else sig
         prev = self._recent[-1] if self._recent else None
         self.identical_streak = self.identical_streak + 1 if rsig == prev else 1
         self.near_streak = self.near_streak + 1 if near == prev_near else 1
@@ -284,7 +290,7 @@ class RunState:
         # New information: a tool's output not seen before in this run. A change that succeeded
         # (an edit) is progress too; a model's own message neither brings nor withholds any.
         answer = output_of(step)
-        info = _digest(answer[:2000]) if answer else None
+        info = _digest_text(answer[:2000]) if answer else None
         if info is not None and info in self.results_seen and step.tool:
             step.data["_seen"] = True  # the same answer again
         if not step.tool:

@@ -25,12 +25,12 @@ name as a prefix (``bandit_arms``) and are created through :attr:`SQLiteStore.db
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -38,6 +38,7 @@ import urllib.parse
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import pydantic_core
 import sqlite_utils
 from pydantic import BaseModel
 from sqlite_utils import Migrations
@@ -184,13 +185,177 @@ MAX_STORED_TEXT = 16_000
 
 def to_row(table: str, record: Any, redactor: Any = None, *, message_refs: bool = False) -> dict[str, Any]:
     """A model (or dict) as a row of ``table``; with a ``redactor`` (see :mod:`immunity.redact`)
-    every string in it is redacted, and clipped to :data:`MAX_STORED_TEXT`, before it is JSON-encoded."""
+    every string in it is redacted, and clipped to :data:`MAX_STORED_TEXT`, before it is JSON-encoded.
+
+    With a redactor, the row is first built straight from the record's fields (one JSON encoding
+    per column, in pydantic's Rust serializer) and the record's text is checked once with
+    :meth:`~immunity.redact.Redactor.may_change`; only a record that may hold a secret, a string
+    over a limit or very deep nesting is walked string by string (the same row either way)."""
     if redactor is not None:  # (a disabled redactor still clips)
+        try:
+            row = _fast_row(table, record, redactor, message_refs)
+        except Exception:  # anything unusual (a lone surrogate, an unknown type): the full path decides
+            row = None
+        if row is not None:
+            return row
         if isinstance(record, BaseModel):
             record = _Dumped(record, redactor)
         elif isinstance(record, dict):
             return dict(redactor.value(record, clip=MAX_STORED_TEXT))
     return _to_row(table, record, message_refs)
+
+
+_EVENT_HEAD = ("event_id", "run_id", "kind", "ts", "agent", "node", "model", "tool", "tool_call_id")
+_EVENT_BODY_EXCLUDE = {*_EVENT_HEAD, "messages"}  # a set: pydantic takes it faster than a frozenset
+#: Characters of an event's ``result`` / ``output`` / ``error`` kept (longer ones are clipped).
+EVENT_TEXT_LIMIT = 8000
+#: Brackets a JSON text may hold and still be taken as shallower than the redactor's depth limit
+#: without walking it (brackets inside strings count too, so this is conservative).
+_BRACKETS = 60
+
+
+def _json_col(value: Any) -> str | None:
+    return None if value is None else pydantic_core.to_json(value).decode("utf-8")
+
+
+def _fits(text: str, value: Any) -> bool:
+    """Whether a JSON column ``text`` (of ``value``) needs neither clipping nor the depth limit:
+    no string in it can be longer than the text, nor nesting deeper than its brackets."""
+    if len(text) > MAX_STORED_TEXT:
+        return False
+    if text.count("{") + text.count("[") <= _BRACKETS:
+        return True
+    from immunity.redact import MAX_DEPTH
+
+    return _depth(value) < MAX_DEPTH - 4
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list | tuple):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _short(*texts: str | None) -> bool:
+    return all(t is None or len(t) <= MAX_STORED_TEXT for t in texts)
+
+
+def _fast_row(table: str, record: Any, redactor: Any, message_refs: bool) -> dict[str, Any] | None:
+    """The row of ``record`` without walking its strings, or ``None`` when it needs the full path
+    (it may hold a secret, a string over a limit, very deep nesting, or it is of another kind).
+    Equal to what the full path builds whenever it returns a row."""
+    t = type(record)
+    if t is Event and table == "events":
+        return _fast_event(record, redactor, message_refs)
+    if t is Step and table == "steps":
+        return _fast_step(record, redactor)
+    if t is Run and table == "runs":
+        return _fast_run(record, redactor)
+    if t is dict:
+        return _fast_dict(record, redactor)
+    if isinstance(record, BaseModel) and table in _CORE_TABLES and table != "patterns":
+        row = _to_row(table, record)
+        texts = [v for v in row.values() if type(v) is str]
+        if all(len(v) <= MAX_STORED_TEXT and v.count("{") + v.count("[") <= _BRACKETS for v in texts) \
+                and not redactor.may_change("\n".join(texts)):
+            return row
+    return None
+
+
+def _fast_event(ev: Event, redactor: Any, message_refs: bool) -> dict[str, Any] | None:
+    for text in (ev.result, ev.output, ev.error):
+        if text is not None and len(text) > EVENT_TEXT_LIMIT:
+            return None
+    if not _short(ev.agent, ev.node, ev.model, ev.tool):
+        return None
+    msgs = ev.messages
+    if msgs and not message_refs:
+        return None
+    body = ev.model_dump_json(exclude=_EVENT_BODY_EXCLUDE, exclude_none=True)
+    if len(body) > MAX_STORED_TEXT or body.count("{") + body.count("[") > _BRACKETS:
+        return None
+    scan = [body, *(x for x in (ev.agent, ev.node, ev.model, ev.tool) if x)]
+    messages: list[tuple[str, str]] = []
+    if msgs:
+        kept = msgs[-MESSAGE_REFS:]
+        for m in kept:
+            if type(m) is not dict:
+                return None
+            content = m.get("content")
+            if content is not None and type(content) is not str:
+                return None  # content parts: the full path clips each part first
+            digest, blob = _message_row(m)
+            if len(blob) > MAX_STORED_TEXT or blob.count("{") + blob.count("[") > _BRACKETS:
+                return None
+            if content is not None and len(content) > MESSAGE_TEXT_LIMIT:
+                if len(content) > MAX_STORED_TEXT:
+                    return None
+                scan.append(content)  # the whole text, not only what the clip keeps
+            scan.append(blob)
+            messages.append((digest, blob))
+    if redactor.may_change("\n".join(scan)):
+        return None
+    if msgs:
+        extra: dict[str, Any] = {"message_refs": [h for h, _ in messages]}
+        if len(msgs) > len(messages):
+            extra["messages_omitted"] = len(msgs) - len(messages)
+        tail = json.dumps(extra)[1:]
+        body = body[:-1] + ("," if body != "{}" else "") + tail
+    return {"event_id": ev.event_id, "run_id": ev.run_id, "kind": ev.kind.value, "ts": ev.ts, "agent": ev.agent,
+            "node": ev.node, "model": ev.model, "tool": ev.tool, "tool_call_id": ev.tool_call_id, "body": body,
+            **({"_messages": messages} if messages else {})}
+
+
+def _fast_step(st: Step, redactor: Any) -> dict[str, Any] | None:
+    data = st.data
+    if any(k.startswith("_") for k in data):
+        data = {k: v for k, v in data.items() if not k.startswith("_")}
+    args = _json_col(st.arguments)
+    dj = pydantic_core.to_json(data).decode("utf-8")
+    if not (_short(st.tool, st.text, st.result, st.error, st.agent) and (args is None or _fits(args, st.arguments))
+            and _fits(dj, data)):
+        return None
+    if redactor.may_change("\n".join([x for x in (st.tool, st.text, st.result, st.error, st.agent, args) if x] + [dj])):
+        return None
+    return {"run_id": st.run_id, "idx": st.index, "action_type": st.action_type.value, "confidence": st.confidence,
+            "tool": st.tool, "arguments": args, "text": st.text, "result": st.result, "error": st.error,
+            "return_code": st.return_code, "agent": st.agent, "side_effect": int(st.side_effect), "tokens": st.tokens,
+            "cost": st.cost, "ts": st.ts, "data": dj}
+
+
+def _fast_run(run: Run, redactor: Any) -> dict[str, Any] | None:
+    meta = pydantic_core.to_json(run.metadata).decode("utf-8")
+    texts = [run.run_id, run.task, run.task_id, run.domain, run.framework, run.agent, run.source, run.status,
+             run.final_answer]
+    if not (_short(*texts) and _fits(meta, run.metadata)):
+        return None
+    if redactor.may_change("\n".join([x for x in texts if x] + [meta])):
+        return None
+    return {"run_id": run.run_id, "task": run.task, "task_id": run.task_id, "domain": run.domain,
+            "framework": run.framework, "agent": run.agent, "outcome": run.outcome.value,
+            "failure_step": run.failure_step, "source": run.source, "started_at": run.started_at,
+            "ended_at": run.ended_at, "tokens": run.tokens, "cost": run.cost, "steps": run.steps,
+            "status": run.status, "final_answer": run.final_answer, "metadata": meta}
+
+
+def _fast_dict(record: dict[str, Any], redactor: Any) -> dict[str, Any] | None:
+    texts = []
+    for k, v in record.items():
+        if type(k) is not str:
+            return None
+        texts.append(k)
+        tv = type(v)
+        if tv is str:
+            if len(v) > MAX_STORED_TEXT:
+                return None
+            texts.append(v)
+        elif v is not None and tv is not int and tv is not float and tv is not bool:
+            return None
+    if redactor.may_change("\n".join(texts)):
+        return None
+    return dict(record)
 
 
 class _Dumped:
@@ -337,6 +502,69 @@ def is_immunity_db(conn: sqlite3.Connection) -> bool:
     except sqlite3.DatabaseError:
         return False
     return bool(row and row[0])
+
+
+class _WriteQueue:
+    """The write queue: a deque that the agent's threads append to (no lock when there is room
+    and the writer is busy) and that the writer takes batches from; one condition wakes an idle
+    writer and the producers waiting for room. ``put(None)`` asks the writer thread to stop."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self.items: collections.deque[tuple[str, Any, int | None]] = collections.deque()
+        self.cv = threading.Condition(threading.Lock())
+        self.idle = False    # the writer is waiting on cv
+        self.waiting = 0     # producers waiting on cv for room
+        self.stop = False
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def put(self, item: tuple[str, Any, int | None] | None, timeout: float | None = None) -> bool:
+        """Append ``item``; ``False`` if the queue stayed full for ``timeout`` seconds (the
+        bound is approximate: producers racing for the last place may pass it by one each)."""
+        if item is None:
+            with self.cv:
+                self.stop = True
+                self.cv.notify_all()
+            return True
+        items = self.items
+        if len(items) >= self.maxsize:
+            deadline = time.monotonic() + (timeout or 0.0)
+            with self.cv:
+                self.waiting += 1
+                try:
+                    while len(items) >= self.maxsize:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return False
+                        self.cv.notify_all()
+                        self.cv.wait(left)
+                finally:
+                    self.waiting -= 1
+        items.append(item)
+        if self.idle:  # read after the append: an idle flag set later sees the item (see wait)
+            with self.cv:
+                self.cv.notify_all()
+        return True
+
+    def wait(self, timeout: float | None) -> None:
+        """(writer) Wait until something is queued, a stop is asked for, or ``timeout``."""
+        with self.cv:
+            self.idle = True
+            try:
+                if not self.items and not self.stop:
+                    self.cv.wait(timeout)
+            finally:
+                self.idle = False
+
+    def take(self, n: int) -> list[tuple[str, Any, int | None]]:
+        items = self.items
+        out = [items.popleft() for _ in range(min(n, len(items)))]
+        if self.waiting:
+            with self.cv:
+                self.cv.notify_all()
+        return out
 
 
 class StoreReads:
@@ -503,7 +731,8 @@ class SQLiteStore(StoreReads):
         self.lost = 0      #: records that could not be written nor spilled (reported in the log)
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._wake = threading.Event()  # set by flush(): the writer stops lingering
+        self._hurry = threading.Event()  # set by flush(): the writer stops lingering
+        self._max_vars = 999
         memory = path == ":memory:"
         try:
             if read_only:
@@ -515,6 +744,7 @@ class SQLiteStore(StoreReads):
                     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
                 conn = sqlite3.connect(path, check_same_thread=False, timeout=self.busy_timeout_s)
                 conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+                self._max_vars = min(32766, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
                 self.db = sqlite_utils.Database(conn)
                 self._migrate(memory)
                 if memory:
@@ -524,7 +754,8 @@ class SQLiteStore(StoreReads):
                     self._reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {path!r}: {exc} (is it an immunity database? is it locked?)") from exc
-        self._queue: queue.Queue[tuple[str, Any, int | None] | None] = queue.Queue(maxsize=max(1, max_queue))
+        self._queue = _WriteQueue(max(1, max_queue))
+        self._drain = threading.Lock()  # held while records are taken from the queue and written: keeps them in order
         if not read_only and not memory:
             self.read_back_spills()
         if background and not read_only:
@@ -586,13 +817,8 @@ class SQLiteStore(StoreReads):
         if not self._thread.is_alive():  # watchdog: a writer that died is restarted
             log.error("immunity store %s: the writer thread had stopped; restarting it", self.path)
             self._start_writer()
-        if self._spilling:
+        if self._spilling or not self._queue.put((table, record, seq), timeout=self.block_s):
             self._spill(table, record, seq)
-        else:
-            try:
-                self._queue.put((table, record, seq), timeout=self.block_s)
-            except queue.Full:
-                self._spill(table, record, seq)
         if self.durability == "run" and table == "runs" and getattr(record, "ended_at", None) is not None \
                 and self._failing is None:
             self.flush(timeout=max(self.busy_timeout_s, 1.0) * 2)
@@ -644,59 +870,44 @@ class SQLiteStore(StoreReads):
                                    "error": f"{type(exc).__name__}: {exc}", "ts": time.time()})]
 
     def _start_writer(self) -> None:
+        self._queue.stop = False
         self._thread = threading.Thread(target=self._writer, name=f"immunity-store:{self.path}", daemon=True)
         self._thread.start()
 
     def _writer(self) -> None:
-        """Drain the queue in batches. Nothing that goes wrong in a batch stops the loop."""
+        """Write the queue in batches. Nothing that goes wrong in a batch stops the loop."""
+        q = self._queue
         while True:
-            taken = 0
-            stop = False
             try:
-                wait = 0.2 if (self._failed or self._spilling) else None
-                try:
-                    item = self._queue.get(timeout=wait)
-                    taken = 1
-                except queue.Empty:
-                    item = ()  # type: ignore[assignment]
-                items = []
-                if item is None:
-                    stop = True
-                elif item:
-                    items.append(item)
-                    if self.linger_s:
-                        # let a batch build up instead of waking for every record: fewer wake-ups,
-                        # less contention with the agent's thread for the interpreter; a flush
-                        # (a run's end under durability="run") cuts the wait short
-                        if self._wake.wait(self.linger_s):
-                            self._wake.clear()
-                while not stop and taken < self.CHUNK * 4:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    taken += 1
-                    if nxt is None:
-                        stop = True
-                    else:
-                        items.append(nxt)
-                rows = [row for t, r, s in items for row in self._row_or_error(t, r, s)]
-                with self._lock:
-                    self._write(rows)
-                    limit = self._queue.maxsize
-                    if len(self._failed) > limit:  # the database is down: memory stays bounded
-                        self._spill_rows(self._failed[limit:])
-                        del self._failed[limit:]
-                    if self._spilling and not self._failed and self._queue.empty():
-                        self._read_back_own_spill()
+                if not q.items:
+                    q.wait(0.2 if (self._failed or self._spilling) else None)
+                if q.items and self.linger_s:
+                    # let a batch build up instead of waking for every record: fewer wake-ups,
+                    # less contention with the agent's thread for the interpreter; a flush
+                    # (a run's end with durability="run", a read) cuts it short
+                    self._hurry.wait(self.linger_s)
+                self._hurry.clear()
+                with self._drain:
+                    self._drain_batch(self.CHUNK * 4)
             except BaseException as exc:  # never let the writer die
                 log.error("immunity store %s: writer error (%s: %s); going on", self.path, type(exc).__name__, exc)
                 time.sleep(0.01)
-            finally:
-                for _ in range(taken):
-                    self._queue.task_done()
-            if stop:
+            if q.stop and not q.items:
                 return
+
+    def _drain_batch(self, n: int) -> None:
+        """Take up to ``n`` queued records and write them (with ``_drain`` held), then retry a
+        backlog, bound it, and read back this process's spill file once the queue is empty."""
+        items = self._queue.take(n)
+        rows = [row for t, r, s in items for row in self._row_or_error(t, r, s)]
+        with self._lock:
+            self._write(rows)
+            limit = self._queue.maxsize
+            if len(self._failed) > limit:  # the database is down: memory stays bounded
+                self._spill_rows(self._failed[limit:])
+                del self._failed[limit:]
+            if self._spilling and not self._failed and not self._queue.items:
+                self._read_back_own_spill()
 
     def _commit(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
         """One ``BEGIN IMMEDIATE`` transaction (it takes the write lock first, so busy_timeout
@@ -888,15 +1099,26 @@ class SQLiteStore(StoreReads):
                 cols = self._columns[table] = [r[1] for r in self.db.conn.execute(f"PRAGMA table_info([{table}])")]
             known = set(cols)
             if all(known.issuperset(r) for r in rows):
-                verb = "INSERT OR REPLACE" if pk is not None else "INSERT"
-                names = ", ".join(f"[{c}]" for c in cols)
-                marks = ", ".join("?" for _ in cols)
-                self.db.conn.executemany(f"{verb} INTO [{table}] ({names}) VALUES ({marks})",
-                                         [[r.get(c) for c in cols] for r in rows])
+                self._insert_many(table, cols, pk is not None, rows)
                 return
             self._columns.pop(table, None)  # a new column: sqlite-utils adds it
         kw: dict[str, Any] = {"pk": pk, "replace": True} if pk is not None else {}
         self.db.table(table).insert_all(rows, alter=True, **kw)
+
+    #: Rows per multi-row ``INSERT`` statement (fewer if the columns would pass SQLite's variable limit).
+    ROWS_PER_STATEMENT = 256
+
+    def _insert_many(self, table: str, cols: list[str], replace: bool, rows: list[dict[str, Any]]) -> None:
+        """Rows as multi-row ``INSERT ... VALUES (...), (...)`` statements: SQLite does a whole
+        statement's work without the interpreter lock (``executemany`` takes it back after every
+        row, and then waits for the agent's thread to let go of it each time)."""
+        conn = self.db.conn
+        per = max(1, min(self.ROWS_PER_STATEMENT, self._max_vars // len(cols)))
+        head = f"{'INSERT OR REPLACE' if replace else 'INSERT'} INTO [{table}] ({', '.join(f'[{c}]' for c in cols)}) VALUES "
+        one = "(" + ", ".join("?" * len(cols)) + ")"
+        for i in range(0, len(rows), per):
+            part = rows[i:i + per]
+            conn.execute(head + ", ".join([one] * len(part)), [r.get(c) for r in part for c in cols])
 
     #: Per-run tables a whole-run write replaces, besides ``runs`` and ``steps``.
     RELATED_TABLES: tuple[str, ...] = ("events", "verdicts", "interventions", "recoveries", "checkpoints",
@@ -965,14 +1187,24 @@ class SQLiteStore(StoreReads):
             return True
         deadline = time.monotonic() + timeout
         q = self._queue
-        if self._thread is not None and self._thread.is_alive():
-            self._wake.set()  # the writer stops lingering: someone waits for it
-            with q.all_tasks_done:
-                while q.unfinished_tasks:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    q.all_tasks_done.wait(min(left, 0.5))
+        if self._lock.acquire(blocking=False):  # inside this thread's own transaction: nothing can be written
+            try:
+                if self.db.conn.in_transaction:
+                    return False
+            finally:
+                self._lock.release()
+        # the caller writes what is queued itself, in order (no hand-over to the writer thread and
+        # back); if the writer is busy with a batch, that batch goes first
+        self._hurry.set()
+        n = len(q)
+        if not self._drain.acquire(timeout=max(timeout, 0.0)):
+            return False
+        try:
+            while n > 0 and q.items and not self._failed:
+                self._drain_batch(min(n, self.CHUNK * 4))
+                n -= self.CHUNK * 4
+        finally:
+            self._drain.release()
         while self._spilling or self._failed:
             with self._lock:
                 if self._failed:

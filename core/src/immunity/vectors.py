@@ -142,11 +142,13 @@ _TOKEN = re.compile(r"\w+", re.UNICODE)
 _HASH_PERSON = b"immunity-hash-v1"  # 16 bytes: blake2b's personalisation keeps our hashes our own
 
 
-@lru_cache(maxsize=65_536)
-def _hash64(key: str) -> int:
+def _hash64_uncached(key: str) -> int:
     """A 64-bit hash of ``key`` that is the same in every process and on every platform."""
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8, person=_HASH_PERSON).digest(),
                           "little")
+
+
+_hash64 = lru_cache(maxsize=65_536)(_hash64_uncached)
 
 
 class HashingEmbedder:
@@ -192,7 +194,7 @@ class HashingEmbedder:
         self.name = self._make_name()
         # per-word features (unigram + char n-grams) and per-key feature slots are cached: the same
         # tool names, action types and error classes recur on every step.
-        self._word_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._word_cache: dict[str, tuple[int, ...]] = {}
         self._cache_limit = 20_000
 
     def _make_name(self) -> str:
@@ -213,24 +215,19 @@ class HashingEmbedder:
         h = _hash64(key)
         return h % self.dimension, (1.0 if (h >> 63) & 1 else -1.0)
 
-    def _word_features(self, word: str) -> tuple[np.ndarray, np.ndarray]:
+    def _word_hashes(self, word: str) -> tuple[int, ...]:
+        """The hashes of a word's features: its unigram, then its character n-grams in order."""
         cached = self._word_cache.get(word)
         if cached is not None:
             return cached
-        idx: list[int] = []
-        val: list[float] = []
-        i, s = self._slot("w:" + word)
-        idx.append(i)
-        val.append(s)
+        keys = ["w:" + word]
         lo, hi = self.char_ngrams
         if hi:
             marked = f"<{word}>"
-            for n in range(lo, hi + 1):
-                for start in range(0, max(len(marked) - n + 1, 0)):
-                    i, s = self._slot("c:" + marked[start:start + n])
-                    idx.append(i)
-                    val.append(s * self.char_weight)
-        result = (np.asarray(idx, dtype=np.intp), np.asarray(val, dtype=np.float64))
+            m = len(marked)
+            keys.extend(["c:" + marked[start:start + n] for n in range(lo, hi + 1) for start in range(m - n + 1)])
+        # cached per word, so the n-grams are hashed without the per-key cache
+        result = tuple(map(_hash64_uncached, keys))
         if len(self._word_cache) >= self._cache_limit:
             self._word_cache.clear()
         self._word_cache[word] = result
@@ -245,18 +242,23 @@ class HashingEmbedder:
         words = self.tokens(text)
         if not words:
             return np.zeros(self.dimension, dtype=np.float32)
-        parts_idx: list[np.ndarray] = []
-        parts_val: list[np.ndarray] = []
+        # every feature's hash in one list, in the order the counts are summed: each word's unigram
+        # (weight 1) and character n-grams (char_weight), then the bigrams (bigram_weight); the
+        # buckets and signs are then computed for all of them at once
+        hashes: list[int] = []
+        firsts: list[int] = []
         for word in words:
-            i, v = self._word_features(word)
-            parts_idx.append(i)
-            parts_val.append(v)
+            firsts.append(len(hashes))
+            hashes.extend(self._word_hashes(word))
+        n_words = len(hashes)
         if self.bigram_weight and len(words) > 1:
-            slots = [self._slot(f"b:{a} {b}") for a, b in zip(words, words[1:], strict=False)]
-            parts_idx.append(np.fromiter((s[0] for s in slots), dtype=np.intp, count=len(slots)))
-            parts_val.append(np.fromiter((s[1] * self.bigram_weight for s in slots), dtype=np.float64,
-                                         count=len(slots)))
-        acc = np.bincount(np.concatenate(parts_idx), weights=np.concatenate(parts_val),
+            hashes.extend(map(_hash64, [f"b:{a} {b}" for a, b in zip(words, words[1:], strict=False)]))
+        hs = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
+        weights = np.full(len(hashes), self.char_weight, dtype=np.float64)
+        weights[firsts] = 1.0
+        weights[n_words:] = self.bigram_weight
+        signs = np.where((hs >> np.uint64(63)) != 0, 1.0, -1.0)
+        acc = np.bincount((hs % np.uint64(self.dimension)).astype(np.intp), weights=signs * weights,
                           minlength=self.dimension)
         return _normalise_row(acc)
 

@@ -139,7 +139,7 @@ def _runs(rt: Runtime, n: int, reward: Any) -> list[str]:
 def test_candidates_get_at_most_their_traffic_share(tmp_path: Any) -> None:
     db = str(tmp_path / "r.db")
     _cli("interventions", "evolve", "--store", db, "--class", CLS, "-n", "2", "--no-llm")
-    rt = Runtime(store=db, selector="bandit", seed=5, plugins=[Flag()], evolution={"traffic": 0.1})
+    rt = Runtime(store=db, selector="bandit", bandit={"escalate": True}, seed=5, plugins=[Flag()], evolution={"traffic": 0.1})
     try:
         chosen = _runs(rt, 300, lambda v: None)
     finally:
@@ -166,7 +166,7 @@ def test_a_better_candidate_is_promoted_and_a_worse_one_retired(tmp_path: Any) -
         return "success" if outcome.k % 2 else "failure"  # type: ignore[attr-defined]
 
     outcome.k = 0  # type: ignore[attr-defined]
-    rt = Runtime(store=db, selector="bandit", seed=2, plugins=[Flag()], evolution=opts)
+    rt = Runtime(store=db, selector="bandit", bandit={"escalate": True}, seed=2, plugins=[Flag()], evolution=opts)
     try:
         _runs(rt, 160, outcome)
         status = {v: r.status for v, r in rt.selector.evolution.lineage.rows.items()}
@@ -179,7 +179,7 @@ def test_a_better_candidate_is_promoted_and_a_worse_one_retired(tmp_path: Any) -
     con.close()
     assert rows[good] == PROMOTED and rows[bad] == RETIRED and "P(better than" in reason
     # a new process never offers the retired one, and offers the promoted one outside the trial share
-    rt = Runtime(store=db, selector="bandit", seed=9, plugins=[Flag()], evolution={"traffic": 0.0})
+    rt = Runtime(store=db, selector="bandit", bandit={"escalate": True}, seed=9, plugins=[Flag()], evolution={"traffic": 0.0})
     try:
         later = _runs(rt, 40, lambda v: None)
     finally:
@@ -202,7 +202,7 @@ def test_a_better_candidate_is_promoted_and_a_worse_one_retired(tmp_path: Any) -
 
 def test_llm_proposals_wait_for_approval(tmp_path: Any) -> None:
     db = str(tmp_path / "r.db")
-    rt = Runtime(store=db, selector="bandit", seed=1, plugins=[Flag(), Proposer()], evolution={"traffic": 1.0})
+    rt = Runtime(store=db, selector="bandit", bandit={"escalate": True}, seed=1, plugins=[Flag(), Proposer()], evolution={"traffic": 1.0})
     try:
         result = evolve(rt.store, classes=[CLS], n=2, seed=0, pm=rt.pm, config=rt.config)
         rt.flush()
@@ -214,14 +214,14 @@ def test_llm_proposals_wait_for_approval(tmp_path: Any) -> None:
     assert {r["why"] for r in result["rejected"]} >= {"holds the <tool-output> delimiter", "holds a link or an address",
                                                        "mentions credentials"}
     proposed = llm[0]["variant"]
-    rt = Runtime(store=db, selector="bandit", seed=1, plugins=[Flag()], evolution={"traffic": 1.0})
+    rt = Runtime(store=db, selector="bandit", bandit={"escalate": True}, seed=1, plugins=[Flag()], evolution={"traffic": 1.0})
     try:
         assert proposed not in _runs(rt, 20, lambda v: None)  # not approved: never offered
     finally:
         rt.close()
     _cli("interventions", "evolve", "--store", db, "--approve", proposed)
     assert EvolutionStore(SQLiteStore(db)).load()[proposed].status == CANDIDATE
-    rt = Runtime(store=db, selector="bandit", seed=1, plugins=[Flag()], evolution={"traffic": 1.0})
+    rt = Runtime(store=db, selector="bandit", bandit={"escalate": True}, seed=1, plugins=[Flag()], evolution={"traffic": 1.0})
     try:
         assert proposed in _runs(rt, 30, lambda v: None)
     finally:
@@ -232,7 +232,7 @@ def test_user_verdict_later_also_judges_candidates(tmp_path: Any) -> None:
     db = str(tmp_path / "r.db")
     _cli("interventions", "evolve", "--store", db, "--class", CLS, "-n", "1", "--no-llm")
     opts = {"traffic": 1.0, "min_trials": 3}
-    rt = Runtime(store=db, selector="bandit", seed=4, plugins=[Flag()], evolution=opts)
+    rt = Runtime(store=db, selector="bandit", bandit={"escalate": True}, seed=4, plugins=[Flag()], evolution=opts)
     try:
         ids = []
         for _ in range(4):  # the candidate gets every hint; outcomes come later, from the user
@@ -247,7 +247,7 @@ def test_user_verdict_later_also_judges_candidates(tmp_path: Any) -> None:
                 "('class=wrong_parameters', 'wrong_parameters/direct', 'wrong_parameters', 3, 1, 4)")
     con.commit()
     con.close()
-    rt = Runtime(store=db, selector="bandit", seed=4, plugins=[Flag()], evolution=opts)
+    rt = Runtime(store=db, selector="bandit", bandit={"escalate": True}, seed=4, plugins=[Flag()], evolution=opts)
     try:
         for rid in ids:
             set_outcome(rt, rid, "failure")

@@ -181,7 +181,7 @@ def test_run_over_budget_ends_with_a_final_answer(runtimes: list[Runtime], mode:
 def test_loop_ladder_hint_block_stop_and_learning(tmp_path: Any, runtimes: list[Runtime]) -> None:
     log: list[str] = []
     db = str(tmp_path / "runs.db")
-    rt = new_runtime(runtimes, store=db, selector="bandit", seed=5)
+    rt = new_runtime(runtimes, store=db, selector="bandit", bandit={"escalate": True}, seed=5)
 
     @tool
     def check_order(order_id: str) -> str:

@@ -22,6 +22,10 @@ def invoke(*args: str, code: int = 0) -> Any:
     return res
 
 
+#: the escalating bandit (its ladder stops the loop); the default bandit keeps to the rules' actions
+ESCALATE = 'bandit={"escalate": true}'
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Two runs on the same task: one loops on a search (failure), one finds the invoice (success).
@@ -58,11 +62,11 @@ def test_replay_shows_what_would_have_been_flagged_and_injected(store: str) -> N
 def test_replay_with_the_bandit_and_a_variant_to_try(store: str) -> None:
     text = "[immunity] Look in the archive folder before searching again."
     out = invoke("replay", "run-loop", "--store", store, "--selector", "bandit", "--variant", f"loop={text}",
-                 "--option", "seed=1").output
+                 "--option", "seed=1", "--option", ESCALATE).output
     assert text in out and "[user:loop/" in out
     assert "-> the run would have stopped here" in out and "would not have been reached" in out
     js = json.loads(invoke("replay", "run-loop", "--store", store, "--selector", "bandit", "--variant",
-                           f"loop={text}", "--json").output)
+                           f"loop={text}", "--option", ESCALATE, "--json").output)
     (rep,) = js
     kinds = [iv["kind"] for s in rep["steps"] for iv in s["interventions"]]
     assert kinds == ["hint", "block", "stop"] and rep["stop_step"] is not None
@@ -81,7 +85,7 @@ def test_replay_writes_nothing(store: str) -> None:
 
 
 def test_replay_many_runs_summarises_by_outcome(store: str) -> None:
-    out = invoke("replay", "--all", "--store", store, "--selector", "bandit").output
+    out = invoke("replay", "--all", "--store", store, "--selector", "bandit", "--option", ESCALATE).output
     assert "failure: 1 runs, 1 flagged, 1 with an intervention, 1 stopped" in out
     assert "success: 1 runs, 0 flagged, 0 with an intervention, 0 stopped" in out
     js = json.loads(invoke("replay", "--limit", "1", "--store", store, "--json").output)

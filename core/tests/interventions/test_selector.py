@@ -38,6 +38,9 @@ class Flag:
 def make(tmp: Any = None, **kw: Any) -> Runtime:
     kw.setdefault("store", ":memory:" if tmp is None else str(tmp))
     kw.setdefault("seed", 3)
+    # these tests are about the escalating bandit (the ladder); the default, constrained one is in
+    # test_bandit_default.py
+    kw["bandit"] = {"escalate": True, **kw.get("bandit", {})}
     return Runtime(selector="bandit", **kw)
 
 

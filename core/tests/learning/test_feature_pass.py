@@ -102,6 +102,11 @@ def items(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
     return read + population(n_tasks=3, trials=2) + _edge_cases()
 
 
+@pytest.fixture(scope="module")
+def trace_files(items: list[Any]) -> list[str]:
+    return sorted({it.run.metadata["source"]["path"] for it in items if "source" in it.run.metadata})
+
+
 def test_the_feature_pass_equals_a_full_runtime_replay(items: list[Any]) -> None:
     full = _collect_runtime(items, "task", None)
     rt = make_runtime([])
@@ -159,3 +164,36 @@ def test_learn_writes_the_same_pack_whatever_the_number_of_jobs(tmp_path: Path) 
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
     assert json.loads(outs[0])["patterns"]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_mapping_in_the_feature_pass_gives_the_same_runs(trace_files: list[str], jobs: int) -> None:
+    """``learn`` reads with the mapping left to collect's workers: the same runs, labels included
+    (tau-bench's failure step needs the mapped steps)."""
+    assert len(trace_files) == 2
+    mapped, _ = collect(read_runs(trace_files), jobs=jobs)
+    deferred = read_runs(trace_files, mapping=False)
+    assert all(it.unmapped for it in deferred)
+    later, _ = collect(deferred, jobs=jobs)
+    assert len(mapped) == len(later) == 7
+    assert any(r.failure_step is not None for r in mapped)
+    for a, b in zip(mapped, later, strict=True):
+        assert (a.run_id, a.actions, a.tools, a.failure_step, a.outcome) == (b.run_id, b.actions, b.tools,
+                                                                             b.failure_step, b.outcome)
+        assert a.extra == b.extra
+        np.testing.assert_array_equal(a.numeric, b.numeric)
+        np.testing.assert_array_equal(a.sig_vecs, b.sig_vecs)
+        np.testing.assert_array_equal(a.task_vec, b.task_vec)
+
+
+def test_a_record_whose_steps_cannot_be_mapped_is_reported_and_left_out(trace_files: list[str]) -> None:
+    deferred = read_runs(trace_files, mapping=False)
+
+    def broken(_item: Any) -> None:
+        raise ValueError("no such thing")
+
+    deferred[0].pending = broken
+    problems: list[str] = []
+    got, _ = collect(deferred, on_problem=problems.append)
+    assert len(got) == len(deferred) - 1 and deferred[0].run.run_id not in {r.run_id for r in got}
+    assert len(problems) == 1 and "cannot map its steps: ValueError: no such thing" in problems[0]

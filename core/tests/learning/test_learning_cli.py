@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from immunity.cli import build_cli
+from immunity.models import Outcome
 
 from .conftest import population, write_store
 
@@ -263,3 +264,46 @@ def test_learn_writes_one_pack_per_domain_by_default(tmp_path: Path) -> None:
     assert not (tmp_path / "dev.json").exists()
     res = invoke("learn", "--store", db, "--folds", "3", "--all-domains", "--out", str(tmp_path / "all.json"))
     assert json.loads((tmp_path / "all.json").read_text())["training"]["labelled_runs"] == 74
+
+
+def test_pack_calibrate_sets_the_threshold_without_reading_outcomes(pack: str, tmp_path: Path) -> None:
+    """On a new population, at most --target-far of its runs alarm at the calibrated threshold, and
+    the result is the same whatever the runs' outcomes say."""
+    items = population(n_tasks=10, trials=3, seed=11)
+    labelled, blind = str(tmp_path / "labelled.db"), str(tmp_path / "blind.db")
+    write_store(labelled, items)
+    for it in items:
+        it.run.outcome = Outcome.UNKNOWN
+    write_store(blind, items)
+    outs = []
+    for db, name in ((labelled, "a.json"), (blind, "b.json")):
+        out = tmp_path / name
+        res = invoke("pack", "calibrate", pack, "--store", db, "--target-far", "0.2", "--out", str(out))
+        assert "calibrated on 30 runs" in res.output
+        outs.append(json.loads(out.read_text()))
+    a, b = outs
+    assert a["threshold"] == b["threshold"] == a["model"]["members"][0]["threshold"]
+    assert a["training"]["calibration"]["method"] == "unlabelled"
+    assert a["training"]["calibration"]["thresholds_before"] == [json.loads(Path(pack).read_text())["threshold"]]
+    invoke("pack", "verify", str(tmp_path / "a.json"))
+    scores = tmp_path / "scores.jsonl"
+    invoke("score", "--pack", str(tmp_path / "a.json"), "--store", labelled, "--out", str(scores))
+    rows = [json.loads(line) for line in scores.read_text().splitlines()]
+    alarmed = {r["run_id"] for r in rows if r["alarm"]}
+    assert len(alarmed) <= 0.2 * 30
+    # the lowest such threshold: just above the highest peak risk of a run that does not alarm
+    peak: dict[str, float] = {}
+    for r in rows:
+        peak[r["run_id"]] = max(peak.get(r["run_id"], 0.0), r["risk"])
+    quiet = max(p for rid, p in peak.items() if rid not in alarmed)
+    assert quiet - 1e-6 < a["threshold"] < quiet + 1e-5  # the scores file rounds risks to 6 decimals
+
+
+def test_eval_with_unlabelled_calibration_of_each_held_out_fold(store: str, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    res = invoke("eval", "--cv", "--store", store, "--folds", "3", "--bootstrap", "20", "--calibrate", "unlabelled",
+                 "--out", str(out))
+    assert "unlabelled calibration" in res.output
+    data = json.loads(out.read_text())
+    assert data["calibration"] == "unlabelled"
+    assert all(len(f["unlabelled_thresholds"]) == 2 for f in data["folds"])

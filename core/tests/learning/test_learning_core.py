@@ -24,6 +24,7 @@ from immunity.learning.learn import (
 )
 from immunity.learning.model import logit
 from immunity.learning.pipeline import cross_validate, labels_for, score_rows, scores_from_rows
+from immunity.learning.sequences import run_features
 from immunity.models import Outcome
 from immunity.runtime import Runtime
 from immunity.testing import FakeRun
@@ -131,7 +132,9 @@ def test_batch_evidence_matches_the_live_matcher(learned: dict[str, Any]) -> Non
     for d, item in zip(data, learned["test"], strict=True):
         ev = run_evidence(d, member.table, comp)
         prior = member.prior.prior(d.task_vec)
-        x = np.hstack([d.numeric, ev, np.full((d.n, 1), logit(prior))])
+        assert member.sequences is not None
+        seq = run_features(member.sequences, d.actions, d.tools, member.prior.vectors @ d.task_vec)
+        x = np.hstack([d.numeric, ev, np.full((d.n, 1), logit(prior)), seq])
         risk = member.logistic.predict(x)
         live = [r["risk"] for r in rows if r["run_id"] == item.run.run_id]
         assert np.allclose(risk, live, atol=1e-5), (str(np.round(risk, 4)), str(live))

@@ -118,6 +118,7 @@ def test_a_trees_pack_scores_through_the_runtime_like_the_batch_path(runs: list[
     from immunity.learning.learn import LearnConfig, compile_predicates, design, run_evidence
     from immunity.learning.packs import load_pack, pattern_matrix, save_pack
     from immunity.learning.pipeline import build_pack, score_rows
+    from immunity.learning.sequences import run_features
 
     train = [r for r in runs if int(r.run.task_id.split("-")[1]) < 12]
     test = [r for r in runs if int(r.run.task_id.split("-")[1]) >= 12]
@@ -134,7 +135,9 @@ def test_a_trees_pack_scores_through_the_runtime_like_the_batch_path(runs: list[
     comp = compile_predicates(member.table.vectors, member.table.predicates)
     test_data, _ = collect(test)
     for d in test_data:
-        x = design(d, run_evidence(d, member.table, comp), member.prior.prior(d.task_vec), member.extra_names)
+        assert member.sequences is not None
+        seq = run_features(member.sequences, d.actions, d.tools, member.prior.vectors @ d.task_vec)
+        x = design(d, run_evidence(d, member.table, comp), member.prior.prior(d.task_vec), member.extra_names, seq)
         live = [r["risk"] for r in rows if r["run_id"] == d.run_id]
         assert np.allclose(member.predict(x), live, atol=1e-5)
     # the pack separates the synthetic failures (repeated failing tests) from the successes

@@ -79,7 +79,7 @@ def repo_tools(repo: Path, ran: list[str], submitted: list[str]) -> list[BaseToo
         # No bytecode cache: calc.py is rewritten within the same second at the same size, and a
         # cached .pyc keyed on (mtime, size) would run the old code.
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        proc = subprocess.run(command, shell=True, cwd=repo, capture_output=True, text=True, timeout=20, env=env)
+        proc = subprocess.run(command, shell=True, cwd=repo, capture_output=True, text=True, timeout=120, env=env)
         out = (proc.stdout + proc.stderr).strip()
         if proc.returncode != 0:
             raise RuntimeError(f"exit code {proc.returncode}\n{out}")

@@ -97,3 +97,38 @@ def test_an_unknown_tool_falls_back_to_the_heuristic_and_is_counted(rt: Runtime)
     step = run.state.last_step
     assert step.data["mapped_by"] == "heuristic"
     assert UNMAPPED[("coding", "frobnicate_repo")] == before + 1
+
+
+# one command per alternative of the expressions the coding domain pre-filters by words, in several cases
+_PREFILTERED = [
+    "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT", "echo MINI_SWE_AGENT_FINAL_OUTPUT", "submit", "SUBMIT",
+    "cd x && git commit -m fix", "GIT COMMIT", "rm -rf /", "sudo rm -r ~/", "git reset --hard", "git clean -fd",
+    "git push origin main --force", "git checkout -- .", "mkfs.ext4 /dev/sda1", "MKFS /dev/sda",
+    "dd if=/dev/zero of=/dev/sda", "echo x > /dev/sdb", "chmod -R 777 /", ":(){ :|:& };:", "find / -name x -delete",
+    "timeout 60 pytest -x", "PYTHONPATH=. py.test", "python -m unittest", "python -m doctest x.py", "nose2",
+    "nosetests", "tox -e py", "nox -s tests", "hypothesis write x", "./runtests.py", "python run_tests.py",
+    "python manage.py test app", "bin/test", "make test", "make check", "go test ./...", "cargo test",
+    "npm run test", "yarn test", "pnpm test", "jest", "mocha", "vitest", "phpunit", "rspec", "ctest", "mypy .",
+    "ruff check", "flake8", "pylint pkg", "pyflakes x.py", "black --check .", "PYTEST -X", "Make Test",
+    "grep -rn rm .", "echo firm && ls", "cat test.py", "sed -n 1,5p x.py", "python reproduce.py",
+]
+
+
+@pytest.mark.parametrize("command", _PREFILTERED + [c for c, _ in BASH])
+def test_the_cached_prefiltered_mapping_is_the_rules_mapping(command: str) -> None:
+    """The coding domain's cache and word pre-filter give exactly what the plain rule table gives."""
+    from immunity.domain import Domain
+    from immunity_coding import DOMAIN, RULES
+
+    plain = Domain(name="coding", rules=RULES)
+    for text in (command, command.upper(), command.lower(), f"cd /testbed && {command}"):
+        assert DOMAIN.map_action("bash", {"command": text}) == plain.map_action("bash", {"command": text}), text
+        assert DOMAIN.map_action("bash", {"command": text}) == plain.map_action("bash", {"command": text}), text
+
+
+def test_the_mapping_cache_is_bounded() -> None:
+    from immunity_coding import DOMAIN
+
+    for i in range(5000):
+        DOMAIN.map_action("bash", {"command": f"cat file{i}.py"})
+    assert DOMAIN._cached.cache_info().currsize <= 4096

@@ -39,25 +39,33 @@ class CrewAIAdapter(Adapter):
     ``instrument(crew)`` watches that crew (and its checkpoint restores, which keep its id);
     ``instrument()`` with no target watches every crew in the process.
 
-    Options: the common ones (``domain``, ``max_rollbacks`` (2): rollbacks requested in one run, each
-    waiting for :meth:`resume`; ``node_events`` (``"none"``): ``"end"`` / ``"all"`` record a
+    Options: the common ones (``domain``, ``max_rollbacks`` (2): rollbacks carried out in one run;
+    ``node_events`` (``"none"``): ``"end"`` / ``"all"`` record a
     ``node_end`` / also a ``node_start`` event per task), ``ask_human`` (a callable ``(question,
     tool_name, tool_input) -> str`` answering an approval question; by default CrewAI's own console
     prompt is used), ``task_retries`` (how many times a task whose answer failed its checks is re-run
     through CrewAI's task guardrail retry, default 1; 0 switches it off), ``fallback_model`` (a CrewAI
     ``BaseLLM`` to call instead when a model call fails and the recovery policy says FALLBACK; a
-    transient model error is first retried with the policy's backoff).
+    transient model error is first retried with the policy's backoff), ``rollback`` (``"task"``, the
+    default: a rollback re-runs the running task from its start inside the same ``kickoff()``,
+    through CrewAI's task guardrail retry, with the steps after the task's start compensated;
+    ``"stop"``: the crew stops and :meth:`resume` restores the last verified CrewAI checkpoint,
+    which can lie before earlier tasks. ``"task"`` also stops and waits for :meth:`resume` when an
+    earlier task of the run failed its checks, or the task's ``guardrail_max_retries`` is spent).
     """
 
     name = "crewai"
     framework = "crewai"
     supported = ">=1.15,<2"
-    extra_options: ClassVar[dict[str, Any] | None] = {"ask_human": None, "task_retries": 1, "fallback_model": None}
+    extra_options: ClassVar[dict[str, Any] | None] = {"ask_human": None, "task_retries": 1, "fallback_model": None,
+                                                      "rollback": "task"}
 
     def __init__(self, runtime: Any, *, ask_human: Callable[[str, str, dict[str, Any]], str] | None = None,
-                 task_retries: int = 1, fallback_model: Any = None, **options: Any):
+                 task_retries: int = 1, fallback_model: Any = None, rollback: str = "task", **options: Any):
+        if rollback not in ("task", "stop"):
+            raise ValueError(f"rollback must be 'task' or 'stop', not {rollback!r}")
         super().__init__(runtime, ask_human=ask_human, task_retries=task_retries, fallback_model=fallback_model,
-                         **options)
+                         rollback=rollback, **options)
         self._ask_human = ask_human
         self.task_retries = int(task_retries)
         self.fallback_model = fallback_model
@@ -222,11 +230,13 @@ class CrewAIAdapter(Adapter):
                 raise ImmunityError("no run is waiting for a rollback; pass run_id=")
             run_id = waiting[-1]
         cp = checkpoint
-        if cp is None:
+        if cp is None:  # CrewAI's own checkpoints (a task start recorded for an in-kickoff rollback has no file)
             session = self.runtime.session(run_id)
-            cp = session.last_verified_checkpoint() if session is not None else None
+            cps = [c for c in (session.checkpoints if session is not None else []) if c.verified and
+                   c.ref.get("location")]
+            cp = cps[-1] if cps else None
         if cp is None and self.runtime.store is not None:
-            cps = [c for c in self.runtime.store.checkpoints(run_id) if c.verified]
+            cps = [c for c in self.runtime.store.checkpoints(run_id) if c.verified and c.ref.get("location")]
             cp = cps[-1] if cps else None
         if cp is None or not cp.ref.get("location"):
             raise ImmunityError(f"run {run_id} has no verified CrewAI checkpoint to roll back to (give the crew "

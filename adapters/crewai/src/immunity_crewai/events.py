@@ -15,7 +15,8 @@ CrewAI point           what happens here
 ``PRE_TOOL_CALL``      ``model_end`` for a tool-call answer, then ``tool_start``: block, rewrite,
                        ask a human, replay a cached side effect, stop
 ``POST_TOOL_CALL``     ``tool_end`` with the result or error; the model receives a block message
-                       or a cached result as the tool's result
+                       or a cached result as the tool's result; a rollback ends the task's
+                       attempt and re-runs the task from its start (task guardrail)
 ``POST_STEP``          ``node_end``; the task's verified state (for checkpoints)
 ``OUTPUT``             a stopped run's answer becomes the crew's output
 ``EXECUTION_END``      ``run_end`` (success or the kickoff's error)
@@ -47,7 +48,16 @@ from typing import Any
 
 from immunity.errors import PluginError
 from immunity.interventions.quoting import QUOTE_TOOL, split
-from immunity.models import Event, EventKind, InterventionKind, Recovery, RecoveryKind, Severity, new_id
+from immunity.models import (
+    Checkpoint,
+    Event,
+    EventKind,
+    InterventionKind,
+    Recovery,
+    RecoveryKind,
+    Severity,
+    new_id,
+)
 from immunity.outcomes import end_run
 from immunity.runtime import Decision, RunSession
 
@@ -59,6 +69,8 @@ TOOL_ERROR_PREFIX = "Error executing tool:"
 #: the crew run and agent role of the task running in this context (CrewAI's forced final-answer
 #: call after ``max_iter`` carries no agent, task or crew: this is how it is attributed)
 _TASK: ContextVar[tuple[Any, str | None] | None] = ContextVar("immunity_crewai_task", default=None)
+#: the answer of a task attempt ended by a rollback (CrewAI shows it to the task's next attempt)
+ROLLED_BACK_ANSWER = "(rolled back by immunity: this attempt's steps were undone)"
 
 
 @functools.cache
@@ -106,6 +118,11 @@ class CrewRun:
     task_verified: dict[str, bool] = field(default_factory=dict)
     final_emitted: set[int] = field(default_factory=set)
     rollback: Recovery | None = None
+    #: tasks (by id) whose attempt was rolled back: the checkpoint at the task's start and the
+    #: feedback CrewAI's guardrail retry gives the task's next attempt
+    task_rollbacks: dict[int, tuple[Checkpoint, str]] = field(default_factory=dict)
+    #: the checkpoint at each running task's start and the context CrewAI gave the task
+    task_starts: dict[int, tuple[Checkpoint, str]] = field(default_factory=dict)
     guarded_tasks: list[tuple[Any, Any]] = field(default_factory=list)
     #: roles of the agents that reached ``max_iter`` (CrewAI forced their final answer)
     max_iterations: list[str] = field(default_factory=list)
@@ -462,11 +479,19 @@ class Bridge:
 
             crewai_event_bus.flush(timeout=10)
         role = ctx.agent_role or self._role(ctx.agent)
+        task = ctx.task
         if run.last_agent is not None and role != run.last_agent:
-            session.handoff(run.last_agent, role or "agent")
+            # a sequential crew hands over with the next task: its description is the handoff's reason
+            what = getattr(task, "name", None) or getattr(task, "description", None)
+            session.handoff(run.last_agent, role or "agent", arguments={"task": str(what)} if what else None)
         run.last_agent = role
         _TASK.set((run, role))
-        task = ctx.task
+        if self.adapter.options["rollback"] == "task" and task is not None:
+            # where a rollback inside this task goes back to: the task's start (verified when every
+            # earlier task passed its checks), with the context CrewAI gave it
+            cp = session.checkpoint({"task_id": str(getattr(task, "id", "")), "task_name": ctx.step_name,
+                                     "task_start": True}, verified=all(run.task_verified.values()))
+            run.task_starts[id(task)] = (cp, ctx.payload if isinstance(ctx.payload, str) else "")
         if self.adapter.options["node_events"] == "all":
             session.emit(Event(kind=EventKind.NODE_START, node=ctx.step_name, agent=role,
                                data={"task_id": str(getattr(task, "id", ""))}))
@@ -489,6 +514,8 @@ class Bridge:
         run.final_emitted.discard(id(task))
         run.task_retries.pop(id(task), None)
         run.task_feedback.pop(id(task), None)
+        run.task_starts.pop(id(task), None)
+        run.task_rollbacks.pop(id(task), None)
         self._release_guardrails(run, task)
         task_id = str(getattr(task, "id", ""))
         flagged = run.task_flagged.get(task_id, False) or run.stop_answer is not None or run.rollback is not None
@@ -711,6 +738,8 @@ class Bridge:
         requested = int(run.session.run.metadata.get("rollbacks_requested", 0))
         if rec is not None and rec.kind == RecoveryKind.ROLLBACK and requested < self.adapter.options["max_rollbacks"]:
             run.session.run.metadata["rollbacks_requested"] = requested + 1
+            if self._rollback_task(run, ctx, rec):
+                return None
             run.rollback = rec
             self._flag_task(run, ctx)
             reason = rec.reason or "rolling back to the last verified checkpoint"
@@ -720,6 +749,35 @@ class Bridge:
         if d.stop:
             self._stop(run, ctx, d)
         return None
+
+    def _rollback_task(self, run: CrewRun, ctx: Any, rec: Recovery) -> bool:
+        """Roll back inside the kickoff: end the task's attempt now (no further model call) and
+        have CrewAI re-run the task from its start through its guardrail retry, where
+        :class:`TaskGuard` undoes the attempt's steps. ``False`` when that cannot be done (the
+        option is ``"stop"``, an earlier task failed its checks, the task's retries are spent): the
+        caller stops the crew for :meth:`CrewAIAdapter.resume`."""
+        task = getattr(ctx, "task", None)
+        start = run.task_starts.get(id(task)) if task is not None else None
+        if start is None or not start[0].verified or not isinstance(getattr(task, "_guardrails", None), list):
+            return False
+        if run.task_retries.get(id(task), 0) >= int(getattr(task, "guardrail_max_retries", 3) or 0):
+            return False
+        cp, context = start
+        asked = next((c for c in run.session.checkpoints if c.checkpoint_id == rec.checkpoint_id), None) \
+            if rec.checkpoint_id and run.session is not None else None
+        if asked is not None and asked.step < cp.step:  # the policy wants to go back before this task
+            return False
+        reason = rec.reason or "a step failed its checks"
+        feedback = f"rolled back by immunity ({reason}); the previous attempt's steps were undone: do the task " \
+                   f"again from its start."
+        if context:  # a retry's prompt carries this feedback instead of the task's context: keep the context
+            feedback += f"\n\nContext from the earlier tasks:\n{context}"
+        run.task_rollbacks[id(task)] = (cp, feedback)
+        self._flag_task(run, ctx)
+        if not any(t is task for t, _ in run.guarded_tasks):
+            self._attach_guardrail(run, task)
+        self._finish_executor(getattr(ctx, "agent", None), ROLLED_BACK_ANSWER)
+        return True
 
     def _flag_task(self, run: CrewRun, ctx: Any) -> None:
         task = getattr(ctx, "task", None)
@@ -836,6 +894,17 @@ class TaskGuard:
 
     def _check(self, output: Any) -> tuple[bool, Any]:
         run, task = self.run, self.task
+        rolled_back = run.task_rollbacks.pop(id(task), None)
+        if rolled_back is not None and run.stop_answer is None:
+            cp, again = rolled_back
+            run.task_feedback.pop(id(task), None)
+            run.task_retries[id(task)] = run.task_retries.get(id(task), 0) + 1
+            run.final_emitted.discard(id(task))
+            run.task_flagged[str(getattr(task, "id", ""))] = False
+            if run.session is not None:
+                # compensate the attempt's side effects and record the rollback carried out
+                run.session.rollback(cp)
+            return False, again
         feedback = run.task_feedback.pop(id(task), None)
         if feedback is None or run.stop_answer is not None:
             return True, self._passthrough(output)

@@ -456,7 +456,7 @@ class RunContext:
                 for target in goto if isinstance(goto, list | tuple) else [goto]:
                     tname = target if isinstance(target, str) else getattr(target, "node", None)
                     if tname:  # the agent hands over (its tool is only the means)
-                        self._note(self.session.handoff(agent or tool.name, str(tname)))
+                        self._note(self.session.handoff(agent or tool.name, str(tname), tool_call_id=call_id))
         except Exception as exc:
             self.fail("tool_end", exc)
         return out

@@ -586,7 +586,11 @@ class Bridge:
         session = live.session
         previous, live.agent_name = live.agent_name, agent.name
         if live.turns and previous and previous != agent.name:
-            session.handoff(previous, agent.name)
+            # AgentWorkflow hands over through its ``handoff`` tool: that call is the handoff's step
+            last = session.state.last_step
+            call = last.data.get("tool_call_id") if last is not None and last.tool == "handoff" and \
+                last.agent == previous else None
+            session.handoff(previous, agent.name, tool_call_id=call)
         live.turns += 1
         if live.stop_answer is None and session.stop_requested:
             live.stop_answer = session.stop_requested

@@ -52,7 +52,7 @@ from agents.tool import default_tool_error_function
 from agents.tracing import get_current_span
 from immunity.errors import PluginError, RunStopped
 from immunity.interventions.quoting import QUOTE_TOOL, split
-from immunity.models import Event, EventKind, RecoveryKind, Run
+from immunity.models import Event, EventKind, RecoveryKind, Run, new_id
 from immunity.outcomes import end_run
 from immunity.runtime import Decision, RunSession
 
@@ -107,6 +107,7 @@ class ActiveRun:
         self.agent: str | None = None  # the agent running now (set when each agent starts)
         self.starting_agent: Any = None  # the agent the Runner call started with
         self.answer_stop: str | None = None  # the stop answer the agent's wrapped model gives next
+        self.last_calls: list[dict[str, Any]] = []  # the tool calls of the last model response
 
     @property
     def run_id(self) -> str:
@@ -116,6 +117,21 @@ class ActiveRun:
 _CURRENT: ContextVar[ActiveRun | None] = ContextVar("immunity_openai_agents_run", default=None)
 #: set while an immunity tool wrapper runs a tool (so a second wrapper, another guard's, passes through)
 _IN_TOOL: ContextVar[bool] = ContextVar("immunity_openai_agents_in_tool", default=False)
+
+
+def _handoff_call(calls: list[dict[str, Any]], source: Any, target: Any) -> dict[str, Any] | None:
+    """The model's call of the handoff tool that handed ``source`` over to ``target`` (its id and
+    arguments go on the handoff's step), if it is among the last response's calls."""
+    from agents.handoffs import Handoff
+
+    names = set()
+    for h in getattr(source, "handoffs", None) or []:
+        if isinstance(h, Handoff):
+            if h.agent_name == target.name:
+                names.add(h.tool_name)
+        elif getattr(h, "name", None) == target.name:
+            names.add(Handoff.default_tool_name(h))
+    return next((c for c in reversed(calls) if c.get("name") in names), None)
 
 
 def current_run() -> ActiveRun | None:
@@ -446,6 +462,7 @@ class GuardHooks(AgentHooks):
                 u = response.usage
                 usage = {"input_tokens": int(u.input_tokens or 0), "output_tokens": int(u.output_tokens or 0),
                          "total_tokens": int(u.total_tokens or 0)} if u is not None else None
+                run.last_calls = calls
                 d = run.session.model_end("".join(texts) or None, tool_calls=calls or None, usage=usage,
                                           model=_model_name(agent), agent=agent.name)
                 if d.stop:
@@ -484,7 +501,10 @@ class GuardHooks(AgentHooks):
         try:
             run = _lookup(self._adapter, context, agent, start=True)
             if run is not None:
-                d = run.session.handoff(getattr(source, "name", None), agent.name)
+                call = _handoff_call(run.last_calls, source, agent)
+                d = run.session.handoff(getattr(source, "name", None), agent.name,
+                                        arguments=call.get("arguments") if call else None,
+                                        tool_call_id=call.get("id") if call else None)
                 if d.stop:
                     run.stop = d.final_answer or "stopped by immunity"
         except Exception as exc:
@@ -657,6 +677,11 @@ def wrap_tool_use_behavior(adapter: OpenAIAgentsAdapter, original: Any) -> Calla
         run = None
         try:
             run = _lookup(adapter, context)
+            if run is not None and run.stop is None and run.rollback is not None and run.streamed:
+                # a streamed run cannot start again from earlier input (its caller holds the result
+                # object): it goes on, and the rollback's hint reaches the next model call
+                run.session.emit(Event(kind=EventKind.CUSTOM, data={"rollback_skipped": "streamed run"}))
+                run.rollback = None
             if run is not None and (run.stop is not None or run.rollback is not None):
                 return ToolsToFinalOutputResult(is_final_output=True,
                                                 final_output=run.stop if run.rollback is None else "")
@@ -802,6 +827,8 @@ def begin(adapter: OpenAIAgentsAdapter, agent: Any, input: Any, kwargs: dict[str
     key = _run_key(input, kwargs)
     if run_id is None and key is not None:
         run_id = _stored_run_id(rt, key)
+    if run_id is None:  # no session, conversation or group id: the SDK gives the run no id of its own
+        run_id = f"{FRAMEWORK}-{new_id('')}"
     existing = adapter._open.get(run_id) if run_id else None
     if existing is not None and not existing.session.ended:
         run = existing

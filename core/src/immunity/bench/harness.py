@@ -149,8 +149,8 @@ def run_trial(framework: str, task_name: str, fault: str, seed: int, *, p: float
     if p is not None:
         options: dict[str, Any] = {k: dict(v) for k, v in task.runtime_options.items()}
         options["recovery"] = dict(RECOVERY_OPTIONS)
+        options["selector"] = selector  # explicit: the runtime's default selector is the bandit
         if selector != "default":
-            options["selector"] = selector
             options["seed"] = seed
             if evolution:
                 options["evolution"] = dict(evolution)

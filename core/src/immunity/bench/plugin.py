@@ -39,8 +39,9 @@ def _split(value: str | None) -> list[str] | None:
 @click.option("--report", "report_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Do not run: aggregate and print the trials saved by an earlier --out file.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress on stderr.")
-@click.option("--bandit", is_flag=True, help="Also run every p with the bandit selector, learning across trials "
-              "from their judged outcomes (one store per p), next to the default selector.")
+@click.option("--bandit", is_flag=True, help="Also run every p with the bandit selector (the runtime's default), "
+              "learning across trials from their judged outcomes (one store per p), next to the rules alone "
+              "(selector default, which the other arms run).")
 @click.option("--evolve", "evolve_n", type=click.IntRange(0, 20), default=3, show_default=True,
               help="With --bandit: grammar variants per class put in each bandit store before the first trial.")
 @click.option("--evolution-traffic", type=click.FloatRange(0, 1), default=None,
@@ -138,7 +139,8 @@ def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, s
               help="The shared dev-data folder: its tau-bench and SWE-bench trace files are used.")
 @click.argument("paths", nargs=-1, type=click.Path(exists=True))
 @click.option("--format", "fmt", default="auto", show_default=True, help="Trace format of PATHS.")
-@click.option("--selector", default="default", show_default=True, help="The intervention selector.")
+@click.option("--selector", default="bandit", show_default=True,
+              help="The intervention selector (bandit, the default; default: the rules alone).")
 @click.option("--sample", type=click.IntRange(1), default=None,
               help="A seeded random sample of this many successful runs per dataset (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
@@ -150,8 +152,11 @@ def closed_loop(frameworks: str | None, faults: str | None, tasks: str | None, s
 @click.option("--markdown", is_flag=True, help="Print the results as Markdown tables.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Also write the results and every run's record to this JSON file.")
+@click.option("--option", "raw_options", multiple=True, metavar="KEY=JSON",
+              help="A runtime option (bandit='{\"warmup\": 0}': the bandit picks wordings from the first hint).")
 def precision(data_dir: str | None, paths: tuple[str, ...], fmt: str, selector: str, sample: int | None, seed: int,
-              budget: float | None, enforce: bool, as_json: bool, markdown: bool, out: str | None) -> None:
+              budget: float | None, enforce: bool, as_json: bool, markdown: bool, out: str | None,
+              raw_options: tuple[str, ...]) -> None:
     """False alarms on real successes: replay every successful run through the default runtime of
     its domain and report, per check, the runs flagged, blocked and stopped and the hints sent.
 
@@ -173,7 +178,17 @@ def precision(data_dir: str | None, paths: tuple[str, ...], fmt: str, selector: 
         if n % 100 == 0:
             click.echo(f"  {n} runs ({time.perf_counter() - t0:.0f} s)", err=True)
 
-    report = precision_report(groups, fmt, selector=selector, sample=sample, seed=seed, progress=tick)
+    options: dict[str, Any] = {}
+    for raw in raw_options:
+        key, sep, value = raw.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{raw!r}: use KEY=JSON", param_hint="--option")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    report = precision_report(groups, fmt, selector=selector, sample=sample, seed=seed, progress=tick,
+                              options=options)
     report.budget = FLAG_BUDGET if budget is None else budget
     if out:
         with open(out, "w", encoding="utf-8") as fh:

@@ -207,7 +207,7 @@ def successful_runs(paths: list[str], fmt: str = "auto", *, runtime: Any = None,
             yield item
 
 
-def precision_report(paths: list[str] | dict[str, list[str]], fmt: str = "auto", *, selector: str = "default",
+def precision_report(paths: list[str] | dict[str, list[str]], fmt: str = "auto", *, selector: str | None = None,
                      sample: int | None = None, seed: int = 0, options: dict[str, Any] | None = None,
                      progress: Callable[[int], None] | None = None,
                      outcome: Outcome = Outcome.SUCCESS) -> PrecisionReport:
@@ -225,7 +225,9 @@ def precision_report(paths: list[str] | dict[str, list[str]], fmt: str = "auto",
     reader = Runtime(store=None)
     # one runtime for all runs (as one process protecting many runs would have): the defaults, no store
     # (the per-step time budget is off so that a loaded machine cannot skip a check and change the figures)
-    runtime = Runtime(store=None, selector=selector, step_budget_ms=0.0, **dict(options or {}))
+    kw: dict[str, Any] = {**dict(options or {}), **({"selector": selector} if selector else {})}
+    runtime = Runtime(store=None, step_budget_ms=0.0, **kw)
+    selector = runtime.config.selector
     try:
         for ds, ds_paths in groups.items():
             items = list(successful_runs(list(ds_paths), fmt, runtime=reader, problems=problems, outcome=outcome))
@@ -239,6 +241,7 @@ def precision_report(paths: list[str] | dict[str, list[str]], fmt: str = "auto",
         runtime.close()
         reader.close()
     config = {"datasets": {k: list(v) for k, v in groups.items()}, "selector": selector, "sample": sample,
+              "options": dict(options or {}),
               "outcome": outcome.value,
               "seed": seed, "problems": len(problems), "seconds": round(time.perf_counter() - t0, 1)}
     return PrecisionReport(results, config)

@@ -73,7 +73,7 @@ def render(summary: dict[str, Any], *, header: str = "") -> str:
 
 
 def felt_and_bandit(summary: dict[str, Any], *, markdown: bool) -> list[str]:
-    """Prevented vs flagged per arm; the bandit against the default selector, its learning curve,
+    """Prevented vs flagged per arm; the bandit against the rules alone (``selector="default"``), its learning curve,
     evolved against hand-written hints, and the evolved variants' fate."""
     out: list[str] = []
     felt = summary.get("felt") or {}
@@ -106,7 +106,7 @@ def felt_and_bandit(summary: dict[str, Any], *, markdown: bool) -> list[str]:
         d = b["paired_vs_default"]
         diff = f"{100 * d['diff']:+.1f} pts [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}], McNemar p={d['mcnemar_p']:.2g}"
         out.append(f"{'**' if markdown else ''}Bandit selector at p={p}{'**' if markdown else ''}: success "
-                   f"{_pct_ci(b['success'])} vs default selector {_pct_ci(b['default_success'])} on the same "
+                   f"{_pct_ci(b['success'])} vs the rules alone (selector default) {_pct_ci(b['default_success'])} on the same "
                    f"{d['n_pairs']} trials; paired difference {diff} ({d['only_bandit']} trials only the bandit got "
                    f"right, {d['only_default']} only the default). Hints: {b['hints']}, of which evolved variants "
                    f"{b['evolved_hints']}. Trials whose hints were all evolved: success {_pct_ci(b['evolved_trials'])} "
@@ -114,7 +114,7 @@ def felt_and_bandit(summary: dict[str, Any], *, markdown: bool) -> list[str]:
                    f"(n={b['hand_written_trials']['n']}).")
         out.append("")
         if markdown:
-            out.append("| trials (run order) | bandit success | default selector, same trials |")
+            out.append("| trials (run order) | bandit success | rules alone (selector default), same trials |")
             out.append("|---|---|---|")
         else:
             out.append("  learning curve (success per block of trials, in run order):")

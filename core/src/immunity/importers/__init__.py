@@ -130,13 +130,17 @@ def detect_format(path: str, registry: dict[str, Any] | None = None) -> str | No
 
 
 def iter_runs(paths: list[str], format: str = "auto", *, runtime: Runtime | None = None,  # noqa: A002
-              domain: str | None = None) -> Iterator[ImportedRun | ImportProblem]:
+              domain: str | None = None, mapping: bool = True) -> Iterator[ImportedRun | ImportProblem]:
     """Read trace files one record at a time.
 
     Every step is mapped with ``runtime.map_action(tool, arguments, text, run)`` (a
     ``Runtime(store=None)`` is made if none is given). ``run.domain`` is the record's own domain if
     it names one, else ``domain``, else the format's default (tau-bench: ``support``,
     mini-swe-agent / swe-agent: ``coding``, who-and-when: ``research``).
+
+    ``mapping=False`` leaves the mapping (and the importer's ``finish``, which may need it) to
+    :func:`~immunity.importers.base.complete_mapping`, so it can run later or in worker processes;
+    a record whose steps cannot be mapped is then reported by whoever completes it.
 
     Yields an :class:`ImportProblem` for each record (or file) that could not be read, and goes on.
     """
@@ -175,6 +179,12 @@ def iter_runs(paths: list[str], format: str = "auto", *, runtime: Runtime | None
                     run.domain = domain or default_domain
                 if run.source is None:
                     run.source = fmt
+                if not mapping:
+                    item.unmapped, item.pending = True, getattr(importer, "finish", None)
+                    for w in item.warnings:
+                        yield ImportProblem(path, item.record or "record", w, skipped=False)
+                    yield item
+                    continue
                 try:
                     map_steps(item, rt)
                     finish = getattr(importer, "finish", None)

@@ -61,6 +61,10 @@ class ImportedRun:
     #: the domain :func:`map_steps` mapped every step with, through the same ``immunity_map_action``
     #: hooks a live run asks (``None``: not mapped by it); learning's feature pass reuses that mapping
     mapped_for: str | None = None
+    #: read with ``iter_runs(..., mapping=False)``: the steps are not mapped yet, and this is what
+    #: :func:`complete_mapping` still has to call after mapping (the importer's ``finish``, if any)
+    pending: Callable[[ImportedRun], None] | None = field(default=None, repr=False, compare=False)
+    unmapped: bool = False
 
 
 @dataclass
@@ -260,6 +264,18 @@ def map_steps(imported: ImportedRun, runtime: Any) -> None:
         run.ended_at = base + len(imported.steps) * 0.001
     if imported.warnings:
         run.metadata["import_warnings"] = imported.warnings[:50]
+
+
+def complete_mapping(imported: ImportedRun, runtime: Any) -> None:
+    """Map a run read with ``iter_runs(..., mapping=False)`` (:func:`map_steps`, then the
+    importer's ``finish``): the same result as mapping while reading, done later (for example in
+    a worker process). Does nothing for a run that is already mapped."""
+    if not imported.unmapped:
+        return
+    map_steps(imported, runtime)
+    if imported.pending is not None:
+        imported.pending(imported)
+    imported.unmapped, imported.pending = False, None
 
 
 def is_unmapped(step: Step) -> bool:

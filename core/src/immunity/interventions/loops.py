@@ -15,9 +15,10 @@ information. This verifier adds, from the same incremental signals of :class:`~i
   agent whose only tool is a shell. Empty outputs do not count: a command that prints nothing
   (an edit, a ``cd``) gave no answer, not the same one.
 
-Each firing feeds the class's escalation ladder in the ``bandit`` selector (hint, then block, then
-stop for ``loop``). Switched on with ``verifiers=["loops"]``, and automatically with
-``selector="bandit"``. Options: ``Config.options["loops"] = {"near_repeat": 3, "poll": 3}``.
+Each firing feeds the class's escalation ladder in the escalating ``bandit`` selector (hint, then
+block, then stop for ``loop``). Switched on with ``verifiers=["loops"]``, and automatically with
+``bandit={"escalate": True}`` (the default, constrained bandit leaves it off: it verifies exactly
+what the rules verify). Options: ``Config.options["loops"] = {"near_repeat": 3, "poll": 3}``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Built-in plugin: the ``bandit`` selector, the ``budget`` and ``loops`` verifiers, safe recovery,
 and the ``immunity interventions`` / ``immunity replay`` commands.
 
-Switches (all off unless asked for, so loading this plugin changes nothing by itself):
+Switches:
 
-- ``selector="bandit"``: the learning policy with per-class escalation (also switches on ``loops``);
+- ``selector="bandit"`` (the default): the rules' choice of action with a learned choice of hint
+  wording; with ``bandit={"escalate": True}`` (or a ``ladder``) the per-class escalation ladder,
+  which also switches on ``loops``;
 - ``Config.options["budget"]`` (or ``verifiers=["budget"]``): token / cost budgets in the loop;
 - the recover hook is always on: it only answers for transient errors, fallbacks, open tool
   circuits and rollbacks, and leaves everything else to core's default.
@@ -30,7 +32,10 @@ def immunity_configure(config: Any) -> None:
     if options.get("budget") and "budget" not in config.verifiers:
         config.verifiers.append("budget")
     if config.selector == "bandit" and "loops" not in config.verifiers and options.get("loops", True) is not False:
-        config.verifiers.append("loops")
+        from immunity.interventions.selector import escalates
+
+        if escalates(config):  # the ladder climbs on the loops verifier's firings; the rules' choice does not
+            config.verifiers.append("loops")
 
 
 @hookimpl
@@ -168,8 +173,8 @@ def immunity_register_commands(cli: click.Group) -> None:
         if lineage:
             _echo_lineage(lineage)
         if not rows:
-            click.echo(f"no intervention statistics in {store_path} (use selector='bandit' and end runs with an "
-                       "outcome)")
+            click.echo(f"no intervention statistics in {store_path} (the bandit, the default selector, learns from "
+                       "hints in runs with an outcome: guard.set_outcome or immunity runs mark)")
         current = None
         for r in rows:
             if r["error_class"] != current:
@@ -247,6 +252,7 @@ def immunity_register_commands(cli: click.Group) -> None:
                raw_options: tuple[str, ...], as_json: bool) -> None:
         """Re-feed stored runs through a fresh runtime (nothing is written) and show, step by step, what
         would have been flagged and injected; or compare two runs with --diff A B."""
+        from immunity.config import Config
         from immunity.interventions.replay import (
             align,
             imported_from_store,
@@ -270,7 +276,7 @@ def immunity_register_commands(cli: click.Group) -> None:
                 cls, text = _parse_variant(spec)
                 user.setdefault(cls, []).append(text)
             options["variants"] = user
-            if (selector or "default") == "bandit":
+            if (selector or Config().selector) == "bandit":
                 from immunity.interventions.variants import stable_id
 
                 only = [f"user:{c}/{stable_id(t)}" for c, ts in user.items() for t in ts]

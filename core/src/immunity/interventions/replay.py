@@ -18,6 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from immunity.config import Config
 from immunity.models import InterventionKind, Run, Step
 
 __all__ = ["ReplayReport", "StepReport", "align", "imported_from_store", "try_on_runs", "what_if"]
@@ -123,7 +124,7 @@ def _runtime(run: Run, *, verifiers: list[str] | None, packs: list[str] | None, 
     from immunity.runtime import Runtime
 
     return Runtime(domain=run.domain, store=None, step_budget_ms=0.0, verifiers=list(verifiers or []),
-                   selector=selector or "default", packs=list(packs or []), **dict(options or {}))
+                   selector=selector or Config().selector, packs=list(packs or []), **dict(options or {}))
 
 
 def what_if(imported: Any, *, verifiers: list[str] | None = None, packs: list[str] | None = None,

@@ -1,7 +1,28 @@
-"""The ``bandit`` intervention selector: an escalation ladder per error class, a contextual
-Thompson-sampling choice of wording, and the tolerance layer.
+"""The ``bandit`` intervention selector (the default): the rules' choice of action, a learned
+choice of wording; and, on request, an escalation ladder per error class.
 
-For the first failed verdict of an event (blocking verdicts first, then by severity):
+**Constrained (the default).** For the first failed verdict of an event (blocking verdicts first,
+then by severity) the bandit first asks the rules what to do: the ``default`` selector's decision
+(:class:`immunity.defaults.policy.DefaultSelector`, with its tolerance layer) for the same verdict,
+event and run. Only that decision's *kind* is kept, and the bandit never goes beyond it:
+
+- a stop, a block or a ``warn`` (a hint held back by the tolerance layer) is carried out exactly as
+  the rules decided it, text included: the bandit never stops, blocks or asks a human where the
+  rules would not, and never hints where the rules hold back;
+- a hint is a choice among wordings of the same strength: the rules' own wording (the variant
+  ``<class>/default``, the text the ``default`` selector sends) and the class's hint variants (see
+  :mod:`immunity.interventions.variants`; the verifier's own hint *is* the rules' wording here).
+  Wordings that would repeat the last hint are left out.
+- **Cold start.** Until the class has ``warmup`` (5) rewarded pulls in the store (over all its
+  variants and contexts), the rules' wording is chosen: the intervention is the ``default``
+  selector's, kind and text. After that, Thompson sampling picks among them as in *Wording* below
+  (evolved candidates included, on their traffic share), the rules' wording competing on equal terms. ``only`` (a restriction to given variants, as ``immunity replay
+  --variant`` sets) skips the cold start: the variants were asked for by name.
+
+Retries, fallbacks and rollbacks are decided by the recover hook, never by a selector.
+
+**Escalating** (``Config.options["bandit"] = {"escalate": True}``, or any ``ladder`` option; also
+switches on the ``loops`` verifier). The selector decides how hard, which words and whether at all:
 
 1. **Ladder.** The class's ladder (``Config.options["ladder"]``, merged over :data:`DEFAULT_LADDER`)
    gives the kind for the n-th time this class fires in the run (counted once per step; the last
@@ -25,8 +46,8 @@ When a run ends (or its outcome is set later), every hint the bandit chose in it
 the outcome (success 1, failure 0; unknown: no update) on its context and class arms.
 
 Options (``Config.options``): ``seed`` (deterministic draws), ``ladder`` ({class: [kinds]}, ``"*"`` for
-every other class), ``variants`` (user variants), ``bandit`` = {``min_context_pulls`` (10), ``borrow``
-(10), ``ladder_reset`` (5 steps), ``disable_after`` (30 rewarded pulls), ``disable_below`` (posterior mean 0.15), ``only``
+every other class), ``variants`` (user variants), ``bandit`` = {``escalate`` (False), ``warmup`` (5 rewarded
+pulls of a class before its wording is learned), ``min_context_pulls`` (10), ``borrow`` (10), ``ladder_reset`` (5 steps), ``disable_after`` (30 rewarded pulls), ``disable_below`` (posterior mean 0.15), ``only``
 (variant ids to restrict to)}, ``evolution`` = {``traffic`` (0.10), ``min_trials`` (20 rewarded pulls before a
 candidate is judged), ``confidence`` (0.95)}.
 
@@ -43,8 +64,10 @@ import threading
 from typing import Any
 
 from immunity import taxonomy as tx
+from immunity.defaults.policy import DefaultSelector
 from immunity.errors import PluginError
 from immunity.interventions.bandit import (
+    PULLS,
     BanditStore,
     Pull,
     class_key,
@@ -53,7 +76,7 @@ from immunity.interventions.bandit import (
     thompson_pick,
 )
 from immunity.interventions.evolution import Evolution
-from immunity.interventions.variants import Variant, VariantCatalog, render, verifier_variant
+from immunity.interventions.variants import Variant, VariantCatalog, default_variant, render, verifier_variant
 from immunity.models import (
     Event,
     EventKind,
@@ -107,6 +130,14 @@ def parse_ladder(spec: Any) -> dict[str, list[InterventionKind]]:
     return out
 
 
+def escalates(config: Any) -> bool:
+    """Whether the ``bandit`` selector of ``config`` runs its escalation ladder (``bandit={"escalate":
+    True}``, or a ``ladder`` option) instead of keeping to the rules' choice of action."""
+    options = getattr(config, "options", None) or {}
+    flag = (options.get("bandit") or {}).get("escalate") if isinstance(options.get("bandit"), dict) else None
+    return bool(flag) if flag is not None else options.get("ladder") is not None
+
+
 def last_output(state: RunState) -> str | None:
     """The last thing the model said (or, failing that, the last tool result) in the run."""
     for step in reversed(state.steps):
@@ -131,6 +162,24 @@ def stop_answer(state: RunState, reason: str, limit: int = 1500, *, last: str | 
     return text
 
 
+#: ``state.extras`` key: (the text the bandit sent, the rules' text for the same hint)
+_REWORDED = "interventions.reworded"
+
+
+class _RulesView:
+    """A run's state as the rules alone would have left it: the same, except that the last hint is
+    the rules' wording of a hint the bandit reworded (so the rules' "never the same hint twice in a
+    row" holds back exactly what it would have held back without the bandit)."""
+
+    def __init__(self, state: RunState):
+        self._state = state
+        sent, rules_text = state.extras.get(_REWORDED) or (None, None)
+        self.last_hint = rules_text if sent is not None and state.last_hint == sent else state.last_hint
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._state, name)
+
+
 class BanditSelector:
     """The ``bandit`` selector (``Runtime(selector="bandit")``)."""
 
@@ -146,6 +195,10 @@ class BanditSelector:
         self.disable_after = int(bandit_opts.get("disable_after", 30))
         self.disable_below = float(bandit_opts.get("disable_below", 0.15))
         self.only = set(bandit_opts.get("only") or [])
+        self.escalate = escalates(config)
+        self.warmup = int(bandit_opts.get("warmup", 5))
+        #: the rules' decision, which the constrained selector never goes beyond
+        self.rules = DefaultSelector(config, store)
         self.ladder = parse_ladder(options.get("ladder"))
         self.ladder_reset = int(bandit_opts.get("ladder_reset", 5))
         self.rng = random.Random(options.get("seed"))
@@ -156,6 +209,7 @@ class BanditSelector:
         self._loaded = False
         self._lock = threading.RLock()
         self._pending: dict[str, list[tuple[Pull, Variant]]] = {}
+        self._pulls_table: bool | None = None
         self.errors: list[str] = []
 
     # ------------------------------------------------------------------ fail-open
@@ -247,6 +301,8 @@ class BanditSelector:
 
     # ------------------------------------------------------------------ select
     def select(self, verdicts: list[Verdict], event: Event, run: Run, state: RunState) -> Intervention | None:
+        if not self.escalate:
+            return self._constrained(verdicts, event, run, state)
         v = verdicts[0]
         cls = v.error_class or tx.TOOL_ERROR
         with self._lock:
@@ -284,14 +340,68 @@ class BanditSelector:
                 return Intervention(kind=kind, text=v.hint or v.message or cls, variant="ladder-warn", **base)
             return self._hint(v, cls, run, state, tool, error, base)
 
+    # ------------------------------------------------------------------ constrained
+    def _constrained(self, verdicts: list[Verdict], event: Event, run: Run, state: RunState) -> Intervention | None:
+        """The rules' decision; for a hint, the wording the bandit picks among those of the class."""
+        rules = self.rules.select(verdicts, event, run, _RulesView(state))  # type: ignore[arg-type]
+        if rules is None or rules.kind != InterventionKind.HINT:
+            return rules  # stop, block, held back: exactly as the rules decided
+        v = verdicts[0]
+        cls = v.error_class or tx.TOOL_ERROR
+        rules_id = default_variant(cls).variant_id
+        with self._lock:
+            self._ensure_loaded(run)
+            tool = event.tool or (state.last_step.tool if state.last_step else None)
+            error = event.error or (state.last_step.error if state.last_step else None)
+            cands = self._candidates(v, cls, run, constrained=True)
+            texts = {c.variant_id: rules.text if c.variant_id == rules_id else render(c, v, tool=tool, error=error)
+                     for c in cands}
+            fresh = [c.variant_id for c in cands if texts[c.variant_id] != state.last_hint]
+            restricted = bool(self.only) and any(c.variant_id in self.only for c in cands)
+            evidence = self._class_evidence(cls)
+            if not restricted and evidence < self.warmup:
+                pool, why = [rules_id], f"cold start, {evidence} of {self.warmup} rewarded pulls"
+            else:
+                established, trying = self.evolution.split(fresh)
+                pool = self.evolution.choose_pool(established, trying, self.rng) or fresh
+                why = "learned wording"
+            if not pool:  # every wording asked for would repeat the last hint: the rules' own one
+                pool, why = [rules_id], "the rules' wording"
+            position = position_bucket(state.n_steps)
+            ctx = context_key(run.domain, cls, position, run.framework)
+            vid = pool[0]
+            if len(pool) > 1:
+                try:
+                    vid, _draw = thompson_pick(pool, self.bandit.arms, ctx, class_key(cls), self.rng,
+                                               min_context_pulls=self.min_context_pulls, borrow=self.borrow)
+                except Exception as exc:  # pragma: no cover - defensive: a broken arm table must not stop the hint
+                    self._fail(run, "sample", exc)
+            variant = next((c for c in cands if c.variant_id == vid), None) or default_variant(cls)
+            text = texts.get(vid) or rules.text
+            iv = Intervention(kind=InterventionKind.HINT, text=text, variant=vid, error_class=rules.error_class,
+                              verdict_plugin=rules.verdict_plugin, pattern_id=rules.pattern_id,
+                              source=f"bandit:{why}")
+            state.extras["interventions.last_variant"] = vid
+            state.extras[_REWORDED] = (text, rules.text)
+            pull = Pull(iv.intervention_id, run.run_id, vid, cls, ctx, state.n_steps)
+            self._pending.setdefault(run.run_id, []).append((pull, variant))
+            return iv
+
+    def _class_evidence(self, cls: str) -> int:
+        """Rewarded pulls of ``cls`` over all its variants (class-level arms)."""
+        key = class_key(cls)
+        return sum(arm.rewarded for (ctx, _vid), arm in list(self.bandit.arms.items()) if ctx == key)
+
     def _fallback_variant(self, cls: str) -> Variant:
         assert self.catalog is not None
         return self.catalog.for_class(cls, None)[0]
 
-    def _candidates(self, v: Verdict, cls: str, run: Run) -> list[Variant]:
+    def _candidates(self, v: Verdict, cls: str, run: Run, *, constrained: bool = False) -> list[Variant]:
         assert self.catalog is not None
         cands = self.catalog.for_class(cls, run.domain)
-        if v.hint:
+        if constrained:
+            cands.insert(0, default_variant(cls))  # the rules' wording (the verifier's hint when it has one)
+        elif v.hint:
             cands.append(verifier_variant(cls))
         if self.only:
             restricted = [c for c in cands if c.variant_id in self.only]
@@ -345,11 +455,15 @@ class BanditSelector:
         """Persist the run's pulls and reward them with its outcome (called when a run ends and when
         its outcome is set later). Never raises unless fail-closed."""
         with self._lock:
+            reward = {Outcome.SUCCESS: 1, Outcome.FAILURE: 0}.get(run.outcome)
+            if run.run_id not in self._pending and (reward is None or not self._loaded and not self._has_pulls()):
+                # nothing chosen in this run here, and nothing to reward (no outcome, or no pulls in the
+                # store): the store is not touched, so a run end costs nothing when the bandit chose nothing
+                return
             self._ensure_loaded(run)
             pending = self._pending.pop(run.run_id, [])
             pulls = [p for p, _ in pending]
             variants = list({v.variant_id: v for _, v in pending}.values())
-            reward = {Outcome.SUCCESS: 1, Outcome.FAILURE: 0}.get(run.outcome)
             try:
                 self.bandit.record_pulls(pulls, variants)
                 changed = self.bandit.reward_run(run.run_id, reward) if reward is not None else []
@@ -367,6 +481,19 @@ class BanditSelector:
                     self.evolution.judge(cls, self.bandit.arms)
                 except Exception as exc:
                     self._fail(run, "evolution", exc)
+
+    def _has_pulls(self) -> bool:
+        """Whether the store has the bandit's pulls table (a run resumed from another process may have
+        pulls there). Asked once per selector: a store that had none when this process first looked
+        gets pulls only through this selector (which then loads), and the question is not put to the
+        database at every run end (with a database server, that would wait on it on the user's thread)."""
+        if self._pulls_table is None:
+            db = getattr(self.store, "db", None)
+            try:
+                self._pulls_table = db is not None and PULLS in db.table_names()
+            except Exception:  # a broken store: let the full path record the error
+                return True
+        return self._pulls_table
 
     def _maybe_disable(self, vid: str, cls: str) -> None:
         arm = self.bandit.arms.get((class_key(cls), vid))

@@ -9,7 +9,9 @@ Where variants come from:
   direct instruction, ask-to-reflect-then-act, and evidence quoting (the verdict's own evidence);
   every other class gets the same three styles around its taxonomy hint;
 - the verifier's own hint for the verdict (variant ``<class>/verifier``), so a hand-written hint
-  competes with the templates on equal terms;
+  competes with the templates on equal terms; for the constrained ``bandit`` selector (the
+  default), the rules' wording (variant ``<class>/default``: the text the ``default`` selector
+  sends, the verifier's hint when it has one) takes its place;
 - domain templates (``coding:loop/read-first``...), offered only in runs of that domain;
 - pattern packs: ``PatternPack.interventions`` ``{class: [text, ...]}``, from trusted packs only
   (signed by a key in ``Config.trusted_keys``, shipped by an installed plugin, or built by code;
@@ -35,7 +37,8 @@ from immunity import taxonomy as tx
 from immunity.interventions.quoting import plain, quote
 from immunity.models import Verdict
 
-__all__ = ["BUILTIN", "DOMAIN", "GENERIC", "Variant", "VariantCatalog", "render", "stable_id"]
+__all__ = ["BUILTIN", "DOMAIN", "GENERIC", "Variant", "VariantCatalog", "default_variant", "render", "stable_id",
+           "verifier_variant"]
 
 PREFIX = "[immunity]"
 
@@ -267,6 +270,13 @@ class VariantCatalog:
                 cat.add(Variant(vid, error_class, text, style=str(item.get("style") or "user"),
                                 domain=item.get("domain"), source="user"))
         return cat
+
+
+def default_variant(error_class: str) -> Variant:
+    """The variant that stands for the rules' own wording: the text the ``default`` selector sends
+    (the verifier's hint, or the verdict's message with the class's hint). The ``bandit`` selector
+    fills it in from :func:`immunity.defaults.policy.hint_for`, not from this template."""
+    return Variant(f"{error_class}/default", error_class, "{verifier_hint}", style="default", source="default")
 
 
 def verifier_variant(error_class: str) -> Variant:

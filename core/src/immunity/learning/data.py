@@ -45,11 +45,13 @@ _NEVER = 10**9
 
 def scoring_config(packs: list[Any] | None = None, *, domain: str | None = None,
                    options: dict[str, Any] | None = None) -> Config:
-    """A runtime configuration that observes a replayed run without changing it."""
+    """A runtime configuration that observes a replayed run without changing it (every step is
+    matched: the packs and their index are loaded before the first step, never in the background)."""
+    opts = dict(options or {})
+    opts["patterns"] = {"wait": True, **(opts.get("patterns") or {})}
     return Config(domain=domain, store=None, step_budget_ms=0.0, verifiers=["patterns"], packs=list(packs or []),
                   max_consecutive_failures=_NEVER, observe_only=True,
-                  options={"rules": {"block_repeat": _NEVER, "stop_repeat": _NEVER, "tool_breaker": _NEVER},
-                           **(options or {})})
+                  options={"rules": {"block_repeat": _NEVER, "stop_repeat": _NEVER, "tool_breaker": _NEVER}, **opts})
 
 
 def make_runtime(packs: list[Any] | None = None, *, domain: str | None = None,
@@ -101,8 +103,12 @@ def outcome_label(run: Any) -> int | None:
 
 # ------------------------------------------------------------------------------------------ reading
 def read_runs(paths: list[str], fmt: str = "auto", *, store: str | None = None, domain: str | None = None,
-              runtime: Any = None, on_problem: Callable[[str], None] | None = None) -> list[Any]:
-    """Imported runs from trace files (or from a store), problems reported through ``on_problem``."""
+              runtime: Any = None, on_problem: Callable[[str], None] | None = None,
+              mapping: bool = True) -> list[Any]:
+    """Imported runs from trace files (or from a store), problems reported through ``on_problem``.
+
+    ``mapping=False`` leaves the steps' action mapping to :func:`collect`, which does it in its
+    worker processes (the same mapping; see ``iter_runs``)."""
     report = on_problem or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     out: list[Any] = []
     if store:
@@ -110,7 +116,7 @@ def read_runs(paths: list[str], fmt: str = "auto", *, store: str | None = None, 
     if paths:
         from immunity.importers import ImportProblem, iter_runs
 
-        for item in iter_runs(list(paths), fmt, runtime=runtime, domain=domain):
+        for item in iter_runs(list(paths), fmt, runtime=runtime, domain=domain, mapping=mapping):
             if isinstance(item, ImportProblem):
                 if item.skipped:
                     report(str(item))
@@ -166,6 +172,9 @@ class _Feeder:
 
     rt: Any
     cache: dict[str | None, tuple[Any, Any]]
+    #: embeds each run's task in the pass (in the workers) when set: the pure-Python hashing
+    #: embedder, which is safe to use after a fork and embeds each text on its own
+    task_embedder: Any = None
 
     def domain(self, name: str | None) -> tuple[Any, Any]:
         if name not in self.cache:
@@ -287,6 +296,8 @@ class _Collected:
     source: str | None
     extra: list[dict[str, float]]
     agent: str | None
+    task_vec: np.ndarray | None = None
+    task_embedded: bool = False
 
 
 def _collected(item: Any, views: list[Any], steps: Any, split: str) -> _Collected:
@@ -320,41 +331,74 @@ def _collect_runtime(items: list[Any], split: str, domain: str | None) -> list[_
         rt.close()
 
 
-def _collect_light(items: list[Any], split: str, feeder: _Feeder) -> list[_Collected]:
-    out = []
+def _collect_light(items: list[Any], split: str, feeder: _Feeder) -> list[_Collected | str]:
+    """Each run's features, or why the run was left out (its steps could not be mapped)."""
+    from immunity.importers.base import complete_mapping
+
+    out: list[_Collected | str] = []
+    tasks: dict[str | None, np.ndarray | None] = {}
     for item in items:
+        if getattr(item, "unmapped", False):  # read with the mapping left to this pass
+            try:
+                complete_mapping(item, feeder.rt)
+            except Exception as exc:  # a broken record, as ``iter_runs`` reports it
+                out.append(f"{item.source}: {item.record or 'record'}: cannot map its steps: "
+                           f"{type(exc).__name__}: {exc}")
+                continue
         state, scorer = feature_pass(item, feeder)
-        out.append(_collected(item, scorer.views, state.steps, split))
+        c = _collected(item, scorer.views, state.steps, split)
+        if feeder.task_embedder is not None:
+            if c.task not in tasks:
+                tasks[c.task] = embed_task(feeder.task_embedder, c.task)
+            c.task_vec, c.task_embedded = tasks[c.task], True
+        out.append(c)
     return out
 
 
-def _light_chunk(shared: dict[str, Any], bounds: tuple[int, int]) -> list[_Collected]:
+def _light_chunk(shared: dict[str, Any], bounds: tuple[int, int]) -> list[_Collected | str]:
     lo, hi = bounds
     return _collect_light(shared["items"][lo:hi], shared["split"], shared["feeder"])
 
 
-def _collect_all(items: list[Any], split: str, domain: str | None, jobs: int, replay: str) -> list[_Collected]:
+def _collect_all(items: list[Any], split: str, domain: str | None, jobs: int, replay: str,
+                 report: Callable[[str], None], task_embedder: Any = None) -> list[_Collected]:
     if replay == "runtime":
+        from immunity.importers.base import complete_mapping
+
+        rt = make_runtime([], domain=domain)
+        try:
+            for item in items:
+                complete_mapping(item, rt)
+        finally:
+            rt.close()
         return _collect_runtime(items, split, domain)
     rt = make_runtime([], domain=domain)
     try:
-        feeder = _Feeder(rt, {})
+        feeder = _Feeder(rt, {}, task_embedder)
         for name in {it.run.domain for it in items}:
-            feeder.domain(name)  # looked up here, so a forked worker never calls a hook
+            feeder.domain(name)  # looked up once here, before the workers fork
         if jobs <= 1 or len(items) < 2 * jobs:
-            return _collect_light(items, split, feeder)
-        # contiguous chunks, several per worker (runs differ in length), results kept in input order
-        n_chunks = min(len(items), jobs * 4)
-        bounds = [(len(items) * c // n_chunks, len(items) * (c + 1) // n_chunks) for c in range(n_chunks)]
-        parts = pmap(_light_chunk, bounds, shared={"items": items, "split": split, "feeder": feeder}, jobs=jobs)
-        return [c for part in parts for c in part]
+            got = _collect_light(items, split, feeder)
+        else:
+            # contiguous chunks, several per worker (runs differ in length), results kept in input order
+            n_chunks = min(len(items), jobs * 4)
+            bounds = [(len(items) * c // n_chunks, len(items) * (c + 1) // n_chunks) for c in range(n_chunks)]
+            parts = pmap(_light_chunk, bounds, shared={"items": items, "split": split, "feeder": feeder}, jobs=jobs)
+            got = [c for part in parts for c in part]
     finally:
         rt.close()
+    out = []
+    for c in got:
+        if isinstance(c, str):
+            report(c)
+        else:
+            out.append(c)
+    return out
 
 
 def collect(items: Iterable[Any], *, split: str = "task", embedder_spec: dict[str, Any] | None = None,
             domain: str | None = None, progress: Callable[[int], None] | None = None, jobs: int = 1,
-            replay: str = "light") -> tuple[list[RunData], Any]:
+            replay: str = "light", on_problem: Callable[[str], None] | None = None) -> tuple[list[RunData], Any]:
     """The per-run features learning needs, and the embedder that embedded them.
 
     ``replay="light"`` (the default) computes them with :func:`feature_pass`; ``"runtime"`` replays
@@ -365,16 +409,29 @@ def collect(items: Iterable[Any], *, split: str = "task", embedder_spec: dict[st
         raise ValueError(f"unknown replay {replay!r}: light or runtime")
     items = list(items)
     spec = dict(embedder_spec or {"plugin": "hashing"})
-    collected = _collect_all(items, split, domain, max(1, int(jobs)), replay)
+    report = on_problem or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     rt = make_runtime([], domain=domain)
     try:
         embedder = build_embedder(rt.pm, spec)
     finally:
         rt.close()
+    hashing = type(embedder).__module__ == "immunity.vectors" and spec.get("plugin") == "hashing"
+    collected = _collect_all(items, split, domain, max(1, int(jobs)), replay, report,
+                             embedder if hashing else None)
     mode = signature_mode(embedder)
     dim = int(embedder.dimension)
-    sigs = [s for c in collected for s in c.signatures]
-    all_vecs = embed_signatures(embedder, mode, sigs) if sigs else np.zeros((0, dim), np.float32)
+    # signatures repeat a lot (the same action with the same features): each distinct one is
+    # embedded once (an embedder embeds each row on its own, so the vectors are the same)
+    uniq: dict[str, int] = {}
+    rows = [uniq.setdefault(s, len(uniq)) for c in collected for s in c.signatures]
+    vecs = embed_signatures(embedder, mode, list(uniq)) if uniq else np.zeros((0, dim), np.float32)
+    all_vecs = vecs[np.asarray(rows, dtype=np.intp)] if rows else np.zeros((0, dim), np.float32)
+    task_vecs: dict[str | None, np.ndarray | None] = {}
+    for c in collected:  # runs of the same task share its vector (embedded once)
+        if c.task_embedded:
+            task_vecs.setdefault(c.task, c.task_vec)
+        elif c.task not in task_vecs:
+            task_vecs[c.task] = embed_task(embedder, c.task)
     out: list[RunData] = []
     at = 0
     for i, c in enumerate(collected):
@@ -382,7 +439,7 @@ def collect(items: Iterable[Any], *, split: str = "task", embedder_spec: dict[st
         out.append(RunData(
             run_id=c.run_id, task_key=c.task_key, group=c.group, outcome=c.outcome, numeric=c.numeric,
             signals=c.signals, actions=c.actions, tools=c.tools, sig_vecs=all_vecs[at:at + n],
-            task_vec=embed_task(embedder, c.task), failure_step=c.failure_step, source=c.source, extra=c.extra,
+            task_vec=task_vecs[c.task], failure_step=c.failure_step, source=c.source, extra=c.extra,
             agent=c.agent))
         at += n
         if progress:
@@ -425,8 +482,9 @@ def score_items(items: Iterable[Any], packs: list[Any], *, domain: str | None = 
     try:
         registry = rt.pm.registry("pattern_packs")
         opts = dict((options or {}).get("patterns", {}) or {})
-        PackMatcher([resolve_pack(p, registry) for p in packs], rt.pm, index=opts.get("index"),
-                    embedder_options=opts.get("embedder_options"))  # refuse a bad pack before any run
+        # refuse a bad pack before any run (with the brute-force index: the runtime's own matcher
+        # builds the configured one)
+        PackMatcher([resolve_pack(p, registry) for p in packs], rt.pm, embedder_options=opts.get("embedder_options"))
         for i, item in enumerate(items):
             session = _replay(item, rt, f"score-{i}")
             scorer = session.state.extras.get("patterns")

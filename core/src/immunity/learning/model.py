@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from immunity.learning.features import FEATURE_NAMES
+from immunity.learning.sequences import NEUTRAL, SEQUENCE_NAMES, SequenceRefs
 
 EVIDENCE_NAMES: tuple[str, ...] = ("pattern_weight_now", "pattern_weight_so_far", "log_patterns_now", "task_prior_logit")
 MODEL_INPUTS: tuple[str, ...] = (*FEATURE_NAMES, *EVIDENCE_NAMES)
@@ -143,9 +144,10 @@ class TaskPrior:
 
 
 # ------------------------------------------------------------------------------------------ logistic
-def model_inputs(extra_names: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """The names of a risk model's inputs, in order: core features, the domain's signals, evidence."""
-    return [*FEATURE_NAMES, *extra_names, *EVIDENCE_NAMES]
+def model_inputs(extra_names: list[str] | tuple[str, ...] = (), sequence: bool = False) -> list[str]:
+    """The names of a risk model's inputs, in order: core features, the domain's signals, evidence,
+    and (when the model has sequence references) the sequence distances."""
+    return [*FEATURE_NAMES, *extra_names, *EVIDENCE_NAMES, *(SEQUENCE_NAMES if sequence else ())]
 
 
 def extra_names_of(inputs: list[str]) -> list[str]:
@@ -157,7 +159,7 @@ def extra_names_of(inputs: list[str]) -> list[str]:
 
         raise PackError(f"the pack's risk model names its inputs {inputs[:3]}... ({len(inputs)}) with none or with "
                         f"repeats; rebuild the pack with this version")
-    core = set(FEATURE_NAMES) | set(EVIDENCE_NAMES)
+    core = set(FEATURE_NAMES) | set(EVIDENCE_NAMES) | set(SEQUENCE_NAMES)
     return [n for n in inputs if n not in core]
 
 
@@ -207,7 +209,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, *, l2: float = 1.0
     for _ in range(iters):
         p = sigmoid(xa @ beta)
         grad = xa.T @ (w * (p - y)) / wsum + reg * beta
-        h = (xa * (w * p * (1 - p))[:, None]).T @ xa / wsum + np.diag(reg + 1e-9)
+        xw = xa * np.sqrt(w * p * (1 - p))[:, None]
+        h = xw.T @ xw / wsum + np.diag(reg + 1e-9)  # X'WX as a symmetric product (half the work)
         try:
             step = np.linalg.solve(h, grad)
         except np.linalg.LinAlgError:
@@ -360,12 +363,14 @@ class Member:
     trees: Trees | None = None
     #: the names of the model's inputs, in the model's order (default: this version's layout)
     input_names: list[str] | None = None
+    #: action sequences of the training runs (:mod:`immunity.learning.sequences`), when learned
+    sequences: SequenceRefs | None = None
     _cols: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        names = self.input_names or model_inputs(self.extra_names)
+        names = self.input_names or model_inputs(self.extra_names, self.sequences is not None)
         self.input_names = list(names)
-        layout = [*FEATURE_NAMES, *EVIDENCE_NAMES, *self.extra_names]
+        layout = [*FEATURE_NAMES, *EVIDENCE_NAMES, *SEQUENCE_NAMES, *self.extra_names]
         where = {n: i for i, n in enumerate(layout)}
         missing = [n for n in names if n not in where]
         if missing:
@@ -385,9 +390,10 @@ class Member:
         return self.logistic.predict(x)
 
     def inputs(self, numeric: np.ndarray, e_now: float, e_so_far: float, n_now: int, prior: float,
-               extra: dict[str, float] | None = None) -> np.ndarray:
+               extra: dict[str, float] | None = None, seq: np.ndarray | None = None) -> np.ndarray:
         ex = [(extra or {}).get(n, 0.0) for n in self.extra_names]
-        full = np.concatenate([numeric, [e_now, e_so_far, math.log1p(n_now), logit(prior)], ex])
+        full = np.concatenate([numeric, [e_now, e_so_far, math.log1p(n_now), logit(prior)],
+                               NEUTRAL if seq is None else seq, ex])
         assert self._cols is not None
         return full[self._cols]
 
@@ -440,9 +446,14 @@ def member_from_dict(d: dict[str, Any], patterns: Sequence[Any], vectors: np.nda
     spec = d.get("trees") or d.get("logistic") or {}
     inputs = list(spec.get("inputs") or [])
     extra = extra_names_of(inputs)
+    seqs = SequenceRefs.from_dict(d["sequences"], len(prior.keys)) if d.get("sequences") else None
+    if seqs is None and any(n in SEQUENCE_NAMES for n in inputs):
+        from immunity.errors import PackError
+
+        raise PackError(f"risk model {d.get('name')!r} reads sequence distances but holds no sequence references")
     return Member(name=str(d.get("name", "model")), threshold=float(d["threshold"]), table=table,
                   logistic=logistic, prior=prior, baseline_steps=d.get("baseline_steps_threshold"),
-                  extra_names=extra, trees=trees, input_names=inputs)
+                  extra_names=extra, trees=trees, input_names=inputs, sequences=seqs)
 
 
 def member_to_dict(m: Member, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -463,5 +474,6 @@ def member_to_dict(m: Member, *, extra: dict[str, Any] | None = None) -> dict[st
         **({"logistic": m.logistic.as_dict(m.input_names)} if m.logistic is not None else {}),
         **({"trees": m.trees.as_dict(m.input_names)} if m.trees is not None else {}),
         "baseline_steps_threshold": m.baseline_steps,
+        **({"sequences": m.sequences.as_dict()} if m.sequences is not None else {}),
         **(extra or {}),
     }

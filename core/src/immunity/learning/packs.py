@@ -90,12 +90,15 @@ __all__ = [
     "install_pack",
     "installed_packs",
     "load_pack",
+    "load_saved_index",
     "merge_packs",
+    "pack_directory",
     "pack_document",
     "packs_dir",
     "pattern_matrix",
     "read_document",
     "resolve_pack",
+    "save_index",
     "save_pack",
     "verify_document",
     "write_document",
@@ -851,6 +854,7 @@ def load_pack(path: str | os.PathLike[str]) -> PatternPack:
     if cached is None:
         doc, base = read_document(p)
         cached = verify_document(doc, source=str(p), base=base)
+        cached._dir = base
         while len(_CACHE) >= _CACHE_MAX:
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = cached
@@ -860,7 +864,7 @@ def load_pack(path: str | os.PathLike[str]) -> PatternPack:
     else:
         out.patterns = [p.model_copy() for p in cached.patterns]
     out._origin, out._signer = cached._origin, cached._signer
-    out._vectors = cached._vectors
+    out._vectors, out._dir = cached._vectors, cached._dir
     return out
 
 
@@ -924,6 +928,111 @@ def _save_directory(pack: PatternPack, p: Path) -> dict[str, Any]:
     return doc
 
 
+# ------------------------------------------------------------------------------------------ saved indexes
+INDEX_FORMAT = "immunity-saved-index"
+MAX_INDEX_META_BYTES = 64 * 2**10
+
+
+def pack_directory(pack: PatternPack) -> Path | None:
+    """The pack directory ``pack`` was loaded from (``None`` for a one-file pack or a pack built in
+    this process)."""
+    base = pack._dir
+    return Path(base) if base is not None else None
+
+
+def _index_paths(base: Path, index: Any) -> tuple[Path, Path] | None:
+    name = getattr(index, "file_name", None)
+    if not isinstance(name, str) or name != Path(name).name or not name.startswith("index."):
+        return None
+    return base / name, base / (name + ".json")
+
+
+def _sha256_of(fh: Any) -> str:
+    fh.seek(0)
+    return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def save_index(pack: PatternPack, index: Any, directory: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``index`` (built over the pack's patterns, in pack order) into the pack directory: the
+    index's own file (``index.file_name``, e.g. ``index.hnsw``, written by ``index.save``: data, not
+    code) and ``<file>.json``, which binds it to this pack: the pack's content hash, dimension and
+    pattern count, the index's name and parameters, and the file's SHA-256. Both are replaced
+    atomically; returns the index file's path."""
+    base = Path(directory) if directory is not None else pack_directory(pack)
+    if base is None:
+        raise PackError(f"pack {pack.name!r} was not loaded from a pack directory: nowhere to save its index")
+    paths = _index_paths(base, index)
+    if paths is None or not callable(getattr(index, "save", None)):
+        raise PackError(f"the vector index {getattr(index, 'name', '?')!r} cannot be saved")
+    if not pack.content_hash:
+        raise PackError(f"pack {pack.name!r} has no content hash to bind its index to")
+    path, meta_path = paths
+    tmp = base / f".{path.name}.{os.getpid()}.{threading.get_ident()}.part"
+    try:
+        index.save(str(tmp))
+        with open(tmp, "rb") as fh:
+            digest = _sha256_of(fh)
+        meta = {"format": INDEX_FORMAT, "index": str(index.name), "file": path.name, "sha256": digest,
+                "content_hash": pack.content_hash, "dimension": int(pack.dimension),
+                "count": len(pack.patterns), "params": dict(getattr(index, "params", {}) or {})}
+        mtmp = tmp.with_name(tmp.name + ".json")
+        mtmp.write_text(json.dumps(meta, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        os.replace(mtmp, meta_path)
+    finally:
+        for t in (tmp, tmp.with_name(tmp.name + ".json")):
+            if t.exists():
+                t.unlink()
+    return path
+
+
+def load_saved_index(pack: PatternPack, index: Any) -> bool:
+    """Load the pack directory's saved index into ``index`` (``index.load(path, ids, vectors)``).
+
+    ``False`` when there is none (or the pack has no directory, or the index cannot load one);
+    :class:`PackError` naming the problem when one is there but is not this pack's: another
+    content hash, dimension, count, index or parameters, a file whose SHA-256 differs from the one
+    recorded (modified or damaged), or one the index refuses (its sampled vectors are not the
+    pack's). The digest is computed on the open file that is then loaded."""
+    base = pack_directory(pack)
+    paths = _index_paths(base, index) if base is not None else None
+    if paths is None or not callable(getattr(index, "load", None)):
+        return False
+    path, meta_path = paths
+    if not path.exists() and not meta_path.exists():
+        return False
+    where = f"{path}"
+    try:
+        if meta_path.stat().st_size > MAX_INDEX_META_BYTES:
+            raise PackError(f"{meta_path} is too large")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PackError(f"{where}: {meta_path.name} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise PackError(f"{meta_path}: unreadable ({_short(exc)})") from None
+    want = {"format": INDEX_FORMAT, "index": str(getattr(index, "name", "")), "file": path.name,
+            "content_hash": pack.content_hash, "dimension": int(pack.dimension), "count": len(pack.patterns),
+            "params": dict(getattr(index, "params", {}) or {})}
+    if not isinstance(meta, dict):
+        raise PackError(f"{meta_path}: not a saved-index record")
+    wrong = [k for k, v in want.items() if meta.get(k) != v]
+    if wrong:
+        raise PackError(f"{where} is not this pack's index ({', '.join(f'{k} {meta.get(k)!r}, expected {want[k]!r}' for k in wrong)[:400]})")
+    try:
+        with open(path, "rb") as fh:
+            if _sha256_of(fh) != meta.get("sha256"):
+                raise PackError(f"{where} does not match the digest in {meta_path.name}; modified or damaged")
+            proc = Path(f"/proc/self/fd/{fh.fileno()}")
+            index.load(str(proc if proc.exists() else path), pattern_ids(pack), pattern_matrix(pack))
+    except PackError:
+        raise
+    except FileNotFoundError:
+        raise PackError(f"{where} is missing") from None
+    except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+        raise PackError(f"{where} cannot be loaded ({_short(exc)})") from None
+    return True
+
+
 # ------------------------------------------------------------------------------------------ checks
 def check_embedder(pack: PatternPack, embedder: Any) -> None:
     """Refuse an embedder other than the one the pack was built with."""
@@ -980,7 +1089,7 @@ def merge_packs(first: PatternPack, *others: PatternPack, name: str | None = Non
                                       for p in (first, *others)]}
     out.content_hash = None
     out.signature = None
-    out._vectors = None
+    out._vectors, out._dir = None, None  # a merged pack has no directory (nor a saved index) of its own
     attach_vectors(out, np.concatenate(blocks) if len(blocks) > 1 else blocks[0])
     sources = (first, *others)
     if any(p._origin == "file" for p in sources):  # as trusted as the least trusted part
@@ -1048,6 +1157,9 @@ def install_pack(path: str | os.PathLike[str], directory: str | os.PathLike[str]
             tmp.mkdir()
             for name in (MANIFEST_FILE, PATTERNS_FILE, VECTORS_FILE):
                 shutil.copyfile(Path(path) / name, tmp / name)
+            for saved in Path(path).glob("index.*"):  # a saved index (checked against the pack when used)
+                if saved.is_file() and not saved.is_symlink():
+                    shutil.copyfile(saved, tmp / saved.name)
             if dest.exists() and dest.resolve() != Path(path).resolve():
                 _remove(dest)
             os.replace(tmp, dest)

@@ -36,13 +36,15 @@ def _err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-def _read(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None) -> list[Any]:
+def _read(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, *,
+          mapping: bool = True) -> list[Any]:
     from immunity.learning.data import read_runs
 
     if not paths and not store:
         raise click.UsageError("give trace files (with --format) or --store")
     try:
-        items = read_runs(list(paths), fmt, store=store, domain=domain, on_problem=lambda m: _err(f"warning: {m}"))
+        items = read_runs(list(paths), fmt, store=store, domain=domain, on_problem=lambda m: _err(f"warning: {m}"),
+                          mapping=mapping)
     except (ValueError, FileNotFoundError, ImmunityError) as exc:
         raise click.ClickException(str(exc)) from None
     if not items:
@@ -50,7 +52,8 @@ def _read(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | Non
     return items
 
 
-def _cfg(target_far: float, folds: int, min_similarity: float, seed: int, model: str = "logistic") -> Any:
+def _cfg(target_far: float, folds: int, min_similarity: float, seed: int, model: str = "logistic",
+         sequence_k: int = 5) -> Any:
     from immunity.learning.learn import LearnConfig
 
     if not 0 < target_far < 1:
@@ -64,7 +67,8 @@ def _cfg(target_far: float, folds: int, min_similarity: float, seed: int, model:
             import sklearn  # noqa: F401
         except ImportError:
             raise click.ClickException(f"--model {model} needs scikit-learn: pip install 'immunity[learn]'") from None
-    return LearnConfig(target_far=target_far, folds=folds, min_similarity=min_similarity, seed=seed, model=model)
+    return LearnConfig(target_far=target_far, folds=folds, min_similarity=min_similarity, seed=seed, model=model,
+                       sequence_k=sequence_k)
 
 
 def _input_options(f: Any) -> Any:
@@ -92,6 +96,9 @@ def _learn_options(f: Any) -> Any:
     f = click.option("--jobs", "-j", default=None, type=click.IntRange(1, 256),
                      help="Worker processes for the feature pass (default: the cores available). The result "
                           "does not depend on it.")(f)
+    f = click.option("--sequence-k", default=5, show_default=True, type=click.IntRange(0, 50),
+                     help="Successful and failed runs of similar tasks whose action sequences the risk model "
+                          "compares with a run's (0: no sequence-distance inputs).")(f)
     return click.option("--embedder", default="hashing", show_default=True, help="Embedder plugin.")(f)
 
 
@@ -126,7 +133,7 @@ def _learn_one(items: list[Any], domain: str | None, out: str, name: str | None,
     _err(f"collecting the features of {len(items)} runs" + (f" of domain {domain}" if domain else ""))
     try:
         runs, emb = collect(items, split=split, embedder_spec={"plugin": embedder}, domain=domain,
-                            jobs=jobs or default_jobs())
+                            jobs=jobs or default_jobs(), on_problem=lambda m: _err(f"warning: {m}"))
         pack, warnings = build_pack(runs, emb, cfg, name=name or _stem(out), version=pack_version, domain=domain,
                                     sources=list(paths) + ([store] if store else []), split=split,
                                     jobs=jobs or default_jobs())
@@ -159,11 +166,11 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
                                                          "per domain, written next to --out as NAME-DOMAIN.json).")
     def learn(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, embedder: str, split: str,
               target_far: float, folds: int, min_similarity: float, seed: int, out: str, name: str | None,
-              pack_version: str, model: str, jobs: int | None, all_domains: bool) -> None:
+              pack_version: str, model: str, jobs: int | None, all_domains: bool, sequence_k: int = 5) -> None:
         """Learn failure patterns and a calibrated risk model from runs with outcomes; write a pack
         (one pack per domain when the runs are of several domains, unless --all-domains)."""
-        cfg = _cfg(target_far, folds, min_similarity, seed, model)
-        items = _read(paths, fmt, store, domain)
+        cfg = _cfg(target_far, folds, min_similarity, seed, model, sequence_k)
+        items = _read(paths, fmt, store, domain, mapping=False)  # mapped in collect's workers
         if domain:
             kept = [it for it in items if (it.run.domain or domain) == domain]
             if len(kept) < len(items):
@@ -339,6 +346,33 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
             raise click.ClickException(f"refused: {exc}") from None
         click.echo(f"installed {p.name} {p.version} at {dest}")
 
+    @pack.command("index")
+    @click.argument("path", type=click.Path(exists=True, file_okay=False))
+    @click.option("--index", "index_name", default="hnswlib", show_default=True, help="Vector index plugin.")
+    def pack_index(path: str, index_name: str) -> None:
+        """Build a pack directory's vector index and save it there (e.g. index.hnsw), so that a runtime
+        loads it instead of building it; it is bound to the pack's content hash."""
+        import time
+
+        from immunity.learning.matcher import build_index
+        from immunity.learning.packs import load_pack, pattern_ids, pattern_matrix, save_index
+        from immunity.plugins import get_plugin_manager
+
+        t0 = time.perf_counter()
+        try:
+            p = load_pack(path)
+            index = build_index(get_plugin_manager(), index_name, p.dimension)
+            if not callable(getattr(index, "save", None)):
+                raise click.ClickException(f"the {index_name} index cannot be saved (nothing to do)")
+            index.add(pattern_ids(p), pattern_matrix(p))
+            dest = save_index(p, index, path)
+        except (PackError, ImmunityError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(f"cannot write into {path}: {exc.strerror or exc}") from None
+        click.echo(f"wrote {dest}: {index_name} index over {len(p.patterns)} patterns of {p.name} {p.version} "
+                   f"({p.content_hash}) in {time.perf_counter() - t0:.1f} s")
+
     @pack.command("merge")
     @click.argument("paths", nargs=-1, required=True)
     @click.option("--out", "-o", required=True)
@@ -358,6 +392,30 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
             raise click.ClickException(str(exc)) from None
         digest = save_pack(merged, out)
         click.echo(f"wrote {out}: {len(merged.patterns)} patterns from {len(packs)} packs; {digest}")
+
+    @pack.command("calibrate")
+    @click.argument("pack_ref", metavar="PACK")
+    @_input_options
+    @click.option("--out", "-o", required=True, help="Where to write the calibrated pack.")
+    @click.option("--target-far", default=0.05, show_default=True,
+                  help="At most this share of the given runs may alarm (their outcomes are not read).")
+    def pack_calibrate(pack_ref: str, paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None,
+                       out: str, target_far: float) -> None:
+        """Set a pack's threshold on runs of a new population without their labels (other agents,
+        models or domains): the lowest at which at most --target-far of these runs alarm."""
+        from immunity.learning.packs import save_pack
+        from immunity.learning.pipeline import calibrate_pack
+
+        items = _read(paths, fmt, store, domain)
+        try:
+            pack, info = calibrate_pack(pack_ref, items, target_far, domain=domain)
+        except (ValueError, ImmunityError) as exc:
+            raise click.ClickException(str(exc)) from None
+        digest = save_pack(pack, out)
+        before = ", ".join(f"{t:.4f}" for t in info["thresholds_before"])
+        after = ", ".join(f"{t:.4f}" for t in info["thresholds"])
+        click.echo(f"wrote {out}: threshold {before} -> {after}, calibrated on {info['runs']} runs (outcomes not "
+                   f"read) for at most {target_far:.0%} of them alarming; {digest}")
 
     @pack.command("list")
     def pack_list() -> None:
@@ -382,7 +440,7 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
         from immunity.learning.data import ScoringError, score_items
 
         items = _read(paths, fmt, store, domain)
-        options = {"patterns": {"index": index}} if index else None
+        options = {"patterns": {"index": index, "wait": True}} if index else None
         fh = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
         n = n_in = short = 0
         try:
@@ -414,10 +472,14 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
     @click.option("--html", "html_path", default=None, help="Also write an HTML report with a plot.")
     @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(10, 100_000),
                   help="Bootstrap resamples for AUROC CIs (10 to 100,000).")
+    @click.option("--calibrate", type=click.Choice(["labelled", "unlabelled"]), default="labelled", show_default=True,
+                  help="With --cv: the threshold of each held-out fold is the training folds' (labelled), or is set "
+                       "from the held-out fold's own scores without its labels, half of its tasks calibrating the "
+                       "other half (unlabelled; what `pack calibrate` does for a new population).")
     def eval_cmd(paths: tuple[str, ...], fmt: str, store: str | None, domain: str | None, embedder: str, split: str,
                  target_far: float, folds: int, min_similarity: float, seed: int, cv: bool, packs: tuple[str, ...],
                  scores_path: str | None, out: str | None, scores_out: str | None, html_path: str | None,
-                 bootstrap: int, model: str, jobs: int | None) -> None:
+                 bootstrap: int, model: str, jobs: int | None, calibrate: str, sequence_k: int = 5) -> None:
         """AUROC of runs alive at steps 5/10/20, recall before failure, false-alarm rate, lead, per-class and
         explain figures with 95% CIs, next to the steps-so-far baseline."""
         from immunity.learning.evaluate import table
@@ -431,15 +493,17 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
         items = _read(paths, fmt, store, domain)
         try:
             if cv:
-                cfg = _cfg(target_far, folds, min_similarity, seed, model)
+                cfg = _cfg(target_far, folds, min_similarity, seed, model, sequence_k)
                 res = cross_validate(items, cfg, split=split, folds=folds, embedder_spec={"plugin": embedder},
-                                     domain=domain, log=_err, jobs=jobs or default_jobs())
+                                     domain=domain, log=_err, jobs=jobs or default_jobs(), calibrate=calibrate)
                 scores, labels = res.scores, res.labels
                 if scores_out:
                     with open(scores_out, "w", encoding="utf-8") as fh:
                         for r in res.rows:
                             fh.write(json.dumps(r) + "\n")
-                extra: dict[str, Any] = {"folds": res.folds, "split": split, "mode": "cross-validation"}
+                extra: dict[str, Any] = {"folds": res.folds, "split": split, "calibration": calibrate,
+                                         "mode": "cross-validation" + (", unlabelled calibration"
+                                                                       if calibrate == "unlabelled" else "")}
             else:
                 baseline = None
                 if packs:
