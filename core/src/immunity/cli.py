@@ -55,6 +55,22 @@ class ImmunityGroup(click.Group):
             raise click.ClickException(one_line(exc)) from None
 
 
+def key_values(raw: tuple[str, ...] | list[str], param_hint: str = "--option") -> dict[str, object]:
+    """``KEY=JSON`` command-line options as a dict (a value that is not JSON is kept as a string)."""
+    import json
+
+    out: dict[str, object] = {}
+    for item in raw:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: use KEY=JSON", param_hint=param_hint)
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 @click.group(cls=ImmunityGroup)
 @click.version_option(package_name="immunity")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")

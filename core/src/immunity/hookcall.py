@@ -360,21 +360,30 @@ def guard(pm: Any, hook: str, plugin_name: str, function: Callable[..., Any], *,
                 spent = (time.perf_counter() - t0 if ran is None else ran) - (GC_CLOCK.total - g0)
                 if spent > policy.budget or timed_out:  # the common case costs no call
                     policy.charge(plugin_name, hook, spent, timed_out)
-        if res is not None and check is not None:
-            try:
-                res = check(plugin_name, res)
-            except _Partial as part:
-                policy.error(plugin_name, hook, part.error)
-                res = part.keep or None
-            except TypeError as exc:
-                policy.error(plugin_name, hook, exc)
-                return None
-        if res is not None and policy.tag_results:
-            return (plugin_name, res)
-        return res
+        if res is None:
+            return None
+        return _checked(policy, plugin_name, hook, res, check)
 
     guarded.__wrapped__ = function  # type: ignore[attr-defined]
     return guarded
+
+
+def _checked(policy: CallPolicy, plugin_name: str, hook: str, res: Any,
+             check: Callable[[str, Any], Any] | None) -> Any:
+    """An implementation's (non-None) result after the hook's result check, tagged with the plugin's
+    name when the policy asks; a wrong type is reported and dropped, a partly wrong list trimmed."""
+    if check is not None:
+        try:
+            res = check(plugin_name, res)
+        except _Partial as part:
+            policy.error(plugin_name, hook, part.error)
+            res = part.keep or None
+        except TypeError as exc:
+            policy.error(plugin_name, hook, exc)
+            return None
+    if res is not None and policy.tag_results:
+        return (plugin_name, res)
+    return res
 
 
 def _guard_builtin(pm: Any, hook: str, plugin_name: str, function: Callable[..., Any],
@@ -401,18 +410,7 @@ def _guard_builtin(pm: Any, hook: str, plugin_name: str, function: Callable[...,
             policy.charge(plugin_name, hook, spent, False)
         if res is None:
             return None
-        if check is not None:
-            try:
-                res = check(plugin_name, res)
-            except _Partial as part:
-                policy.error(plugin_name, hook, part.error)
-                res = part.keep or None
-            except TypeError as exc:
-                policy.error(plugin_name, hook, exc)
-                return None
-        if res is not None and policy.tag_results:
-            return (plugin_name, res)
-        return res
+        return _checked(policy, plugin_name, hook, res, check)
 
     guarded.__wrapped__ = function  # type: ignore[attr-defined]
     return guarded

@@ -178,15 +178,9 @@ def precision(data_dir: str | None, paths: tuple[str, ...], fmt: str, selector: 
         if n % 100 == 0:
             click.echo(f"  {n} runs ({time.perf_counter() - t0:.0f} s)", err=True)
 
-    options: dict[str, Any] = {}
-    for raw in raw_options:
-        key, sep, value = raw.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{raw!r}: use KEY=JSON", param_hint="--option")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
+    from immunity.cli import key_values
+
+    options: dict[str, Any] = key_values(raw_options)
     report = precision_report(groups, fmt, selector=selector, sample=sample, seed=seed, progress=tick,
                               options=options)
     report.budget = FLAG_BUDGET if budget is None else budget

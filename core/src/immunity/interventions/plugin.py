@@ -252,6 +252,7 @@ def immunity_register_commands(cli: click.Group) -> None:
                raw_options: tuple[str, ...], as_json: bool) -> None:
         """Re-feed stored runs through a fresh runtime (nothing is written) and show, step by step, what
         would have been flagged and injected; or compare two runs with --diff A B."""
+        from immunity.cli import key_values
         from immunity.config import Config
         from immunity.interventions.replay import (
             align,
@@ -261,15 +262,7 @@ def immunity_register_commands(cli: click.Group) -> None:
             what_if,
         )
 
-        options: dict[str, Any] = {}
-        for raw in raw_options:
-            key, sep, value = raw.partition("=")
-            if not sep:
-                raise click.BadParameter(f"{raw!r}: use KEY=JSON", param_hint="--option")
-            try:
-                options[key] = json.loads(value)
-            except ValueError:
-                options[key] = value
+        options: dict[str, Any] = key_values(raw_options)
         if variants:
             user: dict[str, list[str]] = {}
             for spec in variants:
