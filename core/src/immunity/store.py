@@ -888,18 +888,35 @@ class SQLiteStore(StoreReads):
                     self._hurry.wait(self.linger_s)
                 self._hurry.clear()
                 with self._drain:
-                    self._drain_batch(self.CHUNK * 4)
+                    self._drain_batch(self.CHUNK * 4, background=True)
             except BaseException as exc:  # never let the writer die
                 log.error("immunity store %s: writer error (%s: %s); going on", self.path, type(exc).__name__, exc)
                 time.sleep(0.01)
             if q.stop and not q.items:
                 return
 
-    def _drain_batch(self, n: int) -> None:
+    #: seconds of row building on the writer thread between offers of the interpreter lock
+    YIELD_S = 0.0002
+
+    def _drain_batch(self, n: int, background: bool = False) -> None:
         """Take up to ``n`` queued records and write them (with ``_drain`` held), then retry a
-        backlog, bound it, and read back this process's spill file once the queue is empty."""
+        backlog, bound it, and read back this process's spill file once the queue is empty.
+
+        On the writer thread (``background``) the interpreter lock is offered back every
+        ``YIELD_S`` of row building: an agent thread waiting for it (e.g. back from a vector search
+        that released it) waits about that long instead of Python's 5 ms switch interval."""
         items = self._queue.take(n)
-        rows = [row for t, r, s in items for row in self._row_or_error(t, r, s)]
+        if background:
+            rows = []
+            clock = time.perf_counter
+            last = clock()
+            for t, r, s in items:
+                rows.extend(self._row_or_error(t, r, s))
+                if clock() - last > self.YIELD_S:
+                    time.sleep(0)  # releases the GIL: a waiting thread runs now
+                    last = clock()
+        else:
+            rows = [row for t, r, s in items for row in self._row_or_error(t, r, s)]
         with self._lock:
             self._write(rows)
             limit = self._queue.maxsize
