@@ -58,6 +58,8 @@ from pydantic import PrivateAttr
 from workflows.context.serializers import JsonSerializer
 from workflows.context.state_store import InMemoryStateStore
 
+from immunity_llamaindex.snapshot import StateSnapshot, snapshot_state
+
 log = logging.getLogger("immunity.llamaindex")
 
 PLUGIN = "immunity_llamaindex"
@@ -603,8 +605,9 @@ class Bridge:
             session.checkpoint({"snapshot": live.handler.ctx.to_dict(), "llamaindex_run_id": live.llamaindex_run_id,
                                 "agent": agent.name, "turn": live.turns})
         elif self.checkpoints == "state":
-            # the context's state store only (memory, scratchpad, counters): enough to roll back in-run
-            session.checkpoint({"state": ctx.store.to_dict(self._serializer),
+            # the context's state store only (memory, scratchpad, counters): enough to roll back in-run;
+            # a copy now, encoded by the store's writer (see snapshot.py)
+            session.checkpoint({"state": snapshot_state(ctx.store, self._serializer),
                                 "llamaindex_run_id": live.llamaindex_run_id, "agent": agent.name, "turn": live.turns})
         return None
 
@@ -618,6 +621,8 @@ class Bridge:
             return
         if "snapshot" in cp.ref:
             state = await Context.from_dict(live.workflow, cp.ref["snapshot"]).store.get_state()
+        elif isinstance(cp.ref["state"], StateSnapshot):
+            state = cp.ref["state"].state()
         else:
             state = await InMemoryStateStore.from_dict(cp.ref["state"], self._serializer).get_state()
         await ctx.store.set_state(state)

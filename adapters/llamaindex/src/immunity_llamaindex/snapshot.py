@@ -1,0 +1,167 @@
+"""The context's state at a model turn, for in-run rollback, without encoding it on the turn.
+
+``checkpoints="state"`` records the workflow's state before every model turn. Encoding it with
+the workflow's serializer each turn (``ctx.store.to_dict``) costs time on the agent's path and
+grows with the chat history. Instead the turn takes a :class:`StateSnapshot`: a structural copy
+of the committed state (containers and models copied, content blocks shared), which the store's
+writer thread encodes to the same payload when it writes the checkpoint row, and which a rollback
+copies back into the live store. The workflow changes its state in place (``scratchpad.append``,
+the chat memory's lists), so the copy is what keeps a later change out of the checkpoint.
+
+Shared, not copied: message content blocks (``TextBlock``, ``ToolCallBlock``, ...), which
+LlamaIndex replaces and never edits; strings, numbers and other immutable values; fields declared
+``Field(exclude=True)`` (live handles such as a tokenizer); objects that cannot be deep-copied.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, PrivateAttr, model_serializer
+from pydantic_core import PydanticUndefined
+from workflows.context.state_store import create_in_memory_payload
+
+__all__ = ["StateSnapshot", "copy_state", "snapshot_state"]
+
+#: Types whose values are never changed in place (enum types are added when first seen).
+_ATOMS: set[type] = {str, int, float, bool, bytes, type(None), complex, range}
+
+
+def _blocks() -> tuple[type, ...]:
+    from llama_index.core.base.llms import types
+
+    found = []
+    for name in dir(types):
+        obj = getattr(types, name)
+        if isinstance(obj, type) and issubclass(obj, BaseModel) and "block_type" in getattr(obj, "model_fields", {}):
+            found.append(obj)
+    return tuple(found)
+
+
+_SHARED: tuple[type, ...] = _blocks()
+_MODEL_COPY = BaseModel.__copy__
+
+
+def _copy(value: Any, memo: dict[int, Any]) -> Any:
+    kind = type(value)
+    if kind in _ATOMS:
+        return value
+    if isinstance(value, Enum):
+        _ATOMS.add(kind)
+        return value
+    hit = memo.get(id(value))
+    if hit is not None:
+        return hit
+    if kind is list:
+        out_list: list[Any] = []
+        memo[id(value)] = out_list
+        out_list.extend([v if type(v) in _ATOMS else _copy(v, memo) for v in value])
+        return out_list
+    if kind is dict:
+        out_dict: dict[Any, Any] = {}
+        memo[id(value)] = out_dict
+        for k, v in value.items():
+            out_dict[k] = v if type(v) in _ATOMS else _copy(v, memo)
+        return out_dict
+    if kind is tuple:
+        return memo.setdefault(id(value), tuple([_copy(v, memo) for v in value]))
+    if kind is set or kind is frozenset:
+        return memo.setdefault(id(value), kind(_copy(v, memo) for v in value))
+    if kind is deque:
+        out_deque: deque[Any] = deque(maxlen=value.maxlen)
+        memo[id(value)] = out_deque
+        out_deque.extend(_copy(v, memo) for v in value)
+        return out_deque
+    if isinstance(value, BaseModel):
+        if isinstance(value, _SHARED):
+            return value
+        return _copy_model(value, memo)
+    try:
+        out = copy.deepcopy(value, memo)
+    except Exception:  # a live handle (a client, a lock): shared, as the workflow's own edit copy does
+        out = value
+    memo[id(value)] = out
+    return out
+
+
+def _copy_model(value: BaseModel, memo: dict[int, Any]) -> BaseModel:
+    cls = type(value)
+    if cls.__copy__ is _MODEL_COPY:  # pydantic's own shallow copy, without its call overhead
+        out = cls.__new__(cls)
+        _set = object.__setattr__
+        _set(out, "__dict__", dict(value.__dict__))
+        _set(out, "__pydantic_extra__", None if value.__pydantic_extra__ is None else dict(value.__pydantic_extra__))
+        _set(out, "__pydantic_fields_set__", set(value.__pydantic_fields_set__))
+        private = value.__pydantic_private__
+        _set(out, "__pydantic_private__",
+             None if private is None else {k: v for k, v in private.items() if v is not PydanticUndefined})
+    else:
+        out = value.model_copy()
+    memo[id(value)] = out
+    fields = type(value).model_fields
+    contents = vars(out)
+    for name, child in value.__dict__.items():
+        if type(child) in _ATOMS:
+            continue  # the shallow copy holds it already
+        field = fields.get(name)
+        if field is None or field.exclude is not True:
+            contents[name] = _copy(child, memo)
+    for store in (out.__pydantic_extra__, out.__pydantic_private__):
+        if store:
+            for name, child in list(store.items()):
+                store[name] = _copy(child, memo)
+    return out
+
+
+def copy_state(state: BaseModel) -> BaseModel:
+    """A copy of a workflow state model that no later in-place change of ``state`` reaches
+    (content blocks and immutable values are shared)."""
+    return _copy_model(state, {})
+
+
+class StateSnapshot(BaseModel):
+    """A copy of the context's state at one turn. Serialised (by pydantic, e.g. when the store's
+    writer builds the checkpoint row) as the payload ``InMemoryStateStore.to_dict`` gives, encoded
+    once, on first use."""
+
+    _state: Any = PrivateAttr(default=None)
+    _serializer: Any = PrivateAttr(default=None)
+    _payload: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of(cls, state: BaseModel, serializer: Any) -> StateSnapshot:
+        snap = cls()
+        snap._state, snap._serializer = copy_state(state), serializer
+        return snap
+
+    def state(self) -> BaseModel:
+        """A fresh copy of the recorded state, to put into a live store (the snapshot stays as it was)."""
+        return copy_state(self._state)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The serialised state (the format ``InMemoryStateStore.from_dict`` reads)."""
+        if self._payload is None:
+            self._payload = create_in_memory_payload(self._state, self._serializer).model_dump()
+        return self._payload
+
+    @model_serializer
+    def _serialise(self) -> dict[str, Any]:
+        return self.to_dict()
+
+
+def snapshot_state(store: Any, serializer: Any) -> StateSnapshot | dict[str, Any]:
+    """The state of a context's store now: a :class:`StateSnapshot` of an in-memory store's
+    committed state (``store.checkpoint()``, no encoding), else the store's ``to_dict`` payload."""
+    take = getattr(store, "checkpoint", None)
+    if take is not None:
+        try:
+            state = take().state
+        except Exception:  # not an in-memory JSON store: its own payload instead
+            state = None
+        if isinstance(state, BaseModel):
+            return StateSnapshot.of(state, serializer)
+    payload: dict[str, Any] = store.to_dict(serializer)
+    return payload
