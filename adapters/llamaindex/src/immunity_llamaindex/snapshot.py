@@ -20,6 +20,7 @@ from collections import deque
 from enum import Enum
 from typing import Any
 
+from llama_index.core.base.llms.types import ChatMessage
 from pydantic import BaseModel, PrivateAttr, model_serializer
 from pydantic_core import PydanticUndefined
 from workflows.context.state_store import create_in_memory_payload
@@ -33,7 +34,7 @@ _ATOMS: set[type] = {str, int, float, bool, bytes, type(None), complex, range}
 def _blocks() -> tuple[type, ...]:
     from llama_index.core.base.llms import types
 
-    found = []
+    found: list[type] = []
     for name in dir(types):
         obj = getattr(types, name)
         if isinstance(obj, type) and issubclass(obj, BaseModel) and "block_type" in getattr(obj, "model_fields", {}):
@@ -75,6 +76,14 @@ def _copy(value: Any, memo: dict[int, Any]) -> Any:
         memo[id(value)] = out_deque
         out_deque.extend(_copy(v, memo) for v in value)
         return out_deque
+    if kind is ChatMessage:  # the bulk of a chat state: its own short path (its blocks are shared)
+        msg = _shallow(value)
+        memo[id(value)] = msg
+        d = msg.__dict__
+        d["blocks"] = list(value.blocks)
+        extra = value.additional_kwargs
+        d["additional_kwargs"] = _copy(extra, memo) if extra else {}
+        return msg
     if isinstance(value, BaseModel):
         if isinstance(value, _SHARED):
             return value
@@ -87,19 +96,24 @@ def _copy(value: Any, memo: dict[int, Any]) -> Any:
     return out
 
 
-def _copy_model(value: BaseModel, memo: dict[int, Any]) -> BaseModel:
+def _shallow(value: BaseModel) -> Any:
+    """``value.model_copy()``: a new model with the same fields, extras and private attributes."""
     cls = type(value)
-    if cls.__copy__ is _MODEL_COPY:  # pydantic's own shallow copy, without its call overhead
-        out = cls.__new__(cls)
-        _set = object.__setattr__
-        _set(out, "__dict__", dict(value.__dict__))
-        _set(out, "__pydantic_extra__", None if value.__pydantic_extra__ is None else dict(value.__pydantic_extra__))
-        _set(out, "__pydantic_fields_set__", set(value.__pydantic_fields_set__))
-        private = value.__pydantic_private__
-        _set(out, "__pydantic_private__",
-             None if private is None else {k: v for k, v in private.items() if v is not PydanticUndefined})
-    else:
-        out = value.model_copy()
+    if cls.__copy__ is not _MODEL_COPY:
+        return value.model_copy()
+    out = cls.__new__(cls)  # pydantic's own __copy__, without its call overhead
+    _set = object.__setattr__
+    _set(out, "__dict__", dict(value.__dict__))
+    _set(out, "__pydantic_extra__", None if value.__pydantic_extra__ is None else dict(value.__pydantic_extra__))
+    _set(out, "__pydantic_fields_set__", set(value.__pydantic_fields_set__))
+    private = value.__pydantic_private__
+    _set(out, "__pydantic_private__",
+         None if private is None else {k: v for k, v in private.items() if v is not PydanticUndefined})
+    return out
+
+
+def _copy_model(value: BaseModel, memo: dict[int, Any]) -> BaseModel:
+    out = _shallow(value)
     memo[id(value)] = out
     fields = type(value).model_fields
     contents = vars(out)
