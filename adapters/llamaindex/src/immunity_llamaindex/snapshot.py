@@ -23,7 +23,7 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatMessage
 from pydantic import BaseModel, PrivateAttr, model_serializer
 from pydantic_core import PydanticUndefined
-from workflows.context.state_store import create_in_memory_payload
+from workflows.context.state_store import InMemoryStateStore, create_in_memory_payload
 
 __all__ = ["StateSnapshot", "copy_state", "snapshot_state"]
 
@@ -151,15 +151,21 @@ class StateSnapshot(BaseModel):
         snap._state, snap._serializer = copy_state(state), serializer
         return snap
 
-    def state(self) -> BaseModel:
+    async def state(self) -> BaseModel:
         """A fresh copy of the recorded state, to put into a live store (the snapshot stays as it was)."""
-        return copy_state(self._state)
+        state = self._state
+        if state is not None:
+            return copy_state(state)
+        return await InMemoryStateStore.from_dict(self.to_dict(), self._serializer).get_state()
 
     def to_dict(self) -> dict[str, Any]:
-        """The serialised state (the format ``InMemoryStateStore.from_dict`` reads)."""
-        if self._payload is None:
-            self._payload = create_in_memory_payload(self._state, self._serializer).model_dump()
-        return self._payload
+        """The serialised state (the format ``InMemoryStateStore.from_dict`` reads). Once encoded,
+        the copy is let go (a rollback decodes the payload), so a run keeps one form of each turn."""
+        payload = self._payload
+        if payload is None:
+            payload = self._payload = create_in_memory_payload(self._state, self._serializer).model_dump()
+            self._state = None
+        return payload
 
     @model_serializer
     def _serialise(self) -> dict[str, Any]:

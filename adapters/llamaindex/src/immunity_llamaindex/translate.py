@@ -622,7 +622,7 @@ class Bridge:
         if "snapshot" in cp.ref:
             state = await Context.from_dict(live.workflow, cp.ref["snapshot"]).store.get_state()
         elif isinstance(cp.ref["state"], StateSnapshot):
-            state = cp.ref["state"].state()
+            state = await cp.ref["state"].state()
         else:
             state = await InMemoryStateStore.from_dict(cp.ref["state"], self._serializer).get_state()
         await ctx.store.set_state(state)
