@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from immunity import hookimpl
+from immunity.models import EventKind, Recovery, RecoveryKind, Severity, Verdict
 from immunity_llamaindex.snapshot import StateSnapshot, snapshot_state
 from immunity_llamaindex.testing import ScriptedLLM, tool_call
 from llama_index.core.agent.workflow import FunctionAgent
@@ -54,13 +56,53 @@ async def test_a_change_made_in_place_after_the_checkpoint_is_not_in_it() -> Non
     assert back._data["n"] == 1 and [m.content for m in back._data["memory"].get_all()] == ["first"]
 
 
-async def test_the_stored_checkpoint_row_holds_the_state_payload(make_runtime: Any) -> None:
+class RollbackOnWrong:
+    """Asks for a rollback to the last verified checkpoint after a result containing WRONG."""
+
+    @hookimpl
+    def immunity_verify(self, event: Any) -> Any:
+        if event.kind == EventKind.TOOL_END and "WRONG" in (event.result or ""):
+            return Verdict(ok=False, error_class="wrong_parameters", severity=Severity.ERROR,
+                           message="the wrong record", hint="[immunity] ROLLBACK: look up id 2, not id 9.")
+        return None
+
+    @hookimpl(tryfirst=True)
+    def immunity_recover(self, event: Any, verdicts: list[Verdict]) -> Any:
+        if any(v.error_class == "wrong_parameters" for v in verdicts):
+            return Recovery(kind=RecoveryKind.ROLLBACK, reason="wrong record",
+                            hint="[immunity] ROLLBACK: look up id 2, not id 9.")
+        return None
+
+
+def lookup(id: int) -> str:
+    """Look up a record."""
+    return {1: "record 1: ok", 2: "record 2: the answer", 9: "record 9: WRONG"}[int(id)]
+
+
+async def test_without_a_store_the_turn_copies_and_a_rollback_restores_the_copy(make_runtime: Any) -> None:
+    rt = make_runtime(store=None, plugins=[RollbackOnWrong()])
+
+    def third(messages: list[Any]) -> Any:
+        hinted = any("ROLLBACK" in (m.content or "") for m in messages)
+        return tool_call("lookup", {"id": 2}) if hinted else "I give up."
+
+    llm = ScriptedLLM([tool_call("lookup", {"id": 1}), tool_call("lookup", {"id": 9}), third, "The answer is 2."])
+    agent = FunctionAgent(tools=[lookup], llm=llm)
+    guard = rt.protect(agent)
+    handler = agent.run(user_msg="Find the answer")
+    assert str(await handler) == "The answer is 2."
+    # the call after the rollback: the good step is kept, the bad one is gone, the hint is there
+    assert llm.saw("record 1: ok", 2) and not llm.saw("WRONG", 2) and llm.saw("ROLLBACK", 2)
+    assert not llm.saw("WRONG", 3) and llm.saw("record 2: the answer", 3)
+    cps = rt.sessions[guard.run_id_for(handler)].checkpoints
+    assert [c.ref["turn"] for c in cps] == [1, 2, 4] and all(isinstance(c.ref["state"], StateSnapshot) for c in cps)
+    # turn 2's copy still holds turn 2's state, though the workflow went on changing its lists in place
+    assert "record 1: ok" in str(cps[1].ref["state"].to_dict()) and "WRONG" not in str(cps[1].ref["state"].to_dict())
+    guard.uninstrument()
+
+
+async def test_with_a_store_the_turn_encodes_the_payload_the_row_holds(make_runtime: Any) -> None:
     rt = make_runtime()
-
-    def lookup(id: int) -> str:
-        """Look up a record."""
-        return f"record {id}"
-
     llm = ScriptedLLM([tool_call("lookup", {"id": 1}), "done"])
     agent = FunctionAgent(tools=[lookup], llm=llm)
     guard = rt.protect(agent)
@@ -69,13 +111,13 @@ async def test_the_stored_checkpoint_row_holds_the_state_payload(make_runtime: A
     run_id = guard.run_id_for(handler)
     rt.flush()
     rows = rt.store.checkpoints(run_id)
-    live = [c for s in rt.sessions.values() for c in s.checkpoints if c.run_id == run_id]
+    live = rt.sessions[run_id].checkpoints
     assert len(rows) == len(live) == 2
     for row, cp in zip(rows, live, strict=True):
-        assert isinstance(cp.ref["state"], StateSnapshot)
-        assert row.ref["state"] == cp.ref["state"].to_dict()  # encoded on the writer, as to_dict would
+        assert type(cp.ref["state"]) is dict and row.ref["state"] == cp.ref["state"]
         state = await InMemoryStateStore.from_dict(row.ref["state"], JsonSerializer()).get_state()
         assert "memory" in state._data
-    # the second turn's checkpoint has the first tool call and its result; the first has neither
-    assert "record 1" not in str(rows[0].ref["state"]) and "record 1" in str(rows[1].ref["state"])
+    # the second turn's checkpoint has the first tool call's result; the first has none
+    assert [c.ref["turn"] for c in rows] == [1, 2]
+    assert "record 1: ok" not in str(rows[0].ref["state"]) and "record 1: ok" in str(rows[1].ref["state"])
     guard.uninstrument()

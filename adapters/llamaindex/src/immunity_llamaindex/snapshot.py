@@ -2,11 +2,14 @@
 
 ``checkpoints="state"`` records the workflow's state before every model turn. Encoding it with
 the workflow's serializer each turn (``ctx.store.to_dict``) costs time on the agent's path and
-grows with the chat history. Instead the turn takes a :class:`StateSnapshot`: a structural copy
-of the committed state (containers and models copied, content blocks shared), which the store's
-writer thread encodes to the same payload when it writes the checkpoint row, and which a rollback
-copies back into the live store. The workflow changes its state in place (``scratchpad.append``,
-the chat memory's lists), so the copy is what keeps a later change out of the checkpoint.
+grows with the chat history. When no immunity store writes the checkpoint, the payload is needed
+only by a rollback, so the turn takes a :class:`StateSnapshot` instead: a structural copy of the
+committed state (containers, models and chat messages copied, content blocks shared), about half
+the CPU of ``to_dict``, encoded only if something asks for the payload, and copied back into the
+live store by a rollback. The workflow changes its state in place (``scratchpad.append``, the chat
+memory's lists), so the copy is what keeps a later change out of the checkpoint. With a store the
+turn encodes as before: copying and then encoding on the store's writer thread measured more CPU
+in all (see the adapter's README).
 
 Shared, not copied: message content blocks (``TextBlock``, ``ToolCallBlock``, ...), which
 LlamaIndex replaces and never edits; strings, numbers and other immutable values; fields declared
@@ -172,10 +175,13 @@ class StateSnapshot(BaseModel):
         return self.to_dict()
 
 
-def snapshot_state(store: Any, serializer: Any) -> StateSnapshot | dict[str, Any]:
-    """The state of a context's store now: a :class:`StateSnapshot` of an in-memory store's
-    committed state (``store.checkpoint()``, no encoding), else the store's ``to_dict`` payload."""
-    take = getattr(store, "checkpoint", None)
+def snapshot_state(store: Any, serializer: Any, *, stored: bool = False) -> StateSnapshot | dict[str, Any]:
+    """The state of a context's store now. Not ``stored`` (no immunity store will write the
+    checkpoint): a :class:`StateSnapshot` of an in-memory store's committed state
+    (``store.checkpoint()``, copied, not encoded). Otherwise, or for another kind of store, the
+    store's ``to_dict`` payload: the row needs it anyway, and a copy encoded later costs more CPU
+    in all than encoding on the turn."""
+    take = None if stored else getattr(store, "checkpoint", None)
     if take is not None:
         try:
             state = take().state

@@ -606,8 +606,9 @@ class Bridge:
                                 "agent": agent.name, "turn": live.turns})
         elif self.checkpoints == "state":
             # the context's state store only (memory, scratchpad, counters): enough to roll back in-run;
-            # a copy now, encoded by the store's writer (see snapshot.py)
-            session.checkpoint({"state": snapshot_state(ctx.store, self._serializer),
+            # with no store to write it, a copy, not encoded (see snapshot.py)
+            session.checkpoint({"state": snapshot_state(ctx.store, self._serializer,
+                                                        stored=session.runtime.store is not None),
                                 "llamaindex_run_id": live.llamaindex_run_id, "agent": agent.name, "turn": live.turns})
         return None
 
