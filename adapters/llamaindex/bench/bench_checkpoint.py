@@ -1,10 +1,10 @@
 """Cost of the per-turn ``checkpoints="state"`` checkpoint in real ``FunctionAgent`` runs.
 
-Each turn's state is recorded the adapter's way (a :class:`~immunity_llamaindex.snapshot.StateSnapshot`:
-a copy, encoded later by the store's writer) and, on the same state at the same moment, the
-earlier way (``ctx.store.to_dict(serializer)`` on the turn). Prints, per turn, the median thread
-CPU of the copy, of encoding it later (what the writer does) and of ``to_dict``, with the load
-average. No store is attached, so nothing else runs on a thread meanwhile.
+With no store attached, each turn's state is recorded the adapter's way for that case (a
+:class:`~immunity_llamaindex.snapshot.StateSnapshot`: a copy, not encoded) and, on the same state
+at the same moment, the way used when a store writes the checkpoint (``ctx.store.to_dict`` on the
+turn). Prints, per turn, the median thread CPU of the copy, of encoding the copy afterwards (what
+a copy would cost if a store encoded it later), and of ``to_dict``, with the load average.
 
     .venv/bin/python adapters/llamaindex/bench/bench_checkpoint.py [--runs 40] [--tools 5]
 """
@@ -41,7 +41,7 @@ def main() -> None:
     to_dict_ns: list[int] = []
     snaps: list[StateSnapshot] = []
 
-    def measured(store: Any, serializer: Any) -> Any:
+    def measured(store: Any, serializer: Any, **_: Any) -> Any:
         t0 = time.thread_time_ns()
         snap = snapshot_state(store, serializer)
         t1 = time.thread_time_ns()
@@ -76,7 +76,7 @@ def main() -> None:
     print(f"state checkpoint per turn: {args.runs} runs x {args.tools + 1} turns ({turns}), "
           f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; median thread CPU")
     print(f"  on the turn, copy (StateSnapshot):       {statistics.median(copy_ns) / 1000:8.1f} us")
-    print(f"  later, encoding the copy (store writer): {statistics.median(encode_ns) / 1000:8.1f} us")
+    print(f"  later, encoding the copy:                {statistics.median(encode_ns) / 1000:8.1f} us")
     print(f"  on the turn, to_dict (before):           {statistics.median(to_dict_ns) / 1000:8.1f} us")
 
 

@@ -15,7 +15,6 @@ from workflows.context.serializers import JsonSerializer
 from workflows.context.state_store import DictState, InMemoryStateStore
 
 
-
 def _store() -> InMemoryStateStore[Any]:
     memory = ChatMemoryBuffer.from_defaults(token_limit=4000)
     memory.put(ChatMessage(role="user", content="first"))

@@ -620,6 +620,7 @@ class Bridge:
             why = "no verified checkpoint" if cp is None else "too many rollbacks in this run"
             session.emit(Event(kind=EventKind.CUSTOM, data={"rollback": "skipped", "why": why}))
             return
+        state: Any
         if "snapshot" in cp.ref:
             state = await Context.from_dict(live.workflow, cp.ref["snapshot"]).store.get_state()
         elif isinstance(cp.ref["state"], StateSnapshot):
