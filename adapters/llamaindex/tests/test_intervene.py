@@ -17,7 +17,7 @@ from immunity.models import (
     Severity,
     Verdict,
 )
-from immunity_llamaindex.testing import ScriptedLLM, react_action, react_answer, tool_call
+from immunity_llamaindex.testing import RollbackOnWrong, ScriptedLLM, react_action, react_answer, tool_call
 from llama_index.core.agent.workflow import FunctionAgent, ReActAgent
 from llama_index.core.workflow import HumanResponseEvent, InputRequiredEvent
 
@@ -184,24 +184,6 @@ async def test_retry_re_executes_the_tool_when_the_policy_asks(make_runtime: Any
     assert [(s.tool, bool(s.error)) for s in steps[:2]] == [("flaky", True), ("flaky", False)]
     guard.uninstrument()
 
-
-class RollbackOnWrong:
-    """Flags a result containing WRONG and asks for a rollback to the last verified checkpoint."""
-
-    @hookimpl
-    def immunity_verify(self, event: Any) -> Any:
-        if event.kind == EventKind.TOOL_END and "WRONG" in (event.result or ""):
-            return Verdict(ok=False, error_class="wrong_parameters", severity=Severity.ERROR,
-                           message="the lookup returned the wrong record",
-                           hint="[immunity] ROLLBACK: look up id 2, not id 9.")
-        return None
-
-    @hookimpl(tryfirst=True)
-    def immunity_recover(self, event: Any, verdicts: list[Verdict]) -> Any:
-        if any(v.error_class == "wrong_parameters" for v in verdicts):
-            return Recovery(kind=RecoveryKind.ROLLBACK, reason="wrong record",
-                            hint="[immunity] ROLLBACK: look up id 2, not id 9.")
-        return None
 
 
 @pytest.mark.parametrize("checkpoints", ["state", "full"])

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from immunity import hookimpl
-from immunity.models import EventKind, Recovery, RecoveryKind, Severity, Verdict
 from immunity_llamaindex.snapshot import StateSnapshot, snapshot_state
-from immunity_llamaindex.testing import ScriptedLLM, tool_call
+from immunity_llamaindex.testing import RollbackOnWrong, ScriptedLLM, tool_call
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage, TextBlock
 from llama_index.core.memory import ChatMemoryBuffer
@@ -54,23 +52,6 @@ async def test_a_change_made_in_place_after_the_checkpoint_is_not_in_it() -> Non
     back = await InMemoryStateStore.from_dict(snap.model_dump(mode="json"), ser).get_state()
     assert back._data["n"] == 1 and [m.content for m in back._data["memory"].get_all()] == ["first"]
 
-
-class RollbackOnWrong:
-    """Asks for a rollback to the last verified checkpoint after a result containing WRONG."""
-
-    @hookimpl
-    def immunity_verify(self, event: Any) -> Any:
-        if event.kind == EventKind.TOOL_END and "WRONG" in (event.result or ""):
-            return Verdict(ok=False, error_class="wrong_parameters", severity=Severity.ERROR,
-                           message="the wrong record", hint="[immunity] ROLLBACK: look up id 2, not id 9.")
-        return None
-
-    @hookimpl(tryfirst=True)
-    def immunity_recover(self, event: Any, verdicts: list[Verdict]) -> Any:
-        if any(v.error_class == "wrong_parameters" for v in verdicts):
-            return Recovery(kind=RecoveryKind.ROLLBACK, reason="wrong record",
-                            hint="[immunity] ROLLBACK: look up id 2, not id 9.")
-        return None
 
 
 def lookup(id: int) -> str:

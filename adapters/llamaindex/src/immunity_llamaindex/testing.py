@@ -23,6 +23,8 @@ import json
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from typing import Any
 
+from immunity import hookimpl
+from immunity.models import EventKind, Recovery, RecoveryKind, Severity, Verdict
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -167,3 +169,23 @@ class ScriptedLLM(MockFunctionCallingLLM):
             yield response
 
         return gen()
+
+
+class RollbackOnWrong:
+    """A plugin for rollback tests: flags a tool result containing WRONG and asks for a rollback to
+    the last verified checkpoint, with a hint naming the right lookup."""
+
+    @hookimpl
+    def immunity_verify(self, event: Any) -> Any:
+        if event.kind == EventKind.TOOL_END and "WRONG" in (event.result or ""):
+            return Verdict(ok=False, error_class="wrong_parameters", severity=Severity.ERROR,
+                           message="the lookup returned the wrong record",
+                           hint="[immunity] ROLLBACK: look up id 2, not id 9.")
+        return None
+
+    @hookimpl(tryfirst=True)
+    def immunity_recover(self, event: Any, verdicts: list[Verdict]) -> Any:
+        if any(v.error_class == "wrong_parameters" for v in verdicts):
+            return Recovery(kind=RecoveryKind.ROLLBACK, reason="wrong record",
+                            hint="[immunity] ROLLBACK: look up id 2, not id 9.")
+        return None
