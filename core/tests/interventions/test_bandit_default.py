@@ -6,27 +6,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from immunity import hookimpl
 from immunity.config import Config
 from immunity.defaults.policy import DefaultSelector
 from immunity.interventions.selector import BanditSelector
-from immunity.models import Event, InterventionKind, Severity, Verdict
+from immunity.models import InterventionKind
 from immunity.outcomes import set_outcome
 from immunity.runtime import Runtime
-from immunity.testing import FakeRun
+from immunity.testing import FakeRun, FlagTool
 
 CLS = "wrong_parameters"
 
 
-class Flag:
-    """A verifier that flags every completed ``flag_me`` call (a warning: the rules hint)."""
-
-    @hookimpl
-    def immunity_verify(self, event: Event) -> Verdict | None:
-        if event.kind.value == "tool_end" and event.tool == "flag_me":
-            return Verdict(ok=False, error_class=CLS, severity=Severity.WARNING,
-                           message="the argument 'x' does not match the record", evidence={"argument": "x"})
-        return None
+def Flag() -> FlagTool:  # noqa: N802 - reads like the plugin class it builds
+    """Flags every completed ``flag_me`` call (a warning: the rules hint)."""
+    return FlagTool("flag_me", error_class=CLS, message="the argument 'x' does not match the record",
+                    evidence={"argument": "x"})
 
 
 def _interventions(rt: Runtime, run_id: str) -> list[tuple[str, str]]:

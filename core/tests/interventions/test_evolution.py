@@ -27,22 +27,17 @@ from immunity.interventions.evolution import (
     sanitize_proposal,
 )
 from immunity.interventions.variants import Variant, render
-from immunity.models import Event, Severity, Verdict
+from immunity.models import Verdict
 from immunity.outcomes import set_outcome
 from immunity.runtime import Runtime
 from immunity.store import SQLiteStore
-from immunity.testing import FakeRun
+from immunity.testing import FakeRun, FlagTool
 
 CLS = "wrong_parameters"
 
 
-class Flag:
-    @hookimpl
-    def immunity_verify(self, event: Event) -> Verdict | None:
-        if event.kind.value == "tool_end" and event.tool == "flag_me":
-            return Verdict(ok=False, error_class=CLS, severity=Severity.WARNING,
-                           message="the argument 'x' does not match the record")
-        return None
+def Flag() -> FlagTool:  # noqa: N802 - reads like the plugin class it builds
+    return FlagTool("flag_me", error_class=CLS, message="the argument 'x' does not match the record")
 
 
 class Proposer:

@@ -178,6 +178,23 @@ class FakeAdapter(Adapter):
         return session
 
 
+class FlagTool:
+    """A test plugin that flags every completed call of one tool (a warning by default, so the
+    selector picks a hint): ``FlagTool("lookup", error_class="wrong_parameters")``."""
+
+    def __init__(self, tool: str, *, error_class: str = "wrong_parameters", message: str = "check the arguments",
+                 severity: Severity = Severity.WARNING, evidence: dict[str, Any] | None = None):
+        self.tool, self.error_class, self.message = tool, error_class, message
+        self.severity, self.evidence = severity, dict(evidence or {})
+
+    @hookimpl
+    def immunity_verify(self, event: Event) -> Verdict | None:
+        if event.kind == EventKind.TOOL_END and event.tool == self.tool:
+            return Verdict(ok=False, error_class=self.error_class, severity=self.severity, message=self.message,
+                           evidence=dict(self.evidence))
+        return None
+
+
 class FlagAndStop:
     """A test plugin for adapters' outcome tests: flags every result of ``flag_tool`` (a warning, so
     the selector picks a hint) and stops the run before ``stop_tool`` is called."""
@@ -229,4 +246,4 @@ def stored_run(rt: Runtime, run_id: str) -> Run | None:
     return rt.store.get_run(run_id)
 
 
-__all__ = ["FakeAdapter", "FakeRun", "FlagAndStop", "QuoteOddResults", "ScriptStep", "stored_run"]
+__all__ = ["FakeAdapter", "FakeRun", "FlagAndStop", "FlagTool", "QuoteOddResults", "ScriptStep", "stored_run"]
