@@ -79,7 +79,7 @@ def kit() -> SimpleNamespace:
 
     def crew(llm: Any, tools: list[Any] | None = None, *, description: str = "Find the value of a",
              tasks: int = 1, llms: list[Any] | None = None, tools_per_task: list[list[Any]] | None = None,
-             **crew_kw: Any) -> Any:
+             guardrails: dict[int, list[Any]] | None = None, **crew_kw: Any) -> Any:
         agents, task_list = [], []
         for i in range(tasks):
             model = llms[i] if llms else llm
@@ -88,7 +88,8 @@ def kit() -> SimpleNamespace:
                           tools=tools_per_task[i] if tools_per_task else (tools or []), verbose=False)
             agents.append(agent)
             task_list.append(Task(name=f"task{i}", description=description if i == 0 else f"Step {i + 1}: {description}",
-                                  expected_output="a short answer", agent=agent))
+                                  expected_output="a short answer", agent=agent,
+                                  **({"guardrails": guardrails[i]} if guardrails and i in guardrails else {})))
         return Crew(agents=agents, tasks=task_list, verbose=False, **crew_kw)
 
     return SimpleNamespace(Lookup=Lookup, DeleteRecords=DeleteRecords, SendEmail=SendEmail, Flaky=Flaky,

@@ -522,7 +522,7 @@ class RollbackOnPublishError:
         return None
 
 
-def rollback_crew(kit: Any, tmp_path: Any) -> tuple[Any, ScriptedLLM, ScriptedLLM]:
+def rollback_crew(kit: Any, tmp_path: Any, **crew_kw: Any) -> tuple[Any, ScriptedLLM, ScriptedLLM]:
     from crewai.state import CheckpointConfig
 
     def write(messages: list[dict[str, Any]]) -> Any:
@@ -533,7 +533,8 @@ def rollback_crew(kit: Any, tmp_path: Any) -> tuple[Any, ScriptedLLM, ScriptedLL
     research = ScriptedLLM(script=["a is value-of-a"])
     writer = ScriptedLLM(script=[write, write, "published 'Value of a'"])
     crew = kit.crew(None, tasks=2, llms=[research, writer], tools_per_task=[[], [kit.Publish()]],
-                    checkpoint=CheckpointConfig(location=str(tmp_path / "checkpoints"), on_events=["task_completed"]))
+                    checkpoint=CheckpointConfig(location=str(tmp_path / "checkpoints"), on_events=["task_completed"]),
+                    **crew_kw)
     return crew, research, writer
 
 
@@ -566,6 +567,26 @@ def test_a_rollback_re_runs_the_task_inside_the_same_kickoff(make_runtime: Any, 
     assert kinds(rt, run_id).count("run_end") == 1
     assert [(s.agent, s.tool) for s in rt.store.steps(run_id) if s.tool] == [
         ("worker1", "publish"), ("worker1", "publish")]
+
+
+def test_the_tasks_own_guardrails_check_the_answer_after_a_rollback_not_the_placeholder(
+        make_runtime: Any, kit: Any, tmp_path: Any) -> None:
+    seen: list[str] = []
+
+    def no_placeholder(output: Any) -> tuple[bool, Any]:
+        seen.append(output.raw)
+        return True, output.raw
+
+    rt = make_runtime(plugins=[RollbackOnPublishError()])
+    crew, _, writer = rollback_crew(kit, tmp_path, guardrails={1: [no_placeholder]})
+    task = crew.tasks[1]
+    rt.protect(crew)
+    out = crew.kickoff()
+    assert out.raw == "published 'Value of a'" and len(writer.calls) == 3
+    # the user's guardrail saw the retried attempt's answer once, never the rolled-back placeholder
+    assert seen == ["published 'Value of a'"]
+    # immunity's guardrail is gone again, and CrewAI's per-position retry counts are the user's
+    assert task._guardrails == [no_placeholder] and task._guardrail_retry_counts.get(0, 0) == 0
 
 
 @pytest.mark.parametrize("compensate", [False, True], ids=["no-compensation", "compensation"])

@@ -192,6 +192,24 @@ def _remove_by_identity(items: list[Any], targets: list[Any]) -> None:
             del items[i]
 
 
+def _shift_counts(task: Any, at: int, by: int) -> None:
+    """Move CrewAI's per-position guardrail retry counts of ``task`` along with a guardrail
+    inserted (``by=+1``) or removed (``by=-1``) at position ``at``; the removed one's count goes."""
+    counts = getattr(task, "_guardrail_retry_counts", None)
+    if not isinstance(counts, dict) or not counts:
+        return
+    moved = {}
+    for i, n in counts.items():
+        if not isinstance(i, int) or i < at:
+            moved[i] = n
+        elif by < 0 and i == at:
+            continue
+        else:
+            moved[i + by] = n
+    counts.clear()
+    counts.update(moved)
+
+
 class Bridge:
     """The hook functions registered on CrewAI's interception points, and the runs they track."""
 
@@ -823,7 +841,12 @@ class Bridge:
             return check(output)
 
         guard = immunity_task_guard
-        guardrails.append(guard)
+        # first, so the task's own guardrails never see a rolled-back attempt's placeholder answer
+        # and do check the answer of the attempt immunity's retry produces (CrewAI re-checks a
+        # retried answer only with the guardrail that asked for the retry and those after it).
+        # CrewAI keeps retry counts by guardrail position: shift them with the guardrails.
+        guardrails.insert(0, guard)
+        _shift_counts(task, 0, +1)
         run.guarded_tasks.append((task, guard))
 
     def _release_guardrails(self, run: CrewRun, task: Any = None) -> None:
@@ -834,7 +857,10 @@ class Bridge:
                 continue
             lst = getattr(t, "_guardrails", None)
             if isinstance(lst, list):
-                _remove_by_identity(lst, [guard])
+                at = next((i for i, g in enumerate(lst) if g is guard), None)
+                if at is not None:
+                    del lst[at]
+                    _shift_counts(t, at, -1)
         run.guarded_tasks = keep
 
     # ------------------------------------------------------------------ checkpoints (event bus)
