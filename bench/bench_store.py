@@ -2,7 +2,7 @@
 
     python bench/bench_store.py load      [--procs 4 --threads 8 --runs 200 --steps 20]
     python bench/bench_store.py kill      [--kills 10 --durability run|batch]
-    python bench/bench_store.py edits     [--runs 50 --steps 40 --repeats 5 --real-tools]
+    python bench/bench_store.py edits     [--runs 50 --steps 40 --repeats 5 --real-tools --prefill N]
     python bench/bench_store.py rows
     python bench/bench_store.py ingest    [--runs 2000 --steps 20]
     python bench/bench_store.py all       # everything at full size (a few minutes on 2 busy cores)
@@ -17,7 +17,8 @@
   file store vs without a store: seconds per run and the ratio (median of ``repeats``), and the
   added cost of one side-effecting tool call. ``--real-tools``: the same agent whose tools do
   their work (an edit writes the file into a temp folder, a read reads it, a test run is a
-  subprocess every 10 steps): the ratio a user would see.
+  subprocess every 10 steps): the ratio a user would see. ``--prefill N``: into a store that
+  already holds N runs (its indexes span many pages).
 - ``rows``: CPU per record of building the rows of one edit-heavy run, from the records' fields
   with one prefilter scan vs walking every string through the redactor.
 - ``ingest``: live events per second through the runtime into a file store with edits in the
@@ -32,6 +33,7 @@ import argparse
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -240,13 +242,26 @@ def _side_effect_cost(store: str | None, n: int = 2000) -> float:
     return statistics.median(times)
 
 
-def bench_edits(runs: int, steps: int, repeats: int, durability: str = "run", real_tools: bool = False) -> None:
+def bench_edits(runs: int, steps: int, repeats: int, durability: str = "run", real_tools: bool = False,
+                prefill: int = 0) -> None:
     folder = Path(tempfile.mkdtemp())
     with_store, without = [], []
+    template = None
+    if prefill:  # a store that already holds ``prefill`` runs of the same agent (copied for each repeat)
+        template = folder / "prefilled.db"
+        rt = Runtime(store=SQLiteStore(str(template)), domain="coding")
+        for r in range(prefill):
+            _coding_run(rt, steps, r)
+        rt.close()
+        with sqlite3.connect(template) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     load0 = os.getloadavg()[0]
     for k in range(repeats):  # interleaved, so both sides see the same load
         without.append(_time_agent(None, runs, steps, real_tools=real_tools))
-        with_store.append(_time_agent(str(folder / f"edits{k}.db"), runs, steps, durability, real_tools))
+        db = folder / f"edits{k}.db"
+        if template is not None:
+            shutil.copyfile(template, db)
+        with_store.append(_time_agent(str(db), runs, steps, durability, real_tools))
     ratio = statistics.median(w[0] / o[0] for w, o in zip(with_store, without, strict=True))
     cpu_ratio = statistics.median(w[1] / o[1] for w, o in zip(with_store, without, strict=True))
     if real_tools:
@@ -260,7 +275,8 @@ def bench_edits(runs: int, steps: int, repeats: int, durability: str = "run", re
         return
     call_file = _side_effect_cost(str(folder / "calls.db"))
     call_none = _side_effect_cost(None)
-    print(f"edit-heavy coding agent ({runs} runs x {steps} steps, median of {repeats}, durability={durability}): "
+    held = f", the store already holding {prefill} runs" if prefill else ""
+    print(f"edit-heavy coding agent ({runs} runs x {steps} steps, median of {repeats}, durability={durability}{held}): "
           f"{statistics.median(w for w, _ in with_store) * 1000:.1f} ms/run with a file store vs "
           f"{statistics.median(w for w, _ in without) * 1000:.1f} ms/run without: ratio {ratio:.2f} wall, "
           f"{cpu_ratio:.2f} CPU ({statistics.median(c for _, c in with_store) * 1000:.1f} vs "
@@ -375,6 +391,7 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--durability", default=None, choices=["run", "batch"])
+    ap.add_argument("--prefill", type=int, default=0, help="edits: runs already in the store before timing")
     ap.add_argument("--real-tools", action="store_true", help="edits: tools that write and read files and run "
                     "a test subprocess every 10 steps")
     a = ap.parse_args()
@@ -385,7 +402,7 @@ def main() -> None:
             bench_kill(a.kills, d)
     if a.part in ("edits", "all"):
         for d in [a.durability] if a.durability else ["run", "batch"]:
-            bench_edits(a.runs or 50, 40 if a.steps == 20 else a.steps, a.repeats, d, a.real_tools)
+            bench_edits(a.runs or 50, 40 if a.steps == 20 else a.steps, a.repeats, d, a.real_tools, a.prefill)
     if a.part in ("rows", "all"):
         bench_rows()
     if a.part in ("ingest", "all"):
