@@ -2,7 +2,7 @@
 
     python bench/bench_store.py load      [--procs 4 --threads 8 --runs 200 --steps 20]
     python bench/bench_store.py kill      [--kills 10 --durability run|batch]
-    python bench/bench_store.py edits     [--runs 50 --steps 40 --repeats 5 --real-tools --prefill N]
+    python bench/bench_store.py edits     [--runs 50 --steps 40 --repeats 5 --real-tools --prefill N --stages]
     python bench/bench_store.py rows
     python bench/bench_store.py ingest    [--runs 2000 --steps 20]
     python bench/bench_store.py all       # everything at full size (a few minutes on 2 busy cores)
@@ -18,7 +18,9 @@
   added cost of one side-effecting tool call. ``--real-tools``: the same agent whose tools do
   their work (an edit writes the file into a temp folder, a read reads it, a test run is a
   subprocess every 10 steps): the ratio a user would see. ``--prefill N``: into a store that
-  already holds N runs (its indexes span many pages).
+  already holds N runs (its indexes span many pages). ``--stages``: CPU per run with stores that
+  stop at each stage (queued then dropped, rows built but not written, written by the run's end
+  without a writer thread, the store as it is): where the added time goes.
 - ``rows``: CPU per record of building the rows of one edit-heavy run, from the records' fields
   with one prefilter scan vs walking every string through the redactor.
 - ``ingest``: live events per second through the runtime into a file store with edits in the
@@ -286,6 +288,62 @@ def bench_edits(runs: int, steps: int, repeats: int, durability: str = "run", re
           f"{load0:.1f} -> {os.getloadavg()[0]:.1f}")
 
 
+class _NoThread:
+    def is_alive(self) -> bool:
+        return True
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+class _CallerWrites(SQLiteStore):
+    """No writer thread: everything queued is written by the flush at the run's end."""
+
+    def _start_writer(self) -> None:
+        self._thread = _NoThread()  # type: ignore[assignment]
+
+
+class _RowsOnly(_CallerWrites):
+    """Builds every row, writes none."""
+
+    def _commit(self, rows: Any) -> None:
+        pass
+
+
+class _QueueOnly(_CallerWrites):
+    """Queues every record, then forgets it."""
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        self._queue.items.clear()
+        return True
+
+
+def bench_edit_stages(runs: int, steps: int, repeats: int) -> None:
+    """CPU per run of the same agent with stores that stop at each stage: where the added time goes."""
+    folder = Path(tempfile.mkdtemp())
+    stages: list[tuple[str, Any]] = [
+        ("no store", None), ("records queued, then dropped", _QueueOnly), ("rows built, not written", _RowsOnly),
+        ("written by the run's end (no writer thread)", _CallerWrites), ("the store as it is", SQLiteStore)]
+    cpu: dict[str, list[float]] = {name: [] for name, _ in stages}
+    load0 = os.getloadavg()[0]
+    for k in range(repeats):
+        for i, (name, cls) in enumerate(stages):
+            rt = Runtime(store=cls(str(folder / f"stage{i}-{k}.db")) if cls else None, domain="coding")
+            _coding_run(rt, steps, -1)
+            if rt.store is not None:
+                rt.store.flush()
+            c0 = time.process_time()
+            for r in range(runs):
+                _coding_run(rt, steps, r)
+            cpu[name].append((time.process_time() - c0) / runs)
+            rt.close()
+    base = statistics.median(cpu["no store"])
+    parts = [f"{name} {statistics.median(v) * 1000:.2f} ms (+{(statistics.median(v) - base) * 1000:.2f})"
+             for name, v in cpu.items()]
+    print(f"edit-heavy agent, CPU per run of {steps} steps by stage (median of {repeats}): " + "; ".join(parts)
+          + f" (load average {load0:.1f} -> {os.getloadavg()[0]:.1f})")
+
+
 # ------------------------------------------------------------------------------------------ rows
 def bench_rows(repeats: int = 200) -> None:
     """CPU per record of building the rows of one edit-heavy run (what the writer does with the
@@ -392,6 +450,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--durability", default=None, choices=["run", "batch"])
     ap.add_argument("--prefill", type=int, default=0, help="edits: runs already in the store before timing")
+    ap.add_argument("--stages", action="store_true", help="edits: CPU per run with stores that stop at each stage")
     ap.add_argument("--real-tools", action="store_true", help="edits: tools that write and read files and run "
                     "a test subprocess every 10 steps")
     a = ap.parse_args()
@@ -400,6 +459,9 @@ def main() -> None:
     if a.part in ("kill", "all"):
         for d in [a.durability] if a.durability else ["run", "batch"]:
             bench_kill(a.kills, d)
+    if a.part == "edits" and a.stages:
+        bench_edit_stages(a.runs or 30, 40 if a.steps == 20 else a.steps, a.repeats)
+        return
     if a.part in ("edits", "all"):
         for d in [a.durability] if a.durability else ["run", "batch"]:
             bench_edits(a.runs or 50, 40 if a.steps == 20 else a.steps, a.repeats, d, a.real_tools, a.prefill)
