@@ -325,18 +325,28 @@ def bench_edit_stages(runs: int, steps: int, repeats: int) -> None:
         ("no store", None), ("records queued, then dropped", _QueueOnly), ("rows built, not written", _RowsOnly),
         ("written by the run's end (no writer thread)", _CallerWrites), ("the store as it is", SQLiteStore)]
     cpu: dict[str, list[float]] = {name: [] for name, _ in stages}
+
+    def measure(cls: Any, path: str, out: Any) -> None:
+        rt = Runtime(store=cls(path) if cls else None, domain="coding")
+        _coding_run(rt, steps, -1)
+        if rt.store is not None:
+            rt.store.flush()
+        c0 = time.process_time()
+        for r in range(runs):
+            _coding_run(rt, steps, r)
+        out.send((time.process_time() - c0) / runs)
+        rt.close()
+
     load0 = os.getloadavg()[0]
     for k in range(repeats):
         for i, (name, cls) in enumerate(stages):
-            rt = Runtime(store=cls(str(folder / f"stage{i}-{k}.db")) if cls else None, domain="coding")
-            _coding_run(rt, steps, -1)
-            if rt.store is not None:
-                rt.store.flush()
-            c0 = time.process_time()
-            for r in range(runs):
-                _coding_run(rt, steps, r)
-            cpu[name].append((time.process_time() - c0) / runs)
-            rt.close()
+            # each in a process of its own: a stage measured after another in the same process was
+            # slowed by what the earlier one left behind
+            recv, send = FORK.Pipe(duplex=False)
+            proc = FORK.Process(target=measure, args=(cls, str(folder / f"stage{i}-{k}.db"), send))
+            proc.start()
+            cpu[name].append(recv.recv())
+            proc.join()
     base = statistics.median(cpu["no store"])
     parts = [f"{name} {statistics.median(v) * 1000:.2f} ms (+{(statistics.median(v) - base) * 1000:.2f})"
              for name, v in cpu.items()]
