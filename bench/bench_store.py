@@ -2,7 +2,7 @@
 
     python bench/bench_store.py load      [--procs 4 --threads 8 --runs 200 --steps 20]
     python bench/bench_store.py kill      [--kills 10 --durability run|batch]
-    python bench/bench_store.py edits     [--runs 50 --steps 40 --repeats 5]
+    python bench/bench_store.py edits     [--runs 50 --steps 40 --repeats 5 --real-tools --prefill N --stages]
     python bench/bench_store.py rows
     python bench/bench_store.py ingest    [--runs 2000 --steps 20]
     python bench/bench_store.py all       # everything at full size (a few minutes on 2 busy cores)
@@ -15,7 +15,12 @@
   loss window (the age, at the kill, of the oldest record that did not reach the disk).
 - ``edits``: an edit-heavy coding agent (the coding domain; edits, reads and a test run) with a
   file store vs without a store: seconds per run and the ratio (median of ``repeats``), and the
-  added cost of one side-effecting tool call.
+  added cost of one side-effecting tool call. ``--real-tools``: the same agent whose tools do
+  their work (an edit writes the file into a temp folder, a read reads it, a test run is a
+  subprocess every 10 steps): the ratio a user would see. ``--prefill N``: into a store that
+  already holds N runs (its indexes span many pages). ``--stages``: CPU per run with stores that
+  stop at each stage (queued then dropped, rows built but not written, written by the run's end
+  without a writer thread, the store as it is): where the added time goes.
 - ``rows``: CPU per record of building the rows of one edit-heavy run, from the records' fields
   with one prefilter scan vs walking every string through the redactor.
 - ``ingest``: live events per second through the runtime into a file store with edits in the
@@ -30,9 +35,12 @@ import argparse
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -179,13 +187,44 @@ def _coding_run(rt: Runtime, steps: int, r: int) -> None:
     s.end("success")
 
 
-def _time_agent(store: str | None, runs: int, steps: int, durability: str = "run") -> tuple[float, float]:
+def _real_tools_run(rt: Runtime, steps: int, r: int, folder: Path) -> None:
+    """The same agent whose tools do their work: an edit writes the file, a read reads it, and
+    every tenth step runs the tests in a subprocess."""
+    s = rt.start_run(task="fix the failing test", framework="bench", domain="coding")
+    for i in range(steps):
+        path = folder / f"m{i % 5}.py"
+        if i % 10 == 9:
+            s.tool_start("bash", {"command": "pytest -q"}, tool_call_id=f"t{i}")
+            out = subprocess.run([sys.executable, "-c", "print('3 passed')"], capture_output=True, text=True)
+            s.tool_end("bash", out.stdout, return_code=out.returncode, tool_call_id=f"t{i}")
+        elif i % 3 == 0:
+            s.tool_start("read_file", {"path": str(path)}, tool_call_id=f"r{i}")
+            text = path.read_text() if path.exists() else ""
+            s.tool_end("read_file", text, tool_call_id=f"r{i}")
+        else:
+            s.tool_start("edit_file", {"path": str(path), "old": "return 1", "new": f"return {r}{i}"},
+                         tool_call_id=f"e{i}")
+            path.write_text("def f():\n    return 1\n" * 19 + f"def g():\n    return {r}{i}\n")
+            s.tool_end("edit_file", "edited", tool_call_id=f"e{i}")
+    s.end("success")
+
+
+def _time_agent(store: str | None, runs: int, steps: int, durability: str = "run",
+                real_tools: bool = False) -> tuple[float, float]:
     """Wall and CPU seconds (of the whole process: the agent's thread and the store's writer) per run."""
     rt = Runtime(store=SQLiteStore(store, durability=durability) if store else None, domain="coding")
-    _coding_run(rt, steps, -1)  # warm up (imports, caches)
+    work = Path(tempfile.mkdtemp())
+
+    def run(r: int) -> None:
+        if real_tools:
+            _real_tools_run(rt, steps, r, work)
+        else:
+            _coding_run(rt, steps, r)
+
+    run(-1)  # warm up (imports, caches)
     t0, c0 = time.perf_counter(), time.process_time()
     for r in range(runs):
-        _coding_run(rt, steps, r)
+        run(r)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     rt.close()
     return dt / runs, cpu / runs
@@ -205,18 +244,41 @@ def _side_effect_cost(store: str | None, n: int = 2000) -> float:
     return statistics.median(times)
 
 
-def bench_edits(runs: int, steps: int, repeats: int, durability: str = "run") -> None:
+def bench_edits(runs: int, steps: int, repeats: int, durability: str = "run", real_tools: bool = False,
+                prefill: int = 0) -> None:
     folder = Path(tempfile.mkdtemp())
     with_store, without = [], []
+    template = None
+    if prefill:  # a store that already holds ``prefill`` runs of the same agent (copied for each repeat)
+        template = folder / "prefilled.db"
+        rt = Runtime(store=SQLiteStore(str(template)), domain="coding")
+        for r in range(prefill):
+            _coding_run(rt, steps, r)
+        rt.close()
+        with sqlite3.connect(template) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     load0 = os.getloadavg()[0]
     for k in range(repeats):  # interleaved, so both sides see the same load
-        without.append(_time_agent(None, runs, steps))
-        with_store.append(_time_agent(str(folder / f"edits{k}.db"), runs, steps, durability))
+        without.append(_time_agent(None, runs, steps, real_tools=real_tools))
+        db = folder / f"edits{k}.db"
+        if template is not None:
+            shutil.copyfile(template, db)
+        with_store.append(_time_agent(str(db), runs, steps, durability, real_tools))
     ratio = statistics.median(w[0] / o[0] for w, o in zip(with_store, without, strict=True))
     cpu_ratio = statistics.median(w[1] / o[1] for w, o in zip(with_store, without, strict=True))
+    if real_tools:
+        print(f"edits --real-tools ({runs} runs x {steps} steps, median of {repeats}, durability={durability}; "
+              f"tools write and read files, a test subprocess every 10 steps): "
+              f"{statistics.median(w for w, _ in with_store) * 1000:.1f} ms/run with a file store vs "
+              f"{statistics.median(w for w, _ in without) * 1000:.1f} ms/run without: ratio {ratio:.2f} wall, "
+              f"{cpu_ratio:.2f} CPU of the process ({statistics.median(c for _, c in with_store) * 1000:.1f} vs "
+              f"{statistics.median(c for _, c in without) * 1000:.1f} ms CPU/run); load average "
+              f"{load0:.1f} -> {os.getloadavg()[0]:.1f}")
+        return
     call_file = _side_effect_cost(str(folder / "calls.db"))
     call_none = _side_effect_cost(None)
-    print(f"edit-heavy coding agent ({runs} runs x {steps} steps, median of {repeats}, durability={durability}): "
+    held = f", the store already holding {prefill} runs" if prefill else ""
+    print(f"edit-heavy coding agent ({runs} runs x {steps} steps, median of {repeats}, durability={durability}{held}): "
           f"{statistics.median(w for w, _ in with_store) * 1000:.1f} ms/run with a file store vs "
           f"{statistics.median(w for w, _ in without) * 1000:.1f} ms/run without: ratio {ratio:.2f} wall, "
           f"{cpu_ratio:.2f} CPU ({statistics.median(c for _, c in with_store) * 1000:.1f} vs "
@@ -224,6 +286,72 @@ def bench_edits(runs: int, steps: int, repeats: int, durability: str = "run") ->
           f"one side-effecting tool call (start+end) median {call_file * 1000:.3f} ms with the store vs "
           f"{call_none * 1000:.3f} ms without (+{(call_file - call_none) * 1000:.3f} ms); load average "
           f"{load0:.1f} -> {os.getloadavg()[0]:.1f}")
+
+
+class _NoThread:
+    def is_alive(self) -> bool:
+        return True
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+class _CallerWrites(SQLiteStore):
+    """No writer thread: everything queued is written by the flush at the run's end."""
+
+    def _start_writer(self) -> None:
+        self._thread = _NoThread()  # type: ignore[assignment]
+
+
+class _RowsOnly(_CallerWrites):
+    """Builds every row, writes none."""
+
+    def _commit(self, rows: Any) -> None:
+        pass
+
+
+class _QueueOnly(_CallerWrites):
+    """Queues every record, then forgets it."""
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        self._queue.items.clear()
+        return True
+
+
+def bench_edit_stages(runs: int, steps: int, repeats: int) -> None:
+    """CPU per run of the same agent with stores that stop at each stage: where the added time goes."""
+    folder = Path(tempfile.mkdtemp())
+    stages: list[tuple[str, Any]] = [
+        ("no store", None), ("records queued, then dropped", _QueueOnly), ("rows built, not written", _RowsOnly),
+        ("written by the run's end (no writer thread)", _CallerWrites), ("the store as it is", SQLiteStore)]
+    cpu: dict[str, list[float]] = {name: [] for name, _ in stages}
+
+    def measure(cls: Any, path: str, out: Any) -> None:
+        rt = Runtime(store=cls(path) if cls else None, domain="coding")
+        _coding_run(rt, steps, -1)
+        if rt.store is not None:
+            rt.store.flush()
+        c0 = time.process_time()
+        for r in range(runs):
+            _coding_run(rt, steps, r)
+        out.send((time.process_time() - c0) / runs)
+        rt.close()
+
+    load0 = os.getloadavg()[0]
+    for k in range(repeats):
+        for i, (name, cls) in enumerate(stages):
+            # each in a process of its own: a stage measured after another in the same process was
+            # slowed by what the earlier one left behind
+            recv, send = FORK.Pipe(duplex=False)
+            proc = FORK.Process(target=measure, args=(cls, str(folder / f"stage{i}-{k}.db"), send))
+            proc.start()
+            cpu[name].append(recv.recv())
+            proc.join()
+    base = statistics.median(cpu["no store"])
+    parts = [f"{name} {statistics.median(v) * 1000:.2f} ms (+{(statistics.median(v) - base) * 1000:.2f})"
+             for name, v in cpu.items()]
+    print(f"edit-heavy agent, CPU per run of {steps} steps by stage (median of {repeats}): " + "; ".join(parts)
+          + f" (load average {load0:.1f} -> {os.getloadavg()[0]:.1f})")
 
 
 # ------------------------------------------------------------------------------------------ rows
@@ -331,15 +459,22 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--durability", default=None, choices=["run", "batch"])
+    ap.add_argument("--prefill", type=int, default=0, help="edits: runs already in the store before timing")
+    ap.add_argument("--stages", action="store_true", help="edits: CPU per run with stores that stop at each stage")
+    ap.add_argument("--real-tools", action="store_true", help="edits: tools that write and read files and run "
+                    "a test subprocess every 10 steps")
     a = ap.parse_args()
     if a.part in ("load", "all"):
         bench_load(a.procs, a.threads, a.runs or 200, a.steps)
     if a.part in ("kill", "all"):
         for d in [a.durability] if a.durability else ["run", "batch"]:
             bench_kill(a.kills, d)
+    if a.part == "edits" and a.stages:
+        bench_edit_stages(a.runs or 30, 40 if a.steps == 20 else a.steps, a.repeats)
+        return
     if a.part in ("edits", "all"):
         for d in [a.durability] if a.durability else ["run", "batch"]:
-            bench_edits(a.runs or 50, 40 if a.steps == 20 else a.steps, a.repeats, d)
+            bench_edits(a.runs or 50, 40 if a.steps == 20 else a.steps, a.repeats, d, a.real_tools, a.prefill)
     if a.part in ("rows", "all"):
         bench_rows()
     if a.part in ("ingest", "all"):

@@ -599,3 +599,46 @@ def test_a_handoff_is_one_delegate_step_even_through_a_handoff_tool():
     assert steps[0].arguments == {"reason": "writing"} and steps[-1].arguments == {"task": "review"}
     assert s.state.action_counts["DELEGATE"] == 3 and s.state.action_counts["OTHER"] == 0
     rt.close()
+
+
+def test_keys_stored_in_the_older_form_still_stop_a_repeat_on_resume(tmp_path):
+    """A run whose idempotency keys were stored as the call's hash alone (32 digits, before keys
+    began with the run's own digits) is resumed by a new runtime: the call is not repeated, and a
+    rollback still forgets it."""
+    import hashlib
+    import json
+
+    from immunity.runtime import idempotency_key
+
+    db = str(tmp_path / "old-keys.db")
+    billing = Domain(name="billing", rules=[Rule(tool="refund", action="EDIT", side_effect=True)])
+
+    class P:
+        @hookimpl
+        def immunity_register_domains(self, register):
+            register("billing", billing)
+
+    rt = Runtime(store=db, plugins=[P()], domain="billing")
+    s = rt.start_run(run_id="old-run")
+    s.tool_start("lookup", {"id": 1}, tool_call_id="l1")
+    s.tool_end("lookup", "found", tool_call_id="l1")
+    rt.close()
+    from immunity.store import SQLiteStore
+
+    store = SQLiteStore(db)
+    for args in ({"order": 1}, {"call_id": "call-1"}):
+        old = hashlib.sha256(json.dumps(["old-run", "refund", args], sort_keys=True).encode()).hexdigest()[:32]
+        assert old != idempotency_key("old-run", "refund", args)
+        store.save("idempotency", {"key": old, "run_id": "old-run", "tool": "refund", "result": "refunded",
+                                   "ts": 1.0})
+    store.close()
+
+    rt2 = Runtime(store=db, plugins=[P()], domain="billing")
+    s2 = rt2.start_run(run_id="old-run")
+    assert s2.tool_start("refund", {"order": 1}, tool_call_id="call-1").cached_result == "refunded"
+    assert s2.tool_start("refund", {"order": 1}, tool_call_id="call-2").cached_result is None  # a new call
+    old_call = hashlib.sha256(json.dumps(["old-run", "refund", {"call_id": "call-1"}],
+                                         sort_keys=True).encode()).hexdigest()[:32]
+    rt2.forget_result(old_call)  # what a rollback does with the key a resumed step carries
+    assert rt2.idempotent_result(idempotency_key("old-run", "refund", {"call_id": "call-1"}), "old-run") is None
+    rt2.close()

@@ -226,3 +226,20 @@ def test_a_model_in_another_table_keeps_that_table_s_layout() -> None:
     row = _fast_row("plugin_events", ev, red, False)
     assert row is None or row == _slow("plugin_events", ev, red)
     assert _fast_row("plugin_steps", Step(run_id="r"), red, False) is None
+
+
+def test_a_record_queued_twice_in_one_batch_is_written_once_at_its_last_place(tmp_path):
+    from immunity.models import Outcome, Verdict
+    from immunity.store import _latest
+
+    run, ev = Run(task="t"), Event(kind=EventKind.RUN_START)
+    verdict = Verdict(ok=False, run_id=run.run_id, step=0, plugin="p")
+    batch = [("runs", run, None), ("events", ev, 1), ("events", ev, 2), ("verdicts", verdict, None),
+             ("verdicts", verdict, None), ("runs", run, None)]
+    assert _latest(batch) == batch[1:]  # events and rows without a key of their own are all kept
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    store.save("runs", run)
+    run.outcome, run.ended_at = Outcome.SUCCESS, run.started_at + 1
+    store.save("runs", run)
+    assert [(r.run_id, r.outcome) for r in store.runs()] == [(run.run_id, Outcome.SUCCESS)]
+    store.close()

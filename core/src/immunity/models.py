@@ -31,6 +31,7 @@ __all__ = [
     "Severity",
     "Step",
     "Verdict",
+    "new_event_id",
     "new_id",
 ]
 
@@ -51,6 +52,13 @@ def new_id(prefix: str = "") -> str:
     seeded from the OS once per process (and again after a fork), so making one costs no system
     call: ids are made for every event."""
     return f"{prefix}{_rng.getrandbits(64):016x}"
+
+
+def new_event_id() -> str:
+    """An event's id: the time in milliseconds, then 48 random bits (``ev_`` + 23 hex digits).
+    Ordered by time, so the store's primary-key index on event ids grows at its end: a random id
+    lands on a random page of that index, and each commit rewrites one page per event."""
+    return f"ev_{int(time.time() * 1000):011x}{_rng.getrandbits(48):012x}"
 
 
 def now() -> float:
@@ -158,7 +166,7 @@ class Event(_Model):
 
     kind: EventKind
     run_id: str = ""
-    event_id: str = Field(default_factory=lambda: new_id("ev_"))
+    event_id: str = Field(default_factory=new_event_id)
     ts: float = Field(default_factory=now)
     agent: str | None = None
     node: str | None = None

@@ -9,6 +9,7 @@ and on the run (``run.metadata["plugin_errors"]``), and the agent goes on. With
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import threading
 import time
@@ -88,12 +89,24 @@ def _clip(text: Any, limit: int = STORE_TEXT_LIMIT) -> Any:
 
 
 def idempotency_key(run_id: str, tool: str | None, arguments: Any) -> str:
-    """The idempotency key of a side-effecting call: the run, the tool and its exact arguments."""
+    """The idempotency key of a side-effecting call: the run, the tool and its exact arguments.
+
+    32 hex digits: 8 of the run (:func:`_run_key_prefix`), then 24 of the call, so a run's keys
+    sit together in the store's index on keys (a key that is all hash lands on a random page of
+    that index, and every commit rewrites one page per key). Keys stored before had 32 digits of
+    the call alone; :meth:`Runtime._load_idempotency` reads them back in this form too."""
     import hashlib
     import json
 
     blob = json.dumps([run_id, tool, arguments], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return _run_key_prefix(run_id) + hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=1024)
+def _run_key_prefix(run_id: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 class RunSession:
@@ -921,15 +934,19 @@ class Runtime:
                     loaded = dict(store.idempotency_results(run_id))
             except Exception as exc:  # fail open: a store that cannot be read repeats nothing it knows of
                 log.warning("idempotency lookup for run %s failed: %s", run_id, exc)
+        prefix = _run_key_prefix(run_id)
         with self._lock:
             known = self._idem.setdefault(run_id, {})
             for k, v in loaded.items():
                 known.setdefault(k, v)
+                if len(k) == 32:  # a key in the older form (the call's hash alone): also in today's form
+                    known.setdefault(prefix + k[:24], v)
         return known
 
     def forget_result(self, key: str) -> None:
-        for known in list(self._idem.values()):
+        for rid, known in list(self._idem.items()):
             known.pop(key, None)
+            known.pop(_run_key_prefix(rid) + key[:24], None)  # its form read back from an older key
         self._save("idempotency", {"key": key, "run_id": None, "tool": None, "result": None, "ts": now()})
 
     def compensate_with(self, tool: str, fn: Any) -> None:

@@ -474,6 +474,32 @@ def sanitise(value: Any) -> Any:
     return sanitise(str(value))
 
 
+_KEYED_BY_RECORD = frozenset({"runs", "steps", "interventions", "recoveries", "checkpoints", "patterns"})
+
+
+def _latest(items: list[tuple[str, Any, int | None]]) -> list[tuple[str, Any, int | None]]:
+    """A batch with each record object that was queued more than once (a run saved at its start
+    and again at its end, a step saved again when relabelled) kept at its last place only: a row is
+    built from the object as it is when written, so the earlier places would write the same row
+    again. Only tables whose rows are keyed by the record's own id (the row replaces the earlier
+    one); events are always kept (each has its own sequence number)."""
+    seen: set[int] = set()
+    out = []
+    dup = False
+    for item in reversed(items):
+        if item[0] in _KEYED_BY_RECORD:
+            key = id(item[1])
+            if key in seen:
+                dup = True
+                continue
+            seen.add(key)
+        out.append(item)
+    if not dup:
+        return items
+    out.reverse()
+    return out
+
+
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -905,7 +931,7 @@ class SQLiteStore(StoreReads):
         On the writer thread (``background``) the interpreter lock is offered back every
         ``YIELD_S`` of row building: an agent thread waiting for it (e.g. back from a vector search
         that released it) waits about that long instead of Python's 5 ms switch interval."""
-        items = self._queue.take(n)
+        items = _latest(self._queue.take(n))
         if background:
             rows = []
             clock = time.perf_counter
