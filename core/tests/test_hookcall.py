@@ -586,7 +586,7 @@ def test_with_tracing_a_call_with_nothing_to_call_still_goes_to_pluggy(monkeypat
     with caplog.at_level("INFO", logger="immunity.trace"):
         rt.pm.call("immunity_observe_step", step=None, run=run, state=None, session=None)
     assert "immunity_observe_step" in " ".join(r.getMessage() for r in caplog.records)
-    assert all(not skip for _, skip in rt.pm._callers.values())  # monitored: nothing is skipped
+    assert all(not skip and direct is None for _, skip, direct in rt.pm._callers.values())  # monitored: all via pluggy
     rt.close()
 
 
@@ -609,7 +609,7 @@ def test_skipped_empty_calls_give_the_empty_result():
     pm.add_hookspecs(Specs)
     assert pm.call("immunity_test_broadcast", event=None) == []
     assert pm.call("immunity_test_decide", event=None) is None
-    assert pm._callers[("immunity_test_broadcast", None, None)][1] is True  # skipped, not called
+    assert pm._callers[("immunity_test_broadcast", None, None, frozenset())][1] is True  # skipped, not called
 
     class Impl:
         @hookimpl
