@@ -586,7 +586,7 @@ def test_with_tracing_a_call_with_nothing_to_call_still_goes_to_pluggy(monkeypat
     with caplog.at_level("INFO", logger="immunity.trace"):
         rt.pm.call("immunity_observe_step", step=None, run=run, state=None, session=None)
     assert "immunity_observe_step" in " ".join(r.getMessage() for r in caplog.records)
-    assert all(not skip for _, skip in rt.pm._callers.values())  # monitored: nothing is skipped
+    assert all(not skip and direct is None for _, skip, direct in rt.pm._callers.values())  # monitored: all via pluggy
     rt.close()
 
 
@@ -609,7 +609,7 @@ def test_skipped_empty_calls_give_the_empty_result():
     pm.add_hookspecs(Specs)
     assert pm.call("immunity_test_broadcast", event=None) == []
     assert pm.call("immunity_test_decide", event=None) is None
-    assert pm._callers[("immunity_test_broadcast", None, None)][1] is True  # skipped, not called
+    assert pm._callers[("immunity_test_broadcast", None, None, frozenset())][1] is True  # skipped, not called
 
     class Impl:
         @hookimpl
@@ -618,3 +618,137 @@ def test_skipped_empty_calls_give_the_empty_result():
 
     pm.register(Impl())  # registering clears the cache: the new implementation is called
     assert pm.call("immunity_test_decide", event=None) == "decided"
+
+
+# ------------------------------------------------------------------ built-ins called directly
+
+def _direct(rt: Runtime, hook: str) -> list:
+    """The cached entries of ``hook`` that call built-ins directly (not through pluggy)."""
+    return [d for (h, *_), (_, _, d) in rt.pm._callers.items() if h == hook and d is not None]
+
+
+def test_with_only_builtins_per_event_hooks_are_called_directly_and_decide_the_same(monkeypatch):
+    monkeypatch.setenv("IMMUNITY_DISABLE_PLUGIN_AUTOLOAD", "1")
+    rt = Runtime(store=":memory:")
+    run = FakeRun(rt)
+    for _ in range(4):
+        d = run.tool("search", {"q": 1}, result="same")
+    # the fourth identical call is blocked by the rules verifier through the default policy
+    assert d.block and any(v.error_class == "loop" for v in d.verdicts)
+    assert _direct(rt, "immunity_verify") and _direct(rt, "immunity_intervene")
+    rt.close()
+
+
+def test_a_third_party_implementation_still_gets_every_event_it_asks_for(monkeypatch):
+    monkeypatch.setenv("IMMUNITY_DISABLE_PLUGIN_AUTOLOAD", "1")
+    seen: list[str] = []
+
+    class Watcher:
+        @hookimpl
+        def immunity_verify(self, event):
+            seen.append(event.kind)
+
+        @hookimpl
+        def immunity_observe(self, event):
+            seen.append("observe:" + event.kind)
+
+    rt = Runtime(store=None)
+    FakeRun(rt).tool("search", {"q": 1})  # the cache holds direct calls for the built-ins
+    assert _direct(rt, "immunity_verify")
+    watcher = Watcher()
+    rt.pm.register(watcher)  # registering clears the cache: the next calls go through pluggy
+    FakeRun(rt).tool("search", {"q": 2})
+    assert seen == ["observe:run_start", "observe:tool_start", "tool_start", "observe:tool_end", "tool_end"]
+    assert not _direct(rt, "immunity_verify")
+    rt.pm.unregister(watcher)
+    rt.close()
+
+
+def test_a_wrapper_and_tracing_still_see_the_builtin_calls(monkeypatch, caplog):
+    monkeypatch.setenv("IMMUNITY_DISABLE_PLUGIN_AUTOLOAD", "1")
+    wrapped: list[str] = []
+
+    class Wrap:
+        @hookimpl(wrapper=True)
+        def immunity_recover(self, event):
+            res = yield
+            wrapped.append(type(res).__name__)
+            return res
+
+    rt = Runtime(store=None, plugins=[Wrap()])
+    FakeRun(rt).tool("search", {"q": 1}, error="boom")
+    assert wrapped == ["Recovery"]  # the built-in's retry, seen by the wrapper
+    assert not _direct(rt, "immunity_recover")
+    rt.close()
+
+    monkeypatch.setenv("IMMUNITY_TRACE_PLUGINS", "1")
+    rt = Runtime(store=None)
+    with caplog.at_level("INFO", logger="immunity.trace"):
+        FakeRun(rt).tool("search", {"q": 1})
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "immunity_verify" in text and "immunity_map_action" in text
+    assert not any(d is not None for _, _, d in rt.pm._callers.values())
+    rt.close()
+
+
+def test_a_builtin_error_on_the_direct_path_is_isolated_and_recorded(monkeypatch):
+    from immunity.defaults import rules
+
+    monkeypatch.setenv("IMMUNITY_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+    def broken(self, event, step, run, state):
+        raise RuntimeError("rules broke")
+
+    monkeypatch.setattr(rules.RulesVerifier, "verify", broken)
+    rt = Runtime(store=":memory:")
+    run = FakeRun(rt)
+    d = run.tool("search", {"q": 1})
+    assert d.ok and _direct(rt, "immunity_verify")
+    assert any("rules broke" in e["error"] for e in _errors(rt, run.run.run_id))
+    rt.close()
+
+
+def test_a_plugin_switched_off_for_a_runtime_gets_no_per_event_calls(monkeypatch):
+    monkeypatch.setenv("IMMUNITY_DISABLE_PLUGIN_AUTOLOAD", "1")
+    seen: list[str] = []
+    configured: list[bool] = []
+
+    class Optional:
+        def __init__(self):
+            self.immunity_active = lambda config: bool(config.options.get("my_plugin"))
+
+        @hookimpl
+        def immunity_configure(self, config):
+            configured.append(True)
+
+        @hookimpl
+        def immunity_observe(self, event):
+            seen.append(event.kind)
+
+    off = Runtime(store=None, plugins=[Optional()])
+    FakeRun(off).tool("search", {"q": 1})
+    assert off.inactive and seen == [] and configured == [True]  # lifecycle hooks still called
+    assert _direct(off, "immunity_verify")  # only built-ins remain: the direct path
+    off.close()
+    on = Runtime(store=None, plugins=[Optional()], my_plugin=True)
+    FakeRun(on).tool("search", {"q": 1})
+    assert not on.inactive and seen == ["run_start", "tool_start", "tool_end"]
+    on.close()
+
+
+def test_an_immunity_active_that_raises_counts_as_active(monkeypatch):
+    monkeypatch.setenv("IMMUNITY_DISABLE_PLUGIN_AUTOLOAD", "1")
+    seen: list[str] = []
+
+    class Unsure:
+        def immunity_active(self, config):
+            raise ValueError("cannot tell")
+
+        @hookimpl
+        def immunity_observe(self, event):
+            seen.append(event.kind)
+
+    rt = Runtime(store=None, plugins=[Unsure()])
+    FakeRun(rt).tool("search", {"q": 1})
+    assert not rt.inactive and "tool_start" in seen
+    rt.close()

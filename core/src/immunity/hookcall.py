@@ -95,6 +95,8 @@ class CallPolicy:
     tag_results = False
     #: seconds a per-event call may take before :meth:`charge` hears of it (0: every call)
     budget = 0.0
+    #: plugins whose per-event hooks are not called under this policy (switched off for the runtime)
+    inactive: frozenset[str] = frozenset()
 
     def __init__(self, pm: Any = None, *, timeout: float = 10.0):
         self.pm = pm

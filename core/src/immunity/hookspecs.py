@@ -31,6 +31,11 @@ Conventions (the same as pytest's and llm's):
   none, skips it). An implementation that declares nothing gets every call. The implementations
   called per (hook, kind, domain) are worked out once (pluggy's ``subset_hook_caller``), so a
   declaration saves the call, not just the work inside it; wrappers and tracing see what is called.
+  A plugin switched off by its configuration may say so with ``immunity_active(config) -> bool``
+  on the plugin object: a runtime asks once, after ``immunity_configure``, and leaves a plugin
+  that answers no out of its per-event hook calls (one whose check raises counts as active).
+  When only core's built-ins remain for a per-event call (no wrapper, no other plugin, no
+  tracing), they are called directly in pluggy's order, through the same guards.
 - Decision hooks (intervene, recover, map_action) stop at the first non-``None`` result. Core's own
   defaults are ``trylast``, so an installed plugin wins.
 - Order per event (guaranteed): ``immunity_observe`` -> ``immunity_observe_step`` (when the event

@@ -28,7 +28,15 @@ import pluggy
 
 from immunity import hookspecs
 from immunity.errors import PluginCollisionError, PluginError
-from immunity.hookcall import CallPolicy, current_plugin, current_policy, guard, runs_inline, with_policy
+from immunity.hookcall import (
+    PER_EVENT_HOOKS,
+    CallPolicy,
+    current_plugin,
+    current_policy,
+    guard,
+    runs_inline,
+    with_policy,
+)
 
 log = logging.getLogger("immunity.plugins")
 trace_log = logging.getLogger("immunity.trace")
@@ -101,9 +109,11 @@ class PluginManager(pluggy.PluginManager):
         self._registries: dict[str, dict[str, tuple[str, Any]]] = {}
         #: what a hook call does when no runtime gave it a policy (registries, the CLI)
         self.default_policy = CallPolicy(self)
-        #: (hook, event kind, domain) -> (the hook caller that reaches the implementations concerned,
-        #: whether the call can be skipped: nothing to call and no call monitoring)
-        self._callers: dict[tuple[str, Any, Any], tuple[Any, bool]] = {}
+        #: (hook, event kind, domain, inactive plugins) -> (the hook caller that reaches the
+        #: implementations concerned, whether the call can be skipped: nothing to call and no call
+        #: monitoring, the built-ins to call directly (firstresult, ((guard, argument names), ...))
+        #: when only built-ins remain, else ``None``)
+        self._callers: dict[tuple[str, Any, Any, frozenset[str]], tuple[Any, bool, Any]] = {}
         self._monitored = False
 
     # -- calling hooks ---------------------------------------------------------------------------
@@ -115,37 +125,62 @@ class PluginManager(pluggy.PluginManager):
         A call that passes an ``event`` reaches only the implementations whose declared
         ``immunity_kinds`` include the event's kind, and one that passes a ``run`` only those whose
         declared ``immunity_domains`` include the run's domain (see :func:`declared`); an
-        implementation that declares neither gets every call."""
+        implementation that declares neither gets every call. A per-event hook skips the plugins
+        the policy names ``inactive`` (those whose ``immunity_active(config)`` said no).
+
+        When only core's built-ins remain for a per-event call (no wrapper, no third-party
+        implementation, no call monitoring such as ``IMMUNITY_TRACE_PLUGINS``), they are called
+        directly in pluggy's order, through the same guards: the result is the one pluggy gives."""
         event, run = kwargs.get("event"), kwargs.get("run")
+        inactive = _NONE if policy is None else policy.inactive
         key = (hook_name, None if event is None else getattr(event, "kind", None),
-               None if run is None else getattr(run, "domain", None) or "")
+               None if run is None else getattr(run, "domain", None) or "", inactive)
         entry = self._callers.get(key)
         if entry is None:
             self.caller_for(*key)
             entry = self._callers[key]
-        caller, nothing = entry
+        caller, nothing, direct = entry
         if nothing:  # no implementation to call and no one monitoring calls: what pluggy would return
             return None if caller.spec is not None and caller.spec.opts.get("firstresult") else []
+        if direct is not None:
+            try:
+                calls = [(fn, [kwargs[a] for a in names]) for fn, names in direct[1]]
+            except KeyError:  # a missing argument: pluggy's own call reports it
+                calls = None
+            if calls is not None:
+                if policy is None or current_policy() is policy:
+                    return _call_direct(direct[0], calls)
+                return with_policy(policy, lambda: _call_direct(direct[0], calls))
         if policy is None or current_policy() is policy:
             return caller(**kwargs)
         return with_policy(policy, lambda: caller(**kwargs))
 
-    def caller_for(self, hook_name: str, kind: str | None, domain: str | None) -> Any:
+    def caller_for(self, hook_name: str, kind: str | None, domain: str | None,
+                   inactive: frozenset[str] = frozenset()) -> Any:
         """The hook caller of ``hook_name`` for an event of ``kind`` in a run of ``domain`` (``None``:
         the call has no event / no run, so that declaration does not apply; ``""``: a run with no
         domain): pluggy's own caller, or a subset of it (:meth:`pluggy.PluginManager.subset_hook_caller`)
-        without the implementations that declared other kinds or domains. Cached until a plugin is
-        registered or unregistered."""
-        key = (hook_name, kind, domain)
+        without the implementations that declared other kinds or domains, nor (per-event hooks)
+        those of the ``inactive`` plugins. Cached until a plugin is registered or unregistered."""
+        key = (hook_name, kind, domain, inactive)
         entry = self._callers.get(key)
         if entry is None:
             orig = getattr(self.hook, hook_name)
             impls = orig.get_hookimpls()
-            drop = [impl.plugin for impl in impls if not _accepts(impl.function, kind, domain)]
+            per_event = hook_name in PER_EVENT_HOOKS
+            drop = [impl.plugin for impl in impls if not _accepts(impl.function, kind, domain)
+                    or (per_event and impl.plugin_name in inactive)]
             caller = self.subset_hook_caller(hook_name, drop) if drop else orig
+            kept = [impl for impl in impls if impl.plugin not in drop]
+            direct = None
+            if per_event and kept and not self._monitored and all(
+                    self.is_builtin(impl.plugin_name) and not (impl.wrapper or impl.hookwrapper) for impl in kept):
+                firstresult = bool(caller.spec is not None and caller.spec.opts.get("firstresult"))
+                # pluggy calls the last registered (tryfirst last in the list) first
+                direct = (firstresult, tuple((impl.function, tuple(impl.argnames)) for impl in reversed(kept)))
             if len(self._callers) > 4096:  # unbounded domain names: keep memory bounded
                 self._callers.clear()
-            entry = self._callers[key] = (caller, len(drop) == len(impls) and not self._monitored)
+            entry = self._callers[key] = (caller, len(drop) == len(impls) and not self._monitored, direct)
         return entry[0]
 
     def add_hookcall_monitoring(self, before: Any, after: Any) -> Any:
@@ -267,6 +302,45 @@ def declared(plugin: Any, function: Any, attr: str) -> frozenset[str] | None:
     if isinstance(value, str):
         value = [value]
     return frozenset(str(getattr(v, "value", v)) for v in value)
+
+
+_NONE: frozenset[str] = frozenset()
+
+
+def _call_direct(firstresult: bool, calls: list[tuple[Any, list[Any]]]) -> Any:
+    """pluggy's ``_multicall`` for guarded built-ins only (no wrappers): each guard isolates its
+    implementation, so nothing here can raise but what the guard lets through (fail-closed,
+    Ctrl-C), exactly as through pluggy."""
+    if firstresult:
+        for fn, args in calls:
+            res = fn(*args)
+            if res is not None:
+                return res
+        return None
+    results = []
+    for fn, args in calls:
+        res = fn(*args)
+        if res is not None:
+            results.append(res)
+    return results
+
+
+def active_plugins_filter(pm: PluginManager, config: Any) -> frozenset[str]:
+    """The plugins that are switched off for ``config``: those with an ``immunity_active`` callable
+    (on the plugin object) that returns false for it. Their per-event hooks are not called in a
+    runtime with this configuration; one whose ``immunity_active`` raises counts as active."""
+    off = []
+    for name, plugin in pm.list_name_plugin():
+        check = getattr(plugin, "immunity_active", None)
+        if name is None or not callable(check):
+            continue
+        try:
+            if not check(config):
+                off.append(name)
+        except Exception as exc:  # fail open: a plugin that cannot say is called
+            log.warning("plugin %s: immunity_active failed (%s: %s); its hooks are called", name,
+                        type(exc).__name__, exc)
+    return frozenset(off)
 
 
 def _accepts(function: Any, kind: str | None, domain: str | None) -> bool:

@@ -38,7 +38,7 @@ from immunity.models import (
     Verdict,
     now,
 )
-from immunity.plugins import PluginManager, build, get_plugin_manager
+from immunity.plugins import PluginManager, active_plugins_filter, build, get_plugin_manager
 from immunity.state import RunState
 
 log = logging.getLogger("immunity")
@@ -604,6 +604,7 @@ class HookPolicy(CallPolicy):
         super().__init__(runtime.pm, timeout=_seconds(runtime.config.hook_timeout_ms, 10.0))
         self.runtime, self.session = runtime, session
         self.budget = _seconds(runtime.config.step_budget_ms, 0.0)
+        self.inactive = runtime.inactive
 
     def skipped(self, plugin: str) -> bool:
         return plugin in self.runtime.skipped
@@ -711,10 +712,14 @@ class Runtime:
         self.overruns: dict[str, int] = {}
         #: errors of hook calls outside any run (configure, unconfigure, registrations)
         self.errors: list[dict[str, Any]] = []
+        #: plugins switched off for this configuration (``immunity_active(config)`` said no):
+        #: their per-event hooks are not called by this runtime
+        self.inactive: frozenset[str] = frozenset()
         self._policy = HookPolicy(self)
         self.store = self._open_store(store)
         self.redactor = self._redaction_stage()
         self.pm.call("immunity_configure", self._policy, config=self.config)
+        self.inactive = self._policy.inactive = active_plugins_filter(self.pm, self.config)
         self._check_selector()
         _LIVE.add(self)
 

@@ -713,9 +713,9 @@ class SQLiteStore(StoreReads):
     """The default store. ``SQLiteStore(":memory:")`` for tests; a path for real use.
 
     :param background: write on a background thread (the default); ``False`` writes in the caller.
-    :param durability: ``"run"`` (default): saving a run that has ended waits until everything
-        queued before it is committed, so a run's end is on disk when ``end`` returns; ``"batch"``:
-        nothing waits. See ``docs/store.md`` for the measured loss window on ``kill -9``.
+    :param durability: ``"run"`` (the default for a file): saving a run that has ended waits until
+        everything queued before it is committed, so a run's end is on disk when ``end`` returns;
+        ``"batch"`` (the default for ``:memory:``, which has no disk to wait for): nothing waits. See ``docs/store.md`` for the measured loss window on ``kill -9``.
     :param max_queue: records the queue holds; a producer that finds it full waits up to
         ``block_ms``, then the record (and every later one until the writer has caught up) goes to a
         spill file next to the database, which the writer reads back in order. Nothing is dropped.
@@ -728,8 +728,10 @@ class SQLiteStore(StoreReads):
     CHUNK = 500
 
     def __init__(self, path: str = "immunity.db", *, background: bool = True, busy_timeout_ms: int = 5000,
-                 linger_ms: float = 5.0, durability: str = "run", max_queue: int = 10_000, block_ms: float = 50.0,
+                 linger_ms: float = 5.0, durability: str | None = None, max_queue: int = 10_000, block_ms: float = 50.0,
                  read_only: bool = False):
+        if durability is None:
+            durability = "batch" if path == ":memory:" else "run"
         if durability not in DURABILITY:
             raise StoreError(f"durability must be one of {DURABILITY}, not {durability!r}")
         self.path = path

@@ -95,6 +95,7 @@ def test_not_on_the_path_unless_switched_on(make_runtime: Any) -> None:
     s = _run(rt, ("delete_table", {"table": "users"}, "dropped"))
     s.final_answer("done")
     assert ep.calls == 0 and "llm_verifier" not in s.run.metadata
+    assert "llm_verifier" in rt.inactive  # its per-event hooks are not called at all
 
 
 def test_pre_execution_check_blocks_a_side_effecting_call(make_runtime: Any) -> None:

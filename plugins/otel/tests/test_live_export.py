@@ -140,6 +140,10 @@ def test_switched_off_by_default_and_fails_open(memory_provider):
 
     rt = Runtime(store=":memory:")
     assert exporter_for(rt.config) is None
+    assert "otel" in rt.inactive  # switched off: no per-event hook of it is called (its wrappers neither)
+    rt.close()
+    rt = Runtime(store=":memory:", otel={"tracer_provider": memory_provider[0]})
+    assert "otel" not in rt.inactive
     rt.close()
 
     class Broken:

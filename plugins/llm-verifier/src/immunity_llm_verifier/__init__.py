@@ -72,6 +72,10 @@ def switched_on(config: Any) -> bool:
     return "llm" in (getattr(config, "verifiers", None) or [])
 
 
+#: Core calls this plugin's per-event hooks only in runtimes that switched the verifier on.
+immunity_active = switched_on
+
+
 def verifier_for(runtime: Any) -> LLMVerifier | VerifierConfigError:
     """The runtime's verifier, built on first use from ``config.options["llm_verifier"]``."""
     with _lock:

@@ -44,6 +44,11 @@ def _options(config: Any) -> dict[str, Any] | None:
     return dict(raw) if isinstance(raw, dict) else {}
 
 
+def immunity_active(config: Any) -> bool:
+    """Whether this runtime exports (core calls no per-event hook of this plugin otherwise)."""
+    return _options(config) is not None
+
+
 def exporter_for(config: Any) -> Any:
     """The exporter of the runtime with this configuration (``None`` when switched off)."""
     return _EXPORTERS.get(id(config))
