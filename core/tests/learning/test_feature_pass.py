@@ -18,6 +18,7 @@ from immunity.learning.data import (
     _collect_runtime,
     _Feeder,
     collect,
+    collect_by_domain,
     feature_pass,
     make_runtime,
     read_runs,
@@ -197,3 +198,23 @@ def test_a_record_whose_steps_cannot_be_mapped_is_reported_and_left_out(trace_fi
     got, _ = collect(deferred, on_problem=problems.append)
     assert len(got) == len(deferred) - 1 and deferred[0].run.run_id not in {r.run_id for r in got}
     assert len(problems) == 1 and "cannot map its steps: ValueError: no such thing" in problems[0]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_one_pass_over_several_domains_gives_each_domain_its_own_collect(trace_files: list[str], jobs: int) -> None:
+    """``learn`` collects every domain's features in one pass: each domain gets what ``collect``
+    gives for its runs alone (features, signature and task vectors)."""
+    together = collect_by_domain(read_runs(trace_files, mapping=False), jobs=jobs)
+    assert len(together) == 2
+    for domain, (runs, (embedder, spec, mode)) in together.items():
+        alone, (embedder2, spec2, mode2) = collect(
+            [it for it in read_runs(trace_files, mapping=False) if it.run.domain == domain], domain=domain, jobs=1)
+        assert (spec, mode, embedder.name) == (spec2, mode2, embedder2.name)
+        assert [r.run_id for r in runs] == [r.run_id for r in alone] and runs
+        for a, b in zip(runs, alone, strict=True):
+            assert (a.actions, a.tools, a.failure_step, a.outcome, a.extra) == (b.actions, b.tools, b.failure_step,
+                                                                               b.outcome, b.extra)
+            np.testing.assert_array_equal(a.numeric, b.numeric)
+            np.testing.assert_array_equal(a.signals, b.signals)
+            np.testing.assert_array_equal(a.sig_vecs, b.sig_vecs)
+            np.testing.assert_array_equal(a.task_vec, b.task_vec)

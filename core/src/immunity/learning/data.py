@@ -298,6 +298,7 @@ class _Collected:
     agent: str | None
     task_vec: np.ndarray | None = None
     task_embedded: bool = False
+    domain: str | None = None
 
 
 def _collected(item: Any, views: list[Any], steps: Any, split: str) -> _Collected:
@@ -309,7 +310,7 @@ def _collected(item: Any, views: list[Any], steps: Any, split: str) -> _Collecte
         signals=np.asarray([[v.signals[s] for s in SIGNAL_NAMES] for v in views], float).reshape(n, len(SIGNAL_NAMES)),
         actions=[v.action_type for v in views], tools=[s.tool for s in steps[:n]] if n else [],
         signatures=[v.signature for v in views], task=run.task, failure_step=run.failure_step, source=run.source,
-        extra=[v.extra for v in views], agent=run.agent)
+        extra=[v.extra for v in views], agent=run.agent, domain=run.domain)
 
 
 def _collect_runtime(items: list[Any], split: str, domain: str | None) -> list[_Collected]:
@@ -410,14 +411,41 @@ def collect(items: Iterable[Any], *, split: str = "task", embedder_spec: dict[st
     items = list(items)
     spec = dict(embedder_spec or {"plugin": "hashing"})
     report = on_problem or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    embedder, hashing = _embedder(spec, domain)
+    collected = _collect_all(items, split, domain, max(1, int(jobs)), replay, report,
+                             embedder if hashing else None)
+    return _embedded(collected, embedder, spec, progress)
+
+
+def collect_by_domain(items: Iterable[Any], *, split: str = "task", embedder_spec: dict[str, Any] | None = None,
+                      jobs: int = 1, on_problem: Callable[[str], None] | None = None
+                      ) -> dict[str | None, tuple[list[RunData], Any]]:
+    """:func:`collect` for runs of several domains at once, split by each run's own domain: one
+    feature pass (one set of worker processes for every domain, so a small domain does not wait
+    for a large one), then each domain's signatures and tasks embedded on their own. Each
+    domain's result is what ``collect(its runs, domain=that domain)`` gives."""
+    items = list(items)
+    spec = dict(embedder_spec or {"plugin": "hashing"})
+    report = on_problem or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    embedder, hashing = _embedder(spec, None)
+    collected = _collect_all(items, split, None, max(1, int(jobs)), "light", report, embedder if hashing else None)
+    by: dict[str | None, list[_Collected]] = {it.run.domain: [] for it in items}
+    for c in collected:
+        by.setdefault(c.domain, []).append(c)
+    return {d: _embedded(cs, embedder, spec, None) for d, cs in by.items()}
+
+
+def _embedder(spec: dict[str, Any], domain: str | None) -> tuple[Any, bool]:
     rt = make_runtime([], domain=domain)
     try:
         embedder = build_embedder(rt.pm, spec)
     finally:
         rt.close()
-    hashing = type(embedder).__module__ == "immunity.vectors" and spec.get("plugin") == "hashing"
-    collected = _collect_all(items, split, domain, max(1, int(jobs)), replay, report,
-                             embedder if hashing else None)
+    return embedder, type(embedder).__module__ == "immunity.vectors" and spec.get("plugin") == "hashing"
+
+
+def _embedded(collected: list[_Collected], embedder: Any, spec: dict[str, Any],
+              progress: Callable[[int], None] | None) -> tuple[list[RunData], Any]:
     mode = signature_mode(embedder)
     dim = int(embedder.dimension)
     # signatures repeat a lot (the same action with the same features): each distinct one is

@@ -57,6 +57,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     *CONTENT_NAMES,
 )
 N_FEATURES = len(FEATURE_NAMES)
+_ACT_POS = {a: i for i, a in enumerate(ACTION_TYPES)}
+_NO_CONTENT = [0.0] * len(CONTENT_NAMES)
 
 #: Raw signals that pattern predicates may test (see :func:`predicates_hold`).
 SIGNAL_NAMES: tuple[str, ...] = (
@@ -154,7 +156,6 @@ def compute_view(state: RunState, step: Step, max_repeat: int,
         "last_verify_failed": float(last_verify_failed),
         "steps_without_new_info": float(state.steps_without_new_info),
     }
-    vec = np.zeros(N_FEATURES, dtype=np.float64)
     vals: list[float] = [
         math.log1p(state.n_steps),
         state.errors / n,
@@ -178,16 +179,14 @@ def compute_view(state: RunState, step: Step, max_repeat: int,
         math.log1p(len(step.text or "")),
         math.log1p(state.tokens / n),
     ]
-    vec[: len(vals)] = vals
-    base = len(vals)
-    for i, a in enumerate(ACTION_TYPES):
-        vec[base + i] = state.action_counts.get(a, 0) / n
-    base += len(ACTION_TYPES)
-    vec[base + ACTION_TYPES.index(act)] = 1.0
-    base += len(ACTION_TYPES)
-    if content:
-        for i, name in enumerate(CONTENT_NAMES):
-            vec[base + i] = content.get(name, 0.0)
+    # one list, one array: the same values as filling a zero vector slot by slot
+    counts = state.action_counts
+    vals.extend([counts.get(a, 0) / n for a in ACTION_TYPES])
+    onehot = [0.0] * len(ACTION_TYPES)
+    onehot[_ACT_POS[act]] = 1.0
+    vals.extend(onehot)
+    vals.extend([content.get(name, 0.0) for name in CONTENT_NAMES] if content else _NO_CONTENT)
+    vec = np.array(vals, dtype=np.float64)
     return StepView(step=state.n_steps - 1, action_type=act, numeric=vec, signals=signals,
                     signature=signature_text(state, step, max_repeat, repeated_error))
 

@@ -570,20 +570,34 @@ def design(run: RunData, ev: np.ndarray, prior: float, extra_names: list[str] | 
 
 
 def sequence_inputs(runs: list[RunData], groups: list[str], prior: TaskPrior,
-                    k: int) -> tuple[SequenceRefs | None, dict[str, np.ndarray]]:
+                    k: int, jobs: int = 1) -> tuple[SequenceRefs | None, dict[str, np.ndarray]]:
     """Sequence references of ``runs`` and each run's sequence features, computed with the
-    references of other groups only (a held-out run never sees its own group's runs)."""
+    references of other groups only (a held-out run never sees its own group's runs). ``jobs`` > 1
+    computes the runs' features in that many forked processes (the same result)."""
     if k <= 0:
         return None, {}
     refs = build_refs(runs, prior.keys, k)
     refs.groups = list(groups)
-    out = {}
-    for r, g in zip(runs, groups, strict=True):
+    try:
+        n_chunks = min(len(runs), max(1, jobs) * 4)
+        bounds = [(len(runs) * c // n_chunks, len(runs) * (c + 1) // n_chunks) for c in range(n_chunks)]
+        parts = pmap(_sequence_chunk, bounds, shared={"runs": runs, "groups": groups, "prior": prior, "refs": refs},
+                     jobs=jobs)
+    finally:
+        refs.groups = []
+    feats = [f for part in parts for f in part]
+    return refs, {r.run_id: f for r, f in zip(runs, feats, strict=True)}
+
+
+def _sequence_chunk(shared: dict[str, Any], bounds: tuple[int, int]) -> list[np.ndarray]:
+    lo, hi = bounds
+    prior, refs = shared["prior"], shared["refs"]
+    out = []
+    for r, g in zip(shared["runs"][lo:hi], shared["groups"][lo:hi], strict=True):
         sims = prior.vectors @ r.task_vec if (r.task_vec is not None and len(prior.keys) and np.any(r.task_vec)) \
             else None
-        out[r.run_id] = run_features(refs, r.actions, r.tools, sims, exclude=g)
-    refs.groups = []
-    return refs, out
+        out.append(run_features(refs, r.actions, r.tools, sims, exclude=g))
+    return out
 
 
 def extra_names_for(runs: list[RunData]) -> list[str]:
@@ -703,7 +717,7 @@ def learn_model(runs: list[RunData], cfg: LearnConfig, *, name: str = "model",
     prior_all = build_prior(labelled, cfg)
     priors = {r.run_id: prior_all.prior(r.task_vec, exclude=r.task_key) for r in labelled}
 
-    refs, seqs = sequence_inputs(labelled, groups, prior_all, cfg.sequence_k)
+    refs, seqs = sequence_inputs(labelled, groups, prior_all, cfg.sequence_k, jobs)
 
     # cross-fitted evidence: each fold's evidence comes from patterns learned without it
     shared: dict[str, Any] = {"runs": labelled, "folds": folds, "cfg": cfg, "domain": domain}

@@ -124,16 +124,20 @@ def _domain_path(out: str, domain: str | None) -> str:
 
 def _learn_one(items: list[Any], domain: str | None, out: str, name: str | None, cfg: Any, *, paths: tuple[str, ...],
                store: str | None, embedder: str, split: str, pack_version: str, jobs: int | None,
-               target_far: float) -> None:
+               target_far: float, collected: tuple[list[Any], Any] | None = None) -> None:
     from immunity.learning.data import collect
     from immunity.learning.packs import save_pack
     from immunity.learning.parallel import default_jobs
     from immunity.learning.pipeline import build_pack
 
-    _err(f"collecting the features of {len(items)} runs" + (f" of domain {domain}" if domain else ""))
     try:
-        runs, emb = collect(items, split=split, embedder_spec={"plugin": embedder}, domain=domain,
-                            jobs=jobs or default_jobs(), on_problem=lambda m: _err(f"warning: {m}"))
+        if collected is None:
+            _err(f"collecting the features of {len(items)} runs" + (f" of domain {domain}" if domain else ""))
+            collected = collect(items, split=split, embedder_spec={"plugin": embedder}, domain=domain,
+                                jobs=jobs or default_jobs(), on_problem=lambda m: _err(f"warning: {m}"))
+        else:
+            _err(f"learning the pack of domain {domain} from {len(items)} runs")
+        runs, emb = collected
         pack, warnings = build_pack(runs, emb, cfg, name=name or _stem(out), version=pack_version, domain=domain,
                                     sources=list(paths) + ([store] if store else []), split=split,
                                     jobs=jobs or default_jobs())
@@ -194,9 +198,21 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
                      f"pack learned on them all)")
                 groups = [(d, its, _domain_path(out, d), f"{name or _stem(out)}-{d or 'generic'}")
                           for d, its in sorted(by_domain.items(), key=lambda kv: str(kv[0]))]
+        collected = None
+        if len(groups) > 1:  # every domain's features in one pass (the groups are the runs' own domains)
+            from immunity.learning.data import collect_by_domain
+            from immunity.learning.parallel import default_jobs
+
+            _err(f"collecting the features of {len(items)} runs")
+            try:
+                collected = collect_by_domain(items, split=split, embedder_spec={"plugin": embedder},
+                                              jobs=jobs or default_jobs(), on_problem=lambda m: _err(f"warning: {m}"))
+            except (ValueError, ImmunityError) as exc:
+                raise click.ClickException(str(exc)) from None
         for dom, its, path, pname in groups:
             _learn_one(its, dom, path, pname, cfg, paths=paths, store=store, embedder=embedder, split=split,
-                       pack_version=pack_version, jobs=jobs, target_far=target_far)
+                       pack_version=pack_version, jobs=jobs, target_far=target_far,
+                       collected=None if collected is None else collected[dom])
 
     @cli.group()
     def pack() -> None:

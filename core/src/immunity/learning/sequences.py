@@ -167,6 +167,11 @@ class SequenceTracker:
 
     def update(self, token_id: int) -> np.ndarray:
         """Fold in this run's next step (a vocabulary index, -1 when unknown); the features after it."""
+        self.advance(token_id)
+        return self.features()
+
+    def advance(self, token_id: int) -> None:
+        """:meth:`update` without computing the features."""
         k = self.step
         keys: list[Any] = [token_id] if self.prev is None else [token_id, (self.prev, token_id)]
         self.prev = token_id
@@ -189,11 +194,16 @@ class SequenceTracker:
                         self.overlap[j] += 1
                     self.ref_size[j] += 1
         self.step = k + 1
-        return self.features()
 
     def features(self) -> np.ndarray:
         if not self.chosen:
             return NEUTRAL.copy()
+        return np.asarray(self.row())
+
+    def row(self) -> list[float]:
+        """:meth:`features` as a list of floats (the same arithmetic; no array per step)."""
+        if not self.chosen:
+            return [float(x) for x in NEUTRAL]
         ds = [0.0, 0.0]
         ended = [0, 0]
         lengths = self.refs.lengths
@@ -203,8 +213,8 @@ class SequenceTracker:
             ended[f] += int(lengths[r] <= self.step)
         d_s = ds[0] / self.n_succ if self.n_succ else 1.0
         d_f = ds[1] / self.n_fail if self.n_fail else 1.0
-        return np.asarray([d_s, d_f, d_s - d_f, ended[0] / self.n_succ if self.n_succ else 0.0,
-                           ended[1] / self.n_fail if self.n_fail else 0.0])
+        return [d_s, d_f, d_s - d_f, ended[0] / self.n_succ if self.n_succ else 0.0,
+                ended[1] / self.n_fail if self.n_fail else 0.0]
 
 
 def run_features(refs: SequenceRefs, actions: Sequence[str], tools: Sequence[str | None],
@@ -214,7 +224,8 @@ def run_features(refs: SequenceRefs, actions: Sequence[str], tools: Sequence[str
     succ, fail = refs.nearest(task_sims, exclude)
     tr = SequenceTracker(refs, succ, fail)
     ids = refs.ids([token(a, t) for a, t in zip(actions, tools, strict=True)])
-    out = np.zeros((len(ids), len(SEQUENCE_NAMES)))
-    for i, t in enumerate(ids):
-        out[i] = tr.update(t)
-    return out
+    rows = []
+    for t in ids:
+        tr.advance(t)
+        rows.append(tr.row())
+    return np.asarray(rows, dtype=np.float64).reshape(len(ids), len(SEQUENCE_NAMES))
