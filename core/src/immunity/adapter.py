@@ -32,6 +32,7 @@ COMMON_OPTIONS: dict[str, Any] = {"domain": None, "max_rollbacks": 2, "node_even
 NODE_EVENTS = ("none", "end", "all")
 #: old spellings of ``node_events`` values, still accepted with a DeprecationWarning
 _OLD_NODE_EVENTS: dict[Any, str] = {True: "end", False: "none", None: "none", "both": "all"}
+_VERSIONS: dict[str, str | None] = {}  # framework -> installed version, read once per process
 
 
 def _did_you_mean(name: str, known: list[str]) -> str:
@@ -190,10 +191,14 @@ class Adapter:
 
     @classmethod
     def framework_version(cls) -> str | None:
-        try:
-            return metadata.version(cls.framework)
-        except metadata.PackageNotFoundError:
-            return None
+        """The installed framework's version (``None`` if not installed), looked up once per process:
+        reading package metadata takes milliseconds, and every ``protect()`` asks."""
+        if cls.framework not in _VERSIONS:
+            try:
+                _VERSIONS[cls.framework] = metadata.version(cls.framework)
+            except metadata.PackageNotFoundError:
+                _VERSIONS[cls.framework] = None
+        return _VERSIONS[cls.framework]
 
     @classmethod
     def version_supported(cls) -> bool | None:

@@ -119,15 +119,6 @@ class LangGraphAdapter(Adapter):
     supported = ">=1.2,<2"
     extra_options: ClassVar[dict[str, Any] | None] = {"handle_tool_errors": True, "fallback_model": None}
 
-    _version: str | None = None
-
-    @classmethod
-    def framework_version(cls) -> str | None:
-        # looked up once per process: importlib.metadata is slow enough to show on every invocation
-        if cls._version is None:
-            cls._version = super().framework_version()
-        return cls._version
-
     def __init__(self, runtime: Any, **options: Any):
         super().__init__(runtime, **options)
         self.targets: list[Any] = []
