@@ -129,7 +129,8 @@ def _strict() -> bool:
     return os.environ.get("IMMUNITY_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-_POLICY: contextvars.ContextVar[CallPolicy | None] = contextvars.ContextVar("immunity_policy", default=None)
+#: the call policy hook calls on this thread (or task) run under; the runtime sets it once per event
+POLICY: contextvars.ContextVar[CallPolicy | None] = contextvars.ContextVar("immunity_policy", default=None)
 _PLUGIN: contextvars.ContextVar[str | None] = contextvars.ContextVar("immunity_plugin", default=None)
 
 
@@ -140,15 +141,15 @@ def current_plugin() -> str | None:
 
 def current_policy() -> CallPolicy | None:
     """The policy hook calls on this thread (or task) run under, if any."""
-    return _POLICY.get()
+    return POLICY.get()
 
 
 def with_policy(policy: CallPolicy, fn: Callable[[], Any]) -> Any:
-    token = _POLICY.set(policy)
+    token = POLICY.set(policy)
     try:
         return fn()
     finally:
-        _POLICY.reset(token)
+        POLICY.reset(token)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +331,7 @@ def guard(pm: Any, hook: str, plugin_name: str, function: Callable[..., Any], *,
         return _guard_builtin(pm, hook, plugin_name, function, check)
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        policy = _POLICY.get() or pm.default_policy
+        policy = POLICY.get() or pm.default_policy
         if policy.skipped(plugin_name):
             return None
         deadline = None if inline else policy.deadline(plugin_name, hook)
@@ -396,7 +397,7 @@ def _guard_builtin(pm: Any, hook: str, plugin_name: str, function: Callable[...,
     perf_counter = time.perf_counter
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        policy = _POLICY.get() or pm.default_policy
+        policy = POLICY.get() or pm.default_policy
         g0, t0 = GC_CLOCK.total, perf_counter()
         try:
             res = function(*args, **kwargs)
@@ -424,11 +425,11 @@ def _guard_wrapper(pm: Any, hook: str, plugin_name: str, function: Callable[...,
     wrapped implementations produced it; either is reported like any other plugin error."""
 
     def report(exc: BaseException) -> None:
-        policy = _POLICY.get() or pm.default_policy
+        policy = POLICY.get() or pm.default_policy
         policy.error(plugin_name, hook, exc)
 
     def guarded(*args: Any, **kwargs: Any) -> Generator[None, Any, Any]:
-        policy = _POLICY.get() or pm.default_policy
+        policy = POLICY.get() or pm.default_policy
         gen: Generator[None, Any, Any] | None = None
         if not policy.skipped(plugin_name):
             try:

@@ -21,7 +21,7 @@ from typing import Any
 from immunity.config import Config
 from immunity.domain import ActionMapping, count_unmapped, heuristic_mapping
 from immunity.errors import ImmunityError, PluginError
-from immunity.hookcall import _POLICY, PER_EVENT_HOOKS, CallPolicy
+from immunity.hookcall import PER_EVENT_HOOKS, POLICY, CallPolicy
 from immunity.models import (
     ActionType,
     Checkpoint,
@@ -257,7 +257,7 @@ class RunSession:
         """Run one event through observe -> verify -> intervene (-> recover). Never raises unless
         the runtime is fail-closed; a malformed event is recorded and ignored."""
         t0 = time.perf_counter()
-        token = _POLICY.set(self._policy)  # once per event, not once per hook call
+        token = POLICY.set(self._policy)  # once per event, not once per hook call
         try:
             decision = self._emit(event)
             if decision.inject or decision.message:  # the last net: no secret reaches a prompt
@@ -271,7 +271,7 @@ class RunSession:
             self.record_error("immunity.runtime", "emit", exc)
             return Decision()
         finally:
-            _POLICY.reset(token)
+            POLICY.reset(token)
             self.timings.append(time.perf_counter() - t0)
 
     def _emit(self, event: Event) -> Decision:
