@@ -5,9 +5,8 @@ fold, sequence distances, model fits, calibration).
 
 Usage: uv run python bench/learning/learn_phases.py [--jobs N] TRACE_FILE...
 
-Prints each phase's CPU seconds (this process only: with ``--jobs`` > 1 the workers' CPU is not
-in it, and their wall time is) and wall seconds, and the load average; for the end-to-end figure
-use ``learn_throughput.py``.
+Prints each phase's CPU seconds (this process and the worker processes it waited for) and wall
+seconds, and the load average; for the end-to-end figure use ``learn_throughput.py``.
 """
 
 from __future__ import annotations
@@ -24,10 +23,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--format", default="auto")
     args = ap.parse_args()
-    last = [time.process_time(), time.perf_counter()]
+    def cpu() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    last = [cpu(), time.perf_counter()]
 
     def mark(name: str) -> None:
-        c, w = time.process_time(), time.perf_counter()
+        c, w = cpu(), time.perf_counter()
         print(f"{name:32s} CPU {c - last[0]:6.2f} s  wall {w - last[1]:6.2f} s  load avg {os.getloadavg()[0]:.1f}",
               flush=True)
         last[:] = [c, w]
