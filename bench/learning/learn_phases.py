@@ -1,7 +1,8 @@
 """Where ``immunity learn``'s time goes, phase by phase, in this process (what the CLI does, one
-pack per domain): importing, reading the files (mapping deferred), each domain's feature pass
-(mapping, per-step features, signals, task and signature embedding), and its pack (patterns per
-fold, sequence distances, model fits, calibration).
+pack per domain): importing, reading the files with the feature pass (each worker reads its share
+of the records, maps the steps, computes the per-step features and signals and embeds the tasks),
+then for each domain embedding the signatures, and its pack (patterns per fold, sequence
+distances, model fits, calibration).
 
 Usage: uv run python bench/learning/learn_phases.py [--jobs N] TRACE_FILE...
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import Any
 
 
 def main() -> None:
@@ -35,23 +35,19 @@ def main() -> None:
               flush=True)
         last[:] = [c, w]
 
-    from immunity.learning.data import collect, read_runs
+    from immunity.learning.data import read_features
     from immunity.learning.learn import LearnConfig
     from immunity.learning.pipeline import build_pack
 
     mark("import")
-    items = read_runs(args.paths, args.format, on_problem=lambda _m: None, mapping=False)
-    mark(f"read {len(items)} runs")
-    by: dict[str | None, list[Any]] = {}
-    for it in items:
-        by.setdefault(it.run.domain, []).append(it)
+    feats = read_features(args.paths, args.format, jobs=args.jobs, on_problem=lambda _m: None)
+    mark(f"read + feature pass ({len(feats.collected)} runs)")
     cfg = LearnConfig()
-    for domain, its in sorted(by.items(), key=lambda kv: str(kv[0])):
-        runs, emb = collect(its, domain=domain, jobs=args.jobs)
-        mark(f"feature pass {domain} ({len(its)})")
+    for domain in sorted(feats.domains(), key=str):
+        runs, emb = feats.embedded(domain)
+        mark(f"embed {domain} ({len(runs)})")
         build_pack(runs, emb, cfg, name=f"phases-{domain}", domain=domain, jobs=args.jobs)
         mark(f"pack {domain}")
-
 
 if __name__ == "__main__":
     main()

@@ -154,6 +154,8 @@ def bash_steps(messages: list[Any]) -> tuple[list[Step], list[str], str | None]:
 class MiniSweAgentImporter:
     name = "mini-swe-agent"
     default_domain = "coding"
+    #: one run per record, read through the shared JSON readers (see ``iter_runs(..., share=...)``)
+    splits_records = True
 
     def detect(self, path: str, head: str) -> bool:
         if path.endswith((".traj.json", ".traj.json.gz")) and '"messages"' in head:
