@@ -154,7 +154,9 @@ def test_collect_in_worker_processes_gives_the_same_runs(items: list[Any]) -> No
         np.testing.assert_array_equal(a.sig_vecs, b.sig_vecs)
 
 
-def test_learn_writes_the_same_pack_whatever_the_number_of_jobs(tmp_path: Path) -> None:
+def test_learn_writes_the_same_pack_whatever_the_number_of_jobs(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("immunity.learning.parallel.MIN_PARALLEL_STEPS", 0)  # small data: fork anyway
     store = str(tmp_path / "runs.db")
     write_store(store, population())
     outs = []
@@ -272,8 +274,9 @@ def test_shares_split_the_records_and_report_a_bad_line_once(tmp_path: Path) -> 
     assert len(problems) == 1 and "line 4" in problems[0]
 
 
-def test_learn_from_files_writes_the_same_pack_whatever_the_number_of_jobs(trace_files: list[str],
-                                                                           tmp_path: Path) -> None:
+def test_learn_from_files_writes_the_same_pack_whatever_the_number_of_jobs(
+        trace_files: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("immunity.learning.parallel.MIN_PARALLEL_STEPS", 0)  # small data: fork anyway
     outs = []
     for jobs in ("1", "2"):
         out = tmp_path / f"pack-{jobs}.json"
