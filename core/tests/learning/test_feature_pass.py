@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from immunity.cli import build_cli
-from immunity.importers import ImportedRun
+from immunity.importers import ImportedRun, Share, iter_runs
 from immunity.learning.data import (
     _collect_light,
     _collect_runtime,
@@ -21,6 +21,7 @@ from immunity.learning.data import (
     collect_by_domain,
     feature_pass,
     make_runtime,
+    read_features,
     read_runs,
 )
 from immunity.models import Run, Step
@@ -153,7 +154,9 @@ def test_collect_in_worker_processes_gives_the_same_runs(items: list[Any]) -> No
         np.testing.assert_array_equal(a.sig_vecs, b.sig_vecs)
 
 
-def test_learn_writes_the_same_pack_whatever_the_number_of_jobs(tmp_path: Path) -> None:
+def test_learn_writes_the_same_pack_whatever_the_number_of_jobs(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("immunity.learning.parallel.MIN_PARALLEL_STEPS", 0)  # small data: fork anyway
     store = str(tmp_path / "runs.db")
     write_store(store, population())
     outs = []
@@ -218,3 +221,67 @@ def test_one_pass_over_several_domains_gives_each_domain_its_own_collect(trace_f
             np.testing.assert_array_equal(a.signals, b.signals)
             np.testing.assert_array_equal(a.sig_vecs, b.sig_vecs)
             np.testing.assert_array_equal(a.task_vec, b.task_vec)
+
+
+def _same_runs(a_runs: list[Any], b_runs: list[Any]) -> None:
+    assert [r.run_id for r in a_runs] == [r.run_id for r in b_runs] and a_runs
+    for a, b in zip(a_runs, b_runs, strict=True):
+        assert (a.actions, a.tools, a.failure_step, a.outcome, a.extra, a.group) == (
+            b.actions, b.tools, b.failure_step, b.outcome, b.extra, b.group)
+        np.testing.assert_array_equal(a.numeric, b.numeric)
+        np.testing.assert_array_equal(a.signals, b.signals)
+        np.testing.assert_array_equal(a.sig_vecs, b.sig_vecs)
+        np.testing.assert_array_equal(a.task_vec, b.task_vec)
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+def test_reading_in_shares_gives_what_collect_gives(trace_files: list[str], jobs: int) -> None:
+    """``learn`` reads the files in ``jobs`` shares (each process its own records) and computes the
+    features there: every domain gets the runs, in the order, that ``collect`` gives."""
+    feats = read_features(trace_files, jobs=jobs)
+    assert feats.domains() and not feats.left_out
+    for domain in feats.domains():
+        alone = collect([it for it in read_runs(trace_files, mapping=False) if it.run.domain == domain],
+                        domain=domain, jobs=1)
+        _same_runs(feats.embedded(domain)[0], alone[0])
+    everything = collect(read_runs(trace_files, mapping=False), jobs=1)
+    _same_runs(feats.embedded(every_domain=True)[0], everything[0])
+    # --domain: the domain of records that name none, and a filter on the others (as read_runs does)
+    only = read_features(trace_files, domain="coding", jobs=jobs)
+    kept = [it for it in read_runs(trace_files, domain="coding", mapping=False) if it.run.domain == "coding"]
+    assert set(only.domains()) == {"coding"}
+    _same_runs(only.embedded("coding")[0], collect(kept, domain="coding")[0])
+
+
+def test_shares_split_the_records_and_report_a_bad_line_once(tmp_path: Path) -> None:
+    path = tmp_path / "trajs.jsonl"
+    rows = [json.dumps(_mini_row(f"demo__demo-{i}", i % 2 == 0)) for i in range(7)]
+    rows.insert(3, "{not json")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    whole = [it.run.run_id for it in iter_runs([str(path)], "mini-swe-agent") if isinstance(it, ImportedRun)]
+    assert len(whole) == 7
+    seen: list[tuple[int, str]] = []
+    for part in range(3):
+        share = Share(part, 3)
+        for it in iter_runs([str(path)], "mini-swe-agent", share=share):
+            if isinstance(it, ImportedRun):
+                assert (share.last - 1) % 3 == part
+                seen.append((share.last, it.run.run_id))
+    assert [rid for _n, rid in sorted(seen)] == whole
+    problems: list[str] = []
+    feats = read_features([str(path)], jobs=3, on_problem=problems.append)
+    assert [c.run_id for c in feats.collected] == whole
+    assert len(problems) == 1 and "line 4" in problems[0]
+
+
+def test_learn_from_files_writes_the_same_pack_whatever_the_number_of_jobs(
+        trace_files: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("immunity.learning.parallel.MIN_PARALLEL_STEPS", 0)  # small data: fork anyway
+    outs = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"pack-{jobs}.json"
+        res = CliRunner().invoke(build_cli(), ["learn", *trace_files, "--folds", "2", "--jobs", jobs, "--all-domains",
+                                               "--name", "same", "--out", str(out)], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]

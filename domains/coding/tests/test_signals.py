@@ -47,3 +47,26 @@ def test_signals_follow_tests_and_edits_through_the_runtime(rt: Runtime) -> None
     run.tool("bash", {"command": "python src/x.py"}, result="  File \"src/x.py\", line 3\nSyntaxError: invalid syntax",
              return_code=1)
     assert _extra(run)["coding_syntax_error"] == 1.0
+
+
+def test_the_substring_guards_change_no_signal() -> None:
+    """The expressions run only when a word they need is in the text: the same answers as
+    running them on every text."""
+    import random
+
+    from immunity_coding import signals as sig
+
+    rng = random.Random(3)
+    words = ["3 passed", "1 failed", "2 errors", "error", "Ran 4 tests", "FAILED (failures=1)", "OK", "\n",
+             "SyntaxError", "TabError", "Traceback (most recent call last)", "AssertionError", "FAILED x", "ok "]
+    for _ in range(5_000):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(0, 6)))
+        plain = sig._PYTEST.findall(text)
+        counts = sig.runner_counts(text)
+        if plain:
+            assert counts is not None
+        elif sig._RAN.search(text) is None:
+            assert counts is None
+        assert ("Error" in text and sig._SYNTAX.search(text) is not None) == (sig._SYNTAX.search(text) is not None)
+        guarded = ("Traceback" in text or "AssertionError" in text or "failed" in text or "FAILED " in text)
+        assert guarded or sig._FAILURE_OUTPUT.search(text) is None

@@ -36,11 +36,13 @@ from immunity.importers.base import (
     ImportedRun,
     Importer,
     ImportProblem,
+    Share,
     bytes_read,
     file_done,
     is_unmapped,
     map_steps,
     read_head,
+    reading_share,
     reset_progress,
 )
 from immunity.importers.store_io import write_full_run
@@ -56,6 +58,7 @@ __all__ = [
     "ImportReport",
     "ImportedRun",
     "Importer",
+    "Share",
     "detect_format",
     "expand_paths",
     "import_paths",
@@ -130,7 +133,8 @@ def detect_format(path: str, registry: dict[str, Any] | None = None) -> str | No
 
 
 def iter_runs(paths: list[str], format: str = "auto", *, runtime: Runtime | None = None,  # noqa: A002
-              domain: str | None = None, mapping: bool = True) -> Iterator[ImportedRun | ImportProblem]:
+              domain: str | None = None, mapping: bool = True,
+              share: Share | None = None) -> Iterator[ImportedRun | ImportProblem]:
     """Read trace files one record at a time.
 
     Every step is mapped with ``runtime.map_action(tool, arguments, text, run)`` (a
@@ -142,6 +146,12 @@ def iter_runs(paths: list[str], format: str = "auto", *, runtime: Runtime | None
     :func:`~immunity.importers.base.complete_mapping`, so it can run later or in worker processes;
     a record whose steps cannot be mapped is then reported by whoever completes it.
 
+    ``share`` reads one share of the records, for processes that read the same files side by side
+    (see :class:`~immunity.importers.base.Share`): a file whose importer makes one run of each
+    record read through the shared JSON readers (``splits_records = True``) is split record by
+    record; any other file is read whole by one share (file ``i`` by share ``i % share.of``).
+    Problems with a whole file may be yielded by every share.
+
     Yields an :class:`ImportProblem` for each record (or file) that could not be read, and goes on.
     """
     rt = _runtime(runtime)
@@ -149,25 +159,34 @@ def iter_runs(paths: list[str], format: str = "auto", *, runtime: Runtime | None
     if format != "auto" and format not in registry:
         raise ValueError(f"unknown import format {format!r}; installed: {', '.join(sorted(registry))}")
     files = expand_paths(paths)
-    for path in files:
+    for file_no, path in enumerate(files):
+        whole = share is None or file_no % share.of == share.part  # this reader's if read whole
+        if share is not None:
+            share.file, share.last = file_no, 0
         if not os.path.exists(path):
-            yield ImportProblem(path, "file", "no such file")
+            if whole:
+                yield ImportProblem(path, "file", "no such file")
             continue
         if os.path.isdir(path):
             continue
         if not os.path.isfile(path):  # a FIFO, a socket, a device: reading it could block forever
-            yield ImportProblem(path, "file", "not a regular file; skipped")
+            if whole:
+                yield ImportProblem(path, "file", "not a regular file; skipped")
             continue
         fmt = format if format != "auto" else detect_format(path, registry)
         if fmt is None:
-            yield ImportProblem(path, "file", "format not recognised; pass --format "
-                                f"({', '.join(sorted(registry))})")
+            if whole:
+                yield ImportProblem(path, "file", "format not recognised; pass --format "
+                                    f"({', '.join(sorted(registry))})")
             file_done(path)
             continue
         importer = registry[fmt]
+        split = share is not None and getattr(importer, "splits_records", False) is True
+        if not split and not whole:
+            continue
         default_domain = getattr(importer, "default_domain", None)
         try:
-            for item in importer.read(path):
+            for item in _in_share(importer.read(path), share if split else None):
                 if isinstance(item, ImportProblem):
                     yield item
                     continue
@@ -200,6 +219,22 @@ def iter_runs(paths: list[str], format: str = "auto", *, runtime: Runtime | None
         except Exception as exc:
             yield ImportProblem(path, "file", f"reading stopped: {type(exc).__name__}: {exc}")
             file_done(path)
+
+
+def _in_share(items: Iterator[ImportedRun | ImportProblem],
+              share: Share | None) -> Iterator[ImportedRun | ImportProblem]:
+    """``items``, with the JSON readers limited to ``share`` while each one is read (only then:
+    whoever consumes them reads its own files unlimited)."""
+    if share is None:
+        yield from items
+        return
+    while True:
+        with reading_share(share):
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+        yield item
 
 
 @dataclass

@@ -8,6 +8,7 @@ their action mapping; :func:`map_steps` then asks the installed domain plugins (
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -290,6 +291,45 @@ def is_unmapped(step: Step) -> bool:
 _progress = threading.local()
 
 
+@dataclass
+class Share:
+    """One of ``of`` processes reading the same files, each its own share of the records: the
+    records whose ordinal ``n`` in their file (line number in JSON Lines, element number in a JSON
+    list, from 1) has ``(n - 1) % of == part``. A JSON Lines line of another share is not even
+    decoded. ``file`` and ``last`` say where the last record handed out came from (the file's place
+    in the list read, its ordinal), so the shares' runs can be put back in reading order."""
+
+    part: int
+    of: int
+    file: int = 0
+    last: int = 0
+
+    def take(self, n: int) -> bool:
+        if (n - 1) % self.of != self.part:
+            return False
+        self.last = n
+        return True
+
+
+_sharing = threading.local()
+
+
+@contextlib.contextmanager
+def reading_share(share: Share | None) -> Iterator[None]:
+    """Within the block, :func:`iter_jsonl` and :func:`iter_json_values` (and the importers that
+    read through them) yield only ``share``'s records in this thread."""
+    before = getattr(_sharing, "share", None)
+    _sharing.share = share
+    try:
+        yield
+    finally:
+        _sharing.share = before
+
+
+def _current_share() -> Share | None:
+    return getattr(_sharing, "share", None)
+
+
 def bytes_read() -> int:
     """How many bytes of the files being imported (compressed size for gzip) this thread has read
     so far; the CLI's progress bar follows it."""
@@ -373,6 +413,7 @@ def iter_jsonl(path: str) -> Iterator[Record | ImportProblem]:
     """Each line of a JSON Lines file (plain or gzip) as a :class:`Record`; a line that cannot be
     read becomes an :class:`ImportProblem` naming the line, and reading goes on."""
     n = 0
+    share = _current_share()
     with open_binary(path) as fh:
         lines = iter(fh)
         while True:
@@ -385,6 +426,8 @@ def iter_jsonl(path: str) -> Iterator[Record | ImportProblem]:
                                     f"{n} lines before it were read")
                 break
             n += 1
+            if share is not None and not share.take(n):
+                continue
             if not raw.strip():
                 continue
             if len(raw) > MAX_RECORD_BYTES:
@@ -421,6 +464,7 @@ def iter_json_values(path: str) -> Iterator[Record | ImportProblem]:
         yield ImportProblem(path, "file", f"{cut}; the complete records before the cut are read", skipped=False)
     text, warning = decode(data)
     stripped = text.lstrip()
+    share = _current_share()
     if stripped.startswith("["):
         dec = json.JSONDecoder()
         pos = len(text) - len(stripped) + 1
@@ -444,8 +488,9 @@ def iter_json_values(path: str) -> Iterator[Record | ImportProblem]:
                 yield ImportProblem(path, f"record {n}", "nested too deeply to be read; the rest of the file "
                                     "cannot be read")
                 break
-            yield Record(value, f"record {n}", warning)
-    else:
+            if share is None or share.take(n):
+                yield Record(value, f"record {n}", warning)
+    elif share is None or share.take(1):
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -287,6 +287,8 @@ def record_to_run(value: Any, path: str, rec: Record, fmt: str = "chat") -> Impo
 class ChatImporter:
     name = "chat"
     default_domain: str | None = None
+    #: one run per record, read through the shared JSON readers (see ``iter_runs(..., share=...)``)
+    splits_records = True
 
     def detect(self, path: str, head: str) -> bool:
         first = head.lstrip()[:1]

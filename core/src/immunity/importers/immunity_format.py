@@ -107,6 +107,8 @@ def record_to_run(value: Any, path: str, where: str) -> ImportedRun | ImportProb
 class ImmunityImporter:
     name = FORMAT
     default_domain: str | None = None
+    #: one run per record, read through the shared JSON readers (see ``iter_runs(..., share=...)``)
+    splits_records = True
 
     def detect(self, path: str, head: str) -> bool:
         start = head.lstrip()[:200]

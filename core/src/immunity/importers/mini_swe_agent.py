@@ -85,8 +85,23 @@ def _observation(text: str) -> tuple[int | None, str]:
     if not m:
         return None, text
     rest = text[m.end():]
-    out = OUTPUT.search(rest)
-    return int(m.group(1)), (out.group(1) if out else rest)
+    return int(m.group(1)), _output(rest)
+
+
+def _output(rest: str) -> str:
+    """``OUTPUT.search(rest).group(1)``, or ``rest`` when it does not match, found with ``str.find``
+    (the lazy expression tries the closing tag at every character of a long output): the text
+    between the first ``<output>`` and the first ``</output>`` after it, less one newline at each
+    end."""
+    i = rest.find("<output>")
+    if i < 0:
+        return rest
+    j = rest.find("</output>", i + 8)
+    if j < 0:
+        return rest
+    start = i + 9 if rest.startswith("\n", i + 8) else i + 8
+    end = j - 1 if j - 1 >= start and rest[j - 1] == "\n" else j
+    return rest[start:end]
 
 
 def bash_steps(messages: list[Any]) -> tuple[list[Step], list[str], str | None]:
@@ -154,6 +169,8 @@ def bash_steps(messages: list[Any]) -> tuple[list[Step], list[str], str | None]:
 class MiniSweAgentImporter:
     name = "mini-swe-agent"
     default_domain = "coding"
+    #: one run per record, read through the shared JSON readers (see ``iter_runs(..., share=...)``)
+    splits_records = True
 
     def detect(self, path: str, head: str) -> bool:
         if path.endswith((".traj.json", ".traj.json.gz")) and '"messages"' in head:

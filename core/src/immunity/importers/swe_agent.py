@@ -67,6 +67,8 @@ def _task(history: Any) -> str | None:
 class SweAgentImporter:
     name = "swe-agent"
     default_domain = "coding"
+    #: one run per record, read through the shared JSON readers (see ``iter_runs(..., share=...)``)
+    splits_records = True
 
     def detect(self, path: str, head: str) -> bool:
         return '"trajectory"' in head and ('"action"' in head or '"observation"' in head or path.endswith(".traj"))

@@ -61,6 +61,8 @@ def derive_failure_step(steps: list[Step], expected: list[dict[str, Any]]) -> in
 class TauBenchImporter:
     name = "tau-bench"
     default_domain = "support"
+    #: one run per record, read through the shared JSON readers (see ``iter_runs(..., share=...)``)
+    splits_records = True
 
     def detect(self, path: str, head: str) -> bool:
         start = head.lstrip()

@@ -43,6 +43,8 @@ def _int(value: Any) -> int | None:
 class WhoAndWhenImporter:
     name = "who-and-when"
     default_domain = "research"
+    #: one run per record, read through the shared JSON readers (see ``iter_runs(..., share=...)``)
+    splits_records = True
 
     def detect(self, path: str, head: str) -> bool:
         return '"history"' in head and ('"mistake_step"' in head or '"mistake_agent"' in head)

@@ -334,26 +334,27 @@ def _collect_runtime(items: list[Any], split: str, domain: str | None) -> list[_
 
 def _collect_light(items: list[Any], split: str, feeder: _Feeder) -> list[_Collected | str]:
     """Each run's features, or why the run was left out (its steps could not be mapped)."""
+    tasks: dict[str | None, np.ndarray | None] = {}
+    return [_collect_one(item, split, feeder, tasks) for item in items]
+
+
+def _collect_one(item: Any, split: str, feeder: _Feeder,
+                 tasks: dict[str | None, np.ndarray | None]) -> _Collected | str:
+    """One run's features, or why the run was left out; ``tasks`` holds the task vectors so far."""
     from immunity.importers.base import complete_mapping
 
-    out: list[_Collected | str] = []
-    tasks: dict[str | None, np.ndarray | None] = {}
-    for item in items:
-        if getattr(item, "unmapped", False):  # read with the mapping left to this pass
-            try:
-                complete_mapping(item, feeder.rt)
-            except Exception as exc:  # a broken record, as ``iter_runs`` reports it
-                out.append(f"{item.source}: {item.record or 'record'}: cannot map its steps: "
-                           f"{type(exc).__name__}: {exc}")
-                continue
-        state, scorer = feature_pass(item, feeder)
-        c = _collected(item, scorer.views, state.steps, split)
-        if feeder.task_embedder is not None:
-            if c.task not in tasks:
-                tasks[c.task] = embed_task(feeder.task_embedder, c.task)
-            c.task_vec, c.task_embedded = tasks[c.task], True
-        out.append(c)
-    return out
+    if getattr(item, "unmapped", False):  # read with the mapping left to this pass
+        try:
+            complete_mapping(item, feeder.rt)
+        except Exception as exc:  # a broken record, as ``iter_runs`` reports it
+            return f"{item.source}: {item.record or 'record'}: cannot map its steps: {type(exc).__name__}: {exc}"
+    state, scorer = feature_pass(item, feeder)
+    c = _collected(item, scorer.views, state.steps, split)
+    if feeder.task_embedder is not None:
+        if c.task not in tasks:
+            tasks[c.task] = embed_task(feeder.task_embedder, c.task)
+        c.task_vec, c.task_embedded = tasks[c.task], True
+    return c
 
 
 def _light_chunk(shared: dict[str, Any], bounds: tuple[int, int]) -> list[_Collected | str]:
@@ -433,6 +434,96 @@ def collect_by_domain(items: Iterable[Any], *, split: str = "task", embedder_spe
     for c in collected:
         by.setdefault(c.domain, []).append(c)
     return {d: _embedded(cs, embedder, spec, None) for d, cs in by.items()}
+
+
+@dataclass
+class FileFeatures:
+    """What :func:`read_features` read: every run's features in reading order (before embedding),
+    and how many runs of other domains ``domain`` left out."""
+
+    collected: list[_Collected]
+    left_out: dict[str, int]
+    embedder: Any
+    spec: dict[str, Any]
+
+    def domains(self) -> dict[str | None, int]:
+        """Runs per domain, in order of first appearance."""
+        out: dict[str | None, int] = {}
+        for c in self.collected:
+            out[c.domain] = out.get(c.domain, 0) + 1
+        return out
+
+    def embedded(self, domain: str | None = None, *, every_domain: bool = False) -> tuple[list[RunData], Any]:
+        """The runs of ``domain`` (of every domain with ``every_domain``), embedded as
+        :func:`collect` embeds them."""
+        cs = self.collected if every_domain else [c for c in self.collected if c.domain == domain]
+        return _embedded(cs, self.embedder, self.spec, None)
+
+
+def read_features(paths: list[str], fmt: str = "auto", *, domain: str | None = None, split: str = "task",
+                  embedder_spec: dict[str, Any] | None = None, jobs: int = 1,
+                  on_problem: Callable[[str], None] | None = None) -> FileFeatures:
+    """Read trace files and compute every run's features in one pass of ``jobs`` processes.
+
+    Each process reads its own share of every file's records (see
+    :class:`~immunity.importers.base.Share`), maps their steps and runs :func:`feature_pass`, so
+    reading is not serial and only the features come back (this process never holds the imported
+    steps). The result is what ``collect(read_runs(paths, fmt, domain=domain, mapping=False))``
+    gives, run for run and in the same order. With ``domain``, runs of other domains (by the
+    record's own domain, else ``domain``) are left out and counted. Problems are reported through
+    ``on_problem``, each once."""
+    spec = dict(embedder_spec or {"plugin": "hashing"})
+    report = on_problem or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    embedder, hashing = _embedder(spec, domain)
+    jobs = max(1, int(jobs))
+    rt = make_runtime([], domain=domain)
+    try:
+        feeder = _Feeder(rt, {}, embedder if hashing else None)
+        registry = rt.pm.registry("importers")
+        if fmt != "auto" and fmt not in registry:
+            raise ValueError(f"unknown import format {fmt!r}; installed: {', '.join(sorted(registry))}")
+        # every domain looked up here, before the workers fork (a registration hook's time limit
+        # does not hold in a forked process)
+        for name in [None, domain, *rt.pm.registry("domains")]:
+            feeder.domain(name)
+        shared = {"paths": list(paths), "fmt": fmt, "domain": domain, "split": split, "feeder": feeder, "of": jobs}
+        parts = pmap(_read_share, list(range(jobs)), shared=shared, jobs=jobs)
+    finally:
+        rt.close()
+    got = sorted((row for part in parts for row in part), key=lambda row: row[0])
+    collected: list[_Collected] = []
+    left_out: dict[str, int] = {}
+    said: set[str] = set()
+    for _key, what in got:
+        if isinstance(what, _Collected):
+            collected.append(what)
+        elif isinstance(what, tuple):  # ("domain", name): a run of another domain
+            left_out[what[1]] = left_out.get(what[1], 0) + 1
+        elif what not in said:  # a problem with a whole file may come from every share
+            said.add(what)
+            report(what)
+    return FileFeatures(collected, left_out, embedder, spec)
+
+
+def _read_share(shared: dict[str, Any], part: int) -> list[tuple[tuple[int, int, int], Any]]:
+    """One share of :func:`read_features`: (where in the files, features | problem | other domain)."""
+    from immunity.importers import ImportProblem, Share, iter_runs
+
+    share = Share(part, shared["of"])
+    domain, split, feeder = shared["domain"], shared["split"], shared["feeder"]
+    tasks: dict[str | None, np.ndarray | None] = {}
+    out: list[tuple[tuple[int, int, int], Any]] = []
+    for seq, item in enumerate(iter_runs(shared["paths"], shared["fmt"], runtime=feeder.rt, domain=domain,
+                                         mapping=False, share=share)):
+        key = (share.file, share.last, seq)
+        if isinstance(item, ImportProblem):
+            if item.skipped:
+                out.append((key, str(item)))
+        elif domain and (item.run.domain or domain) != domain:
+            out.append((key, ("domain", str(item.run.domain))))
+        else:
+            out.append((key, _collect_one(item, split, feeder, tasks)))
+    return out
 
 
 def _embedder(spec: dict[str, Any], domain: str | None) -> tuple[Any, bool]:

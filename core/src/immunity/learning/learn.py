@@ -53,7 +53,7 @@ from immunity.learning.model import (
     fit_trees,
     logit,
 )
-from immunity.learning.parallel import one_blas_thread, pmap
+from immunity.learning.parallel import jobs_for, one_blas_thread, pmap
 from immunity.learning.sequences import SequenceRefs, build_refs, run_features
 from immunity.models import FailurePattern
 
@@ -706,6 +706,7 @@ def learn_model(runs: list[RunData], cfg: LearnConfig, *, name: str = "model",
         warnings.append(f"only {n_f} failed runs: too few to learn reliable patterns (needs at least "
                         f"{cfg.min_failures})")
     warnings.extend(single_outcome_sources(labelled))
+    jobs = jobs_for(sum(r.n for r in labelled), jobs)  # the same result with any number of jobs
     groups = [r.group for r in labelled]
     if len(set(groups)) < 2 and len({r.task_key for r in labelled}) >= 2:
         # one group (e.g. leave-one-source-out trains on a single source): calibrate across its tasks

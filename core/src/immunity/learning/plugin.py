@@ -156,6 +156,43 @@ def _learn_one(items: list[Any], domain: str | None, out: str, name: str | None,
                f"{inner.get('inner_cv_false_alarm_rate')}; {digest}")
 
 
+def _learn_files(paths: tuple[str, ...], fmt: str, domain: str | None, all_domains: bool, cfg: Any, *, out: str,
+                 name: str | None, embedder: str, split: str, pack_version: str, jobs: int | None,
+                 target_far: float) -> None:
+    """``learn`` from trace files: one pass of worker processes reads them and computes the
+    features (:func:`~immunity.learning.data.read_features`), then a pack per domain (or one)."""
+    from immunity.learning.data import read_features
+    from immunity.learning.parallel import default_jobs
+
+    if not paths:
+        raise click.UsageError("give trace files (with --format) or --store")
+    _err("reading the runs and collecting their features")
+    try:
+        feats = read_features(list(paths), fmt, domain=domain, split=split, embedder_spec={"plugin": embedder},
+                              jobs=jobs or default_jobs(), on_problem=lambda m: _err(f"warning: {m}"))
+    except (ValueError, FileNotFoundError, ImmunityError) as exc:
+        raise click.ClickException(str(exc)) from None
+    by_domain = feats.domains()
+    n = len(feats.collected)
+    if domain and feats.left_out:
+        _err(f"--domain {domain}: learning from {n} of {n + sum(feats.left_out.values())} runs (the others are of "
+             f"domains {sorted(feats.left_out)})")
+    if not n:
+        raise click.ClickException(f"no run of domain {domain!r} in the input" if domain and feats.left_out
+                                   else "no runs could be read from the input")
+    if domain or all_domains or len(by_domain) == 1:
+        groups = [(domain if domain else next(iter(by_domain)), out, name, True)]
+    else:
+        _err(f"the input has {len(by_domain)} domains: writing one pack per domain (--all-domains for one "
+             f"pack learned on them all)")
+        groups = [(d, _domain_path(out, d), f"{name or _stem(out)}-{d or 'generic'}", False)
+                  for d in sorted(by_domain, key=str)]
+    for dom, path, pname, every in groups:
+        collected = feats.embedded(dom, every_domain=every)
+        _learn_one(collected[0], dom, path, pname, cfg, paths=paths, store=None, embedder=embedder,
+                   split=split, pack_version=pack_version, jobs=jobs, target_far=target_far, collected=collected)
+
+
 # ------------------------------------------------------------------------------------------ commands
 @hookimpl
 def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one registration function
@@ -174,6 +211,10 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
         """Learn failure patterns and a calibrated risk model from runs with outcomes; write a pack
         (one pack per domain when the runs are of several domains, unless --all-domains)."""
         cfg = _cfg(target_far, folds, min_similarity, seed, model, sequence_k)
+        if not store:  # read, mapped and featurised in the worker processes: only the features come back
+            _learn_files(paths, fmt, domain, all_domains, cfg, out=out, name=name, embedder=embedder, split=split,
+                         pack_version=pack_version, jobs=jobs, target_far=target_far)
+            return
         items = _read(paths, fmt, store, domain, mapping=False)  # mapped in collect's workers
         if domain:
             kept = [it for it in items if (it.run.domain or domain) == domain]

@@ -164,6 +164,8 @@ class SequenceTracker:
         self.size = 0
         self.step = 0
         self.prev: int | None = None
+        #: the chosen references' lengths as Python ints (read on every step)
+        self.lengths = [int(refs.lengths[r]) for r in self.chosen]
 
     def update(self, token_id: int) -> np.ndarray:
         """Fold in this run's next step (a vocabulary index, -1 when unknown); the features after it."""
@@ -206,11 +208,11 @@ class SequenceTracker:
             return [float(x) for x in NEUTRAL]
         ds = [0.0, 0.0]
         ended = [0, 0]
-        lengths = self.refs.lengths
-        for j, r in enumerate(self.chosen):
-            f = int(self.is_fail[j])
-            ds[f] += 1.0 - self.overlap[j] / max(self.size, self.ref_size[j], 1)
-            ended[f] += int(lengths[r] <= self.step)
+        lengths, step, size, overlap, ref_size = self.lengths, self.step, self.size, self.overlap, self.ref_size
+        for j, fail in enumerate(self.is_fail):
+            f = int(fail)
+            ds[f] += 1.0 - overlap[j] / max(size, ref_size[j], 1)
+            ended[f] += int(lengths[j] <= step)
         d_s = ds[0] / self.n_succ if self.n_succ else 1.0
         d_f = ds[1] / self.n_fail if self.n_fail else 1.0
         return [d_s, d_f, d_s - d_f, ended[0] / self.n_succ if self.n_succ else 0.0,

@@ -81,7 +81,11 @@ _PLAN_CHANGE = ("instead", "actually", "alternatively", "different approach", "a
 
 
 def _has(low: str, phrases: tuple[str, ...]) -> float:
-    return 1.0 if low and any(p in low for p in phrases) else 0.0
+    if low:
+        for p in phrases:  # a plain loop: no generator per call
+            if p in low:
+                return 1.0
+    return 0.0
 
 
 def _traceback(text: str, low: str) -> float:

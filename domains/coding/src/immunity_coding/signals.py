@@ -42,11 +42,17 @@ _FAILURE_OUTPUT = re.compile(r"Traceback \(most recent call last\)|\bAssertionEr
 _EDIT_PATH = re.compile(r"(?:sed -i[^\n]*?|>\s*|cat <<[^\n]*>\s*)([\w./-]+\.\w+)")
 
 
+# Each expression runs only when the text holds a word it cannot match without (a substring test
+# is far cheaper than the search; the results are the same).
+def _may_count(output: str) -> bool:
+    return "passed" in output or "failed" in output or "error" in output
+
+
 def runner_counts(output: str) -> tuple[int, int] | None:
     """(failed, passed) from a test runner's summary in ``output``, or None when it has none."""
     failed = passed = 0
     found = False
-    for n, word in _PYTEST.findall(output):
+    for n, word in (_PYTEST.findall(output) if _may_count(output) else ()):
         found = True
         if word == "passed":
             passed += int(n)
@@ -54,7 +60,7 @@ def runner_counts(output: str) -> tuple[int, int] | None:
             failed += int(n)
     if found:
         return failed, passed
-    ran = _RAN.search(output)
+    ran = _RAN.search(output) if "Ran " in output else None
     if ran:
         total = int(ran.group(1))
         m = _UNITTEST_FAILED.search(output)
@@ -98,7 +104,9 @@ def signals(step: Step, state: Any) -> dict[str, float]:
         m["runs"] += 1
         if failed == 0 and passed > 0:
             m["edits_since_pass"] = 0
-    if m["edited"] == 0 and m["reproduced"] == 0.0 and _FAILURE_OUTPUT.search(output):
+    if m["edited"] == 0 and m["reproduced"] == 0.0 and ("Traceback" in output or "AssertionError" in output or
+                                                          "failed" in output or "FAILED " in output) \
+            and _FAILURE_OUTPUT.search(output):
         m["reproduced"] = 1.0
     last_failed = m["failed"]
     return {
@@ -108,7 +116,7 @@ def signals(step: Step, state: Any) -> dict[str, float]:
         "coding_all_passed": float(last_failed == 0 and m["passed"] > 0),
         "coding_log_test_runs": math.log1p(m["runs"]),
         "coding_log_edits_since_pass": math.log1p(m["edits_since_pass"]),
-        "coding_syntax_error": 1.0 if _SYNTAX.search(output) else 0.0,
+        "coding_syntax_error": 1.0 if "Error" in output and _SYNTAX.search(output) else 0.0,
         "coding_reproduced": m["reproduced"],
         "coding_log_files_edited": math.log1p(len(m["files"])),
     }
