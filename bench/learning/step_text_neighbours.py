@@ -110,12 +110,15 @@ def embed_all(runs: list[Run], name: str, cache: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ A
+SEED = 0
+
+
 def make_bank(train: list[Run], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     vecs = np.concatenate([r.emb[name] for r in train])
     ys = np.concatenate([np.full(r.n, r.y, float) for r in train])
     grp = np.concatenate([np.full(r.n, hash(r.group)) for r in train])
     if len(vecs) > BANK:
-        pick = np.sort(np.random.default_rng(0).choice(len(vecs), BANK, replace=False))
+        pick = np.sort(np.random.default_rng(SEED).choice(len(vecs), BANK, replace=False))
         vecs, ys, grp = vecs[pick], ys[pick], grp[pick]
     return vecs, ys, grp
 
@@ -212,7 +215,7 @@ def fmt_auc(a: dict[str, Any]) -> str:
 
 def within_source(runs: list[Run], score_file: str | None, label: str, log: list[str], res: dict[str, Any]) -> None:
     groups = [r.group for r in runs]
-    fold = assign_folds(groups, 5, 0)
+    fold = assign_folds(groups, 5, SEED)
     risks: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     for j in range(5):
         train = [r for r, f in zip(runs, fold, strict=True) if f != j and r.y is not None]
@@ -235,12 +238,8 @@ def within_source(runs: list[Run], score_file: str | None, label: str, log: list
             risks["B percentiles (logistic)"][r.id] = predict(mb, fb[r.id])
             risks["A+B (logistic)"][r.id] = predict(mab, np.hstack([fb[r.id], fa[r.id]]))
     if score_file:
-        cur: dict[str, list[float]] = defaultdict(list)
-        with open(score_file, encoding="utf-8") as fh:
-            for line in fh:
-                row = json.loads(line)
-                cur[row["run_id"]].append(float(row["risk"]))
-        risks["current pack (eval --cv)"] = {k: np.asarray(v) for k, v in cur.items()}
+        cur = read_scores(score_file)
+        risks["current pack (eval --cv)"] = cur
         bad = [r.id for r in runs if r.id in cur and len(cur[r.id]) != r.n]
         if bad:
             log.append(f"  note: {len(bad)} runs have a different step count in the pack's scores")
@@ -248,7 +247,8 @@ def within_source(runs: list[Run], score_file: str | None, label: str, log: list
     head = f"{'AUROC alive at step k':34s}" + "".join(f"{'k=' + str(k):>26s}" for k in KS)
     log += [f"\n{label}: {len(runs)} runs ({sum(r.y == 1 for r in runs)} failed), {len(set(groups))} groups",
             head]
-    counts = "".join(f"{'f=%d s=%d' % (sum(1 for r in runs if r.n >= k and r.y == 1), sum(1 for r in runs if r.n >= k and r.y == 0)):>26s}" for k in KS)
+    alive = [(sum(1 for r in runs if r.n >= k and r.y == 1), sum(1 for r in runs if r.n >= k and r.y == 0)) for k in KS]
+    counts = "".join(f"{f'f={nf} s={ns}':>26s}" for nf, ns in alive)
     log.append(f"{'runs alive':34s}{counts}")
     log.append(f"{'steps so far (alive: constant)':34s}" + "".join(f"{'0.500':>26s}" for _ in KS))
     steps = {r.id: np.arange(1, r.n + 1, dtype=float) for r in runs}
@@ -294,7 +294,17 @@ def alarm_figures(runs: list[Run], risk: dict[str, np.ndarray], target: float) -
             "baseline_false_alarm_rate": [bfa, ns, wilson(bfa, ns)]}
 
 
-def leave_source_out(sources: dict[str, list[Run]], log: list[str], res: dict[str, Any]) -> None:
+def read_scores(path: str) -> dict[str, np.ndarray]:
+    cur: dict[str, list[float]] = defaultdict(list)
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            cur[row["run_id"]].append(float(row["risk"]))
+    return {k: np.asarray(v) for k, v in cur.items()}
+
+
+def leave_source_out(sources: dict[str, list[Run]], log: list[str], res: dict[str, Any],
+                     scores: str | None = None) -> None:
     log.append("\nleave-one-source-out (learn on one source, score the other; thresholds and B's population "
                "from the held-out source without labels, each half of its tasks calibrating the other)")
     out: dict[str, Any] = {}
@@ -319,6 +329,9 @@ def leave_source_out(sources: dict[str, list[Run]], log: list[str], res: dict[st
         for r in test:
             risks["B percentiles (logistic)"][r.id] = predict(mb, fb[r.id])
             risks["A+B (logistic)"][r.id] = predict(mab, np.hstack([fb[r.id], fa[r.id]]))
+        if scores:
+            cur = read_scores(scores)
+            risks["current pack (eval --cv)"] = {r.id: cur[r.id] for r in test}
         per: dict[str, Any] = {}
         for name, risk in risks.items():
             per[name] = {"auroc_alive_10": auc_at(test, risk, 10),
@@ -357,12 +370,17 @@ def main() -> None:
     ap.add_argument("swe")
     ap.add_argument("--scores-tau")
     ap.add_argument("--scores-swe")
+    ap.add_argument("--scores-loso", help="eval --cv TAU SWE --split source --scores-out output")
     ap.add_argument("--cache", default="/tmp/step-text-neighbours")
     ap.add_argument("--out")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the folds and of the bank's sample (a stability check)")
+    ap.add_argument("--within-only", action="store_true", help="tau-bench and SWE-bench by instance only")
     a = ap.parse_args()
+    global SEED
+    SEED = a.seed
     t0, c0 = time.time(), time.process_time()
     log = [f"settings: k={K_NEIGHBOURS}, bank <= {BANK} steps (seed 0), text head {HEAD} + tail {TAIL} chars, "
-           f"logistic L2 {L2}; load average at start {os.getloadavg()[0]:.2f}"]
+           f"logistic L2 {L2}, seed {SEED}; load average at start {os.getloadavg()[0]:.2f}"]
     data = {"tau-bench": read_runs([a.tau], "tau-bench"), "swe-bench": read_runs([a.swe], "mini-swe-agent")}
     res: dict[str, Any] = {}
     sets = {"tau-bench": [Run(it, "task", "tau-bench") for it in data["tau-bench"]],
@@ -372,11 +390,14 @@ def main() -> None:
             embed_all(runs, emb, f"{a.cache}-{name}")
     within_source(sets["tau-bench"], a.scores_tau, "tau-bench, 5 folds by task", log, res)
     within_source(sets["swe-bench"], a.scores_swe, "SWE-bench, 5 folds by instance", log, res)
+    if a.within_only:
+        print("\n".join(log))
+        return
     repo = [Run(it, "repo", "swe-bench") for it in data["swe-bench"]]
     for r, s in zip(repo, sets["swe-bench"], strict=True):
         r.emb = s.emb
     within_source(repo, None, "SWE-bench, 5 folds by repository", log, res)
-    leave_source_out(sets, log, res)
+    leave_source_out(sets, log, res, a.scores_loso)
     ru = resource.getrusage(resource.RUSAGE_SELF)
     log.append(f"\nwall {time.time() - t0:.0f} s, CPU {time.process_time() - c0:.0f} s (max RSS {ru.ru_maxrss // 1024} MB), "
                f"load average at end {os.getloadavg()[0]:.2f}")
