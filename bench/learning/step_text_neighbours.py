@@ -206,6 +206,36 @@ def auc_at(runs: list[Run], risk: dict[str, np.ndarray], k: int, alive: bool = T
             "s": int((ys == 0).sum())}
 
 
+def paired_difference(runs: list[Run], a: dict[str, np.ndarray], b: dict[str, np.ndarray], k: int,
+                      reps: int = 1000) -> tuple[float, tuple[float, float]]:
+    """AUROC(a) - AUROC(b) among runs alive at step k, with a 95% bootstrap interval resampling groups
+    (both scores on the same resampled runs)."""
+    items = [(r.group, int(r.y), float(a[r.id][k - 1]), float(b[r.id][k - 1])) for r in runs
+             if r.y is not None and r.n >= k and r.id in a and r.id in b]
+    by: dict[str, list[int]] = defaultdict(list)
+    for i, it in enumerate(items):
+        by[it[0]].append(i)
+    keys = list(by)
+    y = np.asarray([it[1] for it in items])
+    sa = np.asarray([it[2] for it in items])
+    sb = np.asarray([it[3] for it in items])
+
+    def diff(idx: np.ndarray) -> float | None:
+        ya, pa, pb = y[idx], sa[idx], sb[idx]
+        x1, x2 = auroc(pa[ya == 1], pa[ya == 0]), auroc(pb[ya == 1], pb[ya == 0])
+        return None if x1 is None or x2 is None else x1 - x2
+
+    point = diff(np.arange(len(items)))
+    rng = np.random.default_rng(0)
+    vals = []
+    for _ in range(reps):
+        pick = rng.integers(0, len(keys), len(keys))
+        d = diff(np.asarray([i for g in pick for i in by[keys[g]]]))
+        if d is not None:
+            vals.append(d)
+    return round(point or 0.0, 4), (round(float(np.percentile(vals, 2.5)), 4), round(float(np.percentile(vals, 97.5)), 4))
+
+
 def fmt_auc(a: dict[str, Any]) -> str:
     if a["value"] is None:
         return "-"
@@ -259,6 +289,13 @@ def within_source(runs: list[Run], score_file: str | None, label: str, log: list
         row = {str(k): auc_at(runs, risk, k) for k in KS}
         out[name] = row
         log.append(f"{name:34s}" + "".join(f"{fmt_auc(row[str(k)]):>26s}" for k in KS))
+    ref = "current pack (eval --cv)"
+    if ref in risks:
+        for name in ("A hashing mean", "A static mean", "B percentiles (logistic)", "A+B (logistic)"):
+            d = {str(k): paired_difference(runs, risks[name], risks[ref], k) for k in (5, 10)}
+            out[f"{name} minus current pack"] = d
+            log.append(f"  paired AUROC difference, {name} minus current pack: "
+                       + "; ".join(f"step {k} {v[0]:+.3f} [{v[1][0]:+.3f}, {v[1][1]:+.3f}]" for k, v in d.items()))
     res[label] = out
 
 
@@ -374,10 +411,11 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/step-text-neighbours")
     ap.add_argument("--out")
     ap.add_argument("--seed", type=int, default=0, help="seed of the folds and of the bank's sample (a stability check)")
+    ap.add_argument("--bank", type=int, default=BANK, help="training steps kept (a sensitivity check)")
     ap.add_argument("--within-only", action="store_true", help="tau-bench and SWE-bench by instance only")
     a = ap.parse_args()
-    global SEED
-    SEED = a.seed
+    global SEED, BANK
+    SEED, BANK = a.seed, a.bank
     t0, c0 = time.time(), time.process_time()
     log = [f"settings: k={K_NEIGHBOURS}, bank <= {BANK} steps (seed 0), text head {HEAD} + tail {TAIL} chars, "
            f"logistic L2 {L2}, seed {SEED}; load average at start {os.getloadavg()[0]:.2f}"]
