@@ -411,7 +411,7 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/step-text-neighbours")
     ap.add_argument("--out")
     ap.add_argument("--seed", type=int, default=0, help="seed of the folds and of the bank's sample (a stability check)")
-    ap.add_argument("--bank", type=int, default=BANK, help="training steps kept (a sensitivity check)")
+    ap.add_argument("--bank", type=int, default=4096, help="training steps kept (a sensitivity check)")
     ap.add_argument("--within-only", action="store_true", help="tau-bench and SWE-bench by instance only")
     a = ap.parse_args()
     global SEED, BANK
