@@ -60,3 +60,13 @@ $IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split repo --out "$OUT/sweb
 uv run python bench/learning/step_cost.py | tee "$OUT/step-cost-sequence.txt"
 $IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split repo --embedder static \
   --out "$OUT/swebench-by-repo-static.json" | tee "$OUT/swebench-by-repo-static.txt"
+
+# Issue 15, fifth round: step-text nearest neighbours (A), population-relative counters (B) and AUROC at
+# steps 5/10/20/30 (C), a prototype next to the current pack's held-out scores (same folds). Not in learning.
+SC="${TMPDIR:-/tmp}/immunity-step-text"; mkdir -p "$SC"
+$IMMUNITY eval --cv --format tau-bench "$TAU" --split task --scores-out "$SC/tau.jsonl" > /dev/null
+$IMMUNITY eval --cv --format mini-swe-agent "$SWE" --split task --scores-out "$SC/swe.jsonl" > /dev/null
+$IMMUNITY eval --cv "$TAU" "$SWE" --split source --calibrate unlabelled --scores-out "$SC/loso.jsonl" > /dev/null
+OPENBLAS_NUM_THREADS=1 uv run python bench/learning/step_text_neighbours.py "$TAU" "$SWE" --scores-tau "$SC/tau.jsonl" \
+  --scores-swe "$SC/swe.jsonl" --scores-loso "$SC/loso.jsonl" --cache "$SC/emb" --out "$OUT/step-text-neighbours"
+OPENBLAS_NUM_THREADS=1 uv run python bench/learning/step_text_cost.py "$TAU" "$SWE" | tee "$OUT/step-text-cost.txt"
