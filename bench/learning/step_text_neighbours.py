@@ -186,6 +186,16 @@ def predict(model: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray) -> 
     return 1 / (1 + np.exp(-(np.hstack([(x - mu) / sd, np.ones((len(x), 1))]) @ beta)))
 
 
+
+def fit_b_and_ab(train: list[Any], test: list[Any], fb: dict[str, Any], fa: dict[str, Any],
+                 risks: dict[str, Any]) -> None:
+    """Fit B (percentiles) and A+B on the training runs and score the test runs with both."""
+    mb = fit_rows(train, fb)
+    mab = fit_rows(train, {i: np.hstack([fb[i], fa[i]]) for i in fb})
+    for r in test:
+        risks["B percentiles (logistic)"][r.id] = predict(mb, fb[r.id])
+        risks["A+B (logistic)"][r.id] = predict(mab, np.hstack([fb[r.id], fa[r.id]]))
+
 def fit_rows(runs: list[Run], feats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lab = [r for r in runs if r.y is not None]
     x = np.concatenate([feats[r.id] for r in lab])
@@ -262,11 +272,7 @@ def within_source(runs: list[Run], score_file: str | None, label: str, log: list
         bank = make_bank(train, "hashing")
         fa = {r.id: knn_scores(r, bank, "hashing", True)[:, :1] for r in train}
         fa.update({r.id: risks["A hashing mean"][r.id][:, None] for r in test})
-        mb = fit_rows(train, fb)
-        mab = fit_rows(train, {i: np.hstack([fb[i], fa[i]]) for i in fb})
-        for r in test:
-            risks["B percentiles (logistic)"][r.id] = predict(mb, fb[r.id])
-            risks["A+B (logistic)"][r.id] = predict(mab, np.hstack([fb[r.id], fa[r.id]]))
+        fit_b_and_ab(train, test, fb, fa, risks)
     if score_file:
         cur = read_scores(score_file)
         risks["current pack (eval --cv)"] = cur
@@ -361,11 +367,7 @@ def leave_source_out(sources: dict[str, list[Run]], log: list[str], res: dict[st
             for r in test:
                 risks[f"A {emb} mean"][r.id] = knn_scores(r, bank, emb, False)[:, 0]
         fa.update({r.id: risks["A hashing mean"][r.id][:, None] for r in test})
-        mb = fit_rows(train, fb)
-        mab = fit_rows(train, {i: np.hstack([fb[i], fa[i]]) for i in fb})
-        for r in test:
-            risks["B percentiles (logistic)"][r.id] = predict(mb, fb[r.id])
-            risks["A+B (logistic)"][r.id] = predict(mab, np.hstack([fb[r.id], fa[r.id]]))
+        fit_b_and_ab(train, test, fb, fa, risks)
         if scores:
             cur = read_scores(scores)
             risks["current pack (eval --cv)"] = {r.id: cur[r.id] for r in test}
