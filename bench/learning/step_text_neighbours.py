@@ -186,7 +186,6 @@ def predict(model: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray) -> 
     return 1 / (1 + np.exp(-(np.hstack([(x - mu) / sd, np.ones((len(x), 1))]) @ beta)))
 
 
-
 def fit_b_and_ab(train: list[Any], test: list[Any], fb: dict[str, Any], fa: dict[str, Any],
                  risks: dict[str, Any]) -> None:
     """Fit B (percentiles) and A+B on the training runs and score the test runs with both."""
