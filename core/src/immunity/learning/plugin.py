@@ -156,6 +156,15 @@ def _learn_one(items: list[Any], domain: str | None, out: str, name: str | None,
                f"{inner.get('inner_cv_false_alarm_rate')}; {digest}")
 
 
+def _per_domain_packs(domains: list[str | None], out: str, name: str | None) -> list[tuple[str | None, str, str]]:
+    """(domain, path, pack name) of each domain's pack when the input has several domains: a pack
+    learned across domains learns "this domain = failure", and a threshold calibrated on one domain
+    does not hold on another."""
+    _err(f"the input has {len(domains)} domains: writing one pack per domain (--all-domains for one "
+         f"pack learned on them all)")
+    return [(d, _domain_path(out, d), f"{name or _stem(out)}-{d or 'generic'}") for d in sorted(domains, key=str)]
+
+
 def _learn_files(paths: tuple[str, ...], fmt: str, domain: str | None, all_domains: bool, cfg: Any, *, out: str,
                  name: str | None, embedder: str, split: str, pack_version: str, jobs: int | None,
                  target_far: float) -> None:
@@ -183,10 +192,7 @@ def _learn_files(paths: tuple[str, ...], fmt: str, domain: str | None, all_domai
     if domain or all_domains or len(by_domain) == 1:
         groups = [(domain if domain else next(iter(by_domain)), out, name, True)]
     else:
-        _err(f"the input has {len(by_domain)} domains: writing one pack per domain (--all-domains for one "
-             f"pack learned on them all)")
-        groups = [(d, _domain_path(out, d), f"{name or _stem(out)}-{d or 'generic'}", False)
-                  for d in sorted(by_domain, key=str)]
+        groups = [(d, path, pname, False) for d, path, pname in _per_domain_packs(list(by_domain), out, name)]
     for dom, path, pname, every in groups:
         collected = feats.embedded(dom, every_domain=every)
         _learn_one(collected[0], dom, path, pname, cfg, paths=paths, store=None, embedder=embedder,
@@ -233,12 +239,8 @@ def immunity_register_commands(cli: click.Group) -> None:  # noqa: C901 - one re
             if len(by_domain) == 1:
                 groups = [(next(iter(by_domain)), items, out, name)]
             else:
-                # one pack per domain: a pack learned across domains learns "this domain = failure",
-                # and a threshold calibrated on one domain does not hold on another
-                _err(f"the input has {len(by_domain)} domains: writing one pack per domain (--all-domains for one "
-                     f"pack learned on them all)")
-                groups = [(d, its, _domain_path(out, d), f"{name or _stem(out)}-{d or 'generic'}")
-                          for d, its in sorted(by_domain.items(), key=lambda kv: str(kv[0]))]
+                groups = [(d, by_domain[d], path, pname)
+                          for d, path, pname in _per_domain_packs(list(by_domain), out, name)]
         collected = None
         if len(groups) > 1:  # every domain's features in one pass (the groups are the runs' own domains)
             from immunity.learning.data import collect_by_domain
