@@ -474,10 +474,10 @@ def read_features(paths: list[str], fmt: str = "auto", *, domain: str | None = N
     ``on_problem``, each once."""
     spec = dict(embedder_spec or {"plugin": "hashing"})
     report = on_problem or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    embedder, hashing = _embedder(spec, domain)
     jobs = max(1, int(jobs))
     rt = make_runtime([], domain=domain)
     try:
+        embedder, hashing = _embedder(spec, domain, rt)
         feeder = _Feeder(rt, {}, embedder if hashing else None)
         registry = rt.pm.registry("importers")
         if fmt != "auto" and fmt not in registry:
@@ -526,12 +526,16 @@ def _read_share(shared: dict[str, Any], part: int) -> list[tuple[tuple[int, int,
     return out
 
 
-def _embedder(spec: dict[str, Any], domain: str | None) -> tuple[Any, bool]:
-    rt = make_runtime([], domain=domain)
+def _embedder(spec: dict[str, Any], domain: str | None, rt: Any = None) -> tuple[Any, bool]:
+    """The embedder ``spec`` names, and whether it is core's hashing one; built with ``rt``'s plugins
+    (else a runtime of its own, closed after)."""
+    own = rt is None
+    rt = make_runtime([], domain=domain) if own else rt
     try:
         embedder = build_embedder(rt.pm, spec)
     finally:
-        rt.close()
+        if own:
+            rt.close()
     return embedder, type(embedder).__module__ == "immunity.vectors" and spec.get("plugin") == "hashing"
 
 
