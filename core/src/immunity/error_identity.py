@@ -177,7 +177,9 @@ def benign_exit(arguments: Any, return_code: int | None, output: str | None) -> 
 def _informative_line(text: str) -> tuple[str, str]:
     """``(error type, line)``: the last exception line of a traceback, else the first line that
     reads like an error, else the first line that is not decoration."""
-    lines = [_ANSI.sub("", ln).rstrip() for ln in text.splitlines()]
+    if "\x1b" in text:
+        text = _ANSI.sub("", text)
+    lines = [ln.rstrip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln.strip()]
     for ln in reversed(lines):
         m = _EXC_LINE.match(ln)

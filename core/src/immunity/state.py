@@ -43,30 +43,64 @@ def normalise_error(text: str | None, limit: int = 160) -> str:
     return _WS.sub(" ", line).strip().lower()[:limit]
 
 
-def _digest(obj: Any) -> str:
-    try:
-        blob = json.dumps(obj, sort_keys=True, default=str)
-    except (TypeError, ValueError):
-        blob = repr(obj)
-    return hashlib.blake2b(blob.encode("utf-8", "replace"), digest_size=8).hexdigest()
+def _hash(text: str) -> str:
+    """A 64-bit digest of a string (lone surrogates kept, so two different strings never encode
+    alike). Digests are compared with each other within a process, never decoded or stored as
+    keys across versions, so their values may change between versions."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 def _digest_text(*parts: str | None) -> str:
-    """:func:`_digest` of strings only, without building a JSON encoder each time (the repr of a
-    tuple of strings is as unambiguous); the digests are compared with each other, never decoded."""
-    return hashlib.blake2b(repr(parts).encode("utf-8", "replace"), digest_size=8).hexdigest()
+    """The digest of a tuple of strings: each part with its length in front (so no two tuples
+    join to the same text), ``None`` written apart from any string."""
+    return _hash("".join(["-|" if p is None else f"{len(p)}|{p}" for p in parts]))
+
+
+#: One encoder for every signature (``json.dumps`` with options builds a new one per call).
+_ARGS_JSON = json.JSONEncoder(sort_keys=True, default=str)
+
+
+def _encode_arguments(arguments: Any) -> str:
+    try:
+        return _ARGS_JSON.encode(arguments)
+    except (TypeError, ValueError):  # not encodable as JSON (mixed key types, a cycle)
+        return "repr:" + repr(arguments)
 
 
 def action_signature(step: Step) -> str:
     """Identical-action signature: tool + exact arguments (or text)."""
-    return _digest([step.tool, step.arguments, None if step.tool else (step.text or "")[:500]])
+    return signatures(step)[0]
 
 
 def near_signature(step: Step) -> str:
     """Near-identical signature: tool + arguments with numbers and whitespace normalised."""
-    body = json.dumps(step.arguments, sort_keys=True, default=str) if step.arguments else (step.text or "")[:500]
-    body = _WS.sub(" ", _NUM.sub("<n>", body.lower())).strip()
-    return _digest_text(step.tool, body)
+    return signatures(step)[1]
+
+
+#: Near signatures already computed, keyed on the tool and the raw body: agents repeat their
+#: calls, and the two regular expressions are most of a near signature's cost.
+_NEAR_CACHE: dict[tuple[str | None, str], str] = {}
+_NEAR_CACHE_LIMIT = 4096
+
+
+def signatures(step: Step) -> tuple[str, str]:
+    """``(action_signature, near_signature)`` of a step, with the arguments encoded once.
+
+    The identical-action signature digests the tool and its exact arguments (a step without a
+    tool: its text, up to 500 characters); the near signature the same with numbers and runs of
+    whitespace normalised and the case folded."""
+    tool, args = step.tool, step.arguments
+    blob = _encode_arguments(args)
+    sig = _digest_text(tool, blob, None if tool else (step.text or "")[:500])
+    body = blob if args else (step.text or "")[:500]
+    key = (tool, body)
+    near = _NEAR_CACHE.get(key)
+    if near is None:
+        near = _digest_text(tool, " ".join(_NUM.sub("<n>", body.lower()).split()))  # runs of whitespace -> " "
+        if len(_NEAR_CACHE) >= _NEAR_CACHE_LIMIT:
+            _NEAR_CACHE.clear()
+        _NEAR_CACHE[key] = near
+    return sig, near
 
 
 #: Steps a run keeps in memory (older ones are in the store); the signals cover the whole run.
@@ -244,18 +278,21 @@ class RunState:
                 # again is a new attempt, not the same one repeated
                 self.error_repeats.clear()
 
-        sig = action_signature(step)
-        near = near_signature(step)
+        sig, near = signatures(step)
         prev_step = self.steps[-2] if len(self.steps) >= 2 else None
         prev_near = prev_step.data.get("_near") if prev_step is not None else None
         # A repeat is the same call *with the same result*: the same call answering something new
         # (a status that moved, a file that changed) is not a loop. A blocked repeat carries on the
         # streak of the call it repeats.
+        outcome, outcome_hash = "", None
         if step.data.get("blocked") and prev_step is not None and prev_step.data.get("_sig") == sig:
             rsig = prev_step.data.get("_rsig", sig)
+        elif step.tool:
+            outcome = str(step.data.get("_error") or (step.error or step.result or "")[:2000])
+            outcome_hash = _hash(outcome)
+            rsig = _hash(f"{sig}|{outcome_hash}")
         else:
-            outcome = step.data.get("_error") or (step.error or step.result or "")[:2000]
-            rsig = _digest_text(sig, str(outcome)) if step.tool else sig
+            rsig = sig
         prev = self._recent[-1] if self._recent else None
         self.identical_streak = self.identical_streak + 1 if rsig == prev else 1
         self.near_streak = self.near_streak + 1 if near == prev_near else 1
@@ -289,8 +326,13 @@ class RunState:
 
         # New information: a tool's output not seen before in this run. A change that succeeded
         # (an edit) is progress too; a model's own message neither brings nor withholds any.
-        answer = output_of(step)
-        info = _digest_text(answer[:2000]) if answer else None
+        answer = output_of(step)[:2000]
+        if not answer:
+            info = None
+        elif step.tool and outcome_hash is not None and answer == outcome:
+            info = outcome_hash  # the output already digested for the repeat signature
+        else:
+            info = _hash(answer)
         if info is not None and info in self.results_seen and step.tool:
             step.data["_seen"] = True  # the same answer again
         if not step.tool:
