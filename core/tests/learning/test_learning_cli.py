@@ -266,6 +266,21 @@ def test_learn_writes_one_pack_per_domain_by_default(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "all.json").read_text())["training"]["labelled_runs"] == 74
 
 
+def test_learn_from_files_labels_a_pack_of_every_domain_with_no_domain(tmp_path: Path) -> None:
+    db = _mixed_store(tmp_path)
+    traces = tmp_path / "mixed.jsonl"
+    invoke("export", "--store", db, "-o", str(traces))
+    invoke("learn", str(traces), "--format", "immunity", "--folds", "3", "--out", str(tmp_path / "dev.json"))
+    assert json.loads((tmp_path / "dev-coding.json").read_text())["domain"] == "coding"
+    invoke("learn", str(traces), "--format", "immunity", "--folds", "3", "--all-domains", "--out",
+           str(tmp_path / "all.json"))
+    every = json.loads((tmp_path / "all.json").read_text())
+    assert every["domain"] is None and every["training"]["labelled_runs"] == 74
+    invoke("learn", str(traces), "--format", "immunity", "--folds", "3", "--domain", "support", "--out",
+           str(tmp_path / "support.json"))
+    assert json.loads((tmp_path / "support.json").read_text())["domain"] == "support"
+
+
 def test_pack_calibrate_sets_the_threshold_without_reading_outcomes(pack: str, tmp_path: Path) -> None:
     """On a new population, at most --target-far of its runs alarm at the calibrated threshold, and
     the result is the same whatever the runs' outcomes say."""

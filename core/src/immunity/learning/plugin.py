@@ -190,7 +190,9 @@ def _learn_files(paths: tuple[str, ...], fmt: str, domain: str | None, all_domai
         raise click.ClickException(f"no run of domain {domain!r} in the input" if domain and feats.left_out
                                    else "no runs could be read from the input")
     if domain or all_domains or len(by_domain) == 1:
-        groups = [(domain if domain else next(iter(by_domain)), out, name, True)]
+        # one pack: of the --domain, of the input's one domain, or of none (learned on several)
+        only = domain or (next(iter(by_domain)) if len(by_domain) == 1 else None)
+        groups = [(only, out, name, True)]
     else:
         groups = [(d, path, pname, False) for d, path, pname in _per_domain_packs(list(by_domain), out, name)]
     for dom, path, pname, every in groups:
