@@ -69,6 +69,9 @@ def test_the_near_cache_stays_bounded() -> None:
     for i in range(_NEAR_CACHE_LIMIT + 10):
         near_signature(call("bash", {"command": f"echo {'x' * (i % 7)} {i}"}))
     assert len(_NEAR_CACHE) <= _NEAR_CACHE_LIMIT
+    _NEAR_CACHE.clear()
+    long = call("bash", {"command": "cat <<EOF > a.py\n" + "x = 1\n" * 400 + "EOF"})
+    assert near_signature(long) == near_signature(long) and not _NEAR_CACHE  # a long body is not kept
 
 
 def test_a_repeat_is_the_same_call_with_the_same_result() -> None:

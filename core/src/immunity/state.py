@@ -78,9 +78,11 @@ def near_signature(step: Step) -> str:
 
 
 #: Near signatures already computed, keyed on the tool and the raw body: agents repeat their
-#: calls, and the two regular expressions are most of a near signature's cost.
+#: calls, and the two regular expressions are most of a near signature's cost. Bodies longer than
+#: ``_NEAR_CACHE_BODY`` characters are not kept, so the cache holds at most about 4 MB.
 _NEAR_CACHE: dict[tuple[str | None, str], str] = {}
 _NEAR_CACHE_LIMIT = 4096
+_NEAR_CACHE_BODY = 1024
 
 
 def signatures(step: Step) -> tuple[str, str]:
@@ -97,9 +99,10 @@ def signatures(step: Step) -> tuple[str, str]:
     near = _NEAR_CACHE.get(key)
     if near is None:
         near = _digest_text(tool, " ".join(_NUM.sub("<n>", body.lower()).split()))  # runs of whitespace -> " "
-        if len(_NEAR_CACHE) >= _NEAR_CACHE_LIMIT:
-            _NEAR_CACHE.clear()
-        _NEAR_CACHE[key] = near
+        if len(body) <= _NEAR_CACHE_BODY:
+            if len(_NEAR_CACHE) >= _NEAR_CACHE_LIMIT:
+                _NEAR_CACHE.clear()
+            _NEAR_CACHE[key] = near
     return sig, near
 
 
