@@ -15,6 +15,7 @@ from immunity.models import (
     RecoveryKind,
     Verdict,
 )
+from immunity.outcomes import set_outcome
 from immunity.runtime import Runtime
 from immunity.testing import FakeAdapter, FakeRun, ScriptStep
 
@@ -642,3 +643,44 @@ def test_keys_stored_in_the_older_form_still_stop_a_repeat_on_resume(tmp_path):
     rt2.forget_result(old_call)  # what a rollback does with the key a resumed step carries
     assert rt2.idempotent_result(idempotency_key("old-run", "refund", {"call_id": "call-1"}), "old-run") is None
     rt2.close()
+
+
+def _reads(session, n, tag):
+    for i in range(n):
+        session.tool_start("read_file", {"path": f"{tag}{i}.py"}, tool_call_id=f"{tag}{i}")
+        session.tool_end("read_file", f"contents of {tag}{i}", tool_call_id=f"{tag}{i}")
+
+
+def test_finished_runs_kept_in_memory_let_go_of_their_old_steps(tmp_path, monkeypatch):
+    monkeypatch.setattr(Runtime, "ENDED_STEPS", 50)
+    monkeypatch.setattr(Runtime, "KEEP_ENDED", 2)
+    monkeypatch.setattr(Runtime, "TRIMMED_STEPS", 3)
+    rt = Runtime(store=str(tmp_path / "runs.db"))
+    stopped = rt.start_run(task="waits for a resume")
+    _reads(stopped, 20, "s")
+    stopped.state.stop_requested = "a person must approve"
+    stopped.end()
+    assert stopped.run.status == "stopped"
+    done = []
+    for r in range(6):
+        s = rt.start_run(task=f"task {r}")
+        _reads(s, 20, f"r{r}-")
+        s.end("success")
+        done.append(s)
+    # every session is still there, with its counts; the oldest finished ones hold their last 3 steps
+    assert [rt.session(s.run.run_id) for s in done] == done
+    held = [len(s.state.steps.held()) for s in done]
+    assert held[-2:] == [20, 20]  # the newest two are never trimmed
+    assert sum(n for n in held[:-2]) <= 50 and 3 in held and held[0] == 3
+    assert all(s.state.n_steps == 20 and s.state.signature_counts.total() == 20 for s in done)
+    assert len(stopped.state.steps.held()) == 20  # a stopped run keeps its steps
+    # the store has every step; a late outcome and a resume still work on a trimmed run
+    rt.flush()
+    assert len(rt.store.steps(done[0].run.run_id)) == 20
+    set_outcome(rt, done[0].run.run_id, "failure")
+    assert done[0].run.outcome.value == "failure"
+    again = rt.resume_run(done[0].run.run_id)
+    assert again is done[0] and not again.ended
+    _reads(again, 2, "again")
+    assert again.state.n_steps == 22 and again.state.last_step.tool == "read_file"
+    rt.close()

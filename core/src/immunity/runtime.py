@@ -901,10 +901,37 @@ class Runtime:
         except Exception as exc:  # fail open: the run has ended either way
             log.warning("intervention selector update failed: %s", exc)
         with self._lock:
-            if len(self.sessions) > 1000:  # keep memory bounded in long-lived processes
-                for rid in [r for r, s in self.sessions.items() if s.ended][:500]:
-                    self.sessions.pop(rid, None)
-                    self._idem.pop(rid, None)  # read back from the store if the run is resumed
+            self._forget_ended()
+
+    #: Ended runs' sessions stay in memory (for ``session(run_id)``, a late ``set_outcome``, a
+    #: resume): at most ``MAX_SESSIONS`` sessions (the oldest ended half is forgotten beyond that;
+    #: a forgotten run is read back from the store if it is resumed). The steps they hold are
+    #: bounded too: past ``ENDED_STEPS`` steps held by finished runs in all (a step costs about
+    #: 3 KB), the oldest finished runs keep only their signals and last ``TRIMMED_STEPS`` steps
+    #: (the store has the rest) and no event timings. The newest ``KEEP_ENDED`` ended runs are
+    #: never trimmed.
+    MAX_SESSIONS = 1000
+    ENDED_STEPS = 5_000
+    TRIMMED_STEPS = 20
+    KEEP_ENDED = 10
+
+    def _forget_ended(self) -> None:
+        ended = [(rid, s) for rid, s in self.sessions.items() if s.ended]  # oldest first
+        if len(self.sessions) > self.MAX_SESSIONS:  # keep memory bounded in long-lived processes
+            for rid, _s in ended[:self.MAX_SESSIONS // 2]:
+                self.sessions.pop(rid, None)
+                self._idem.pop(rid, None)  # read back from the store if the run is resumed
+            ended = ended[self.MAX_SESSIONS // 2:]
+        # finished runs only: a stopped or waiting run (a rollback, an approval) keeps its steps
+        done = [s for _rid, s in ended[:-self.KEEP_ENDED or None] if s.run.status in ("finished", "error")]
+        held = sum(len(s.state.steps.held()) for s in done)
+        for s in done:
+            if held <= self.ENDED_STEPS:
+                break
+            before = len(s.state.steps.held())
+            s.state.steps.trim(self.TRIMMED_STEPS)
+            s.timings.clear()  # up to 100,000 per run
+            held -= before - len(s.state.steps.held())
 
     # ------------------------------------------------------------------ side-effect safety
     def idempotent_result(self, key: str, run_id: str | None = None) -> str | None:

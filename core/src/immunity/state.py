@@ -129,6 +129,16 @@ class StepWindow:
             self._items.popleft()
             self._offset += 1
 
+    def held(self) -> deque[Step]:
+        """The steps still held in memory."""
+        return self._items
+
+    def trim(self, keep: int) -> None:
+        """Let go of all but the last ``keep`` steps held (a run that ended: the store has them)."""
+        while len(self._items) > max(0, keep):
+            self._items.popleft()
+            self._offset += 1
+
     @property
     def offset(self) -> int:
         """The absolute index of the oldest step still held."""
