@@ -243,3 +243,51 @@ def test_a_record_queued_twice_in_one_batch_is_written_once_at_its_last_place(tm
     store.save("runs", run)
     assert [(r.run_id, r.outcome) for r in store.runs()] == [(run.run_id, Outcome.SUCCESS)]
     store.close()
+
+
+@PROPS
+@given(parts=st.lists(st.none() | texts | st.sampled_from(NEAR + SECRET_KEYS + EXAMPLES), max_size=6),
+       hexes=st.lists(st.text(alphabet="0123456789abcdef", min_size=1, max_size=40), max_size=3))
+def test_may_change_any_answers_as_the_joined_text_warm_or_cold(parts, hexes) -> None:
+    red = Redactor()
+    everything = [*parts, *hexes]
+    joined = red.may_change("\n".join(p for p in everything if p))
+    assert red.may_change_any(everything) == joined  # cold
+    assert red.may_change_any(everything) == joined  # every clean text remembered
+    assert red.may_change_any(reversed(everything)) == joined
+    for h in hexes:
+        assert not red.may_change(h) and red.value({"k": h}) == {"k": h}
+
+
+def test_what_may_change_any_remembers_is_bounded_and_never_a_secret() -> None:
+    from immunity.redact import CLEAN_CHARS, CLEAN_LENGTH
+
+    red = Redactor()
+    for i in range(3 * CLEAN_CHARS // CLEAN_LENGTH):
+        assert not red.may_change_any([f"{i:06d} " + "x" * (CLEAN_LENGTH - 8)])
+    assert len(red._clean) <= CLEAN_CHARS // CLEAN_LENGTH + 2
+    assert not red.may_change_any(["y" * (CLEAN_LENGTH + 1)]) and "y" * (CLEAN_LENGTH + 1) not in red._clean
+    for example in EXAMPLES:
+        if "\u017f" in example or "\u212a" in example:
+            continue
+        assert red.may_change_any(["3 passed", example]) and red.may_change_any([example])
+        assert example not in red._clean
+    assert Redactor({"mine": r"zz\d+"}).may_change_any(["nothing here"])
+    assert not Redactor(enabled=False).may_change_any(["password=hunter2"])
+
+
+def test_rows_of_recurring_texts_equal_the_walked_rows_with_a_warm_redactor() -> None:
+    red = Redactor()
+    for i in range(3):
+        for result in ("3 passed", "edited", f"password={i}x", "Bearer abcdefgh12345", None):
+            step = Step(run_id="r1", index=i, tool="bash", arguments={"cmd": "ls", "n": i}, result=result,
+                        data={"idempotency_key": "4aed1f" * 5, "_sig": "x"})
+            fast = _fast_row("steps", step, red, False)
+            slow = _slow("steps", step, red)
+            if fast is not None:
+                _same(fast, slow)
+            else:
+                assert result is not None and red.text(result) != result
+            row = {"key": "ab" * 16, "run_id": "r1", "tool": "bash", "result": result, "ts": 1.0}
+            fast_d = _fast_row("idempotency", row, red, False)
+            assert fast_d is None or fast_d == red.value(row, clip=16_000)

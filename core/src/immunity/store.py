@@ -189,7 +189,7 @@ def to_row(table: str, record: Any, redactor: Any = None, *, message_refs: bool 
 
     With a redactor, the row is first built straight from the record's fields (one JSON encoding
     per column, in pydantic's Rust serializer) and the record's text is checked once with
-    :meth:`~immunity.redact.Redactor.may_change`; only a record that may hold a secret, a string
+    :meth:`~immunity.redact.Redactor.may_change_any`; only a record that may hold a secret, a string
     over a limit or very deep nesting is walked string by string (the same row either way)."""
     if redactor is not None:  # (a disabled redactor still clips)
         try:
@@ -259,7 +259,7 @@ def _fast_row(table: str, record: Any, redactor: Any, message_refs: bool) -> dic
         row = _to_row(table, record)
         texts = [v for v in row.values() if type(v) is str]
         if all(len(v) <= MAX_STORED_TEXT and v.count("{") + v.count("[") <= _BRACKETS for v in texts) \
-                and not redactor.may_change("\n".join(texts)):
+                and not redactor.may_change_any(texts):
             return row
     return None
 
@@ -295,7 +295,7 @@ def _fast_event(ev: Event, redactor: Any, message_refs: bool) -> dict[str, Any] 
                 scan.append(content)  # the whole text, not only what the clip keeps
             scan.append(blob)
             messages.append((digest, blob))
-    if redactor.may_change("\n".join(scan)):
+    if redactor.may_change_any(scan):
         return None
     if msgs:
         extra: dict[str, Any] = {"message_refs": [h for h, _ in messages]}
@@ -317,7 +317,7 @@ def _fast_step(st: Step, redactor: Any) -> dict[str, Any] | None:
     if not (_short(st.tool, st.text, st.result, st.error, st.agent) and (args is None or _fits(args, st.arguments))
             and _fits(dj, data)):
         return None
-    if redactor.may_change("\n".join([x for x in (st.tool, st.text, st.result, st.error, st.agent, args) if x] + [dj])):
+    if redactor.may_change_any((st.tool, st.text, st.result, st.error, st.agent, args, dj)):
         return None
     return {"run_id": st.run_id, "idx": st.index, "action_type": st.action_type.value, "confidence": st.confidence,
             "tool": st.tool, "arguments": args, "text": st.text, "result": st.result, "error": st.error,
@@ -331,7 +331,7 @@ def _fast_run(run: Run, redactor: Any) -> dict[str, Any] | None:
              run.final_answer]
     if not (_short(*texts) and _fits(meta, run.metadata)):
         return None
-    if redactor.may_change("\n".join([x for x in texts if x] + [meta])):
+    if redactor.may_change_any([*texts, meta]):
         return None
     return {"run_id": run.run_id, "task": run.task, "task_id": run.task_id, "domain": run.domain,
             "framework": run.framework, "agent": run.agent, "outcome": run.outcome.value,
@@ -353,7 +353,7 @@ def _fast_dict(record: dict[str, Any], redactor: Any) -> dict[str, Any] | None:
             texts.append(v)
         elif v is not None and tv is not int and tv is not float and tv is not bool:
             return None
-    if redactor.may_change("\n".join(texts)):
+    if redactor.may_change_any(texts):
         return None
     return dict(record)
 
