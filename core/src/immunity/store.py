@@ -308,16 +308,58 @@ def _fast_event(ev: Event, redactor: Any, message_refs: bool) -> dict[str, Any] 
             **({"_messages": messages} if messages else {})}
 
 
+def _flat_texts(value: dict[str, Any], out: list[Any]) -> bool:
+    """Append the keys and string values of a dict that holds only scalars to ``out`` (what the
+    redactor would look at when walking it); ``False`` for anything nested or unusual (then its
+    JSON is scanned instead)."""
+    for k, v in value.items():
+        if type(k) is not str:
+            return False
+        out.append(k)
+        tv = type(v)
+        if tv is str:
+            out.append(v)
+        elif v is not None and tv is not int and tv is not float and tv is not bool:
+            return False
+    return True
+
+
 def _fast_step(st: Step, redactor: Any) -> dict[str, Any] | None:
-    data = st.data
-    if any(k.startswith("_") for k in data):
-        data = {k: v for k, v in data.items() if not k.startswith("_")}
-    args = _json_col(st.arguments)
+    scan: list[Any] = [st.tool, st.text, st.result, st.error, st.agent]
+    for x in scan:
+        if x is not None and len(x) > MAX_STORED_TEXT:
+            return None
+    data: dict[str, Any] = {}
+    texts: list[Any] = []  # the keys and string values of a flat ``data``: each recurs, or is a hex id
+    flat = True
+    for k, v in st.data.items():
+        if k.startswith("_"):  # the runtime's private entries are not stored
+            continue
+        data[k] = v
+        if flat:
+            tv = type(v)
+            if tv is str:
+                texts += (k, v)
+            elif v is None or tv is int or tv is float or tv is bool:
+                texts.append(k)
+            else:
+                flat = False
     dj = pydantic_core.to_json(data).decode("utf-8")
-    if not (_short(st.tool, st.text, st.result, st.error, st.agent) and (args is None or _fits(args, st.arguments))
-            and _fits(dj, data)):
+    if not _fits(dj, data):
         return None
-    if redactor.may_change_any((st.tool, st.text, st.result, st.error, st.agent, args, dj)):
+    if flat:
+        scan += texts
+    else:
+        scan.append(dj)
+    arguments = st.arguments
+    args = None
+    if arguments is not None:
+        args = pydantic_core.to_json(arguments).decode("utf-8")
+        if not _fits(args, arguments):
+            return None
+        if not _flat_texts(arguments, scan):
+            scan.append(args)
+    if redactor.may_change_any(scan):
         return None
     return {"run_id": st.run_id, "idx": st.index, "action_type": st.action_type.value, "confidence": st.confidence,
             "tool": st.tool, "arguments": args, "text": st.text, "result": st.result, "error": st.error,
