@@ -28,8 +28,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -207,6 +209,7 @@ def to_row(table: str, record: Any, redactor: Any = None, *, message_refs: bool 
 
 _EVENT_HEAD = ("event_id", "run_id", "kind", "ts", "agent", "node", "model", "tool", "tool_call_id")
 _EVENT_BODY_EXCLUDE = {*_EVENT_HEAD, "messages"}  # a set: pydantic takes it faster than a frozenset
+_EVENT_JSON = Event.__pydantic_serializer__.to_json
 #: Characters of an event's ``result`` / ``output`` / ``error`` kept (longer ones are clipped).
 EVENT_TEXT_LIMIT = 8000
 #: Brackets a JSON text may hold and still be taken as shallower than the redactor's depth limit
@@ -268,15 +271,18 @@ def _fast_event(ev: Event, redactor: Any, message_refs: bool) -> dict[str, Any] 
     for text in (ev.result, ev.output, ev.error):
         if text is not None and len(text) > EVENT_TEXT_LIMIT:
             return None
-    if not _short(ev.agent, ev.node, ev.model, ev.tool):
-        return None
+    scan: list[Any] = [ev.agent, ev.node, ev.model, ev.tool]
+    for text in scan:
+        if text is not None and len(text) > MAX_STORED_TEXT:
+            return None
     msgs = ev.messages
     if msgs and not message_refs:
         return None
-    body = ev.model_dump_json(exclude=_EVENT_BODY_EXCLUDE, exclude_none=True)
+    # (the model's serializer itself: what model_dump_json calls, without its keyword handling)
+    body = _EVENT_JSON(ev, exclude=_EVENT_BODY_EXCLUDE, exclude_none=True).decode("utf-8")
     if len(body) > MAX_STORED_TEXT or body.count("{") + body.count("[") > _BRACKETS:
         return None
-    scan = [body, *(x for x in (ev.agent, ev.node, ev.model, ev.tool) if x)]
+    scan.append(body)
     messages: list[tuple[str, str]] = []
     if msgs:
         kept = msgs[-MESSAGE_REFS:]
@@ -789,7 +795,7 @@ class SQLiteStore(StoreReads):
         self._rlock = threading.RLock()      # the reading connection
         self._seq_lock = threading.Lock()
         self._spill_lock = threading.RLock()
-        self._seq: dict[str, int] = {}
+        self._seq: dict[str, Iterator[int]] = {}  # run id -> its next event numbers
         self._columns: dict[str, list[str]] = {}
         self._msg_seen: dict[str, None] = {}  # message hashes written (an ordered set, bounded)
         self._failed: list[tuple[str, dict[str, Any]]] = []
@@ -896,13 +902,16 @@ class SQLiteStore(StoreReads):
     def _next_seq(self, record: Any) -> int:
         run_id = record.get("run_id") if isinstance(record, dict) else getattr(record, "run_id", None)
         run_id = str(run_id)
-        with self._seq_lock:
-            if run_id not in self._seq:  # a run resumed from an earlier process goes on numbering
-                with self._rlock:
-                    last = self._reader.execute("select max(seq) from events where run_id = ?", [run_id]).fetchone()
-                self._seq[run_id] = int(last[0] or 0) if last else 0
-            self._seq[run_id] = seq = self._seq[run_id] + 1
-        return seq
+        counter = self._seq.get(run_id)
+        if counter is None:
+            with self._seq_lock:
+                counter = self._seq.get(run_id)
+                if counter is None:  # a run resumed from an earlier process goes on numbering
+                    with self._rlock:
+                        last = self._reader.execute("select max(seq) from events where run_id = ?",
+                                                    [run_id]).fetchone()
+                    counter = self._seq[run_id] = itertools.count(int(last[0] or 0) + 1 if last else 1)
+        return next(counter)  # (one call in C: two threads never get the same number)
 
     def _row(self, table: str, record: Any, seq: int | None = None) -> dict[str, Any]:
         row = to_row(table, record, self.redactor, message_refs=True)
@@ -1184,8 +1193,7 @@ class SQLiteStore(StoreReads):
             cols = self._columns.get(table)
             if cols is None:
                 cols = self._columns[table] = [r[1] for r in self.db.conn.execute(f"PRAGMA table_info([{table}])")]
-            known = set(cols)
-            if all(known.issuperset(r) for r in rows):
+            if set(cols).issuperset(itertools.chain.from_iterable(rows)):  # every row's keys are columns
                 self._insert_many(table, cols, pk is not None, rows)
                 return
             self._columns.pop(table, None)  # a new column: sqlite-utils adds it
@@ -1203,9 +1211,16 @@ class SQLiteStore(StoreReads):
         per = max(1, min(self.ROWS_PER_STATEMENT, self._max_vars // len(cols)))
         head = f"{'INSERT OR REPLACE' if replace else 'INSERT'} INTO [{table}] ({', '.join(f'[{c}]' for c in cols)}) VALUES "
         one = "(" + ", ".join("?" * len(cols)) + ")"
+        values = operator.itemgetter(*cols) if len(cols) > 1 else None
         for i in range(0, len(rows), per):
             part = rows[i:i + per]
-            conn.execute(head + ", ".join([one] * len(part)), [r.get(c) for r in part for c in cols])
+            try:  # the usual case, every column in every row: the values are gathered in C
+                params: list[Any] = list(itertools.chain.from_iterable(map(values, part))) if values else []
+            except KeyError:
+                params = []
+            if len(params) != len(part) * len(cols):
+                params = [r.get(c) for r in part for c in cols]
+            conn.execute(head + ", ".join([one] * len(part)), params)
 
     #: Per-run tables a whole-run write replaces, besides ``runs`` and ``steps``.
     RELATED_TABLES: tuple[str, ...] = ("events", "verdicts", "interventions", "recoveries", "checkpoints",
