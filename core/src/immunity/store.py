@@ -807,7 +807,10 @@ class SQLiteStore(StoreReads):
         self.lost = 0      #: records that could not be written nor spilled (reported in the log)
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._hurry = threading.Event()  # set by flush(): the writer stops lingering
+        self._hurry = threading.Event()  # set while a flush() waits: the writer stops lingering
+        self._flushes = 0  # flush() calls under way (the last one to finish clears _hurry)
+        self._flushes_lock = threading.Lock()
+        self._flushed = 0  # flush() calls that drained the queue (the writer's cue to linger again)
         self._max_vars = 999
         memory = path == ":memory:"
         try:
@@ -965,8 +968,12 @@ class SQLiteStore(StoreReads):
                     # less contention with the agent's thread for the interpreter; a flush
                     # (a run's end with durability="run", a read) cuts it short
                     self._hurry.wait(self.linger_s)
-                self._hurry.clear()
+                flushed = self._flushed
                 with self._drain:
+                    if flushed != self._flushed and not self._hurry.is_set():
+                        # a flush wrote the batch while this thread waited for ``_drain``: what is
+                        # queued now came after it, so linger again instead of writing it alone
+                        continue
                     self._drain_batch(self.CHUNK * 4, background=True)
             except BaseException as exc:  # never let the writer die
                 log.error("immunity store %s: writer error (%s: %s); going on", self.path, type(exc).__name__, exc)
@@ -1297,16 +1304,27 @@ class SQLiteStore(StoreReads):
                 self._lock.release()
         # the caller writes what is queued itself, in order (no hand-over to the writer thread and
         # back); if the writer is busy with a batch, that batch goes first
-        self._hurry.set()
-        n = len(q)
-        if not self._drain.acquire(timeout=max(timeout, 0.0)):
-            return False
+        with self._flushes_lock:
+            self._flushes += 1
+            self._hurry.set()
         try:
-            while n > 0 and q.items and not self._failed:
-                self._drain_batch(min(n, self.CHUNK * 4))
-                n -= self.CHUNK * 4
+            n = len(q)
+            if not self._drain.acquire(timeout=max(timeout, 0.0)):
+                return False
+            try:
+                while n > 0 and q.items and not self._failed:
+                    self._drain_batch(min(n, self.CHUNK * 4))
+                    n -= self.CHUNK * 4
+                self._flushed += 1
+            finally:
+                self._drain.release()
         finally:
-            self._drain.release()
+            # what this flush waited for is written: a hurry left set would make the writer write
+            # the next record (the next run's start) alone, at once, in a commit of its own
+            with self._flushes_lock:
+                self._flushes -= 1
+                if not self._flushes:
+                    self._hurry.clear()
         while self._spilling or self._failed:
             with self._lock:
                 if self._failed:
