@@ -291,3 +291,27 @@ def test_rows_of_recurring_texts_equal_the_walked_rows_with_a_warm_redactor() ->
             row = {"key": "ab" * 16, "run_id": "r1", "tool": "bash", "result": result, "ts": 1.0}
             fast_d = _fast_row("idempotency", row, red, False)
             assert fast_d is None or fast_d == red.value(row, clip=16_000)
+
+
+def test_a_run_s_end_is_one_commit_and_the_next_run_s_start_waits_for_its_batch(tmp_path) -> None:
+    commits: list[int] = []
+
+    class Counting(SQLiteStore):
+        def _commit(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+            commits.append(len(rows))
+            super()._commit(rows)
+
+    store = Counting(str(tmp_path / "c.db"), linger_ms=2000)  # the writer never ends a linger here
+    for r in range(5):
+        run = Run(run_id=f"c{r}", task="t")
+        store.save("runs", run)
+        for i in range(3):
+            store.save("events", Event(kind=EventKind.TOOL_END, run_id=run.run_id, tool="bash", result="ok"))
+            store.save("steps", Step(run_id=run.run_id, index=i, tool="bash", result="ok"))
+        run.ended_at = run.started_at + 1
+        store.save("runs", run)  # durability="run": flushed before save returns
+        assert len(store.steps(run.run_id)) == 3  # a read flushes again, with nothing queued
+    # before: that second flush left the writer hurried, so the next run's start row went alone in
+    # a commit of its own
+    assert commits == [7] * 5
+    store.close()
