@@ -1,4 +1,4 @@
-"""Rows built straight from records: the one-scan prefilter never lets through a secret the full
+"""Rows built straight from records: the prefilter never lets through a secret the full
 redaction masks, and a row built without walking the record's strings equals the walked one."""
 
 from __future__ import annotations

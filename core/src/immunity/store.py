@@ -190,7 +190,7 @@ def to_row(table: str, record: Any, redactor: Any = None, *, message_refs: bool 
     every string in it is redacted, and clipped to :data:`MAX_STORED_TEXT`, before it is JSON-encoded.
 
     With a redactor, the row is first built straight from the record's fields (one JSON encoding
-    per column, in pydantic's Rust serializer) and the record's text is checked once with
+    per column, in pydantic's Rust serializer) and the record's texts are checked with
     :meth:`~immunity.redact.Redactor.may_change_any`; only a record that may hold a secret, a string
     over a limit or very deep nesting is walked string by string (the same row either way)."""
     if redactor is not None:  # (a disabled redactor still clips)
