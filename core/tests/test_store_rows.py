@@ -260,13 +260,16 @@ def test_may_change_any_answers_as_the_joined_text_warm_or_cold(parts, hexes) ->
 
 
 def test_what_may_change_any_remembers_is_bounded_and_never_a_secret() -> None:
-    from immunity.redact import CLEAN_CHARS, CLEAN_LENGTH
+    from immunity.redact import CLEAN_CHARS, CLEAN_LENGTH, CLEAN_TEXTS
 
     red = Redactor()
     for i in range(3 * CLEAN_CHARS // CLEAN_LENGTH):
         assert not red.may_change_any([f"{i:06d} " + "x" * (CLEAN_LENGTH - 8)])
     assert len(red._clean) <= CLEAN_CHARS // CLEAN_LENGTH + 2
     assert not red.may_change_any(["y" * (CLEAN_LENGTH + 1)]) and "y" * (CLEAN_LENGTH + 1) not in red._clean
+    for i in range(2 * CLEAN_TEXTS):
+        assert not red.may_change_any([f"t{i}"])
+    assert len(red._clean) <= CLEAN_TEXTS
     for example in EXAMPLES:
         if "\u017f" in example or "\u212a" in example:
             continue

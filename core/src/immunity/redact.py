@@ -139,10 +139,12 @@ MIN_LENGTH = 6
 _SECRET_KEY = re.compile(r"^(?:[A-Za-z0-9_-]*[_-])?(?i:" + _SECRET_NAMES + r"|authorization|cookie|set-cookie)$")
 
 #: Texts up to this long that :meth:`Redactor.may_change_any` found clean are remembered (a tool's
-#: name, a result that recurs, a JSON key), at most :data:`CLEAN_CHARS` characters in all (then
-#: the memory starts again), so text that recurs costs one set lookup instead of a scan.
+#: name, a result that recurs, a JSON key), at most :data:`CLEAN_CHARS` characters and
+#: :data:`CLEAN_TEXTS` texts in all (then the memory starts again: a few MB at most), so text that
+#: recurs costs one set lookup instead of a scan.
 CLEAN_LENGTH = 1024
 CLEAN_CHARS = 512_000
+CLEAN_TEXTS = 16_384
 _HEX = "0123456789abcdef"
 
 #: Nesting deeper than this is not walked further (it is replaced by a marker, never recursed into).
@@ -242,7 +244,7 @@ class Redactor:
             if self.may_change(text):
                 return True
             if len(text) <= CLEAN_LENGTH:
-                if self._clean_chars > CLEAN_CHARS:
+                if self._clean_chars > CLEAN_CHARS or len(clean) >= CLEAN_TEXTS:
                     clean.clear()  # (another thread may add meanwhile: the bound is approximate)
                     self._clean_chars = 0
                 clean.add(text)
