@@ -1,4 +1,4 @@
-"""Rows built straight from records: the one-scan prefilter never lets through a secret the full
+"""Rows built straight from records: the prefilter never lets through a secret the full
 redaction masks, and a row built without walking the record's strings equals the walked one."""
 
 from __future__ import annotations
@@ -242,4 +242,79 @@ def test_a_record_queued_twice_in_one_batch_is_written_once_at_its_last_place(tm
     run.outcome, run.ended_at = Outcome.SUCCESS, run.started_at + 1
     store.save("runs", run)
     assert [(r.run_id, r.outcome) for r in store.runs()] == [(run.run_id, Outcome.SUCCESS)]
+    store.close()
+
+
+@PROPS
+@given(parts=st.lists(st.none() | texts | st.sampled_from(NEAR + SECRET_KEYS + EXAMPLES), max_size=6),
+       hexes=st.lists(st.text(alphabet="0123456789abcdef", min_size=1, max_size=40), max_size=3))
+def test_may_change_any_answers_as_the_joined_text_warm_or_cold(parts, hexes) -> None:
+    red = Redactor()
+    everything = [*parts, *hexes]
+    joined = red.may_change("\n".join(p for p in everything if p))
+    assert red.may_change_any(everything) == joined  # cold
+    assert red.may_change_any(everything) == joined  # every clean text remembered
+    assert red.may_change_any(reversed(everything)) == joined
+    for h in hexes:
+        assert not red.may_change(h) and red.value({"k": h}) == {"k": h}
+
+
+def test_what_may_change_any_remembers_is_bounded_and_never_a_secret() -> None:
+    from immunity.redact import CLEAN_CHARS, CLEAN_LENGTH, CLEAN_TEXTS
+
+    red = Redactor()
+    for i in range(3 * CLEAN_CHARS // CLEAN_LENGTH):
+        assert not red.may_change_any([f"{i:06d} " + "x" * (CLEAN_LENGTH - 8)])
+    assert len(red._clean) <= CLEAN_CHARS // CLEAN_LENGTH + 2
+    assert not red.may_change_any(["y" * (CLEAN_LENGTH + 1)]) and "y" * (CLEAN_LENGTH + 1) not in red._clean
+    for i in range(2 * CLEAN_TEXTS):
+        assert not red.may_change_any([f"t{i}"])
+    assert len(red._clean) <= CLEAN_TEXTS
+    for example in EXAMPLES:
+        if "\u017f" in example or "\u212a" in example:
+            continue
+        assert red.may_change_any(["3 passed", example]) and red.may_change_any([example])
+        assert example not in red._clean
+    assert Redactor({"mine": r"zz\d+"}).may_change_any(["nothing here"])
+    assert not Redactor(enabled=False).may_change_any(["password=hunter2"])
+
+
+def test_rows_of_recurring_texts_equal_the_walked_rows_with_a_warm_redactor() -> None:
+    red = Redactor()
+    for i in range(3):
+        for result in ("3 passed", "edited", f"password={i}x", "Bearer abcdefgh12345", None):
+            step = Step(run_id="r1", index=i, tool="bash", arguments={"cmd": "ls", "n": i}, result=result,
+                        data={"idempotency_key": "4aed1f" * 5, "_sig": "x"})
+            fast = _fast_row("steps", step, red, False)
+            slow = _slow("steps", step, red)
+            if fast is not None:
+                _same(fast, slow)
+            else:
+                assert result is not None and red.text(result) != result
+            row = {"key": "ab" * 16, "run_id": "r1", "tool": "bash", "result": result, "ts": 1.0}
+            fast_d = _fast_row("idempotency", row, red, False)
+            assert fast_d is None or fast_d == red.value(row, clip=16_000)
+
+
+def test_a_run_s_end_is_one_commit_and_the_next_run_s_start_waits_for_its_batch(tmp_path) -> None:
+    commits: list[int] = []
+
+    class Counting(SQLiteStore):
+        def _commit(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+            commits.append(len(rows))
+            super()._commit(rows)
+
+    store = Counting(str(tmp_path / "c.db"), linger_ms=2000)  # the writer never ends a linger here
+    for r in range(5):
+        run = Run(run_id=f"c{r}", task="t")
+        store.save("runs", run)
+        for i in range(3):
+            store.save("events", Event(kind=EventKind.TOOL_END, run_id=run.run_id, tool="bash", result="ok"))
+            store.save("steps", Step(run_id=run.run_id, index=i, tool="bash", result="ok"))
+        run.ended_at = run.started_at + 1
+        store.save("runs", run)  # durability="run": flushed before save returns
+        assert len(store.steps(run.run_id)) == 3  # a read flushes again, with nothing queued
+    # before: that second flush left the writer hurried, so the next run's start row went alone in
+    # a commit of its own
+    assert commits == [7] * 5
     store.close()

@@ -23,9 +23,10 @@ Besides text, dictionaries are walked: the value under a key that names a secret
 ``api_key``, ``token``, ``authorization``...) is masked whatever it looks like. Only strings are
 scanned; numbers, booleans and ``None`` pass through untouched.
 
-A store checks a whole record first with :meth:`Redactor.may_change` (a few substring tests for
-the literals every match must contain, :data:`PREFILTER`) and walks its strings only when that
-finds something; with user or plugin patterns every record is walked.
+A store checks a whole record first with :meth:`Redactor.may_change_any` (a few substring tests
+for the literals every match must contain, :data:`PREFILTER`, on each of the record's texts; a
+text found clean before, or made of hexadecimal digits only, is not tested again) and walks its
+strings only when that finds something; with user or plugin patterns every record is walked.
 
 Extending it: user patterns (``Config.options["redact"]["patterns"] = [regex, ...]`` or
 ``{name: regex}``) and plugins through the ``immunity_register_redaction_patterns`` hook
@@ -137,6 +138,15 @@ MIN_LENGTH = 6
 
 _SECRET_KEY = re.compile(r"^(?:[A-Za-z0-9_-]*[_-])?(?i:" + _SECRET_NAMES + r"|authorization|cookie|set-cookie)$")
 
+#: Texts up to this long that :meth:`Redactor.may_change_any` found clean are remembered (a tool's
+#: name, a result that recurs, a JSON key), at most :data:`CLEAN_CHARS` characters and
+#: :data:`CLEAN_TEXTS` texts in all (then the memory starts again: a few MB at most), so text that
+#: recurs costs one set lookup instead of a scan.
+CLEAN_LENGTH = 1024
+CLEAN_CHARS = 512_000
+CLEAN_TEXTS = 16_384
+_HEX = "0123456789abcdef"
+
 #: Nesting deeper than this is not walked further (it is replaced by a marker, never recursed into).
 MAX_DEPTH = 64
 
@@ -181,11 +191,16 @@ class Redactor:
         #: every detector in one expression (for callers that want the whole set)
         self.pattern = self._expression(tuple(range(len(self.names))))
         self._prefilter: tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]] | None = None
+        self._hex_clean = False
         if all(n in PREFILTER for n in self.names):  # user and plugin patterns: every record is walked
             exact = dict.fromkeys(lit for n in self.names for lit in PREFILTER[n][0])
             lowered = dict.fromkeys([*(lit for n in self.names for lit in PREFILTER[n][1]),
                                      *PREFILTER["secret_field"][1], *_KEY_LITERALS])
             self._prefilter = (_grouped(exact, _EXACT_ANCHORS), _grouped(lowered, _ANCHORS))
+            # ids, keys and digests (lower-case hex) cannot hold a literal that has a non-hex character
+            self._hex_clean = all(lit.strip(_HEX) for lit in [*exact, *lowered])
+        self._clean: set[str] = set()
+        self._clean_chars = 0
 
     def may_change(self, text: str) -> bool:
         """Whether redaction could change any string that ``text`` holds (a record's JSON, or its
@@ -209,6 +224,31 @@ class Redactor:
                 for lit in lits:
                     if lit in low and (lit != "token" or _TOKEN_END.search(low)):
                         return True
+        return False
+
+    def may_change_any(self, texts: Iterable[str | None]) -> bool:
+        """``may_change("\\n".join(t for t in texts if t))``, text by text: no literal holds a line
+        break (nor does the ``token`` rule look past one), so a literal is in the joined text exactly
+        when it is in one of the texts. A text already found clean is not tested again, nor one of
+        lower-case hexadecimal digits only (no literal is made of them alone)."""
+        if not self.enabled:
+            return False
+        if self._prefilter is None:
+            return True
+        clean = self._clean
+        for text in texts:
+            if not text or text in clean:
+                continue
+            if self._hex_clean and not text.strip(_HEX):
+                continue
+            if self.may_change(text):
+                return True
+            if len(text) <= CLEAN_LENGTH:
+                if self._clean_chars > CLEAN_CHARS or len(clean) >= CLEAN_TEXTS:
+                    clean.clear()  # (another thread may add meanwhile: the bound is approximate)
+                    self._clean_chars = 0
+                clean.add(text)
+                self._clean_chars += len(text)
         return False
 
     def _expression(self, active: tuple[int, ...]) -> re.Pattern[str] | None:

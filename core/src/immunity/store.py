@@ -28,8 +28,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -188,8 +190,8 @@ def to_row(table: str, record: Any, redactor: Any = None, *, message_refs: bool 
     every string in it is redacted, and clipped to :data:`MAX_STORED_TEXT`, before it is JSON-encoded.
 
     With a redactor, the row is first built straight from the record's fields (one JSON encoding
-    per column, in pydantic's Rust serializer) and the record's text is checked once with
-    :meth:`~immunity.redact.Redactor.may_change`; only a record that may hold a secret, a string
+    per column, in pydantic's Rust serializer) and the record's texts are checked with
+    :meth:`~immunity.redact.Redactor.may_change_any`; only a record that may hold a secret, a string
     over a limit or very deep nesting is walked string by string (the same row either way)."""
     if redactor is not None:  # (a disabled redactor still clips)
         try:
@@ -207,6 +209,7 @@ def to_row(table: str, record: Any, redactor: Any = None, *, message_refs: bool 
 
 _EVENT_HEAD = ("event_id", "run_id", "kind", "ts", "agent", "node", "model", "tool", "tool_call_id")
 _EVENT_BODY_EXCLUDE = {*_EVENT_HEAD, "messages"}  # a set: pydantic takes it faster than a frozenset
+_EVENT_JSON = Event.__pydantic_serializer__.to_json
 #: Characters of an event's ``result`` / ``output`` / ``error`` kept (longer ones are clipped).
 EVENT_TEXT_LIMIT = 8000
 #: Brackets a JSON text may hold and still be taken as shallower than the redactor's depth limit
@@ -259,7 +262,7 @@ def _fast_row(table: str, record: Any, redactor: Any, message_refs: bool) -> dic
         row = _to_row(table, record)
         texts = [v for v in row.values() if type(v) is str]
         if all(len(v) <= MAX_STORED_TEXT and v.count("{") + v.count("[") <= _BRACKETS for v in texts) \
-                and not redactor.may_change("\n".join(texts)):
+                and not redactor.may_change_any(texts):
             return row
     return None
 
@@ -268,15 +271,18 @@ def _fast_event(ev: Event, redactor: Any, message_refs: bool) -> dict[str, Any] 
     for text in (ev.result, ev.output, ev.error):
         if text is not None and len(text) > EVENT_TEXT_LIMIT:
             return None
-    if not _short(ev.agent, ev.node, ev.model, ev.tool):
-        return None
+    scan: list[Any] = [ev.agent, ev.node, ev.model, ev.tool]
+    for text in scan:
+        if text is not None and len(text) > MAX_STORED_TEXT:
+            return None
     msgs = ev.messages
     if msgs and not message_refs:
         return None
-    body = ev.model_dump_json(exclude=_EVENT_BODY_EXCLUDE, exclude_none=True)
+    # (the model's serializer itself: what model_dump_json calls, without its keyword handling)
+    body = _EVENT_JSON(ev, exclude=_EVENT_BODY_EXCLUDE, exclude_none=True).decode("utf-8")
     if len(body) > MAX_STORED_TEXT or body.count("{") + body.count("[") > _BRACKETS:
         return None
-    scan = [body, *(x for x in (ev.agent, ev.node, ev.model, ev.tool) if x)]
+    scan.append(body)
     messages: list[tuple[str, str]] = []
     if msgs:
         kept = msgs[-MESSAGE_REFS:]
@@ -295,7 +301,7 @@ def _fast_event(ev: Event, redactor: Any, message_refs: bool) -> dict[str, Any] 
                 scan.append(content)  # the whole text, not only what the clip keeps
             scan.append(blob)
             messages.append((digest, blob))
-    if redactor.may_change("\n".join(scan)):
+    if redactor.may_change_any(scan):
         return None
     if msgs:
         extra: dict[str, Any] = {"message_refs": [h for h, _ in messages]}
@@ -308,16 +314,58 @@ def _fast_event(ev: Event, redactor: Any, message_refs: bool) -> dict[str, Any] 
             **({"_messages": messages} if messages else {})}
 
 
+def _flat_texts(value: dict[str, Any], out: list[Any]) -> bool:
+    """Append the keys and string values of a dict that holds only scalars to ``out`` (what the
+    redactor would look at when walking it); ``False`` for anything nested or unusual (then its
+    JSON is scanned instead)."""
+    for k, v in value.items():
+        if type(k) is not str:
+            return False
+        out.append(k)
+        tv = type(v)
+        if tv is str:
+            out.append(v)
+        elif v is not None and tv is not int and tv is not float and tv is not bool:
+            return False
+    return True
+
+
 def _fast_step(st: Step, redactor: Any) -> dict[str, Any] | None:
-    data = st.data
-    if any(k.startswith("_") for k in data):
-        data = {k: v for k, v in data.items() if not k.startswith("_")}
-    args = _json_col(st.arguments)
+    scan: list[Any] = [st.tool, st.text, st.result, st.error, st.agent]
+    for x in scan:
+        if x is not None and len(x) > MAX_STORED_TEXT:
+            return None
+    data: dict[str, Any] = {}
+    texts: list[Any] = []  # the keys and string values of a flat ``data``: each recurs, or is a hex id
+    flat = True
+    for k, v in st.data.items():
+        if k.startswith("_"):  # the runtime's private entries are not stored
+            continue
+        data[k] = v
+        if flat:
+            tv = type(v)
+            if tv is str:
+                texts += (k, v)
+            elif v is None or tv is int or tv is float or tv is bool:
+                texts.append(k)
+            else:
+                flat = False
     dj = pydantic_core.to_json(data).decode("utf-8")
-    if not (_short(st.tool, st.text, st.result, st.error, st.agent) and (args is None or _fits(args, st.arguments))
-            and _fits(dj, data)):
+    if not _fits(dj, data):
         return None
-    if redactor.may_change("\n".join([x for x in (st.tool, st.text, st.result, st.error, st.agent, args) if x] + [dj])):
+    if flat:
+        scan += texts
+    else:
+        scan.append(dj)
+    arguments = st.arguments
+    args = None
+    if arguments is not None:
+        args = pydantic_core.to_json(arguments).decode("utf-8")
+        if not _fits(args, arguments):
+            return None
+        if not _flat_texts(arguments, scan):
+            scan.append(args)
+    if redactor.may_change_any(scan):
         return None
     return {"run_id": st.run_id, "idx": st.index, "action_type": st.action_type.value, "confidence": st.confidence,
             "tool": st.tool, "arguments": args, "text": st.text, "result": st.result, "error": st.error,
@@ -331,7 +379,7 @@ def _fast_run(run: Run, redactor: Any) -> dict[str, Any] | None:
              run.final_answer]
     if not (_short(*texts) and _fits(meta, run.metadata)):
         return None
-    if redactor.may_change("\n".join([x for x in texts if x] + [meta])):
+    if redactor.may_change_any([*texts, meta]):
         return None
     return {"run_id": run.run_id, "task": run.task, "task_id": run.task_id, "domain": run.domain,
             "framework": run.framework, "agent": run.agent, "outcome": run.outcome.value,
@@ -353,7 +401,7 @@ def _fast_dict(record: dict[str, Any], redactor: Any) -> dict[str, Any] | None:
             texts.append(v)
         elif v is not None and tv is not int and tv is not float and tv is not bool:
             return None
-    if redactor.may_change("\n".join(texts)):
+    if redactor.may_change_any(texts):
         return None
     return dict(record)
 
@@ -747,7 +795,7 @@ class SQLiteStore(StoreReads):
         self._rlock = threading.RLock()      # the reading connection
         self._seq_lock = threading.Lock()
         self._spill_lock = threading.RLock()
-        self._seq: dict[str, int] = {}
+        self._seq: dict[str, Iterator[int]] = {}  # run id -> its next event numbers
         self._columns: dict[str, list[str]] = {}
         self._msg_seen: dict[str, None] = {}  # message hashes written (an ordered set, bounded)
         self._failed: list[tuple[str, dict[str, Any]]] = []
@@ -759,7 +807,10 @@ class SQLiteStore(StoreReads):
         self.lost = 0      #: records that could not be written nor spilled (reported in the log)
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._hurry = threading.Event()  # set by flush(): the writer stops lingering
+        self._hurry = threading.Event()  # set while a flush() waits: the writer stops lingering
+        self._flushes = 0  # flush() calls under way (the last one to finish clears _hurry)
+        self._flushes_lock = threading.Lock()
+        self._flushed = 0  # flush() calls that drained the queue (the writer's cue to linger again)
         self._max_vars = 999
         memory = path == ":memory:"
         try:
@@ -854,13 +905,16 @@ class SQLiteStore(StoreReads):
     def _next_seq(self, record: Any) -> int:
         run_id = record.get("run_id") if isinstance(record, dict) else getattr(record, "run_id", None)
         run_id = str(run_id)
-        with self._seq_lock:
-            if run_id not in self._seq:  # a run resumed from an earlier process goes on numbering
-                with self._rlock:
-                    last = self._reader.execute("select max(seq) from events where run_id = ?", [run_id]).fetchone()
-                self._seq[run_id] = int(last[0] or 0) if last else 0
-            self._seq[run_id] = seq = self._seq[run_id] + 1
-        return seq
+        counter = self._seq.get(run_id)
+        if counter is None:
+            with self._seq_lock:
+                counter = self._seq.get(run_id)
+                if counter is None:  # a run resumed from an earlier process goes on numbering
+                    with self._rlock:
+                        last = self._reader.execute("select max(seq) from events where run_id = ?",
+                                                    [run_id]).fetchone()
+                    counter = self._seq[run_id] = itertools.count(int(last[0] or 0) + 1 if last else 1)
+        return next(counter)  # (one call in C: two threads never get the same number)
 
     def _row(self, table: str, record: Any, seq: int | None = None) -> dict[str, Any]:
         row = to_row(table, record, self.redactor, message_refs=True)
@@ -914,8 +968,12 @@ class SQLiteStore(StoreReads):
                     # less contention with the agent's thread for the interpreter; a flush
                     # (a run's end with durability="run", a read) cuts it short
                     self._hurry.wait(self.linger_s)
-                self._hurry.clear()
+                flushed = self._flushed
                 with self._drain:
+                    if flushed != self._flushed and not self._hurry.is_set():
+                        # a flush wrote the batch while this thread waited for ``_drain``: what is
+                        # queued now came after it, so linger again instead of writing it alone
+                        continue
                     self._drain_batch(self.CHUNK * 4, background=True)
             except BaseException as exc:  # never let the writer die
                 log.error("immunity store %s: writer error (%s: %s); going on", self.path, type(exc).__name__, exc)
@@ -1142,8 +1200,7 @@ class SQLiteStore(StoreReads):
             cols = self._columns.get(table)
             if cols is None:
                 cols = self._columns[table] = [r[1] for r in self.db.conn.execute(f"PRAGMA table_info([{table}])")]
-            known = set(cols)
-            if all(known.issuperset(r) for r in rows):
+            if set(cols).issuperset(itertools.chain.from_iterable(rows)):  # every row's keys are columns
                 self._insert_many(table, cols, pk is not None, rows)
                 return
             self._columns.pop(table, None)  # a new column: sqlite-utils adds it
@@ -1161,9 +1218,16 @@ class SQLiteStore(StoreReads):
         per = max(1, min(self.ROWS_PER_STATEMENT, self._max_vars // len(cols)))
         head = f"{'INSERT OR REPLACE' if replace else 'INSERT'} INTO [{table}] ({', '.join(f'[{c}]' for c in cols)}) VALUES "
         one = "(" + ", ".join("?" * len(cols)) + ")"
+        values = operator.itemgetter(*cols) if len(cols) > 1 else None
         for i in range(0, len(rows), per):
             part = rows[i:i + per]
-            conn.execute(head + ", ".join([one] * len(part)), [r.get(c) for r in part for c in cols])
+            try:  # the usual case, every column in every row: the values are gathered in C
+                params: list[Any] = list(itertools.chain.from_iterable(map(values, part))) if values else []
+            except KeyError:
+                params = []
+            if len(params) != len(part) * len(cols):
+                params = [r.get(c) for r in part for c in cols]
+            conn.execute(head + ", ".join([one] * len(part)), params)
 
     #: Per-run tables a whole-run write replaces, besides ``runs`` and ``steps``.
     RELATED_TABLES: tuple[str, ...] = ("events", "verdicts", "interventions", "recoveries", "checkpoints",
@@ -1240,16 +1304,27 @@ class SQLiteStore(StoreReads):
                 self._lock.release()
         # the caller writes what is queued itself, in order (no hand-over to the writer thread and
         # back); if the writer is busy with a batch, that batch goes first
-        self._hurry.set()
-        n = len(q)
-        if not self._drain.acquire(timeout=max(timeout, 0.0)):
-            return False
+        with self._flushes_lock:
+            self._flushes += 1
+            self._hurry.set()
         try:
-            while n > 0 and q.items and not self._failed:
-                self._drain_batch(min(n, self.CHUNK * 4))
-                n -= self.CHUNK * 4
+            n = len(q)
+            if not self._drain.acquire(timeout=max(timeout, 0.0)):
+                return False
+            try:
+                while n > 0 and q.items and not self._failed:
+                    self._drain_batch(min(n, self.CHUNK * 4))
+                    n -= self.CHUNK * 4
+                self._flushed += 1
+            finally:
+                self._drain.release()
         finally:
-            self._drain.release()
+            # what this flush waited for is written: a hurry left set would make the writer write
+            # the next record (the next run's start) alone, at once, in a commit of its own
+            with self._flushes_lock:
+                self._flushes -= 1
+                if not self._flushes:
+                    self._hurry.clear()
         while self._spilling or self._failed:
             with self._lock:
                 if self._failed:
