@@ -63,7 +63,19 @@ def alternatives(expr: str) -> list[str]:
 
 
 def searcher(expr: str) -> Callable[[str], bool]:
-    """A function ``text -> bool`` equal to ``bool(re.compile(expr, re.I | re.S).search(text))``."""
+    """A function ``text -> bool`` equal to ``bool(re.compile(expr, re.I | re.S).search(text))``.
+    Its expressions are compiled at its first call (importing the domain stays cheap)."""
+    built: list[Callable[[str], bool]] = []
+
+    def search(text: str) -> bool:
+        if not built:
+            built.append(_build(expr))
+        return built[0](text)
+
+    return search
+
+
+def _build(expr: str) -> Callable[[str], bool]:
     parts = alternatives(expr)
     if _GLOBAL_FLAGS.match(expr):  # flags for the whole expression: searched as it is
         plain = re.compile(expr, _FLAGS).search
