@@ -727,7 +727,8 @@ def learn_model(runs: list[RunData], cfg: LearnConfig, *, name: str = "model",
     # cross-fitted evidence: each fold's evidence comes from patterns learned without it
     shared: dict[str, Any] = {"runs": labelled, "folds": folds, "cfg": cfg, "domain": domain}
     oof: dict[str, np.ndarray] = {}
-    *parts, (patterns, table) = pmap(_fold_evidence, [*range(k), -1], shared=shared, jobs=jobs)
+    # the largest task first: the folds' smaller ones fill in the other processes meanwhile
+    (patterns, table), *parts = pmap(_fold_evidence, [-1, *range(k)], shared=shared, jobs=jobs)
     for part in parts:
         oof.update(part)
 
