@@ -216,15 +216,18 @@ def _learn_files(paths: tuple[str, ...], fmt: str, domain: str | None, all_domai
     # process of its own while the others are learned: the large packs leave a core idle between
     # their parallel parts. The packs are the same as one after the other.
     n_jobs = jobs or default_jobs()
-    todo = []
+    steps = {c.domain: 0 for c in feats.collected}
+    for c in feats.collected:
+        steps[c.domain] += len(c.actions)
+    background: dict[str | None, tuple[Any, Callable[[], Any]]] = {}
+    for dom, path, pname, every in groups:  # the small packs started first, then the large ones learned
+        if len(groups) > 1 and n_jobs > 1 and jobs_for(steps.get(dom, 0), n_jobs) == 1:
+            collected = feats.embedded(dom, every_domain=every)
+            background[dom] = (collected, in_background(_build, {"collected": collected, "cfg": cfg,
+                                                                 "options": _pack_options(
+                path, pname, dom, paths=paths, store=None, split=split, pack_version=pack_version, jobs=jobs)}))
     for dom, path, pname, every in groups:
-        collected = feats.embedded(dom, every_domain=every)
-        small = len(groups) > 1 and n_jobs > 1 and jobs_for(sum(r.n for r in collected[0]), n_jobs) == 1
-        built = in_background(_build, {"collected": collected, "cfg": cfg, "options": _pack_options(
-            path, pname, dom, paths=paths, store=None, split=split, pack_version=pack_version, jobs=jobs)}) \
-            if small else None
-        todo.append((dom, path, pname, collected, built))
-    for dom, path, pname, collected, built in todo:
+        collected, built = background.get(dom) or (feats.embedded(dom, every_domain=every), None)
         _learn_one(collected[0], dom, path, pname, cfg, paths=paths, store=None, embedder=embedder,
                    split=split, pack_version=pack_version, jobs=jobs, target_far=target_far, collected=collected,
                    built=built)
