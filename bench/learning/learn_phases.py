@@ -6,7 +6,7 @@ distances, model fits, calibration).
 
 Usage: uv run python bench/learning/learn_phases.py [--jobs N] TRACE_FILE...
 
-Prints each phase's CPU seconds (this process and the worker processes it waited for) and wall
+Prints each phase's CPU seconds (this process and the worker processes it waited for, and each part) and wall
 seconds, and the load average; for the end-to-end figure use ``learn_throughput.py``.
 """
 
@@ -23,17 +23,18 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--format", default="auto")
     args = ap.parse_args()
-    def cpu() -> float:
+    def cpu() -> tuple[float, float]:
         t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
+        return t.user + t.system, t.children_user + t.children_system
 
-    last = [cpu(), time.perf_counter()]
+    last = [*cpu(), time.perf_counter()]
 
     def mark(name: str) -> None:
-        c, w = cpu(), time.perf_counter()
-        print(f"{name:32s} CPU {c - last[0]:6.2f} s  wall {w - last[1]:6.2f} s  load avg {os.getloadavg()[0]:.1f}",
+        (own, workers), w = cpu(), time.perf_counter()
+        print(f"{name:32s} CPU {own + workers - last[0] - last[1]:6.2f} s (this process {own - last[0]:5.2f}, "
+              f"workers {workers - last[1]:5.2f})  wall {w - last[2]:6.2f} s  load avg {os.getloadavg()[0]:.1f}",
               flush=True)
-        last[:] = [c, w]
+        last[:] = [own, workers, w]
 
     from immunity.learning.data import read_features
     from immunity.learning.learn import LearnConfig

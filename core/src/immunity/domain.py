@@ -81,13 +81,16 @@ class Rule:
             self._when_re = re.compile(self.when, re.I | re.S)
 
     def matches(self, tool: str | None, text: str) -> bool:
-        name = tool or ""
-        if self._tool_re is not None:
-            if not self._tool_re.fullmatch(name):
-                return False
-        elif name.lower() != self.tool.lower():
+        if not self.matches_tool(tool):
             return False
         return self._when_re is None or bool(self._when_re.search(text))
+
+    def matches_tool(self, tool: str | None) -> bool:
+        """Whether the rule is for this tool (``when`` not looked at)."""
+        name = tool or ""
+        if self._tool_re is not None:
+            return self._tool_re.fullmatch(name) is not None
+        return name.lower() == self.tool.lower()
 
 
 Check = Callable[..., Any]

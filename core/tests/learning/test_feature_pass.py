@@ -285,3 +285,38 @@ def test_learn_from_files_writes_the_same_pack_whatever_the_number_of_jobs(
         assert res.exit_code == 0, res.output
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_per_domain_packs_learned_side_by_side_are_the_packs_learned_one_after_the_other(
+        trace_files: list[str], tmp_path: Path) -> None:
+    """With several domains and --jobs 2, a small pack is learned in a process of its own while the
+    others are learned (here every pack is small); the packs are byte-identical to --jobs 1's."""
+    outs: dict[str, list[bytes]] = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / jobs / "pack.json"
+        out.parent.mkdir()
+        res = CliRunner().invoke(build_cli(), ["learn", *trace_files, "--folds", "2", "--jobs", jobs,
+                                               "--out", str(out)], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        assert "writing one pack per domain" in res.output
+        outs[jobs] = [p.read_bytes() for p in sorted(out.parent.glob("pack-*.json"))]
+    assert len(outs["1"]) >= 2 and outs["1"] == outs["2"]
+
+
+def _fails(shared: dict[str, Any]) -> None:
+    raise ValueError(f"no runs of {shared['what']}")
+
+
+def _crashes(shared: dict[str, Any]) -> None:
+    raise KeyError(shared["what"])
+
+
+def test_work_in_a_background_process_returns_its_result_or_its_error() -> None:
+    from immunity.learning.parallel import in_background
+
+    assert in_background(sorted, [3, 1, 2])() == [1, 2, 3]
+    assert in_background(sorted, [3, 1, 2], enabled=False)() == [1, 2, 3]
+    with pytest.raises(ValueError, match="no runs of x"):
+        in_background(_fails, {"what": "x"})()
+    with pytest.raises(RuntimeError, match="KeyError: 'y'"):
+        in_background(_crashes, {"what": "y"})()

@@ -227,3 +227,19 @@ def test_checks_stay_out_of_other_domains_runs(rt: Runtime) -> None:
     run = FakeRun(rt, domain="support")
     d = bash(run, "git reset --hard")
     assert not d.block and classes(d, "coding:destructive_command") == []
+
+
+_OUTPUTS = ["", "3 failed, 10 passed in 1.2s", "10 passed in 0.5s", "1 error in 2s", "2 errors", "FAILED tests/x.py::t",
+            "ERROR: not found", "ERROR collecting", "FAILED (failures=2)", "Ran 12 tests in 0.1s\n\nOK", "OK",
+            "Traceback (most recent call last):\n  File x", "all good", "failed", "passed", "error", "Ran", "OKAY",
+            "x\nFAILED \nOK", "errors=1", "no tests ran", "5 Failed", "1 PASSED", "ok", "\nOK\n", "Errors: 3",
+            "éé 2 failed ü", "Ran 1 test\nFAILED (errors=1)", "ERROR\nOK", "= 4 passed, 1 warning ="]
+
+
+@pytest.mark.parametrize("out", _OUTPUTS + [a + "\n" + b for a in _OUTPUTS[:12] for b in _OUTPUTS[12:]])
+def test_judging_a_test_run_gives_what_the_plain_expressions_give(out: str) -> None:
+    from immunity.models import Step
+    from immunity_coding.checks import _FAILED_TESTS, _PASSED_TESTS, test_output_passed
+
+    plain = False if _FAILED_TESTS.search(out) else True if _PASSED_TESTS.search(out) else None
+    assert test_output_passed(Step(run_id="r", index=0, tool="bash", result=out)) is plain

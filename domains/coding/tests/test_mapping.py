@@ -99,8 +99,8 @@ def test_an_unknown_tool_falls_back_to_the_heuristic_and_is_counted(rt: Runtime)
     assert UNMAPPED[("coding", "frobnicate_repo")] == before + 1
 
 
-# one command per alternative of the expressions the coding domain pre-filters by words, in several cases
-_PREFILTERED = [
+# one command per alternative of the slowest expressions, in several cases
+_ALTERNATIVES = [
     "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT", "echo MINI_SWE_AGENT_FINAL_OUTPUT", "submit", "SUBMIT",
     "cd x && git commit -m fix", "GIT COMMIT", "rm -rf /", "sudo rm -r ~/", "git reset --hard", "git clean -fd",
     "git push origin main --force", "git checkout -- .", "mkfs.ext4 /dev/sda1", "MKFS /dev/sda",
@@ -114,9 +114,9 @@ _PREFILTERED = [
 ]
 
 
-@pytest.mark.parametrize("command", _PREFILTERED + [c for c, _ in BASH])
-def test_the_cached_prefiltered_mapping_is_the_rules_mapping(command: str) -> None:
-    """The coding domain's cache and word pre-filter give exactly what the plain rule table gives."""
+@pytest.mark.parametrize("command", _ALTERNATIVES + [c for c, _ in BASH])
+def test_the_cached_fast_mapping_is_the_rules_mapping(command: str) -> None:
+    """The coding domain's cache and faster search give exactly what the plain rule table gives."""
     from immunity.domain import Domain
     from immunity_coding import DOMAIN, RULES
 

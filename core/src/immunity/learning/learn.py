@@ -658,9 +658,13 @@ def baseline_threshold(success_lengths: list[int], target: float) -> int | None:
     return int(s[allowed]) + 1
 
 
-def _fold_evidence(shared: dict[str, Any], j: int) -> dict[str, np.ndarray]:
-    """Fold ``j``'s cross-fitted pattern evidence: patterns learned on the other folds."""
+def _fold_evidence(shared: dict[str, Any], j: int) -> Any:
+    """Fold ``j``'s cross-fitted pattern evidence: patterns learned on the other folds. ``j = -1``:
+    the final patterns, learned on every run (computed with the folds: it is one more task for the
+    worker processes instead of a serial step after them)."""
     runs, folds = shared["runs"], shared["folds"]
+    if j < 0:
+        return learn_patterns(runs, shared["cfg"], shared["domain"])
     train = [r for r, f in zip(runs, folds, strict=True) if f != j]
     test = [r for r, f in zip(runs, folds, strict=True) if f == j]
     _pats, table = learn_patterns(train, shared["cfg"], shared["domain"])
@@ -723,7 +727,9 @@ def learn_model(runs: list[RunData], cfg: LearnConfig, *, name: str = "model",
     # cross-fitted evidence: each fold's evidence comes from patterns learned without it
     shared: dict[str, Any] = {"runs": labelled, "folds": folds, "cfg": cfg, "domain": domain}
     oof: dict[str, np.ndarray] = {}
-    for part in pmap(_fold_evidence, list(range(k)), shared=shared, jobs=jobs):
+    # the largest task first: the folds' smaller ones fill in the other processes meanwhile
+    (patterns, table), *parts = pmap(_fold_evidence, [-1, *range(k)], shared=shared, jobs=jobs)
+    for part in parts:
         oof.update(part)
 
     # the model kind and its regularisation chosen, and the threshold calibrated, on folds scored by
@@ -744,8 +750,7 @@ def learn_model(runs: list[RunData], cfg: LearnConfig, *, name: str = "model",
     threshold = math.ceil(threshold_for_far(max_success, cfg.target_far) * 1e8) / 1e8  # stored with 8 decimals
     base_t = baseline_threshold([r.n for r in labelled if r.outcome == 0], cfg.target_far)
 
-    # the final model: patterns from every run, the model on the cross-fitted evidence
-    patterns, table = learn_patterns(labelled, cfg, domain)
+    # the final model: patterns from every run (learned above), the model on the cross-fitted evidence
     x, y, w = _rows(labelled, oof, priors, names, xs)
     with one_blas_thread():
         final = _fit(chosen_kind, x, y, w, chosen_l2, cfg.seed)

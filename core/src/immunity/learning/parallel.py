@@ -70,6 +70,52 @@ def pmap(fn: Callable[[Any, T], R], args: Sequence[T], *, shared: Any = None, jo
         _SHARED.clear()
 
 
+def in_background(fn: Callable[[Any], R], shared: Any, *, enabled: bool = True) -> Callable[[], R]:
+    """Start ``fn(shared)`` in a forked process (``shared`` is inherited, never pickled) and return
+    a function that waits for its result. The caller goes on meanwhile, and may itself use
+    :func:`pmap`. Without ``fork``, inside a worker, or with ``enabled=False``, ``fn`` runs when the
+    result is asked for, in this process. An exception in the process comes back as a
+    ``ValueError`` with its message (``RuntimeError`` for anything but ``ValueError`` and
+    :class:`~immunity.errors.ImmunityError`)."""
+    if not enabled or not can_fork() or _SHARED:
+        return lambda: fn(shared)
+    ctx = mp.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_background, args=(fn, shared, send), daemon=True)
+    proc.start()
+    send.close()
+
+    def result() -> R:
+        try:
+            status, value = receive.recv()
+        except EOFError:
+            status, value = "error", ("RuntimeError", f"the worker process ended with status {proc.exitcode}")
+        finally:
+            receive.close()
+            proc.join()
+        if status == "error":
+            kind, message = value
+            raise (ValueError if kind == "ValueError" else RuntimeError)(message)
+        return value  # type: ignore[no-any-return]
+
+    return result
+
+
+def _background(fn: Callable[[Any], Any], shared: Any, send: Any) -> None:
+    from immunity.errors import ImmunityError
+
+    _SHARED.update(fn=fn)  # no pools inside it
+    try:
+        with one_blas_thread():
+            out: tuple[str, Any] = ("ok", fn(shared))
+    except (ValueError, ImmunityError) as exc:
+        out = ("error", ("ValueError", str(exc)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the waiting process
+        out = ("error", ("RuntimeError", f"{type(exc).__name__}: {exc}"))
+    send.send(out)
+    send.close()
+
+
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
     """Limit BLAS/OpenMP to one thread inside the block (needs ``threadpoolctl``, which the

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,13 +124,22 @@ def _domain_path(out: str, domain: str | None) -> str:
     return str(p.with_name(f"{stem}-{domain or 'generic'}" + (f".{suffix}" if suffix else "")))
 
 
+def _build(shared: dict[str, Any]) -> Any:
+    from immunity.learning.pipeline import build_pack
+
+    runs, emb = shared["collected"]
+    return build_pack(runs, emb, shared["cfg"], **shared["options"])
+
+
 def _learn_one(items: list[Any], domain: str | None, out: str, name: str | None, cfg: Any, *, paths: tuple[str, ...],
                store: str | None, embedder: str, split: str, pack_version: str, jobs: int | None,
-               target_far: float, collected: tuple[list[Any], Any] | None = None) -> None:
+               target_far: float, collected: tuple[list[Any], Any] | None = None,
+               built: Callable[[], Any] | None = None) -> None:
+    """Learn one pack and write it; ``built`` waits for a pack already being learned elsewhere
+    (see :func:`_learn_files`)."""
     from immunity.learning.data import collect
     from immunity.learning.packs import save_pack
     from immunity.learning.parallel import default_jobs
-    from immunity.learning.pipeline import build_pack
 
     try:
         if collected is None:
@@ -137,10 +148,10 @@ def _learn_one(items: list[Any], domain: str | None, out: str, name: str | None,
                                 jobs=jobs or default_jobs(), on_problem=lambda m: _err(f"warning: {m}"))
         else:
             _err(f"learning the pack of domain {domain} from {len(items)} runs")
-        runs, emb = collected
-        pack, warnings = build_pack(runs, emb, cfg, name=name or _stem(out), version=pack_version, domain=domain,
-                                    sources=list(paths) + ([store] if store else []), split=split,
-                                    jobs=jobs or default_jobs())
+        if built is None:
+            built = functools.partial(_build, {"collected": collected, "cfg": cfg, "options": _pack_options(
+                out, name, domain, paths=paths, store=store, split=split, pack_version=pack_version, jobs=jobs)})
+        pack, warnings = built()
     except (ValueError, ImmunityError) as exc:
         raise click.ClickException(f"domain {domain}: {exc}" if domain else str(exc)) from None
     for w in warnings:
@@ -154,6 +165,14 @@ def _learn_one(items: list[Any], domain: str | None, out: str, name: str | None,
                f"(cross-validated, {inner.get('folds')} folds by {split}): recall before the end "
                f"{inner.get('inner_cv_recall_before_end')}, false-alarm rate "
                f"{inner.get('inner_cv_false_alarm_rate')}; {digest}")
+
+
+def _pack_options(out: str, name: str | None, domain: str | None, *, paths: tuple[str, ...], store: str | None,
+                  split: str, pack_version: str, jobs: int | None) -> dict[str, Any]:
+    from immunity.learning.parallel import default_jobs
+
+    return {"name": name or _stem(out), "version": pack_version, "domain": domain,
+            "sources": list(paths) + ([store] if store else []), "split": split, "jobs": jobs or default_jobs()}
 
 
 def _per_domain_packs(domains: list[str | None], out: str, name: str | None) -> list[tuple[str | None, str, str]]:
@@ -171,7 +190,7 @@ def _learn_files(paths: tuple[str, ...], fmt: str, domain: str | None, all_domai
     """``learn`` from trace files: one pass of worker processes reads them and computes the
     features (:func:`~immunity.learning.data.read_features`), then a pack per domain (or one)."""
     from immunity.learning.data import read_features
-    from immunity.learning.parallel import default_jobs
+    from immunity.learning.parallel import default_jobs, in_background, jobs_for
 
     if not paths:
         raise click.UsageError("give trace files (with --format) or --store")
@@ -195,10 +214,25 @@ def _learn_files(paths: tuple[str, ...], fmt: str, domain: str | None, all_domai
         groups = [(only, out, name, True)]
     else:
         groups = [(d, path, pname, False) for d, path, pname in _per_domain_packs(list(by_domain), out, name)]
+    # with several packs, a small one (learned in one process; see ``jobs_for``) is learned in a
+    # process of its own while the others are learned: the large packs leave a core idle between
+    # their parallel parts. The packs are the same as one after the other.
+    n_jobs = jobs or default_jobs()
+    steps = {c.domain: 0 for c in feats.collected}
+    for c in feats.collected:
+        steps[c.domain] += len(c.actions)
+    background: dict[str | None, tuple[Any, Callable[[], Any]]] = {}
+    for dom, path, pname, every in groups:  # the small packs started first, then the large ones learned
+        if len(groups) > 1 and n_jobs > 1 and jobs_for(steps.get(dom, 0), n_jobs) == 1:
+            collected = feats.embedded(dom, every_domain=every)
+            background[dom] = (collected, in_background(_build, {"collected": collected, "cfg": cfg,
+                                                                 "options": _pack_options(
+                path, pname, dom, paths=paths, store=None, split=split, pack_version=pack_version, jobs=jobs)}))
     for dom, path, pname, every in groups:
-        collected = feats.embedded(dom, every_domain=every)
+        collected, built = background.get(dom) or (feats.embedded(dom, every_domain=every), None)
         _learn_one(collected[0], dom, path, pname, cfg, paths=paths, store=None, embedder=embedder,
-                   split=split, pack_version=pack_version, jobs=jobs, target_far=target_far, collected=collected)
+                   split=split, pack_version=pack_version, jobs=jobs, target_far=target_far, collected=collected,
+                   built=built)
 
 
 # ------------------------------------------------------------------------------------------ commands

@@ -14,6 +14,7 @@ change since. See ``README.md`` for the mapping table and each check's trigger a
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from immunity.domain import ActionMapping, Domain, args_text
 from immunity.domain_plugin import make_domain_plugin
 from immunity.models import ActionType
 
-from immunity_coding import checks, mapping, signals
+from immunity_coding import checks, shell_match, signals
 from immunity_coding.checks import CHECKS, ERROR_CLASSES, REPEATED_FAILING_COMMAND
 from immunity_coding.mapping import RULES
 
@@ -34,38 +35,37 @@ NAME = "coding"
 #: ``immunity pack build``). Use it with ``Runtime(packs=["coding-basics"], verifiers=["patterns"])``.
 PACK = Path(__file__).parent / "packs" / "coding-basics.json"
 
-#: Words (lower case) without which a slow rule expression cannot match: every alternative of the
-#: expression contains one of them literally. Checked only on ASCII text, where lower-casing and
-#: the expressions' case-insensitive matching agree (a test compares with the plain rule table).
-_NEEDS: dict[str, tuple[str, ...]] = {
-    mapping.SUBMIT: ("complete_task_and_submit_final_output", "mini_swe_agent_final_output", "submit", "git"),
-    mapping.DESTRUCTIVE: ("rm", "git", "mkfs", "dd", "/dev/sd", "chmod", ":(", "find"),
-    mapping.TEST_RUNNER: ("test", "nose", "tox", "nox", "hypothesis", "make", "jest", "mocha", "phpunit", "rspec",
-                          "mypy", "ruff", "flake8", "pylint", "pyflakes", "black"),
-}
-
 
 @dataclass(eq=False)
 class _CodingDomain(Domain):
-    """The coding domain, with its mapping cached: a shell command is mapped by a dozen long
-    regular expressions (about 0.1 ms a command), and agents run the same commands again and again
-    (``git diff``, ``python reproduce.py``, a test command); about 30% of the commands in the
-    SWE-bench dev data repeat one seen before. The cache is bounded and keyed on the tool and the
-    argument text the rules read, so a cached answer is the rules' answer."""
+    """The coding domain, with its mapping made cheaper and cached, and the same answers as the
+    plain rule table:
+
+    - each rule's expression is searched with :func:`immunity_coding.shell_match.searcher`, which
+      tries a command-start alternative only at the start of the text and after a separator (the
+      plain search tries every alternative at every position: about 0.1 ms for a command);
+    - the rules for a tool are looked up once per tool name;
+    - agents run the same commands again and again (``git diff``, ``python reproduce.py``, a test
+      command): about 30% of the commands in the SWE-bench dev data repeat one seen before. The
+      cache is bounded and keyed on the tool and the argument text the rules read, so a cached
+      answer is the rules' answer."""
 
     def __post_init__(self) -> None:
+        searchers = {rule.when: shell_match.searcher(rule.when) for rule in self.rules if rule.when}
+        self._compiled = [(rule, searchers[rule.when] if rule.when else None,
+                           ActionMapping(ActionType.parse(rule.action), rule.confidence, rule.side_effect,
+                                         rule.needs_verification, mapped_by=self.name, destructive=rule.destructive))
+                          for rule in self.rules]
+        self._for_tool = functools.lru_cache(maxsize=256)(self._rules_for_tool)
         self._cached = functools.lru_cache(maxsize=4096)(self._map_blob)
 
+    def _rules_for_tool(self, tool: str | None) -> tuple[tuple[Callable[[str], bool] | None, ActionMapping], ...]:
+        return tuple((search, mapped) for rule, search, mapped in self._compiled if rule.matches_tool(tool))
+
     def _map_blob(self, tool: str | None, blob: str) -> ActionMapping | None:
-        plain = blob.isascii()
-        low = blob.lower() if plain else ""
-        for rule in self.rules:
-            needs = _NEEDS.get(rule.when or "") if plain else None
-            if needs is not None and not any(word in low for word in needs):
-                continue  # the rule's expression cannot match without one of these words
-            if rule.matches(tool, blob):
-                return ActionMapping(ActionType.parse(rule.action), rule.confidence, rule.side_effect,
-                                     rule.needs_verification, mapped_by=self.name, destructive=rule.destructive)
+        for search, mapped in self._for_tool(tool):
+            if search is None or search(blob):
+                return mapped
         return None
 
     def map_action(self, tool: str | None, arguments: dict[str, Any] | None = None,

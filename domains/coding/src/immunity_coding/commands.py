@@ -9,12 +9,14 @@ import shlex
 from typing import Any, NamedTuple
 
 from immunity_coding.mapping import CHECK_SCRIPT, DESTRUCTIVE, TEST_RUNNER
+from immunity_coding.shell_match import searcher
 
 _HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?")
 _OPEN_WRITE = re.compile(r"open\(\s*(?:r|f)?['\"]([^'\"]+)['\"]\s*,\s*(?:mode\s*=\s*)?['\"](?:w|a|r\+|wb|ab|w\+)['\"]")
 _PATH_WRITE = re.compile(r"Path\(\s*['\"]([^'\"]+)['\"]\s*\)\.write_(?:text|bytes)\(")
-_TEST_RUNNER = re.compile(TEST_RUNNER, re.I | re.S)
-_CHECK_SCRIPT = re.compile(CHECK_SCRIPT, re.I | re.S)
+_RUNS_TESTS = searcher(TEST_RUNNER)
+_RUNS_CHECK_SCRIPT = searcher(CHECK_SCRIPT)
+_IS_DESTRUCTIVE = searcher(DESTRUCTIVE)
 _DESTRUCTIVE = re.compile(DESTRUCTIVE, re.I | re.S)
 _FAILED_OUTPUT = re.compile(
     r"\b\d+ (?:failed|errors?)\b|^FAILED\b|^FAIL:|^ERROR:|Traceback \(most recent call last\)|^E\s{3}\S|"
@@ -220,7 +222,7 @@ def written_paths(command: str) -> Writes:
 
 def runs_check(command: str) -> bool:
     """Does the command run tests, a linter, or a script whose name says it checks something?"""
-    return bool(_TEST_RUNNER.search(command) or _CHECK_SCRIPT.search(command))
+    return _RUNS_TESTS(command) or _RUNS_CHECK_SCRIPT(command)
 
 
 def output_failed(result: str | None) -> bool:
@@ -231,7 +233,7 @@ def output_failed(result: str | None) -> bool:
 def destructive_reason(command: str) -> str | None:
     """The destructive part of a command line, or ``None``."""
     for line in command_lines(command):
-        m = _DESTRUCTIVE.search(line)
+        m = _DESTRUCTIVE.search(line) if _IS_DESTRUCTIVE(line) else None  # the quick yes/no first
         if m:
             return m.group(0).strip(" ;&|\n(")
     return None

@@ -37,7 +37,10 @@ SHELL_TOOLS = r"(?i)(bash|shell|sh|terminal|run_command|execute_bash|run_shell|r
 
 # The start of a simple command inside a command line: the beginning, or after ``&&``, ``||``,
 # ``;``, ``|``, a newline or ``(``, then optional ``VAR=value`` assignments, ``timeout N``, ``sudo``.
-_C = r"(?:^|[;&|\n(]\s*)(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+|timeout\s+\S+\s+|sudo\s+|time\s+|env\s+)*"
+SEPARATOR = r"[;&|\n(]\s*"
+COMMAND_START = rf"(?:^|{SEPARATOR})"
+START_WORDS = r"(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+|timeout\s+\S+\s+|sudo\s+|time\s+|env\s+)*"
+_C = COMMAND_START + START_WORDS
 _PY = r"(?:/usr/bin/|/usr/local/bin/)?python(?:\d(?:\.\d+)?)?"
 
 #: The mini-swe-agent / SWE-agent submit sentinels and ``git commit``.

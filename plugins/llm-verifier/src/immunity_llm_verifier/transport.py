@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from immunity.interventions.recovery import parse_retry_after
 
 from immunity_llm_verifier.options import TierSettings
@@ -78,6 +77,8 @@ class OpenAITransport:
         key = tier.key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        import httpx  # here, not at import: loading the plugin (every ``immunity`` command) stays cheap
+
         self._client = httpx.Client(transport=transport, headers=headers, timeout=tier.timeout_s,
                                     follow_redirects=False)
 
@@ -85,6 +86,8 @@ class OpenAITransport:
         self._client.close()
 
     def complete(self, messages: list[dict[str, str]]) -> Completion:
+        import httpx
+
         tier = self.tier
         body: dict[str, Any] = {"model": tier.model, "messages": messages, "temperature": 0,
                                 "max_tokens": tier.max_output_tokens}
