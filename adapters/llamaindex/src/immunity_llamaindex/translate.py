@@ -58,7 +58,7 @@ from pydantic import PrivateAttr
 from workflows.context.serializers import JsonSerializer
 from workflows.context.state_store import InMemoryStateStore
 
-from immunity_llamaindex.snapshot import StateSnapshot, snapshot_state
+from immunity_llamaindex.snapshot import StateEncoder, StateSnapshot, snapshot_state
 
 log = logging.getLogger("immunity.llamaindex")
 
@@ -164,6 +164,8 @@ class LiveRun:
     fatal: BaseException | None = None
     #: the decision on the last model call that raised (set by the span handler, read by take_step)
     model_failure: Decision | None = None
+    #: encodes the per-turn state checkpoint for the store, reusing what did not change (see snapshot.py)
+    encoder: StateEncoder | None = None
 
 
 class _SpanHandler(BaseSpanHandler[SimpleSpan]):
@@ -606,10 +608,15 @@ class Bridge:
                                 "agent": agent.name, "turn": live.turns})
         elif self.checkpoints == "state":
             # the context's state store only (memory, scratchpad, counters): enough to roll back in-run;
-            # with no store to write it, a copy, not encoded (see snapshot.py)
-            session.checkpoint({"state": snapshot_state(ctx.store, self._serializer,
-                                                        stored=session.runtime.store is not None),
-                                "llamaindex_run_id": live.llamaindex_run_id, "agent": agent.name, "turn": live.turns})
+            # for the store, encoded again only where it changed; with no store, a copy (see snapshot.py)
+            if session.runtime.store is not None:
+                if live.encoder is None:
+                    live.encoder = StateEncoder()
+                state: Any = live.encoder.encode(ctx.store)
+            else:
+                state = snapshot_state(ctx.store, self._serializer)
+            session.checkpoint({"state": state, "llamaindex_run_id": live.llamaindex_run_id, "agent": agent.name,
+                                "turn": live.turns})
         return None
 
     async def _rollback(self, live: LiveRun, ctx: Any) -> None:
