@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from immunity_llamaindex.snapshot import StateSnapshot, snapshot_state
+from immunity_llamaindex.snapshot import StateEncoder, StateSnapshot, fingerprint, snapshot_state
 from immunity_llamaindex.testing import RollbackOnWrong, ScriptedLLM, tool_call
 from llama_index.core.agent.workflow import FunctionAgent
-from llama_index.core.base.llms.types import ChatMessage, TextBlock
+from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock
 from llama_index.core.memory import ChatMemoryBuffer
 from workflows.context.serializers import JsonSerializer
 from workflows.context.state_store import DictState, InMemoryStateStore
@@ -100,4 +100,71 @@ async def test_with_a_store_the_turn_encodes_the_payload_the_row_holds(make_runt
     # the second turn's checkpoint has the first tool call's result; the first has none
     assert [c.ref["turn"] for c in rows] == [1, 2]
     assert "record 1: ok" not in str(rows[0].ref["state"]) and "record 1: ok" in str(rows[1].ref["state"])
+    guard.uninstrument()
+
+
+async def test_the_encoder_gives_to_dicts_payload_and_sees_changes_made_in_place() -> None:
+    ser = JsonSerializer()
+    store = _store()
+    encoder = StateEncoder()
+    assert encoder.encode(store) == store.to_dict(ser)
+    assert encoder.encode(store) == store.to_dict(ser)  # all of it reused
+
+    # the changes a workflow makes between turns, each in place, each seen on the next encoding
+    scratchpad = await store.get("scratchpad")
+    scratchpad.append(ChatMessage(role="tool", content="r1", additional_kwargs={"tool_call_id": "c1"}))
+    assert encoder.encode(store) == store.to_dict(ser)
+    scratchpad[0].blocks.append(TextBlock(text="more"))
+    assert encoder.encode(store) == store.to_dict(ser)
+    scratchpad[1].additional_kwargs["tool_call_id"] = "c2"
+    assert encoder.encode(store) == store.to_dict(ser)
+    scratchpad[0].role = MessageRole.USER
+    assert encoder.encode(store) == store.to_dict(ser)
+    memory = await store.get("memory")
+    memory.put(ChatMessage(role="assistant", content="second"))
+    assert encoder.encode(store) == store.to_dict(ser)
+    memory.token_limit = 10
+    assert encoder.encode(store) == store.to_dict(ser)
+    (await store.get("counts"))["calls"] = 2
+    assert encoder.encode(store) == store.to_dict(ser)
+    await store.set("n", True)  # same JSON-equal value of another type: encoded again
+    assert encoder.encode(store) == store.to_dict(ser)
+    await store.set("scratchpad", [])
+    await store.set("extra", {"nested": [1, 2.5, None, "x"]})
+    assert encoder.encode(store) == store.to_dict(ser)
+    # what the payload decodes to is the state at that moment
+    back = await InMemoryStateStore.from_dict(encoder.encode(store), ser).get_state()
+    assert back._data["counts"] == {"calls": 2} and back._data["n"] is True
+    assert [m.content for m in back._data["memory"].get_all()] == ["first", "second"]
+
+
+def test_fingerprints_tell_values_apart_and_give_up_on_unknown_objects() -> None:
+    assert fingerprint(1) != fingerprint(True) and fingerprint(1) != fingerprint(1.0)
+    assert fingerprint({"a": [1, "b"]}) == fingerprint({"a": [1, "b"]})
+    assert fingerprint({"a": [1, "b"]}) != fingerprint({"a": [1, "c"]})
+    assert fingerprint(object()) is None and fingerprint([1, object()]) is None
+    msg = ChatMessage(role="user", content="hi")
+    before = fingerprint(msg)
+    msg.blocks.append(TextBlock(text="there"))
+    assert fingerprint(msg) != before
+
+
+async def test_a_rollback_with_a_store_restores_the_encoded_state(make_runtime: Any) -> None:
+    rt = make_runtime(plugins=[RollbackOnWrong()])
+
+    def third(messages: list[Any]) -> Any:
+        hinted = any("ROLLBACK" in (m.content or "") for m in messages)
+        return tool_call("lookup", {"id": 2}) if hinted else "I give up."
+
+    llm = ScriptedLLM([tool_call("lookup", {"id": 1}), tool_call("lookup", {"id": 9}), third, "The answer is 2."])
+    agent = FunctionAgent(tools=[lookup], llm=llm)
+    guard = rt.protect(agent)
+    handler = agent.run(user_msg="Find the answer")
+    assert str(await handler) == "The answer is 2."
+    assert llm.saw("record 1: ok", 2) and not llm.saw("WRONG", 2) and llm.saw("ROLLBACK", 2)
+    run_id = guard.run_id_for(handler)
+    rt.flush()
+    rows = rt.store.checkpoints(run_id)
+    assert [c.ref["turn"] for c in rows] == [1, 2, 4] and all(type(c.ref["state"]) is dict for c in rows)
+    assert "record 1: ok" in str(rows[1].ref["state"]) and "WRONG" not in str(rows[1].ref["state"])
     guard.uninstrument()

@@ -11,6 +11,12 @@ memory's lists), so the copy is what keeps a later change out of the checkpoint.
 turn encodes as before: copying and then encoding on the store's writer thread measured more CPU
 in all (see the adapter's README).
 
+With a store, :class:`StateEncoder` encodes the turn's state to the very payload ``to_dict`` gives,
+reusing what has not changed since the run's previous turn: the encoding of each state value
+whose contents are the same (the chat memory, counters) and of each chat message already in a
+list (the scratchpad grows by a few messages a turn). What "the same" means is a
+:func:`fingerprint`, a walk that serialises nothing.
+
 Shared, not copied: message content blocks (``TextBlock``, ``ToolCallBlock``, ...), which
 LlamaIndex replaces and never edits; strings, numbers and other immutable values; fields declared
 ``Field(exclude=True)`` (live handles such as a tokenizer); objects that cannot be deep-copied.
@@ -26,9 +32,15 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatMessage
 from pydantic import BaseModel, PrivateAttr, model_serializer
 from pydantic_core import PydanticUndefined
-from workflows.context.state_store import InMemoryStateStore, create_in_memory_payload
+from workflows.context.serializers import JsonSerializer
+from workflows.context.state_store import (
+    DictState,
+    InMemorySerializedState,
+    InMemoryStateStore,
+    create_in_memory_payload,
+)
 
-__all__ = ["StateSnapshot", "copy_state", "snapshot_state"]
+__all__ = ["StateEncoder", "StateSnapshot", "copy_state", "snapshot_state"]
 
 #: Types whose values are never changed in place (enum types are added when first seen).
 _ATOMS: set[type] = {str, int, float, bool, bytes, type(None), complex, range}
@@ -173,6 +185,146 @@ class StateSnapshot(BaseModel):
     @model_serializer
     def _serialise(self) -> dict[str, Any]:
         return self.to_dict()
+
+
+def fingerprint(value: Any) -> Any:
+    """A value that equals an earlier fingerprint of ``value`` only while ``value`` would encode
+    the same, or ``None`` when that cannot be told cheaply (an unknown object, a model with extra
+    fields). It holds the models and messages it covers (compared by identity first, then by
+    their fields), never a mutable container, so a change made in place to a list, dict or
+    message shows. Content blocks count by identity, as in :func:`copy_state` (LlamaIndex
+    replaces a block, never edits one)."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return (kind, value)
+    if isinstance(value, Enum):
+        _ATOMS.add(kind)
+        return (kind, value)
+    if kind is list or kind is tuple:
+        items = []
+        for v in value:
+            f = fingerprint(v)
+            if f is None:
+                return None
+            items.append(f)
+        return (kind, tuple(items))
+    if kind is dict:
+        pairs = []
+        for k, v in value.items():
+            f = fingerprint(v)
+            if f is None or type(k) not in _ATOMS:
+                return None
+            pairs.append((type(k), k, f))
+        return (kind, tuple(pairs))
+    if kind is ChatMessage:
+        if value.__pydantic_extra__:
+            return None
+        extra = fingerprint(value.additional_kwargs)
+        if extra is None:
+            return None
+        return (kind, value, value.role, tuple(value.blocks), extra)
+    if isinstance(value, _SHARED):
+        return (kind, value)
+    if isinstance(value, BaseModel):
+        if value.__pydantic_extra__:
+            return None
+        fields = kind.model_fields
+        parts: list[Any] = []
+        for store in (value.__dict__, value.__pydantic_private__ or {}):
+            for name, child in store.items():
+                field = fields.get(name)
+                if field is not None and field.exclude is True:
+                    continue
+                f = fingerprint(child)
+                if f is None:
+                    return None
+                parts.append((name, f))
+        return (kind, value, tuple(parts))
+    return None
+
+
+def _message_key(message: ChatMessage) -> Any:
+    """What a chat message's encoding depends on (see :func:`fingerprint`), or ``None``."""
+    if message.__pydantic_extra__:
+        return None
+    extra = message.additional_kwargs
+    if not extra:
+        extra_key: Any = ()
+    elif all(type(v) is str for v in extra.values()):  # a tool result's {"tool_call_id": ...}
+        extra_key = tuple(extra.items())
+    else:
+        extra_key = fingerprint(extra)
+    if extra_key is None:
+        return None
+    return (message, message.role, tuple(message.blocks), extra_key)
+
+
+class StateEncoder:
+    """Encodes a context's state store, turn after turn of one run, to the payload
+    ``InMemoryStateStore.to_dict(JsonSerializer())`` gives, encoding again only the state values and
+    chat messages that changed since the previous turn. A list of chat messages (the scratchpad)
+    is the JSON text of each message joined as ``json.dumps`` joins a list's items. Anything it
+    does not know (another kind of store or state, a value it cannot encode) goes to ``to_dict``."""
+
+    def __init__(self) -> None:
+        self._serializer = JsonSerializer()
+        self._values: dict[str, tuple[Any, str]] = {}
+        #: the keys whose value changed between two turns (a counter, the last tool results)
+        self._volatile: set[str] = set()
+        self._messages: dict[int, tuple[Any, str]] = {}
+
+    def _message(self, message: ChatMessage, seen: dict[int, tuple[Any, str]]) -> str:
+        key = _message_key(message)
+        hit = self._messages.get(id(message))
+        if key is not None and hit is not None and hit[0] == key:
+            text = hit[1]
+        else:
+            text = self._serializer.serialize(message)
+        if key is not None:  # the key holds the message: its id stays its own while cached
+            seen[id(message)] = (key, text)
+        return text
+
+    def encode(self, store: Any) -> dict[str, Any]:
+        try:
+            state = store.checkpoint().state if type(store) is InMemoryStateStore else None
+        except Exception:
+            state = None
+        if type(state) is not DictState:
+            payload: dict[str, Any] = store.to_dict(self._serializer)
+            return payload
+        values, volatile = self._values, self._volatile
+        seen: dict[int, tuple[Any, str]] = {}
+        data: dict[str, str] = {}
+        try:
+            for key, value in state.items():
+                if type(value) is list and value and all(type(v) is ChatMessage for v in value):
+                    data[key] = "[" + ", ".join([self._message(v, seen) for v in value]) + "]"
+                    values.pop(key, None)
+                    continue
+                if key in volatile:  # changed on an earlier turn: not worth a fingerprint
+                    data[key] = self._serializer.serialize(value)
+                    continue
+                f = fingerprint(value)
+                hit = values.get(key)
+                if f is not None and hit is not None and hit[0] == f:
+                    data[key] = hit[1]
+                    continue
+                data[key] = text = self._serializer.serialize(value)
+                if f is None or hit is not None:
+                    volatile.add(key)
+                    values.pop(key, None)
+                else:
+                    values[key] = (f, text)
+        except Exception:  # the workflow's own path decides (its warnings, its errors)
+            values.clear()
+            self._messages = {}
+            payload = store.to_dict(self._serializer)
+            return payload
+        self._messages = seen  # only the messages of this turn's state stay cached
+        for key in [k for k in values if k not in data]:
+            del values[key]
+        return InMemorySerializedState(state_type=type(state).__name__, state_module=type(state).__module__,
+                                       state_data={"_data": data}).model_dump()
 
 
 def snapshot_state(store: Any, serializer: Any, *, stored: bool = False) -> StateSnapshot | dict[str, Any]:

@@ -54,11 +54,11 @@ from llama_index.core.instrumentation.span import SimpleSpan, active_span_id
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from llama_index.core.tools import ToolOutput
 from llama_index.core.workflow import Context, HumanResponseEvent, InputRequiredEvent
-from pydantic import PrivateAttr
+from pydantic import Field
 from workflows.context.serializers import JsonSerializer
 from workflows.context.state_store import InMemoryStateStore
 
-from immunity_llamaindex.snapshot import StateSnapshot, snapshot_state
+from immunity_llamaindex.snapshot import StateEncoder, StateSnapshot, snapshot_state
 
 log = logging.getLogger("immunity.llamaindex")
 
@@ -164,12 +164,16 @@ class LiveRun:
     fatal: BaseException | None = None
     #: the decision on the last model call that raised (set by the span handler, read by take_step)
     model_failure: Decision | None = None
+    #: encodes the per-turn state checkpoint for the store, reusing what did not change (see snapshot.py)
+    encoder: StateEncoder | None = None
 
 
 class _SpanHandler(BaseSpanHandler[SimpleSpan]):
     """Root-dispatcher span handler: forwards to the bridge, keeps no spans of its own."""
 
-    _bridge: Any = PrivateAttr(default=None)
+    #: a field, not a private attribute: pydantic reads a private attribute through its
+    #: ``__getattr__``, a measurable share of a handler called for every span
+    bridge: Any = Field(default=None, exclude=True, repr=False)
 
     @classmethod
     def class_name(cls) -> str:
@@ -177,14 +181,14 @@ class _SpanHandler(BaseSpanHandler[SimpleSpan]):
 
     def span_enter(self, id_: str, bound_args: Any, instance: Any = None, parent_id: str | None = None,
                    tags: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        self._bridge.on_span_enter(id_, bound_args, instance, parent_id)
+        self.bridge.on_span_enter(id_, bound_args, instance, parent_id)
 
     def span_exit(self, id_: str, bound_args: Any, instance: Any = None, result: Any = None, **kwargs: Any) -> None:
-        self._bridge.on_span_exit(id_, bound_args, instance, result)
+        self.bridge.on_span_exit(id_, bound_args, instance, result)
 
     def span_drop(self, id_: str, bound_args: Any, instance: Any = None, err: BaseException | None = None,
                   **kwargs: Any) -> None:
-        self._bridge.on_span_drop(id_, bound_args, instance, err)
+        self.bridge.on_span_drop(id_, bound_args, instance, err)
 
     def new_span(self, id_: str, bound_args: Any, instance: Any = None, parent_span_id: str | None = None,
                  tags: dict[str, Any] | None = None, **kwargs: Any) -> SimpleSpan | None:
@@ -202,7 +206,7 @@ class _SpanHandler(BaseSpanHandler[SimpleSpan]):
 class _EventHandler(BaseEventHandler):
     """Root-dispatcher event handler: the end of each model call (``LLMChatEndEvent``)."""
 
-    _bridge: Any = PrivateAttr(default=None)
+    bridge: Any = Field(default=None, exclude=True, repr=False)
 
     @classmethod
     def class_name(cls) -> str:
@@ -210,7 +214,7 @@ class _EventHandler(BaseEventHandler):
 
     def handle(self, event: Any, **kwargs: Any) -> None:
         if type(event) is LLMChatEndEvent:
-            self._bridge.on_model_end(event)
+            self.bridge.on_model_end(event)
 
 
 class Bridge:
@@ -241,9 +245,9 @@ class Bridge:
         self._guarded: dict[int, tuple[Any, Any]] = {}
         self._patches: list[tuple[Any, str, bool, Any]] = []
         self._span_handler = _SpanHandler()
-        self._span_handler._bridge = self
+        self._span_handler.bridge = self
         self._event_handler = _EventHandler()
-        self._event_handler._bridge = self
+        self._event_handler.bridge = self
         self._attached = False
 
     # ------------------------------------------------------------------ attach / detach
@@ -606,10 +610,15 @@ class Bridge:
                                 "agent": agent.name, "turn": live.turns})
         elif self.checkpoints == "state":
             # the context's state store only (memory, scratchpad, counters): enough to roll back in-run;
-            # with no store to write it, a copy, not encoded (see snapshot.py)
-            session.checkpoint({"state": snapshot_state(ctx.store, self._serializer,
-                                                        stored=session.runtime.store is not None),
-                                "llamaindex_run_id": live.llamaindex_run_id, "agent": agent.name, "turn": live.turns})
+            # for the store, encoded again only where it changed; with no store, a copy (see snapshot.py)
+            if session.runtime.store is not None:
+                if live.encoder is None:
+                    live.encoder = StateEncoder()
+                state: Any = live.encoder.encode(ctx.store)
+            else:
+                state = snapshot_state(ctx.store, self._serializer)
+            session.checkpoint({"state": state, "llamaindex_run_id": live.llamaindex_run_id, "agent": agent.name,
+                                "turn": live.turns})
         return None
 
     async def _rollback(self, live: LiveRun, ctx: Any) -> None:
