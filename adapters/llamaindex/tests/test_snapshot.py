@@ -59,8 +59,8 @@ def lookup(id: int) -> str:
     return {1: "record 1: ok", 2: "record 2: the answer", 9: "record 9: WRONG"}[int(id)]
 
 
-async def test_without_a_store_the_turn_copies_and_a_rollback_restores_the_copy(make_runtime: Any) -> None:
-    rt = make_runtime(store=None, plugins=[RollbackOnWrong()])
+async def rolled_back_run(rt: Any) -> tuple[ScriptedLLM, Any, Any]:
+    """A FunctionAgent whose second lookup is wrong: rolled back, hinted, then answered."""
 
     def third(messages: list[Any]) -> Any:
         hinted = any("ROLLBACK" in (m.content or "") for m in messages)
@@ -71,6 +71,12 @@ async def test_without_a_store_the_turn_copies_and_a_rollback_restores_the_copy(
     guard = rt.protect(agent)
     handler = agent.run(user_msg="Find the answer")
     assert str(await handler) == "The answer is 2."
+    return llm, guard, handler
+
+
+async def test_without_a_store_the_turn_copies_and_a_rollback_restores_the_copy(make_runtime: Any) -> None:
+    rt = make_runtime(store=None, plugins=[RollbackOnWrong()])
+    llm, guard, handler = await rolled_back_run(rt)
     # the call after the rollback: the good step is kept, the bad one is gone, the hint is there
     assert llm.saw("record 1: ok", 2) and not llm.saw("WRONG", 2) and llm.saw("ROLLBACK", 2)
     assert not llm.saw("WRONG", 3) and llm.saw("record 2: the answer", 3)
@@ -151,16 +157,7 @@ def test_fingerprints_tell_values_apart_and_give_up_on_unknown_objects() -> None
 
 async def test_a_rollback_with_a_store_restores_the_encoded_state(make_runtime: Any) -> None:
     rt = make_runtime(plugins=[RollbackOnWrong()])
-
-    def third(messages: list[Any]) -> Any:
-        hinted = any("ROLLBACK" in (m.content or "") for m in messages)
-        return tool_call("lookup", {"id": 2}) if hinted else "I give up."
-
-    llm = ScriptedLLM([tool_call("lookup", {"id": 1}), tool_call("lookup", {"id": 9}), third, "The answer is 2."])
-    agent = FunctionAgent(tools=[lookup], llm=llm)
-    guard = rt.protect(agent)
-    handler = agent.run(user_msg="Find the answer")
-    assert str(await handler) == "The answer is 2."
+    llm, guard, handler = await rolled_back_run(rt)
     assert llm.saw("record 1: ok", 2) and not llm.saw("WRONG", 2) and llm.saw("ROLLBACK", 2)
     run_id = guard.run_id_for(handler)
     rt.flush()

@@ -389,18 +389,9 @@ def _fast_run(run: Run, redactor: Any) -> dict[str, Any] | None:
 
 
 def _fast_dict(record: dict[str, Any], redactor: Any) -> dict[str, Any] | None:
-    texts = []
-    for k, v in record.items():
-        if type(k) is not str:
-            return None
-        texts.append(k)
-        tv = type(v)
-        if tv is str:
-            if len(v) > MAX_STORED_TEXT:
-                return None
-            texts.append(v)
-        elif v is not None and tv is not int and tv is not float and tv is not bool:
-            return None
+    texts: list[Any] = []
+    if not _flat_texts(record, texts) or any(len(t) > MAX_STORED_TEXT for t in texts):
+        return None  # nested, or a text to clip: walked
     if redactor.may_change_any(texts):
         return None
     return dict(record)
