@@ -9,7 +9,7 @@ the CPU of ``to_dict``, encoded only if something asks for the payload, and copi
 live store by a rollback. The workflow changes its state in place (``scratchpad.append``, the chat
 memory's lists), so the copy is what keeps a later change out of the checkpoint. With a store the
 turn encodes as before: copying and then encoding on the store's writer thread measured more CPU
-in all (see the adapter's README).
+in all (see the adapter's README); it encodes incrementally instead (below).
 
 With a store, :class:`StateEncoder` encodes the turn's state to the very payload ``to_dict`` gives,
 reusing what has not changed since the run's previous turn: the encoding of each state value
