@@ -318,3 +318,46 @@ def test_a_run_s_end_is_one_commit_and_the_next_run_s_start_waits_for_its_batch(
     # a commit of its own
     assert commits == [7] * 5
     store.close()
+
+
+bracket_texts = st.text(alphabet='[]{}"\\ab,:', max_size=12)
+nested = st.recursive(st.none() | st.integers() | bracket_texts,
+                      lambda inner: st.lists(inner, min_size=1, max_size=4)
+                      | st.dictionaries(bracket_texts, inner, min_size=1, max_size=3),
+                      max_leaves=120)
+
+
+def _true_depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_true_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_true_depth(v) for v in value), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nested, st.integers(0, 70))
+def test_shallow_reads_the_nesting_of_json_text_whatever_its_strings_hold(value: Any, wrap: int) -> None:
+    from immunity.redact import MAX_DEPTH
+    from immunity.store import _BRACKETS, _shallow
+
+    for _ in range(wrap):
+        value = [value, "]]]}}", {"k": "[[[{{\\\""}]
+    text = json.dumps(value)
+    expected = text.count("{") + text.count("[") <= _BRACKETS or _true_depth(value) < MAX_DEPTH - 4
+    assert _shallow(text) == expected
+
+
+def test_a_checkpoint_with_many_brackets_but_shallow_takes_the_fast_path_with_the_same_row() -> None:
+    from immunity.models import Checkpoint
+
+    red = Redactor()
+    state = {"messages": [{"role": "user", "blocks": [{"text": f"turn {i} [see {{x}}]"}]} for i in range(40)]}
+    cp = Checkpoint(run_id="r", step=3, ref={"turn": 4, "state": state})
+    fast = _fast_row("checkpoints", cp, red, True)
+    assert fast is not None  # 160+ brackets, 5 levels deep
+    _same(fast, _slow("checkpoints", cp, red))
+    deep: Any = "leaf"
+    for _ in range(70):
+        deep = [deep]
+    assert _fast_row("checkpoints", Checkpoint(run_id="r", step=3, ref={"state": deep}), red, True) is None

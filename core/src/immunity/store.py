@@ -33,6 +33,7 @@ import json
 import logging
 import operator
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -217,6 +218,24 @@ EVENT_TEXT_LIMIT = 8000
 _BRACKETS = 60
 
 
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NESTING = re.compile(r"[\[\]{}]")
+_NEST_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _shallow(text: str) -> bool:
+    """Whether a JSON text nests less deeply than the redactor's depth limit (with the margin
+    :func:`_fits` keeps for the record around it). Few brackets settle it at once; otherwise the
+    brackets outside JSON strings are counted level by level. A text that is not JSON has no
+    nesting of its own (the redactor sees one string), so what this says of it does not matter."""
+    if text.count("{") + text.count("[") <= _BRACKETS:
+        return True
+    from immunity.redact import MAX_DEPTH
+
+    marks = _NESTING.findall(_JSON_STRING.sub("", text))
+    return max(itertools.accumulate(map(_NEST_STEP.__getitem__, marks)), default=0) < MAX_DEPTH - 4
+
+
 def _json_col(value: Any) -> str | None:
     return None if value is None else pydantic_core.to_json(value).decode("utf-8")
 
@@ -261,7 +280,7 @@ def _fast_row(table: str, record: Any, redactor: Any, message_refs: bool) -> dic
     if isinstance(record, BaseModel) and table in _CORE_TABLES and table != "patterns":
         row = _to_row(table, record)
         texts = [v for v in row.values() if type(v) is str]
-        if all(len(v) <= MAX_STORED_TEXT and v.count("{") + v.count("[") <= _BRACKETS for v in texts) \
+        if all(len(v) <= MAX_STORED_TEXT and _shallow(v) for v in texts) \
                 and not redactor.may_change_any(texts):
             return row
     return None
@@ -280,7 +299,7 @@ def _fast_event(ev: Event, redactor: Any, message_refs: bool) -> dict[str, Any] 
         return None
     # (the model's serializer itself: what model_dump_json calls, without its keyword handling)
     body = _EVENT_JSON(ev, exclude=_EVENT_BODY_EXCLUDE, exclude_none=True).decode("utf-8")
-    if len(body) > MAX_STORED_TEXT or body.count("{") + body.count("[") > _BRACKETS:
+    if len(body) > MAX_STORED_TEXT or not _shallow(body):
         return None
     scan.append(body)
     messages: list[tuple[str, str]] = []
@@ -293,7 +312,7 @@ def _fast_event(ev: Event, redactor: Any, message_refs: bool) -> dict[str, Any] 
             if content is not None and type(content) is not str:
                 return None  # content parts: the full path clips each part first
             digest, blob = _message_row(m)
-            if len(blob) > MAX_STORED_TEXT or blob.count("{") + blob.count("[") > _BRACKETS:
+            if len(blob) > MAX_STORED_TEXT or not _shallow(blob):
                 return None
             if content is not None and len(content) > MESSAGE_TEXT_LIMIT:
                 if len(content) > MAX_STORED_TEXT:
