@@ -69,12 +69,23 @@ def _encode_arguments(arguments: Any) -> str:
 
 def action_signature(step: Step) -> str:
     """Identical-action signature: tool + exact arguments (or text)."""
-    return signatures(step)[0]
+    return _action_signature(step, _encode_arguments(step.arguments))
 
 
 def near_signature(step: Step) -> str:
     """Near-identical signature: tool + arguments with numbers and whitespace normalised."""
-    return signatures(step)[1]
+    return _near_signature(step.tool, _encode_arguments(step.arguments) if step.arguments else (step.text or "")[:500])
+
+
+def signatures(step: Step) -> tuple[str, str]:
+    """``(action_signature, near_signature)`` of a step, with the arguments encoded once."""
+    blob = _encode_arguments(step.arguments)
+    return _action_signature(step, blob), _near_signature(step.tool, blob if step.arguments else (step.text or "")[:500])
+
+
+def _action_signature(step: Step, blob: str) -> str:
+    # a step without a tool is signed by its text, up to 500 characters
+    return _digest_text(step.tool, blob, None if step.tool else (step.text or "")[:500])
 
 
 #: Near signatures already computed, keyed on the tool and the raw body: agents repeat their
@@ -85,16 +96,9 @@ _NEAR_CACHE_LIMIT = 4096
 _NEAR_CACHE_BODY = 1024
 
 
-def signatures(step: Step) -> tuple[str, str]:
-    """``(action_signature, near_signature)`` of a step, with the arguments encoded once.
-
-    The identical-action signature digests the tool and its exact arguments (a step without a
-    tool: its text, up to 500 characters); the near signature the same with numbers and runs of
+def _near_signature(tool: str | None, body: str) -> str:
+    """The digest of ``body`` (the arguments' JSON, or the text) with numbers and runs of
     whitespace normalised and the case folded."""
-    tool, args = step.tool, step.arguments
-    blob = _encode_arguments(args)
-    sig = _digest_text(tool, blob, None if tool else (step.text or "")[:500])
-    body = blob if args else (step.text or "")[:500]
     key = (tool, body)
     near = _NEAR_CACHE.get(key)
     if near is None:
@@ -103,7 +107,7 @@ def signatures(step: Step) -> tuple[str, str]:
             if len(_NEAR_CACHE) >= _NEAR_CACHE_LIMIT:
                 _NEAR_CACHE.clear()
             _NEAR_CACHE[key] = near
-    return sig, near
+    return near
 
 
 #: Steps a run keeps in memory (older ones are in the store); the signals cover the whole run.
@@ -126,8 +130,7 @@ class StepWindow:
     def append(self, step: Step) -> None:
         self._items.append(step)
         if len(self._items) > self.limit:
-            self._items.popleft()
-            self._offset += 1
+            self.trim(self.limit)
 
     def held(self) -> deque[Step]:
         """The steps still held in memory."""

@@ -224,8 +224,8 @@ _NEST_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 def _shallow(text: str) -> bool:
-    """Whether a JSON text nests less deeply than the redactor's depth limit (with the margin
-    :func:`_fits` keeps for the record around it). Few brackets settle it at once; otherwise the
+    """Whether a JSON text nests less deeply than the redactor's depth limit (less a margin for
+    the record around it). Few brackets settle it at once; otherwise the
     brackets outside JSON strings are counted level by level. A text that is not JSON has no
     nesting of its own (the redactor sees one string), so what this says of it does not matter."""
     if text.count("{") + text.count("[") <= _BRACKETS:
@@ -240,24 +240,10 @@ def _json_col(value: Any) -> str | None:
     return None if value is None else pydantic_core.to_json(value).decode("utf-8")
 
 
-def _fits(text: str, value: Any) -> bool:
-    """Whether a JSON column ``text`` (of ``value``) needs neither clipping nor the depth limit:
-    no string in it can be longer than the text, nor nesting deeper than its brackets."""
-    if len(text) > MAX_STORED_TEXT:
-        return False
-    if text.count("{") + text.count("[") <= _BRACKETS:
-        return True
-    from immunity.redact import MAX_DEPTH
-
-    return _depth(value) < MAX_DEPTH - 4
-
-
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list | tuple):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+def _fits(text: str) -> bool:
+    """Whether a JSON column ``text`` needs neither clipping nor the depth limit: no string in it
+    can be longer than the text, and it nests less deeply than the limit (:func:`_shallow`)."""
+    return len(text) <= MAX_STORED_TEXT and _shallow(text)
 
 
 def _short(*texts: str | None) -> bool:
@@ -291,9 +277,8 @@ def _fast_event(ev: Event, redactor: Any, message_refs: bool) -> dict[str, Any] 
         if text is not None and len(text) > EVENT_TEXT_LIMIT:
             return None
     scan: list[Any] = [ev.agent, ev.node, ev.model, ev.tool]
-    for text in scan:
-        if text is not None and len(text) > MAX_STORED_TEXT:
-            return None
+    if not _short(*scan):
+        return None
     msgs = ev.messages
     if msgs and not message_refs:
         return None
@@ -351,36 +336,19 @@ def _flat_texts(value: dict[str, Any], out: list[Any]) -> bool:
 
 def _fast_step(st: Step, redactor: Any) -> dict[str, Any] | None:
     scan: list[Any] = [st.tool, st.text, st.result, st.error, st.agent]
-    for x in scan:
-        if x is not None and len(x) > MAX_STORED_TEXT:
-            return None
-    data: dict[str, Any] = {}
-    texts: list[Any] = []  # the keys and string values of a flat ``data``: each recurs, or is a hex id
-    flat = True
-    for k, v in st.data.items():
-        if k.startswith("_"):  # the runtime's private entries are not stored
-            continue
-        data[k] = v
-        if flat:
-            tv = type(v)
-            if tv is str:
-                texts += (k, v)
-            elif v is None or tv is int or tv is float or tv is bool:
-                texts.append(k)
-            else:
-                flat = False
-    dj = pydantic_core.to_json(data).decode("utf-8")
-    if not _fits(dj, data):
+    if not _short(*scan):
         return None
-    if flat:
-        scan += texts
-    else:
-        scan.append(dj)
+    data = {k: v for k, v in st.data.items() if not k.startswith("_")}  # the runtime's own entries are not stored
+    dj = pydantic_core.to_json(data).decode("utf-8")
+    if not _fits(dj):
+        return None
+    texts: list[Any] = []  # the keys and string values of a flat ``data``: each recurs, or is a hex id
+    scan += texts if _flat_texts(data, texts) else [dj]
     arguments = st.arguments
     args = None
     if arguments is not None:
         args = pydantic_core.to_json(arguments).decode("utf-8")
-        if not _fits(args, arguments):
+        if not _fits(args):
             return None
         if not _flat_texts(arguments, scan):
             scan.append(args)
@@ -396,7 +364,7 @@ def _fast_run(run: Run, redactor: Any) -> dict[str, Any] | None:
     meta = pydantic_core.to_json(run.metadata).decode("utf-8")
     texts = [run.run_id, run.task, run.task_id, run.domain, run.framework, run.agent, run.source, run.status,
              run.final_answer]
-    if not (_short(*texts) and _fits(meta, run.metadata)):
+    if not (_short(*texts) and _fits(meta)):
         return None
     if redactor.may_change_any([*texts, meta]):
         return None

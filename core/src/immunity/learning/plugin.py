@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,18 @@ def _build(shared: dict[str, Any]) -> Any:
     return build_pack(runs, emb, shared["cfg"], **shared["options"])
 
 
+def _pack_job(collected: tuple[list[Any], Any], cfg: Any, out: str, name: str | None, domain: str | None, *,
+              paths: tuple[str, ...], store: str | None, split: str, pack_version: str,
+              jobs: int | None) -> dict[str, Any]:
+    """What :func:`_build` learns a pack from (here or in a process of its own)."""
+    from immunity.learning.parallel import default_jobs
+
+    return {"collected": collected, "cfg": cfg,
+            "options": {"name": name or _stem(out), "version": pack_version, "domain": domain,
+                        "sources": list(paths) + ([store] if store else []), "split": split,
+                        "jobs": jobs or default_jobs()}}
+
+
 def _learn_one(items: list[Any], domain: str | None, out: str, name: str | None, cfg: Any, *, paths: tuple[str, ...],
                store: str | None, embedder: str, split: str, pack_version: str, jobs: int | None,
                target_far: float, collected: tuple[list[Any], Any] | None = None,
@@ -149,8 +162,8 @@ def _learn_one(items: list[Any], domain: str | None, out: str, name: str | None,
         else:
             _err(f"learning the pack of domain {domain} from {len(items)} runs")
         if built is None:
-            built = functools.partial(_build, {"collected": collected, "cfg": cfg, "options": _pack_options(
-                out, name, domain, paths=paths, store=store, split=split, pack_version=pack_version, jobs=jobs)})
+            built = functools.partial(_build, _pack_job(collected, cfg, out, name, domain, paths=paths, store=store,
+                                                        split=split, pack_version=pack_version, jobs=jobs))
         pack, warnings = built()
     except (ValueError, ImmunityError) as exc:
         raise click.ClickException(f"domain {domain}: {exc}" if domain else str(exc)) from None
@@ -165,14 +178,6 @@ def _learn_one(items: list[Any], domain: str | None, out: str, name: str | None,
                f"(cross-validated, {inner.get('folds')} folds by {split}): recall before the end "
                f"{inner.get('inner_cv_recall_before_end')}, false-alarm rate "
                f"{inner.get('inner_cv_false_alarm_rate')}; {digest}")
-
-
-def _pack_options(out: str, name: str | None, domain: str | None, *, paths: tuple[str, ...], store: str | None,
-                  split: str, pack_version: str, jobs: int | None) -> dict[str, Any]:
-    from immunity.learning.parallel import default_jobs
-
-    return {"name": name or _stem(out), "version": pack_version, "domain": domain,
-            "sources": list(paths) + ([store] if store else []), "split": split, "jobs": jobs or default_jobs()}
 
 
 def _per_domain_packs(domains: list[str | None], out: str, name: str | None) -> list[tuple[str | None, str, str]]:
@@ -218,16 +223,16 @@ def _learn_files(paths: tuple[str, ...], fmt: str, domain: str | None, all_domai
     # process of its own while the others are learned: the large packs leave a core idle between
     # their parallel parts. The packs are the same as one after the other.
     n_jobs = jobs or default_jobs()
-    steps = {c.domain: 0 for c in feats.collected}
+    steps: Counter[str | None] = Counter()
     for c in feats.collected:
         steps[c.domain] += len(c.actions)
     background: dict[str | None, tuple[Any, Callable[[], Any]]] = {}
     for dom, path, pname, every in groups:  # the small packs started first, then the large ones learned
         if len(groups) > 1 and n_jobs > 1 and jobs_for(steps.get(dom, 0), n_jobs) == 1:
             collected = feats.embedded(dom, every_domain=every)
-            background[dom] = (collected, in_background(_build, {"collected": collected, "cfg": cfg,
-                                                                 "options": _pack_options(
-                path, pname, dom, paths=paths, store=None, split=split, pack_version=pack_version, jobs=jobs)}))
+            background[dom] = (collected, in_background(_build, _pack_job(
+                collected, cfg, path, pname, dom, paths=paths, store=None, split=split, pack_version=pack_version,
+                jobs=jobs)))
     for dom, path, pname, every in groups:
         collected, built = background.get(dom) or (feats.embedded(dom, every_domain=every), None)
         _learn_one(collected[0], dom, path, pname, cfg, paths=paths, store=None, embedder=embedder,
